@@ -1,0 +1,1 @@
+"""Keras recipes of the CBNet model family (needs TensorFlow/Keras; build hosts only)."""

@@ -1,0 +1,34 @@
+"""Reshape layers whose batch dimension stays ``-1`` in the converted graph.
+
+Keras's ``Flatten``/``Reshape`` bake a static batch of 1 into the ``.tflite`` RESHAPE, which then
+cannot be resized for batched inference. These write ``-1`` instead, which still maps to a single
+RESHAPE op (fine for the Edge TPU) and lets the runtime resize the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="cbnet_tl")
+class BatchReshape(layers.Layer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def call(self, inputs):
+        return ops.reshape(inputs, (-1, *self.target_shape))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.target_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+def batch_flatten(input_shape, name: str) -> BatchReshape:
+    """A flatten for inputs of per-sample shape ``input_shape``."""
+    return BatchReshape((math.prod(input_shape),), name=name)

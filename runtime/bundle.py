@@ -1,0 +1,126 @@
+"""Read a bundle or build directory: manifest, checksums, and the models of one precision."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cbnet_tl.runtime.errors import BundleError, ChecksumError
+from cbnet_tl.runtime.interpreter import Model
+
+MANIFEST_NAME = "manifest.json"
+REQUIRED_FIELDS = ("format_version", "dataset", "class_names", "input", "entropy_threshold", "models", "pipelines", "files")
+PRECISIONS = ("int8", "float32")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_bundle_dir(path: Path) -> Path:
+    """A bundle directory, or a build directory (which holds its own manifest of both precisions)."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle or build directory")
+    if path.is_file():
+        raise BundleError(f"{path}: expected a bundle or build directory, received a file")
+    if not (path / MANIFEST_NAME).is_file():
+        raise BundleError(f"{path}: no {MANIFEST_NAME}; expected the output directory of `cbnet-tl build`")
+    return path
+
+
+def read_manifest(directory: Path) -> dict:
+    manifest_path = Path(directory) / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{manifest_path} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise BundleError(f"Cannot read {manifest_path}: {error.strerror}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: expected a JSON object")
+    missing = [f for f in REQUIRED_FIELDS if f not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path} lacks required field(s) {', '.join(missing)}; rebuild the bundle")
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict, only: Optional[Sequence[str]] = None) -> None:
+    """Compare the sha256 of every listed file (or of ``only``) with the manifest; raise on the first mismatch."""
+    files = manifest["files"]
+    for relative in only if only is not None else sorted(files):
+        if relative not in files:
+            raise BundleError(f"{relative} is not listed in the manifest's files")
+        path = Path(directory) / relative
+        if not path.is_file():
+            raise ChecksumError(f"{path}: listed in the manifest but missing")
+        actual = sha256_of(path)
+        if actual != files[relative]:
+            raise ChecksumError(
+                f"{path}: sha256 {actual[:16]}… does not match the manifest's {files[relative][:16]}…; "
+                "the file is corrupt or was changed. Re-copy the bundle"
+            )
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    manifest: dict
+    precision: str
+    models: dict
+
+    @property
+    def class_names(self) -> list:
+        return list(self.manifest["class_names"])
+
+    @property
+    def entropy_threshold(self) -> float:
+        return float(self.manifest["entropy_threshold"])
+
+
+def load_bundle(
+    path: Path,
+    *,
+    precision: str = "int8",
+    num_threads: int = 1,
+    models: Optional[Sequence[str]] = None,
+    delegates: Sequence = (),
+    device: str = "cpu",
+    verify: bool = True,
+) -> Bundle:
+    """Load the models of one precision, verifying each file's sha256 against the manifest first."""
+    if precision not in PRECISIONS:
+        raise BundleError(f"Expected precision in {PRECISIONS}. Received: {precision!r}")
+    directory = resolve_bundle_dir(path)
+    manifest = read_manifest(directory)
+    names = list(models) if models is not None else sorted(manifest["models"])
+    loaded = {}
+    for name in names:
+        entry = manifest["models"].get(name)
+        if entry is None:
+            raise BundleError(f"{directory}: manifest has no model {name!r}; it has {sorted(manifest['models'])}")
+        if precision not in entry:
+            raise BundleError(
+                f"{directory} has no {precision} {name} model (it has {[p for p in PRECISIONS if p in entry]}); "
+                "float32 models live in the build directory, not in the deployed bundle"
+            )
+        spec = entry[precision]
+        try:
+            relative, outputs = spec["file"], spec["outputs"]
+            order = [outputs[key]["index"] for key in entry["output_names"]]
+        except (KeyError, TypeError) as error:
+            raise BundleError(f"{directory}: manifest entry of model {name!r} lacks field {error}") from None
+        if verify:
+            verify_files(directory, manifest, [relative])
+        loaded[name] = Model(
+            directory / relative, num_threads=num_threads, delegates=delegates,
+            output_indices=order, device=device,
+        )
+    return Bundle(directory, manifest, precision, loaded)

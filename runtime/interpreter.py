@@ -1,0 +1,191 @@
+"""Find a TFLite interpreter, load models, and quantize at the boundary.
+
+One place decides which interpreter package is used: ``ai_edge_litert`` first, then
+``tflite_runtime``, then ``tensorflow.lite`` (build hosts only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from cbnet_tl.runtime.errors import InterpreterNotFoundError, ModelError
+
+_INTERPRETER_MODULES = (
+    ("ai_edge_litert.interpreter", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "tflite-runtime"),
+    ("tensorflow.lite", "tensorflow"),
+)
+
+
+@dataclass(frozen=True)
+class InterpreterBackend:
+    """The interpreter class and delegate loader of one installed package."""
+
+    package: str
+    interpreter_class: Any
+    load_delegate: Callable[..., Any]
+
+
+_backend_cache: Optional[InterpreterBackend] = None
+
+
+def find_interpreter() -> InterpreterBackend:
+    """Return the first interpreter package that imports, in the order of preference above."""
+    global _backend_cache
+    if _backend_cache is not None:
+        return _backend_cache
+    for module_name, package in _INTERPRETER_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if module_name == "tensorflow.lite":
+            backend = InterpreterBackend(package, module.Interpreter, module.experimental.load_delegate)
+        else:
+            backend = InterpreterBackend(package, module.Interpreter, module.load_delegate)
+        _backend_cache = backend
+        return backend
+    raise InterpreterNotFoundError(
+        "No TFLite interpreter found. Expected one of ai-edge-litert, tflite-runtime or tensorflow. "
+        "Install one with: pip install ai-edge-litert"
+    )
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor: its index, shape (batch 1) and affine int8 quantization."""
+
+    name: str
+    index: int
+    shape: tuple
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.scale != 0.0
+
+
+def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Real values to the tensor's storage type (identity for float tensors)."""
+    if not spec.is_quantized:
+        return np.asarray(values, dtype=spec.dtype)
+    info = np.iinfo(spec.dtype)
+    q = np.round(np.asarray(values, dtype=np.float64) / spec.scale) + spec.zero_point
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def dequantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Storage type to real values, in int64 so that subtracting the zero point cannot overflow."""
+    if not spec.is_quantized:
+        return np.asarray(values, dtype=np.float32)
+    return ((values.astype(np.int64) - spec.zero_point) * spec.scale).astype(np.float32)
+
+
+def _spec(detail: dict) -> TensorSpec:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        name=detail["name"],
+        index=int(detail["index"]),
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]),
+        scale=float(scale),
+        zero_point=int(zero_point),
+    )
+
+
+class Model:
+    """A loaded ``.tflite`` model with one input, fed and read in real units.
+
+    Outputs are returned in the order of ``output_indices`` (the manifest records which tensor index
+    is which output, because the order in a ``.tflite`` need not follow Keras's).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        num_threads: int = 1,
+        delegates: Sequence[Any] = (),
+        output_indices: Optional[Sequence[int]] = None,
+        device: str = "cpu",
+    ):
+        self.path = Path(path)
+        self.device = device
+        backend = find_interpreter()
+        if not self.path.is_file():
+            raise ModelError(f"Model file not found: {self.path}")
+        try:
+            self._interpreter = backend.interpreter_class(
+                model_path=str(self.path),
+                num_threads=num_threads,
+                experimental_delegates=list(delegates) or None,
+            )
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"Cannot load {self.path.name} as a TFLite model: {first_line}") from None
+        inputs = self._interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise ModelError(f"Expected a model with 1 input. Received {len(inputs)} in {self.path.name}")
+        self.input = _spec(inputs[0])
+        outputs = {int(d["index"]): _spec(d) for d in self._interpreter.get_output_details()}
+        order = list(output_indices) if output_indices is not None else sorted(outputs)
+        missing = [i for i in order if i not in outputs]
+        if missing:
+            raise ModelError(
+                f"{self.path.name} has no output tensor {missing}; its outputs are {sorted(outputs)}. "
+                "The manifest does not match the model; rebuild the bundle."
+            )
+        self.outputs = [outputs[i] for i in order]
+        self._batch = self.input.shape[0]
+        self.num_invokes = 0
+
+    def _ensure_batch(self, batch: int) -> None:
+        if batch == self._batch:
+            return
+        self._interpreter.resize_tensor_input(self.input.index, [batch, *self.input.shape[1:]])
+        self._interpreter.allocate_tensors()
+        self._batch = batch
+
+    def invoke_quantized(self, values: np.ndarray) -> list:
+        """Run on values already in the input's storage type; return raw output tensors."""
+        expected = tuple(self.input.shape[1:])
+        if tuple(values.shape[1:]) != expected:
+            raise ModelError(
+                f"{self.path.name} expects inputs of shape (N, {', '.join(map(str, expected))}). "
+                f"Received {tuple(values.shape)}"
+            )
+        self._ensure_batch(values.shape[0])
+        self._interpreter.set_tensor(self.input.index, values)
+        self._interpreter.invoke()
+        self.num_invokes += 1
+        return [self._interpreter.get_tensor(spec.index) for spec in self.outputs]
+
+    def __call__(self, values: np.ndarray) -> list:
+        """Run on real-valued inputs; return real-valued outputs."""
+        raw = self.invoke_quantized(quantize(values, self.input))
+        return [dequantize(r, spec) for r, spec in zip(raw, self.outputs)]
+
+    def ops(self) -> list:
+        """Op names in execution order (for reports and the Edge TPU check)."""
+        return [op["op_name"] for op in self._interpreter._get_ops_details()]
+
+
+def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
+    """Median seconds of one invoke on an already-set input: the fixed cost of calling the interpreter."""
+    sample = np.zeros((1, *model.input.shape[1:]), dtype=model.input.dtype)
+    model.invoke_quantized(sample)
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        model._interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))

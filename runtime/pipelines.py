@@ -1,0 +1,177 @@
+"""The four ways to classify: ``cbnet``, ``branchynet``, ``lenet`` and the truncated ``branch``.
+
+Every pipeline takes uint8 images (N, 28, 28), runs pre-processing, its models and post-processing
+(softmax, entropy gate), and returns an immutable ``BatchResult``. A stage hook (see ``StageHook``)
+hears about each stage, which is how a DVFS policy sets the frequency between stages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from cbnet_tl.runtime.bundle import Bundle
+from cbnet_tl.runtime.errors import BundleError, ImageError
+from cbnet_tl.runtime.gate import entropy, exits_early, softmax
+from cbnet_tl.runtime.interpreter import Model, dequantize, quantize
+
+PIPELINE_MODELS = {
+    "cbnet": ("autoencoder", "branch"),
+    "branchynet": ("trunk_branch", "main_tail"),
+    "lenet": ("lenet",),
+    "branch": ("branch",),
+}
+PIPELINES = tuple(PIPELINE_MODELS)
+DEPLOYED_PIPELINES = ("cbnet", "branchynet", "lenet")
+
+
+class StageHook(Protocol):
+    def begin_inference(self, pipeline: str) -> None: ...
+    def before_stage(self, stage: str) -> None: ...
+    def after_stage(self, stage: str, seconds: float) -> None: ...
+    def end_inference(self, path: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    class_name: str
+    confidence: float
+    path: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    pipeline: str
+    labels: np.ndarray
+    confidences: np.ndarray
+    paths: tuple
+    seconds: float
+    stage_seconds: dict
+
+    def predictions(self, class_names: list) -> list:
+        per_image = self.seconds / max(1, len(self.labels))
+        return [
+            Prediction(int(label), class_names[int(label)], float(conf), path, per_image)
+            for label, conf, path in zip(self.labels, self.confidences, self.paths)
+        ]
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) or (28, 28) → float32 (N, 28, 28, 1) in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ImageError(f"Expected uint8 images of shape (N, 28, 28). Received {images.shape}")
+    if images.dtype != np.uint8:
+        raise ImageError(f"Expected uint8 pixel values 0..255. Received dtype {images.dtype}")
+    return (images.astype(np.float32) / 255.0)[..., None]
+
+
+def _pass_on(values: list, source_index: int, source: Model, target: Model) -> np.ndarray:
+    """Feed one model's raw output to the next, requantizing only when the two scales differ."""
+    raw = values[source_index]
+    out_spec, in_spec = source.outputs[source_index], target.input
+    if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
+        return raw
+    return quantize(dequantize(raw, out_spec), in_spec)
+
+
+class _NoHook:
+    def begin_inference(self, pipeline): pass
+    def before_stage(self, stage): pass
+    def after_stage(self, stage, seconds): pass
+    def end_inference(self, path): pass
+
+
+class Pipeline:
+    """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly."""
+
+    def __init__(self, bundle: Bundle, name: str):
+        if name not in PIPELINE_MODELS:
+            raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_MODELS)}")
+        missing = [m for m in PIPELINE_MODELS[name] if m not in bundle.models]
+        if missing:
+            raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
+        self.name = name
+        self.bundle = bundle
+        self.models = {m: bundle.models[m] for m in PIPELINE_MODELS[name]}
+        self.threshold = bundle.entropy_threshold
+
+    def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
+        hook = hook or _NoHook()
+        start = time.perf_counter()
+        stage_seconds: dict = {}
+        hook.begin_inference(self.name)
+        x = preprocess(images)
+        logits, paths = getattr(self, f"_run_{self.name}")(x, hook, stage_seconds)
+        probabilities = softmax(logits)
+        labels = probabilities.argmax(axis=-1)
+        confidences = probabilities.max(axis=-1)
+        seconds = time.perf_counter() - start
+        hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
+        return BatchResult(self.name, labels, confidences, tuple(paths), seconds, stage_seconds)
+
+    def _stage(self, stage: str, model: Model, values: np.ndarray, hook, stage_seconds, quantized=False):
+        hook.before_stage(stage)
+        begin = time.perf_counter()
+        outputs = model.invoke_quantized(values) if quantized else model.invoke_quantized(quantize(values, model.input))
+        elapsed = time.perf_counter() - begin
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + elapsed
+        hook.after_stage(stage, elapsed)
+        return outputs
+
+    def _run_lenet(self, x, hook, stage_seconds):
+        model = self.models["lenet"]
+        raw = self._stage("lenet", model, x, hook, stage_seconds)
+        return dequantize(raw[0], model.outputs[0]), ["main"] * len(x)
+
+    def _run_branch(self, x, hook, stage_seconds):
+        model = self.models["branch"]
+        raw = self._stage("branch", model, x, hook, stage_seconds)
+        return dequantize(raw[0], model.outputs[0]), ["branch-only"] * len(x)
+
+    def _run_cbnet(self, x, hook, stage_seconds):
+        autoencoder, branch = self.models["autoencoder"], self.models["branch"]
+        converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds)
+        fed = _pass_on(converted, 0, autoencoder, branch)
+        raw = self._stage("branch", branch, fed, hook, stage_seconds, quantized=True)
+        return dequantize(raw[0], branch.outputs[0]), ["ae+branch"] * len(x)
+
+    def _run_branchynet(self, x, hook, stage_seconds):
+        first, tail = self.models["trunk_branch"], self.models["main_tail"]
+        raw = self._stage("trunk_branch", first, x, hook, stage_seconds)
+        logits = dequantize(raw[0], first.outputs[0])
+        early = exits_early(entropy(softmax(logits)), self.threshold)
+        paths = np.where(early, "branch", "branch+main").tolist()
+        hard = np.flatnonzero(~early)
+        if hard.size:
+            features = _pass_on(raw, 1, first, tail)[hard]
+            tail_raw = self._stage("main_tail", tail, features, hook, stage_seconds, quantized=True)
+            logits[hard] = dequantize(tail_raw[0], tail.outputs[0])
+        return logits, paths
+
+    def convert(self, images: np.ndarray) -> np.ndarray:
+        """The converting autoencoder's output as uint8 images (cbnet only), for reports."""
+        if self.name != "cbnet":
+            raise BundleError(f"Only the cbnet pipeline converts images; this is {self.name}")
+        autoencoder = self.models["autoencoder"]
+        out = autoencoder(preprocess(images))[0]
+        return np.clip(np.round(out[..., 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+def models_for(pipelines) -> list:
+    """The model names a set of pipelines needs, in a stable order."""
+    names = []
+    for pipeline in pipelines:
+        for model in PIPELINE_MODELS[pipeline]:
+            if model not in names:
+                names.append(model)
+    return names

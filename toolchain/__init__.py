@@ -1,0 +1,1 @@
+"""cbnet-tl toolchain."""

@@ -1,0 +1,149 @@
+"""Converter: Keras views → float32 and full-integer int8 ``.tflite``, with input/output quantization.
+
+Uses ``tf.lite.TFLiteConverter.from_keras_model`` (cleanest graphs, DESIGN §5). Every model is
+checked after conversion: the float32 file, run by our runtime, must reproduce Keras's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.bundle import sha256_of
+from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.interpreter import Model
+
+
+class ConversionError(CbnetError):
+    """A model could not be converted, or the converted file does not reproduce the Keras model."""
+
+
+class Precision(str, Enum):
+    FLOAT32 = "float32"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to convert: a batch-1 Keras view, its output names and its calibration inputs."""
+
+    name: str
+    model: object
+    output_names: tuple
+    representative: np.ndarray  # float32, (N, *input_shape), from training data
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] = None) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision is Precision.INT8:
+        if representative is None or len(representative) == 0:
+            raise ConversionError("Expected num_calibration_samples > 0 for int8. Received: 0")
+
+        def samples():
+            for sample in representative:
+                yield [sample[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        return converter.convert()
+    except Exception as error:  # the converter raises many unrelated types
+        raise ConversionError(f"Conversion of {model.name} to {precision.value} failed: {error}") from None
+
+
+def map_outputs(path: Path, keras_shapes: list, names: tuple) -> dict:
+    """Which ``.tflite`` output tensor is which named Keras output, matched by shape.
+
+    The order in the ``.tflite`` need not follow Keras's, so outputs are matched by shape and the
+    match must be unambiguous.
+    """
+    from cbnet_tl.runtime.interpreter import find_interpreter
+
+    interpreter = find_interpreter().interpreter_class(model_path=str(path))
+    details = interpreter.get_output_details()
+    mapping = {}
+    for name, shape in zip(names, keras_shapes):
+        hits = [d for d in details if tuple(d["shape"]) == tuple(shape)]
+        if len(hits) != 1:
+            raise ConversionError(
+                f"{path.name}: cannot map output {name!r} of shape {shape} unambiguously; "
+                f"tflite outputs have shapes {[tuple(d['shape']) for d in details]}"
+            )
+        scale, zero_point = hits[0]["quantization"]
+        mapping[name] = {"index": int(hits[0]["index"]), "scale": float(scale), "zero_point": int(zero_point),
+                         "dtype": np.dtype(hits[0]["dtype"]).name, "shape": [int(s) for s in shape]}
+    input_detail = interpreter.get_input_details()[0]
+    scale, zero_point = input_detail["quantization"]
+    inputs = {"index": int(input_detail["index"]), "scale": float(scale), "zero_point": int(zero_point),
+              "dtype": np.dtype(input_detail["dtype"]).name, "shape": [int(s) for s in input_detail["shape"]]}
+    return {"input": inputs, "outputs": mapping}
+
+
+def check_float_matches_keras(path: Path, spec: ModelSpec, description: dict, tolerance: float = 1e-3) -> float:
+    """Run the float32 ``.tflite`` through our runtime and compare with Keras on real samples."""
+    order = [description["outputs"][n]["index"] for n in spec.output_names]
+    model = Model(path, output_indices=order)
+    samples = spec.representative[:16]
+    worst = 0.0
+    for i in range(len(samples)):
+        got = model(samples[i : i + 1])
+        want = spec.model(samples[i : i + 1], training=False)
+        want = want if isinstance(want, (list, tuple)) else [want]
+        for g, w in zip(got, want):
+            w = np.asarray(w)
+            worst = max(worst, float(np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-6)))
+    if worst > tolerance:
+        raise ConversionError(
+            f"{spec.name}: float32 .tflite differs from the Keras model by {worst:.2e} (relative); "
+            f"expected <= {tolerance:.0e}"
+        )
+    return worst
+
+
+def convert_all(specs: list, models_dir: Path, progress: Callable = lambda iterable, **_: iterable) -> dict:
+    """Convert every spec to both precisions; return the manifest's ``models`` section."""
+    from cbnet_tl.runtime.modelstats import count_macs_and_params
+
+    entries = {}
+    for spec in progress(specs, desc="convert", unit="model"):
+        entry: dict = {"output_names": list(spec.output_names)}
+        keras_shapes = [tuple(int(d) for d in o.shape) for o in spec.model.outputs]
+        for precision in Precision:
+            path = Path(models_dir) / f"{spec.name}_{precision.value}.tflite"
+            write_atomic(path, to_tflite(spec.model, precision, spec.representative))
+            description = map_outputs(path, keras_shapes, spec.output_names)
+            description["file"] = f"models/{path.name}"
+            description["bytes"] = path.stat().st_size
+            if precision is Precision.FLOAT32:
+                description["max_relative_error_vs_keras"] = check_float_matches_keras(path, spec, description)
+                entry["macs"], entry["params"] = count_macs_and_params(path)
+            entry[precision.value] = description
+        entries[spec.name] = entry
+    return entries
+
+
+def file_hashes(directory: Path, relatives: list) -> dict:
+    return {r: sha256_of(Path(directory) / r) for r in relatives}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    write_atomic(Path(path), (json.dumps(payload, indent=2) + "\n").encode())

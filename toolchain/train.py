@@ -1,0 +1,184 @@
+"""Training: B-LeNet with the BranchyNet joint loss, easy/hard split, canonical images, converting AE.
+
+Writes ``BUILD/keras/*.keras`` and ``BUILD/train.json``; later stages read those, never call this.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.gate import entropy, exits_early, softmax
+from cbnet_tl.toolchain.datasets import Dataset
+
+# Entropy thresholds used by the CBNet authors (DESIGN §2); custom datasets default to FMNIST's.
+DEFAULT_THRESHOLDS = {"mnist": 0.05, "fashion-mnist": 0.5, "kmnist": 0.025}
+CUSTOM_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    validation_fraction: float = 0.1
+    blenet_epochs: int = 30
+    autoencoder_epochs: int = 100
+    patience: int = 4
+    batch_size: int = 128
+    autoencoder_batch_size: int = 256
+    branch_loss_weight: float = 1.0
+    main_loss_weight: float = 1.0
+    easy_per_hard: float = 3.0
+    min_autoencoder_pairs: int = 20000
+    progress: bool = True
+
+    def __post_init__(self):
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValueError(f"Expected 0 < validation_fraction < 0.5. Received: {self.validation_fraction}")
+        if self.blenet_epochs < 1 or self.autoencoder_epochs < 1:
+            raise ValueError("Expected at least 1 epoch per stage")
+
+
+@dataclass(frozen=True)
+class EasyHardSplit:
+    entropies: np.ndarray
+    easy: np.ndarray  # bool per training image
+    canonical_indices: np.ndarray  # one training-image index per class
+
+
+def split_validation(num_samples: int, fraction: float, seed: int) -> tuple:
+    order = np.random.default_rng(seed).permutation(num_samples)
+    num_validation = max(1, int(round(num_samples * fraction)))
+    return np.sort(order[num_validation:]), np.sort(order[:num_validation])
+
+
+def choose_canonical(entropies: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     easy: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, the easy, correctly classified training image with the lowest branch entropy.
+
+    A class with no easy image falls back to its lowest-entropy correctly classified image, then to
+    its lowest-entropy image.
+    """
+    chosen = np.empty(num_classes, dtype=np.int64)
+    for cls in range(num_classes):
+        in_class = labels == cls
+        if not in_class.any():
+            raise ValueError(f"Class {cls} has no training images; every class needs at least one")
+        for mask in (in_class & easy & (predictions == cls), in_class & (predictions == cls), in_class):
+            if mask.any():
+                candidates = np.flatnonzero(mask)
+                chosen[cls] = candidates[np.argmin(entropies[candidates])]
+                break
+    return chosen
+
+
+def easy_hard_split(branch_logits: np.ndarray, labels: np.ndarray, threshold: float, num_classes: int) -> EasyHardSplit:
+    probabilities = softmax(branch_logits)
+    entropies = entropy(probabilities)
+    easy = exits_early(entropies, threshold)
+    canonical = choose_canonical(entropies, labels, probabilities.argmax(-1), easy, num_classes)
+    return EasyHardSplit(entropies, easy, canonical)
+
+
+def autoencoder_pairs(split: EasyHardSplit, config: TrainConfig, seed: int) -> np.ndarray:
+    """Indices of training images for the AE: every hard image plus easy images up to
+    ``easy_per_hard`` × the hard count (the authors' recipe), or more when that would leave fewer
+    than ``min_autoencoder_pairs`` pairs (small datasets)."""
+    rng = np.random.default_rng(seed)
+    hard = np.flatnonzero(~split.easy)
+    easy = np.flatnonzero(split.easy)
+    wanted = max(int(config.easy_per_hard * len(hard)), config.min_autoencoder_pairs - len(hard))
+    easy = rng.permutation(easy)[: min(len(easy), wanted)]
+    return rng.permutation(np.concatenate([hard, easy]))
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) / 255.0)[..., None]
+
+
+def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainConfig) -> dict:
+    """Train every model; save them under ``build_dir/keras``; return the training record."""
+    import keras
+
+    from cbnet_tl.recipes import autoencoder as ae_recipe
+    from cbnet_tl.recipes import blenet
+
+    keras.utils.set_random_seed(config.seed)
+    num_classes = len(train.class_names)
+    fit_index, val_index = split_validation(len(train), config.validation_fraction, config.seed)
+    x, y = _to_float(train.images), train.labels
+    record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index))}
+
+    started = time.perf_counter()
+    parts = blenet.make_layers(num_classes)
+    model = blenet.build_training_model(parts)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={"branch": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              "main": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+        loss_weights={"branch": config.branch_loss_weight, "main": config.main_loss_weight},
+        metrics={"branch": ["accuracy"], "main": ["accuracy"]},
+    )
+    from cbnet_tl.toolchain.progress import EpochBar
+
+    history = model.fit(
+        x[fit_index], {"branch": y[fit_index], "main": y[fit_index]},
+        validation_data=(x[val_index], {"branch": y[val_index], "main": y[val_index]}),
+        epochs=config.blenet_epochs, batch_size=config.batch_size, verbose=0, shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            EpochBar("train B-LeNet", config.blenet_epochs, config.progress),
+        ],
+    )
+    record["blenet"] = {
+        "epochs_run": len(history.history["loss"]),
+        "seconds": round(time.perf_counter() - started, 2),
+        "val_branch_accuracy": float(max(history.history["val_branch_accuracy"])),
+        "val_main_accuracy": float(max(history.history["val_main_accuracy"])),
+    }
+
+    branch_logits = np.asarray(model.predict(x, batch_size=1024, verbose=0)["branch"])
+    split = easy_hard_split(branch_logits, y, threshold, num_classes)
+    canonical = x[split.canonical_indices]
+    record["easy_hard"] = {
+        "threshold": threshold,
+        "hard_share_train": float(1.0 - split.easy.mean()),
+        "canonical_indices": split.canonical_indices.tolist(),
+        "canonical_entropies": split.entropies[split.canonical_indices].tolist(),
+    }
+
+    started = time.perf_counter()
+    pairs = autoencoder_pairs(split, config, config.seed)
+    pair_val = np.isin(pairs, val_index)
+    ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
+    autoencoder = ae_recipe.build_autoencoder()
+    autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    history = autoencoder.fit(
+        x[ae_fit], canonical[y[ae_fit]],
+        validation_data=(x[ae_val], canonical[y[ae_val]]),
+        epochs=config.autoencoder_epochs, batch_size=config.autoencoder_batch_size, verbose=0, shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            EpochBar("train converting AE", config.autoencoder_epochs, config.progress),
+        ],
+    )
+    record["autoencoder"] = {
+        "pairs": int(len(pairs)), "hard_pairs": int((~split.easy[pairs]).sum()),
+        "epochs_run": len(history.history["loss"]),
+        "seconds": round(time.perf_counter() - started, 2),
+        "val_loss": float(min(history.history["val_loss"])),
+    }
+
+    keras_dir = Path(build_dir) / "keras"
+    keras_dir.mkdir(parents=True, exist_ok=True)
+    model.save(keras_dir / "b_lenet.keras")
+    autoencoder.save(keras_dir / "autoencoder.keras")
+    np.save(keras_dir / "canonical.npy", train.images[split.canonical_indices])
+    np.save(keras_dir / "representative_indices.npy", np.random.default_rng(config.seed).permutation(fit_index)[:500])
+    record["class_names"] = list(train.class_names)
+    (Path(build_dir) / "train.json").write_text(json.dumps(record, indent=2))
+    return record
