@@ -18,12 +18,17 @@ HIDDEN_UNITS = (512, 384, 256)
 CODE_UNITS = 64
 
 
-def build_autoencoder(batch_size: Optional[int] = None) -> keras.Model:
-    """Image in [0, 1] (28, 28, 1) → converted image in [0, 1], same shape."""
+def build_autoencoder(batch_size: Optional[int] = None, dropout: float = 0.0) -> keras.Model:
+    """Image in [0, 1] (28, 28, 1) → converted image in [0, 1], same shape.
+
+    ``dropout`` regularizes the encoder during training only; the exported graph is the same.
+    """
     image = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="image")
     x = batch_flatten(IMAGE_SHAPE, name="flatten")(image)
     for i, units in enumerate(HIDDEN_UNITS):
         x = layers.Dense(units, activation="relu", name=f"encoder_{i}")(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"dropout_{i}")(x)
     x = layers.Dense(CODE_UNITS, name="code")(x)
     x = layers.Dense(784, activation="sigmoid", name="decoder")(x)
     converted = BatchReshape(IMAGE_SHAPE, name="converted")(x)

@@ -12,6 +12,7 @@ from cbnet_tl.runtime.errors import ImageError
 
 IMAGE_SIZE = (28, 28)
 GRAYSCALE_MODES = ("L", "1")
+IMAGE_SUFFIXES_DEFAULT = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 
 def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_SIZE) -> np.ndarray:
@@ -66,7 +67,7 @@ def _convert(image: Image.Image, size: Sequence[int]) -> np.ndarray:
 
 def collect_image_paths(inputs: Iterable[Path]) -> list:
     """Expand directories (sorted, recursively) into image files; keep files as given."""
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+    suffixes = IMAGE_SUFFIXES_DEFAULT
     paths = []
     for item in inputs:
         item = Path(item)

@@ -20,7 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import DataError
+from cbnet_tl.runtime.errors import DataError, ImageError
+from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT as IMAGE_SUFFIXES
 from cbnet_tl.runtime.images import load_image
 
 
@@ -86,8 +87,6 @@ SOURCES = {
         },
     ),
 }
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,10 @@ def load_image_folder(data_dir: Path, split: Split) -> Dataset:
             chosen = order[:cut] if split is Split.TRAIN else order[cut:]
             files = [files[i] for i in sorted(chosen)]
         for path in files:
-            images.append(load_image(path, resize=True))
+            try:
+                images.append(load_image(path, resize=True))
+            except ImageError as error:
+                raise DataError(str(error)) from None
             labels.append(label)
     if not images:
         raise DataError(f"{root}: no images for the {split.value} split")

@@ -34,6 +34,8 @@ class TrainConfig:
     main_loss_weight: float = 1.0
     easy_per_hard: float = 3.0
     min_autoencoder_pairs: int = 20000
+    augment_shift_pixels: float = 2.0  # random translation during training only; 0 disables
+    autoencoder_dropout: float = 0.1  # training only; the exported graph has no dropout
     progress: bool = True
 
     def __post_init__(self):
@@ -96,6 +98,22 @@ def autoencoder_pairs(split: EasyHardSplit, config: TrainConfig, seed: int) -> n
     return rng.permutation(np.concatenate([hard, easy]))
 
 
+def _with_augmentation(model, config: TrainConfig):
+    """Wrap a model with a random shift of its input that is active only while training."""
+    import keras
+
+    if config.augment_shift_pixels <= 0:
+        return model
+    fraction = config.augment_shift_pixels / 28.0
+    image = keras.Input((28, 28, 1), name="image")
+    shifted = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=config.seed,
+                                             name="augment_shift")(image)
+    outputs = model(shifted)
+    if isinstance(outputs, dict):
+        outputs = {name: keras.layers.Identity(name=name)(tensor) for name, tensor in outputs.items()}
+    return keras.Model(image, outputs, name=f"{model.name}_trainer")
+
+
 def _to_float(images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0)[..., None]
 
@@ -115,13 +133,15 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
     started = time.perf_counter()
     parts = blenet.make_layers(num_classes)
-    model = blenet.build_training_model(parts)
+    b_lenet = blenet.build_training_model(parts)
+    model = _with_augmentation(b_lenet, config)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={"branch": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               "main": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
         loss_weights={"branch": config.branch_loss_weight, "main": config.main_loss_weight},
         metrics={"branch": ["accuracy"], "main": ["accuracy"]},
+        jit_compile=False,  # XLA on CPU was 2-3x slower for these small convolutions
     )
     from cbnet_tl.toolchain.progress import EpochBar
 
@@ -141,7 +161,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         "val_main_accuracy": float(max(history.history["val_main_accuracy"])),
     }
 
-    branch_logits = np.asarray(model.predict(x, batch_size=1024, verbose=0)["branch"])
+    branch_logits = np.asarray(b_lenet.predict(x, batch_size=1024, verbose=0)["branch"])  # no augmentation at inference
     split = easy_hard_split(branch_logits, y, threshold, num_classes)
     canonical = x[split.canonical_indices]
     record["easy_hard"] = {
@@ -155,9 +175,10 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     pairs = autoencoder_pairs(split, config, config.seed)
     pair_val = np.isin(pairs, val_index)
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
-    autoencoder = ae_recipe.build_autoencoder()
-    autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
-    history = autoencoder.fit(
+    autoencoder = ae_recipe.build_autoencoder(dropout=config.autoencoder_dropout)
+    trainer = _with_augmentation(autoencoder, config)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
+    history = trainer.fit(
         x[ae_fit], canonical[y[ae_fit]],
         validation_data=(x[ae_val], canonical[y[ae_val]]),
         epochs=config.autoencoder_epochs, batch_size=config.autoencoder_batch_size, verbose=0, shuffle=True,
@@ -175,7 +196,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
     keras_dir = Path(build_dir) / "keras"
     keras_dir.mkdir(parents=True, exist_ok=True)
-    model.save(keras_dir / "b_lenet.keras")
+    b_lenet.save(keras_dir / "b_lenet.keras")
     autoencoder.save(keras_dir / "autoencoder.keras")
     np.save(keras_dir / "canonical.npy", train.images[split.canonical_indices])
     np.save(keras_dir / "representative_indices.npy", np.random.default_rng(config.seed).permutation(fit_index)[:500])

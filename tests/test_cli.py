@@ -1,0 +1,123 @@
+"""The CLI through typer's CliRunner, in-process, on the tiny real build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from cbnet_tl.toolchain.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("build", "check", "run", "eval"):
+        assert command in result.output
+
+
+def test_build_refuses_existing_output(tmp_path, mnist_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["build", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "exists and is not empty; pass --force" in result.output
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_build_with_missing_data_leaves_nothing_behind(tmp_path):
+    result = runner.invoke(app, ["build", "--dataset", "kmnist", "--data-dir", str(tmp_path), "--offline",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error: kmnist train files not found; put train-images-idx3-ubyte.gz" in result.output
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_build_rejects_unknown_target(tmp_path, mnist_dir):
+    result = runner.invoke(app, ["build", "--target", "pi-zero", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Unknown target 'pi-zero'" in result.output
+
+
+def test_eval_json(tiny_build, mnist_dir):
+    result = runner.invoke(app, ["eval", str(tiny_build / "bundle"), "--dataset", "mnist", "--data-dir", str(mnist_dir),
+                                 "--limit", "200", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert set(payload["pipelines"]) == {"cbnet", "branchynet", "lenet"}
+    for scored in payload["pipelines"].values():
+        assert 0.7 <= scored["accuracy"] <= 1.0 and scored["ms_per_image_median"] > 0
+    assert abs(sum(payload["pipelines"]["branchynet"]["path_shares"].values()) - 1.0) < 1e-9
+
+
+def test_eval_float32_from_build_dir(tiny_build, mnist_dir):
+    result = runner.invoke(app, ["eval", str(tiny_build), "--data-dir", str(mnist_dir), "--limit", "100",
+                                 "--precision", "float32", "--pipeline", "lenet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.output)["pipelines"]) == {"lenet"}
+
+
+def test_run_on_sample_pngs(tiny_bundle, samples_dir):
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--pipeline", "branchynet", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)["results"][0]
+    assert record["path"] in ("branch", "branch+main") and record["class_name"] in [str(i) for i in range(10)]
+
+
+def test_run_rejects_rgb_without_convert(tiny_bundle, tmp_path, samples_dir):
+    from PIL import Image
+
+    path = tmp_path / "color.png"
+    Image.open(samples_dir / "mnist_00_7.png").convert("RGB").save(path)
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(path)])
+    assert result.exit_code == 1 and "Received mode RGB" in result.output
+    assert runner.invoke(app, ["run", str(tiny_bundle), str(path), "--convert"]).exit_code == 0
+
+
+def test_run_on_missing_bundle(tmp_path, samples_dir):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope"), str(samples_dir)])
+    assert result.exit_code == 1 and "no such bundle or build directory" in result.output
+
+
+def test_check_rewrites_checks_and_passes(tiny_build, mnist_dir, tmp_path):
+    copy = tmp_path / "build"
+    shutil.copytree(tiny_build, copy)
+    result = runner.invoke(app, ["check", str(copy), "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 0, result.output
+    assert "cbnet" in result.output and "agree" in result.output
+
+
+def _constant_int8_model(path):
+    """A real int8 model that always answers class 0: a guaranteed accuracy drop."""
+    import keras
+    import numpy as np
+
+    from cbnet_tl.recipes.layers import batch_flatten
+    from cbnet_tl.toolchain.convert import Precision, map_outputs, to_tflite, write_atomic
+
+    image = keras.Input((28, 28, 1), batch_size=1)
+    dense = keras.layers.Dense(10, kernel_initializer="zeros",
+                               bias_initializer=keras.initializers.Constant([5.0] + [0.0] * 9))
+    model = keras.Model(image, dense(batch_flatten((28, 28, 1), name="flat")(image)))
+    representative = np.random.default_rng(0).random((8, 28, 28, 1)).astype(np.float32)
+    write_atomic(path, to_tflite(model, Precision.INT8, representative))
+    return map_outputs(path, [(1, 10)], ("logits",))
+
+
+def test_check_fails_with_figures_when_drop_too_large(tiny_build, mnist_dir, tmp_path):
+    from cbnet_tl.runtime.bundle import sha256_of
+
+    copy = tmp_path / "build"
+    shutil.copytree(tiny_build, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["models"]["lenet"]["int8"]
+    entry.update(_constant_int8_model(copy / entry["file"]))
+    manifest["files"][entry["file"]] = sha256_of(copy / entry["file"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["check", str(copy), "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 1
+    assert "error: Quantization check failed: lenet: int8 " in result.output
+    assert "cbnet" not in result.output.split("error:")[1]  # only the failing pipeline is named
+    assert json.loads((copy / "checks.json").read_text())["pipelines"]["lenet"]["passed"] is False

@@ -1,0 +1,131 @@
+"""Loaders: canonical IDX files (real MNIST subset, Debian Fashion-MNIST), malformed files, image folders."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbnet_tl.runtime.errors import DataError
+from cbnet_tl.toolchain.datasets import Split, load_dataset, parse_idx
+
+
+def test_mnist_subset_loads_both_splits(mnist_dir):
+    train = load_dataset("mnist", Split.TRAIN, mnist_dir, allow_download=False)
+    test = load_dataset("mnist", Split.TEST, mnist_dir, allow_download=False)
+    assert train.images.shape == (6400, 28, 28) and train.images.dtype == np.uint8
+    assert test.images.shape == (1600, 28, 28)
+    assert set(np.unique(train.labels)) == set(range(10))
+    assert train.images.max() == 255
+
+
+def test_debian_fashion_mnist_test_split():
+    test = load_dataset("fashion-mnist", Split.TEST, None, allow_download=False)
+    assert test.images.shape == (10000, 28, 28)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert test.class_names[9] == "Ankle boot"
+
+
+def _write_idx(path, magic_type, dims, payload: bytes, compress=True):
+    raw = struct.pack(">HBB", 0, magic_type, len(dims)) + struct.pack(f">{len(dims)}I", *dims) + payload
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.fixture()
+def idx_copy(tmp_path, mnist_dir):
+    for f in mnist_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path
+
+
+def test_truncated_idx_is_reported(idx_copy):
+    _write_idx(idx_copy / "t10k-images-idx3-ubyte.gz", 8, (10, 28, 28), b"\0" * (10 * 784 - 5))
+    with pytest.raises(DataError, match="truncated or padded"):
+        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+
+
+def test_bad_magic_is_reported(idx_copy):
+    _write_idx(idx_copy / "t10k-labels-idx1-ubyte.gz", 0x0D, (10,), b"\0" * 40)
+    with pytest.raises(DataError, match="not an unsigned-byte IDX"):
+        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+
+
+def test_not_gzip_is_reported(idx_copy):
+    (idx_copy / "t10k-images-idx3-ubyte.gz").write_bytes(b"this is not gzip at all")
+    with pytest.raises(DataError, match="not a readable gzip"):
+        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+
+
+def test_count_mismatch_is_reported(idx_copy):
+    _write_idx(idx_copy / "t10k-labels-idx1-ubyte.gz", 8, (7,), b"\1" * 7)
+    with pytest.raises(DataError, match="1600 images but t10k-labels-idx1-ubyte.gz has 7 labels"):
+        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(DataError, match="put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in"):
+        load_dataset("kmnist", Split.TRAIN, tmp_path, allow_download=False)
+
+
+def test_evaluation_reads_only_test_split(tmp_path, mnist_dir):
+    for f in mnist_dir.glob("t10k-*"):
+        shutil.copy(f, tmp_path / f.name)
+    assert len(load_dataset("mnist", Split.TEST, tmp_path, allow_download=False)) == 1600
+
+
+def test_parse_idx_rejects_tiny_input():
+    with pytest.raises(DataError, match="only 2 bytes"):
+        parse_idx(b"\0\0", "x")
+
+
+def _image_folder(root, samples_dir):
+    """Real sample PNGs arranged as class folders, in several modes and sizes."""
+    for png in sorted(samples_dir.glob("mnist_*.png")):
+        label = png.stem.split("_")[-1]
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.open(png)
+        image.save(folder / png.name)
+        image.convert("RGB").resize((56, 56)).save(folder / (png.stem + "_rgb.jpg"))
+        image.convert("RGBA").save(folder / (png.stem + "_rgba.png"))
+    return root
+
+
+def test_image_folder_is_a_custom_dataset(tmp_path, samples_dir):
+    root = _image_folder(tmp_path / "digits", samples_dir)
+    train = load_dataset("ignored", Split.TRAIN, root)
+    test = load_dataset("ignored", Split.TEST, root)
+    assert train.images.shape[1:] == (28, 28) and train.images.dtype == np.uint8
+    assert len(train) + len(test) == 60
+    assert train.class_names == tuple(sorted(p.name for p in root.iterdir()))
+
+
+def test_image_folder_with_empty_class(tmp_path, samples_dir):
+    root = _image_folder(tmp_path / "digits", samples_dir)
+    (root / "zz_empty").mkdir()
+    with pytest.raises(DataError, match="zz_empty: class folder holds no images"):
+        load_dataset("ignored", Split.TRAIN, root)
+
+
+def test_image_folder_with_corrupt_image(tmp_path, samples_dir):
+    root = _image_folder(tmp_path / "digits", samples_dir)
+    (root / "digit7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="broken.png: not an image Pillow can read"):
+        load_dataset("ignored", Split.TRAIN, root)
+
+
+def test_image_folder_with_one_class(tmp_path, samples_dir):
+    root = tmp_path / "one"
+    (root / "only").mkdir(parents=True)
+    shutil.copy(next(samples_dir.glob("mnist_*.png")), root / "only" / "a.png")
+    with pytest.raises(DataError, match="at least 2"):
+        load_dataset("ignored", Split.TRAIN, root)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(DataError, match="Unknown dataset 'cifar'"):
+        load_dataset("cifar", Split.TEST, None, allow_download=False)

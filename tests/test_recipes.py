@@ -1,0 +1,73 @@
+"""Recipe shapes, and MAC counts read back from converted models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+
+
+@pytest.fixture(scope="module")
+def views():
+    from cbnet_tl.recipes import blenet
+
+    parts = blenet.make_layers(10)
+    randomize(blenet.build_training_model(parts))
+    return blenet.build_views(parts)
+
+
+def randomize(model):
+    """Non-zero weights everywhere: the converter drops all-zero biases of fresh models."""
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
+
+
+def test_branchynet_shapes_follow_the_original(views):
+    import keras
+
+    from cbnet_tl.recipes import blenet
+
+    parts = blenet.make_layers(10)
+    image = keras.Input((28, 28, 1), batch_size=1)
+    x = image
+    shapes = []
+    for layer in parts.trunk + parts.main:
+        x = layer(x)
+        shapes.append(tuple(x.shape[1:3]))
+    # conv1 30 → pool 15 → conv2 17 → pool 9 → conv3 11 → pool 6
+    assert [s for s in shapes if len(s) == 2 and s[0] is not None][:9] == [
+        (34, 34), (30, 30), (15, 15), (21, 21), (17, 17), (9, 9), (15, 15), (11, 11), (6, 6)]
+    assert tuple(views["trunk_branch"].outputs[1].shape) == (1, 15, 15, 5)
+    assert tuple(views["lenet"].outputs[0].shape) == (1, 10)
+
+
+def test_autoencoder_shape():
+    from cbnet_tl.recipes.autoencoder import build_autoencoder
+
+    model = build_autoencoder()
+    out = model(np.zeros((3, 28, 28, 1), np.float32))
+    assert tuple(out.shape) == (3, 28, 28, 1)
+    assert float(np.min(out)) >= 0.0 and float(np.max(out)) <= 1.0
+
+
+def test_mac_counts_match_the_papers_figures(tmp_path, views):
+    from cbnet_tl.recipes.autoencoder import build_autoencoder
+    from cbnet_tl.runtime.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.convert import Precision, to_tflite, write_atomic
+
+    def macs(model, name):
+        path = tmp_path / f"{name}.tflite"
+        write_atomic(path, to_tflite(model, Precision.FLOAT32))
+        return count_macs_and_params(path)
+
+    branch_macs, _ = macs(views["branch"], "branch")
+    lenet_macs, lenet_params = macs(views["lenet"], "lenet")
+    ae_macs, ae_params = macs(randomize(build_autoencoder(batch_size=1)), "ae")
+    assert branch_macs == 112_500 + 101_250 + 6_400          # ≈0.22 M (DESIGN §2)
+    assert lenet_macs == 112_500 + 361_250 + 605_000 + 60_480 + 840  # ≈1.14 M
+    assert ae_macs == 784 * 512 + 512 * 384 + 384 * 256 + 256 * 64 + 64 * 784  # ≈0.76 M
+    # The linear code layer's bias folds into the decoder's bias in the converted graph.
+    assert ae_params == ae_macs + 512 + 384 + 256 + 784
+    assert lenet_params == 5 * 25 + 5 + 10 * 125 + 10 + 20 * 250 + 20 + 720 * 84 + 84 + 84 * 10 + 10

@@ -1,0 +1,127 @@
+"""The runtime on a real tiny build: real sample PNGs, batches, and bad inputs with clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbnet_tl.runtime.bundle import load_bundle
+from cbnet_tl.runtime.errors import BundleError, ChecksumError, ImageError, ModelError
+from cbnet_tl.runtime.images import load_image, load_images
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.runner import classify_paths, open_pipeline, selftest
+
+
+@pytest.fixture(scope="module")
+def mnist_samples(samples_dir):
+    paths = sorted(samples_dir.glob("mnist_*.png"))
+    labels = np.array([int(p.stem.split("_")[-1]) for p in paths])
+    return paths, labels
+
+
+@pytest.mark.parametrize("name", ["cbnet", "branchynet", "lenet", "branch"])
+def test_pipelines_classify_real_samples(tiny_bundle, mnist_samples, name):
+    paths, labels = mnist_samples
+    pipeline = open_pipeline(tiny_bundle, name)
+    records = classify_paths(pipeline, paths)
+    assert len(records) == len(paths)
+    predicted = np.array([r["label"] for r in records])
+    # briefly trained models on 2,000 images still read most real digits correctly
+    assert np.mean(predicted == labels) >= 0.7
+    assert all(0.0 < r["confidence"] <= 1.0 and r["ms"] > 0 for r in records)
+
+
+def test_branchynet_paths_follow_the_entropy_gate(tiny_bundle, mnist_samples):
+    from cbnet_tl.runtime.gate import entropy, softmax
+
+    bundle = load_bundle(tiny_bundle, models=["trunk_branch", "main_tail", "branch"])
+    images = load_images(mnist_samples[0])
+    result = Pipeline(bundle, "branchynet").classify(images)
+    branch_logits = bundle.models["branch"](images[..., None].astype(np.float32) / 255.0)[0]
+    early = entropy(softmax(branch_logits)) < bundle.entropy_threshold
+    assert [p == "branch" for p in result.paths] == early.tolist()
+
+
+def test_batches_match_single_images(tiny_bundle, mnist_samples):
+    images = load_images(mnist_samples[0])
+    for name in ("cbnet", "branchynet", "lenet"):
+        pipeline = open_pipeline(tiny_bundle, name)
+        batched = pipeline.classify(images)
+        single = [pipeline.classify(image).labels[0] for image in images]
+        assert batched.labels.tolist() == single
+        assert batched.paths == tuple(p for image in images for p in pipeline.classify(image).paths)
+
+
+def test_selftest_passes_on_a_fresh_bundle(tiny_bundle):
+    report = selftest(tiny_bundle)
+    assert report["passed"] and set(report["pipelines"]) == {"cbnet", "branchynet", "lenet"}
+
+
+def test_wrong_image_size(tmp_path, samples_dir):
+    path = tmp_path / "big.png"
+    Image.open(next(samples_dir.glob("mnist_*.png"))).resize((32, 32)).save(path)
+    with pytest.raises(ImageError, match="expected a 28x28 image. Received 32x32. Pass --convert"):
+        load_image(path)
+    assert load_image(path, resize=True).shape == (28, 28)
+
+
+def test_wrong_image_mode(tmp_path, samples_dir):
+    path = tmp_path / "rgb.png"
+    Image.open(next(samples_dir.glob("mnist_*.png"))).convert("RGB").save(path)
+    with pytest.raises(ImageError, match="expected a grayscale image \\(mode L\\). Received mode RGB"):
+        load_image(path)
+
+
+def test_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("hello")
+    with pytest.raises(ImageError, match="notes.png: not an image Pillow can read"):
+        load_image(path)
+
+
+def test_wrong_array_shape(tiny_bundle):
+    with pytest.raises(ImageError, match=r"Expected uint8 images of shape \(N, 28, 28\). Received \(2, 32, 32\)"):
+        open_pipeline(tiny_bundle, "lenet").classify(np.zeros((2, 32, 32), np.uint8))
+
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    return copy
+
+
+def test_checksum_mismatch(bundle_copy):
+    model = bundle_copy / "models" / "lenet_int8.tflite"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="lenet_int8.tflite: sha256 .* does not match the manifest"):
+        load_bundle(bundle_copy, models=["lenet"])
+
+
+def test_corrupt_tflite_is_a_model_error(bundle_copy):
+    from cbnet_tl.runtime.interpreter import Model
+
+    model = bundle_copy / "models" / "lenet_int8.tflite"
+    model.write_bytes(b"TFL3 but not really a flatbuffer" * 10)
+    with pytest.raises(ModelError, match="Cannot load lenet_int8.tflite as a TFLite model"):
+        Model(model)
+
+
+def test_missing_manifest_field(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest["entropy_threshold"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="lacks required field\\(s\\) entropy_threshold"):
+        load_bundle(bundle_copy)
+
+
+def test_float32_models_stay_in_the_build_dir(tiny_build, tiny_bundle):
+    assert load_bundle(tiny_build, precision="float32", models=["lenet"]).models["lenet"].input.dtype == np.float32
+    with pytest.raises(BundleError, match="has no float32 lenet model"):
+        load_bundle(tiny_bundle, precision="float32", models=["lenet"])

@@ -1,0 +1,167 @@
+"""``cbnet-tl build``: train → convert → check → bundle (→ report), into one build directory.
+
+The build runs in a temporary sibling directory and is renamed into place only when every stage
+succeeded, so a failed or interrupted build never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.toolchain.checks import CheckConfig
+from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
+
+
+class OutputExistsError(CbnetError):
+    """The output directory exists and --force was not given."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dataset: str
+    out: Path
+    data_dir: Optional[Path] = None
+    target: str = "rpi4"
+    threshold: Optional[float] = None
+    force: bool = False
+    allow_download: bool = True
+    write_report: bool = False
+    max_train_images: Optional[int] = None  # a seeded subset, for quick smoke builds
+    train: TrainConfig = field(default_factory=TrainConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+    def entropy_threshold(self, custom: bool) -> float:
+        if self.threshold is not None:
+            if self.threshold <= 0:
+                raise CbnetError(f"Expected --threshold > 0. Received: {self.threshold}")
+            return float(self.threshold)
+        return CUSTOM_THRESHOLD if custom else DEFAULT_THRESHOLDS[self.dataset]
+
+
+def tool_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for package in ("cbnet-tl", "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _progress(enabled: bool):
+    from tqdm.auto import tqdm
+
+    return lambda iterable, **kwargs: tqdm(iterable, disable=not enabled, **kwargs)
+
+
+def prepare_output(out: Path, force: bool) -> Path:
+    out = Path(out).absolute()
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
+        raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it, or choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def build(config: BuildConfig, log=print) -> dict:
+    """Run every stage; return the build record (also written to ``OUT/build.json``)."""
+    from cbnet_tl.toolchain import checks as checks_stage
+    from cbnet_tl.toolchain.bundle import new_version, write_bundle
+    from cbnet_tl.toolchain.convert import convert_all, file_hashes, write_json_atomic
+    from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset
+    from cbnet_tl.toolchain.export import export_specs
+    from cbnet_tl.toolchain.targets import get_target
+    from cbnet_tl.toolchain.train import train_all
+
+    target = get_target(config.target)
+    progress = _progress(config.train.progress)
+    started = time.perf_counter()
+    timings: dict = {}
+    train = load_dataset(config.dataset, Split.TRAIN, config.data_dir, config.allow_download)
+    test = load_dataset(config.dataset, Split.TEST, config.data_dir, config.allow_download)
+    if config.max_train_images is not None and config.max_train_images < len(train):
+        keep = np.sort(np.random.default_rng(config.train.seed).permutation(len(train))[: config.max_train_images])
+        train = replace(train, images=train.images[keep], labels=train.labels[keep])
+    custom = config.data_dir is not None and is_image_folder(Path(config.data_dir))
+    threshold = config.entropy_threshold(custom)
+    dataset_name = train.name if custom else config.dataset
+    log(f"data: {dataset_name}: {len(train)} training and {len(test)} test images from {train.source}")
+
+    work = prepare_output(config.out, config.force)
+    try:
+        stage = time.perf_counter()
+        train_record = train_all(train, work, threshold, config.train)
+        timings["train_s"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        models = convert_all(export_specs(work, train.images), work / "models", progress=progress)
+        timings["convert_s"] = time.perf_counter() - stage
+        files = [m[p]["file"] for m in models.values() for p in ("float32", "int8")]
+        hashes = file_hashes(work, files)
+        manifest = {
+            "format_version": 1, "kind": "build", "dataset": dataset_name,
+            "class_names": list(train.class_names),
+            "input": {"shape": [28, 28], "dtype": "uint8", "scaling": "value / 255"},
+            "entropy_threshold": threshold, "version": new_version(list(hashes.values())),
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "tools": tool_versions(), "models": models,
+            "pipelines": {"cbnet": {}, "branchynet": {}, "lenet": {}, "branch": {}},
+            "files": hashes,
+            "data": {"name": config.dataset, "custom": custom, "source": train.source,
+                     "num_train": len(train), "num_test": len(test)},
+        }
+        write_json_atomic(work / "manifest.json", manifest)
+
+        stage = time.perf_counter()
+        record = checks_stage.run_checks(work, test.images, test.labels, config.check, progress=progress)
+        timings["check_s"] = time.perf_counter() - stage
+        write_json_atomic(work / "checks.json", record)
+        log(checks_stage.format_table(record, list(train.class_names)))
+        checks_stage.raise_on_failures(record)
+
+        stage = time.perf_counter()
+        tarball = write_bundle(work, target, test.images)
+        timings["bundle_s"] = time.perf_counter() - stage
+        timings["total_s"] = time.perf_counter() - started
+        build_record = {
+            "dataset": dataset_name, "target": target.name, "version": manifest["version"],
+            "threshold": threshold, "timings": {k: round(v, 2) for k, v in timings.items()},
+            "train": train_record, "tarball": tarball.name,
+            "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"]}
+                         for name, r in record["pipelines"].items()},
+        }
+        write_json_atomic(work / "build.json", build_record)
+        if config.write_report:
+            from cbnet_tl.toolchain.report import write_report
+
+            write_report(work, test_images=test.images, test_labels=test.labels)
+        _move_into_place(work, Path(config.out).absolute())
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return build_record
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.old-{int(time.time())}")
+        out.rename(backup)
+    work.rename(out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def read_build_record(build_dir: Path) -> dict:
+    return json.loads((Path(build_dir) / "build.json").read_text())

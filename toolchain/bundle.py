@@ -1,0 +1,144 @@
+"""Render a deployment bundle (directory + ``.tar.gz``) from a checked build directory.
+
+Reads ``BUILD/manifest.json`` and ``BUILD/checks.json``; writes ``BUILD/bundle/`` and
+``BUILD/cbnet-tl-<dataset>-<target>.tar.gz``, each atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import cbnet_tl.runtime as runtime_package
+from cbnet_tl.runtime.bundle import read_manifest, sha256_of
+from cbnet_tl.runtime.errors import BundleError
+from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
+from cbnet_tl.toolchain.targets import Target
+
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
+NUM_SELFTEST_SAMPLES = 20
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("cbnet_tl.templates", "."),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, **context) -> str:
+    return _environment().get_template(template).render(**context)
+
+
+def _copy_runtime(destination: Path) -> None:
+    source = Path(runtime_package.__file__).parent
+    target = destination / "lib" / "cbnet_tl" / "runtime"
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.py")):
+        shutil.copy2(path, target / path.name)
+
+
+def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
+    """Selftest samples and the int8 predictions the build made for them."""
+    from cbnet_tl.runtime.bundle import load_bundle
+
+    (staging / "samples").mkdir()
+    files = []
+    for i, image in enumerate(images[:NUM_SELFTEST_SAMPLES]):
+        relative = f"samples/{i:02d}.png"
+        Image.fromarray(image, mode="L").save(staging / relative)
+        files.append(relative)
+    stacked = np.stack([np.asarray(Image.open(staging / f)) for f in files])
+    bundle = load_bundle(build_dir, precision="int8", models=models_for(DEPLOYED_PIPELINES))
+    expected = {p: Pipeline(bundle, p).classify(stacked).labels.tolist() for p in DEPLOYED_PIPELINES}
+    return {"files": files, "expected": expected}
+
+
+def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Path:
+    """Render ``build_dir/bundle`` and its tarball; return the tarball's path."""
+    build_dir = Path(build_dir)
+    if not SAFE_PATH.match(target.install_dir):
+        raise BundleError(f"Install dir {target.install_dir!r} must be an absolute path of [A-Za-z0-9._/-]")
+    build_manifest = read_manifest(build_dir)
+    checks = json.loads((build_dir / "checks.json").read_text())
+    staging = Path(tempfile.mkdtemp(prefix=".bundle.", dir=build_dir))
+    try:
+        (staging / "models").mkdir()
+        models = {}
+        for name in models_for(DEPLOYED_PIPELINES):
+            entry = dict(build_manifest["models"][name])
+            entry.pop("float32", None)
+            shutil.copy2(build_dir / entry["int8"]["file"], staging / entry["int8"]["file"])
+            models[name] = entry
+        _copy_runtime(staging)
+        selftest = _write_samples(staging, build_dir, test_images)
+        accuracy = {
+            name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"], "agreement": r["top1_agreement"]}
+            for name, r in checks["pipelines"].items()
+        }
+        context = {
+            "dataset": build_manifest["dataset"], "target": target.name, "target_title": target.title,
+            "version": build_manifest["version"], "built_at": build_manifest["built_at"],
+            "tool_version": build_manifest["tools"]["cbnet-tl"], "threshold": build_manifest["entropy_threshold"],
+            "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
+            "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
+        }
+        outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
+                   "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
+        outputs.update({out: template for template, out in target.extra_templates})
+        for out, template in outputs.items():
+            (staging / out).write_text(render(template, **context))
+        (staging / "run.py").chmod(0o755)
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            **{k: build_manifest[k] for k in ("format_version", "dataset", "class_names", "input",
+                                               "entropy_threshold", "version", "built_at", "tools")},
+            "kind": "bundle", "target": target.name, "accelerator": target.accelerator,
+            "models": models,
+            "pipelines": {name: {"models": models_for([name]), "checked_accuracy": accuracy[name]}
+                          for name in DEPLOYED_PIPELINES if name in accuracy},
+            "selftest": selftest,
+            "files": {f: sha256_of(staging / f) for f in files},
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        final = build_dir / "bundle"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _write_tarball(build_dir, final, f"cbnet-tl-{build_manifest['dataset']}-{target.name}")
+
+
+def _write_tarball(build_dir: Path, bundle_dir: Path, stem: str) -> Path:
+    tarball = build_dir / f"{stem}.tar.gz"
+    tmp = build_dir / f".{stem}.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as archive:
+        archive.add(bundle_dir, arcname=stem)
+    tmp.replace(tarball)
+    return tarball
+
+
+def new_version(model_hashes: list) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    digest = sha256_of_text("".join(sorted(model_hashes)))[:8]
+    return f"{stamp}-{digest}"
+
+
+def sha256_of_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()

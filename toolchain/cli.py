@@ -1,0 +1,178 @@
+"""The ``cbnet-tl`` command line. Heavy modules are imported inside each command, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cbnet_tl.runtime.errors import CbnetError
+
+app = typer.Typer(
+    name="cbnet-tl",
+    help="Build, check, run and deploy CBNet classifiers (converting autoencoder + light classifier) "
+    "as int8 TFLite bundles for Raspberry Pi and Coral boards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class DatasetChoice(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+    kmnist = "kmnist"
+
+
+class PipelineChoice(str, Enum):
+    cbnet = "cbnet"
+    branchynet = "branchynet"
+    lenet = "lenet"
+    branch = "branch"
+
+
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option(help="Folder with the four IDX .gz files, or one sub-folder of images per class (a custom dataset)."),
+]
+
+
+def fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _target_names() -> list:
+    from cbnet_tl.toolchain.targets import TARGETS
+
+    return sorted(TARGETS)
+
+
+@app.command()
+def build(
+    dataset: Annotated[DatasetChoice, typer.Option(help="Dataset to train on (ignored for a custom --data-dir).")] = DatasetChoice.fashion_mnist,
+    out: Annotated[Path, typer.Option(help="Build directory; the bundle lands in OUT/bundle and OUT/*.tar.gz.")] = Path("build"),
+    data_dir: DataDir = None,
+    target: Annotated[str, typer.Option(help="Deployment target (rpi4, coral-usb, coral-devboard).")] = "rpi4",
+    threshold: Annotated[Optional[float], typer.Option(help="Entropy threshold T for easy/hard (default per dataset: mnist 0.05, fashion-mnist 0.5, kmnist 0.025).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
+    blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
+    autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed for splits and weights.")] = 0,
+    max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    offline: Annotated[bool, typer.Option(help="Never download datasets.")] = False,
+    report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the build record as JSON.")] = False,
+):
+    """Train the models, convert them to int8 TFLite, check quantized accuracy, and write a bundle."""
+    from cbnet_tl.toolchain.build import BuildConfig, build as run_build
+    from cbnet_tl.toolchain.checks import CheckConfig
+    from cbnet_tl.toolchain.targets import get_target
+    from cbnet_tl.toolchain.train import TrainConfig
+
+    try:
+        get_target(target)
+        config = BuildConfig(
+            dataset=dataset.value, out=out, data_dir=data_dir, target=target, threshold=threshold, force=force,
+            allow_download=not offline, write_report=report, max_train_images=max_train_images,
+            train=TrainConfig(seed=seed, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress),
+            check=CheckConfig(max_accuracy_drop=max_accuracy_drop),
+        )
+        record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
+    except (CbnetError, ValueError) as error:
+        fail(error)
+    if json_output:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo(f"bundle: {out / 'bundle'}  ({record['tarball']})  in {record['timings']['total_s']:.0f} s")
+
+
+@app.command()
+def check(
+    build_dir: Annotated[Path, typer.Argument(help="A build directory from `cbnet-tl build`.")],
+    data_dir: DataDir = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Allowed drop in points (default: the build's).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the checks record as JSON.")] = False,
+):
+    """Re-run the float32 vs int8 quantization checks of a build on its test split."""
+    from cbnet_tl.toolchain import checks as checks_stage
+    from cbnet_tl.toolchain.convert import write_json_atomic
+    from cbnet_tl.toolchain.evaluation import load_test_split
+
+    try:
+        manifest, test = load_test_split(build_dir, data_dir)
+        previous = build_dir / "checks.json"
+        allowed = max_accuracy_drop
+        if allowed is None:
+            allowed = json.loads(previous.read_text())["max_accuracy_drop"] if previous.is_file() else 1.0
+        record = checks_stage.run_checks(build_dir, test.images, test.labels,
+                                         checks_stage.CheckConfig(max_accuracy_drop=allowed))
+        write_json_atomic(build_dir / "checks.json", record)
+        typer.echo(json.dumps(record) if json_output else checks_stage.format_table(record, manifest["class_names"]))
+        checks_stage.raise_on_failures(record)
+    except (CbnetError, ValueError) as error:
+        fail(error)
+
+
+@app.command()
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
+    pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice.cbnet,
+    convert: Annotated[bool, typer.Option(help="Convert any size/mode to 28x28 grayscale instead of refusing it.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Classify images with a bundle, through the light runtime only."""
+    from cbnet_tl.runtime.images import collect_image_paths
+    from cbnet_tl.runtime.runner import classify_paths, open_pipeline
+
+    try:
+        bundle_dir = bundle
+        runner = open_pipeline(bundle_dir, pipeline.value, num_threads=threads)
+        records = classify_paths(runner, collect_image_paths(images), resize=convert)
+    except CbnetError as error:
+        fail(error)
+    if json_output:
+        typer.echo(json.dumps({"pipeline": pipeline.value, "results": records}, indent=2))
+        return
+    for r in records:
+        typer.echo(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
+
+
+@app.command("eval")
+def evaluate_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
+    dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
+    data_dir: DataDir = None,
+    pipeline: Annotated[Optional[List[PipelineChoice]], typer.Option(help="Pipeline(s) to evaluate (default: cbnet, branchynet, lenet).")] = None,
+    precision: Annotated[str, typer.Option(help="int8, or float32 (build directories only).")] = "int8",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per interpreter call.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N test images.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Accuracy, share of each path and time per image on this machine, through the runtime only."""
+    from cbnet_tl.toolchain.evaluation import evaluate_bundle, format_evaluation
+
+    try:
+        names = [p.value for p in pipeline] if pipeline else None
+        result = evaluate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
+                                 precision=precision, batch_size=batch_size, limit=limit)
+    except CbnetError as error:
+        fail(error)
+    typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
