@@ -32,3 +32,9 @@ class BatchReshape(layers.Layer):
 def batch_flatten(input_shape, name: str) -> BatchReshape:
     """A flatten for inputs of per-sample shape ``input_shape``."""
     return BatchReshape((math.prod(input_shape),), name=name)
+
+
+def build_noop(image_shape=(28, 28, 1)) -> keras.Model:
+    """A model that only reshapes its input: timing it gives the fixed cost of one interpreter call."""
+    image = keras.Input(image_shape, batch_size=1, name="image")
+    return keras.Model(image, batch_flatten(image_shape, name="noop")(image), name="noop")

@@ -25,6 +25,7 @@ from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 NUM_SELFTEST_SAMPLES = 20
+INVOKE_PROBE = "noop"  # a reshape-only model, for measuring the cost of one interpreter call
 
 
 def _environment():
@@ -34,7 +35,7 @@ def _environment():
         loader=jinja2.PackageLoader("cbnet_tl.templates", "."),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
     )
 
 
@@ -77,7 +78,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
     try:
         (staging / "models").mkdir()
         models = {}
-        for name in models_for(DEPLOYED_PIPELINES):
+        for name in models_for(DEPLOYED_PIPELINES) + [INVOKE_PROBE]:
             entry = dict(build_manifest["models"][name])
             entry.pop("float32", None)
             shutil.copy2(build_dir / entry["int8"]["file"], staging / entry["int8"]["file"])

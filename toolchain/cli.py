@@ -64,6 +64,7 @@ def build(
     blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
     autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed for splits and weights.")] = 0,
+    time_budget_minutes: Annotated[float, typer.Option(min=0, help="Wall-clock limit for training (2/3 B-LeNet, 1/3 AE); training keeps the best epoch so far. 0: no limit.")] = 12.0,
     max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     offline: Annotated[bool, typer.Option(help="Never download datasets.")] = False,
@@ -72,6 +73,9 @@ def build(
     json_output: Annotated[bool, typer.Option("--json", help="Print the build record as JSON.")] = False,
 ):
     """Train the models, convert them to int8 TFLite, check quantized accuracy, and write a bundle."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the progress bars
     from cbnet_tl.toolchain.build import BuildConfig, build as run_build
     from cbnet_tl.toolchain.checks import CheckConfig
     from cbnet_tl.toolchain.targets import get_target
@@ -82,7 +86,8 @@ def build(
         config = BuildConfig(
             dataset=dataset.value, out=out, data_dir=data_dir, target=target, threshold=threshold, force=force,
             allow_download=not offline, write_report=report, max_train_images=max_train_images,
-            train=TrainConfig(seed=seed, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress),
+            train=TrainConfig(seed=seed, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
+                              time_budget_s=time_budget_minutes * 60 or None),
             check=CheckConfig(max_accuracy_drop=max_accuracy_drop),
         )
         record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
@@ -168,6 +173,64 @@ def evaluate_command(
     except CbnetError as error:
         fail(error)
     typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
+
+
+def _parse_batches(text: str) -> tuple:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"Expected comma-separated integers such as 1,32. Received: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"Expected batch sizes >= 1. Received: {text!r}")
+    return sizes
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory (build directories also time float32).")],
+    dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
+    data_dir: DataDir = None,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads, the same for every pipeline.")] = 1,
+    batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
+    num_images: Annotated[int, typer.Option(min=32, help="Test images timed per pipeline and setting.")] = 1024,
+    target: Annotated[str, typer.Option(help="Target whose power model gives the energy per image.")] = "rpi4",
+    save: Annotated[bool, typer.Option(help="Also write BUNDLE/bench.json (used by `cbnet-tl report`).")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Time lenet, branchynet, the truncated branch and cbnet the same way; report ratios, MACs, footprint."""
+    from tqdm.auto import tqdm
+
+    from cbnet_tl.toolchain.bench import BenchConfig, format_bench, run_bench
+    from cbnet_tl.toolchain.convert import write_json_atomic
+    from cbnet_tl.toolchain.evaluation import load_test_split
+
+    try:
+        _, test = load_test_split(bundle, data_dir, dataset.value if dataset else None)
+        config = BenchConfig(threads=threads, batch_sizes=_parse_batches(batch), num_images=num_images, target=target)
+        report = run_bench(bundle, test.images, test.labels, config,
+                           progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, **kw)))
+        if save:
+            write_json_atomic(bundle / "bench.json", report)
+    except CbnetError as error:
+        fail(error)
+    typer.echo(json.dumps(report, indent=2) if json_output else format_bench(report))
+
+
+@app.command()
+def report(
+    build_dir: Annotated[Path, typer.Argument(help="A build directory from `cbnet-tl build`.")],
+    data_dir: DataDir = None,
+):
+    """Write BUILD_DIR/report/index.html: latency and accuracy beside the paper's, checks, confusion, hard images, DVFS."""
+    from cbnet_tl.toolchain.evaluation import load_test_split
+    from cbnet_tl.toolchain.report import write_report
+
+    try:
+        _, test = load_test_split(build_dir, data_dir)
+        path = write_report(build_dir, test.images, test.labels)
+    except CbnetError as error:
+        fail(error)
+    typer.echo(str(path))
 
 
 def main() -> None:

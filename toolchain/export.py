@@ -15,6 +15,7 @@ def export_specs(build_dir: Path, train_images: np.ndarray) -> list:
 
     from cbnet_tl.recipes import autoencoder as ae_recipe
     from cbnet_tl.recipes import blenet
+    from cbnet_tl.recipes.layers import build_noop
 
     keras_dir = Path(build_dir) / "keras"
     trained = keras.models.load_model(keras_dir / "b_lenet.keras", compile=False)
@@ -31,4 +32,5 @@ def export_specs(build_dir: Path, train_images: np.ndarray) -> list:
         ModelSpec("trunk_branch", views["trunk_branch"], ("logits", "features"), images),
         ModelSpec("main_tail", views["main_tail"], ("logits",), features),
         ModelSpec("lenet", views["lenet"], ("logits",), images),
+        ModelSpec("noop", build_noop(), ("output",), images),
     ]

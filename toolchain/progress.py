@@ -19,3 +19,46 @@ class EpochBar(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._bar.close()
+
+
+class BudgetedBest(keras.callbacks.Callback):
+    """Early stopping on ``val_loss`` plus a wall-clock budget; always ends on the best weights.
+
+    Keras's EarlyStopping restores the best weights only when it is the one that stops training;
+    this restores them however training ends (patience, budget or the last epoch).
+    """
+
+    def __init__(self, patience: int, budget_seconds: float | None):
+        super().__init__()
+        self.patience = patience
+        self.budget_seconds = budget_seconds
+        self.best = float("inf")
+        self.best_weights = None
+        self.wait = 0
+        self.stopped_by = "epochs"
+        self._started = None
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        current = (logs or {}).get("val_loss")
+        if current is not None and current < self.best:
+            self.best, self.wait = current, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_by, self.model.stop_training = "patience", True
+        elapsed = time.perf_counter() - self._started
+        # stop if another epoch of the average length would overrun the budget
+        if self.budget_seconds is not None and elapsed * (epoch + 2) / (epoch + 1) > self.budget_seconds:
+            self.stopped_by, self.model.stop_training = "time budget", True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)

@@ -34,7 +34,8 @@ class TrainConfig:
     main_loss_weight: float = 1.0
     easy_per_hard: float = 3.0
     min_autoencoder_pairs: int = 20000
-    augment_shift_pixels: float = 2.0  # random translation during training only; 0 disables
+    augment_shift_pixels: Optional[float] = None  # training-only random shift; None: 2 px below 20k images
+    time_budget_s: Optional[float] = 720.0  # wall clock for both stages (2/3 B-LeNet, 1/3 AE); None: no limit
     autoencoder_dropout: float = 0.1  # training only; the exported graph has no dropout
     progress: bool = True
 
@@ -98,15 +99,22 @@ def autoencoder_pairs(split: EasyHardSplit, config: TrainConfig, seed: int) -> n
     return rng.permutation(np.concatenate([hard, easy]))
 
 
-def _with_augmentation(model, config: TrainConfig):
+def augmentation_shift(config: TrainConfig, num_images: int) -> float:
+    """Small sets gain much from random shifts; large ones (e.g. 60k FMNIST) mostly pay in epochs."""
+    if config.augment_shift_pixels is not None:
+        return float(config.augment_shift_pixels)
+    return 2.0 if num_images < 20000 else 0.0
+
+
+def _with_augmentation(model, shift: float, seed: int):
     """Wrap a model with a random shift of its input that is active only while training."""
     import keras
 
-    if config.augment_shift_pixels <= 0:
+    if shift <= 0:
         return model
-    fraction = config.augment_shift_pixels / 28.0
+    fraction = shift / 28.0
     image = keras.Input((28, 28, 1), name="image")
-    shifted = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=config.seed,
+    shifted = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
                                              name="augment_shift")(image)
     outputs = model(shifted)
     if isinstance(outputs, dict):
@@ -124,6 +132,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
     from cbnet_tl.recipes import autoencoder as ae_recipe
     from cbnet_tl.recipes import blenet
+    from cbnet_tl.toolchain.progress import BudgetedBest, EpochBar
 
     keras.utils.set_random_seed(config.seed)
     num_classes = len(train.class_names)
@@ -131,10 +140,12 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     x, y = _to_float(train.images), train.labels
     record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index))}
 
-    started = time.perf_counter()
+    started = stage_started = time.perf_counter()
     parts = blenet.make_layers(num_classes)
     b_lenet = blenet.build_training_model(parts)
-    model = _with_augmentation(b_lenet, config)
+    shift = augmentation_shift(config, len(fit_index))
+    model = _with_augmentation(b_lenet, shift, config.seed)
+    budget = BudgetedBest(config.patience, None if config.time_budget_s is None else config.time_budget_s * 2 / 3)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={"branch": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -143,19 +154,18 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         metrics={"branch": ["accuracy"], "main": ["accuracy"]},
         jit_compile=False,  # XLA on CPU was 2-3x slower for these small convolutions
     )
-    from cbnet_tl.toolchain.progress import EpochBar
 
     history = model.fit(
         x[fit_index], {"branch": y[fit_index], "main": y[fit_index]},
         validation_data=(x[val_index], {"branch": y[val_index], "main": y[val_index]}),
         epochs=config.blenet_epochs, batch_size=config.batch_size, verbose=0, shuffle=True,
         callbacks=[
-            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            budget,
             EpochBar("train B-LeNet", config.blenet_epochs, config.progress),
         ],
     )
     record["blenet"] = {
-        "epochs_run": len(history.history["loss"]),
+        "epochs_run": len(history.history["loss"]), "stopped_by": budget.stopped_by, "augment_shift_pixels": shift,
         "seconds": round(time.perf_counter() - started, 2),
         "val_branch_accuracy": float(max(history.history["val_branch_accuracy"])),
         "val_main_accuracy": float(max(history.history["val_main_accuracy"])),
@@ -176,20 +186,22 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     pair_val = np.isin(pairs, val_index)
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
     autoencoder = ae_recipe.build_autoencoder(dropout=config.autoencoder_dropout)
-    trainer = _with_augmentation(autoencoder, config)
+    trainer = _with_augmentation(autoencoder, shift, config.seed)
+    remaining = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - stage_started)
+    ae_budget = BudgetedBest(config.patience, None if remaining is None else max(remaining, 30.0))
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=False)
     history = trainer.fit(
         x[ae_fit], canonical[y[ae_fit]],
         validation_data=(x[ae_val], canonical[y[ae_val]]),
         epochs=config.autoencoder_epochs, batch_size=config.autoencoder_batch_size, verbose=0, shuffle=True,
         callbacks=[
-            keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+            ae_budget,
             EpochBar("train converting AE", config.autoencoder_epochs, config.progress),
         ],
     )
     record["autoencoder"] = {
         "pairs": int(len(pairs)), "hard_pairs": int((~split.easy[pairs]).sum()),
-        "epochs_run": len(history.history["loss"]),
+        "epochs_run": len(history.history["loss"]), "stopped_by": ae_budget.stopped_by,
         "seconds": round(time.perf_counter() - started, 2),
         "val_loss": float(min(history.history["val_loss"])),
     }

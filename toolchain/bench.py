@@ -1,0 +1,182 @@
+"""``cbnet-tl bench``: every pipeline timed the same way, side by side.
+
+Same interpreter, threads and batch size for every pipeline; pre-processing, the entropy gate and
+softmax are inside the timed region. Pipelines are interleaved batch by batch, so the machine's
+noise falls on all of them alike. Ratios are taken within one run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.bundle import load_bundle, read_manifest, resolve_bundle_dir
+from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.evaluate import evaluate
+from cbnet_tl.runtime.interpreter import time_invoke_overhead
+from cbnet_tl.runtime.pipelines import PIPELINE_MODELS, Pipeline, models_for
+
+BENCH_PIPELINES = ("lenet", "branchynet", "branch", "cbnet")
+INVOKE_PROBE = "noop"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    threads: int = 1
+    batch_sizes: tuple = (1, 32)
+    precisions: tuple = ("int8", "float32")
+    num_images: int = 1024
+    warmup_batches: int = 3
+    target: str = "rpi4"
+
+    def __post_init__(self):
+        if self.threads < 1 or self.num_images < 1 or not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise CbnetError(
+                f"Expected threads >= 1, num_images >= 1 and batch sizes >= 1. Received threads={self.threads}, "
+                f"num_images={self.num_images}, batch_sizes={self.batch_sizes}"
+            )
+
+
+def _pipeline_macs(manifest: dict, name: str, hard_share: float) -> float:
+    macs = {m: manifest["models"][m].get("macs", 0) for m in manifest["models"]}
+    if name == "branchynet":
+        return macs["trunk_branch"] + hard_share * macs["main_tail"]
+    return float(sum(macs[m] for m in PIPELINE_MODELS[name]))
+
+
+def _pipeline_params(manifest: dict, name: str) -> int:
+    """Weights a pipeline holds (branchynet: trunk + branch + main path, each counted once)."""
+    return int(sum(manifest["models"][m].get("params", 0) for m in PIPELINE_MODELS[name]))
+
+
+def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int,
+                   progress: Optional[Callable] = None) -> dict:
+    """Per-image seconds of every batch, for each pipeline, interleaved round-robin."""
+    batches = [images[i : i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)]
+    if not batches:
+        raise CbnetError(f"Need at least {batch_size} images to time batch size {batch_size}")
+    for batch in batches[:warmup_batches]:
+        for pipeline in pipelines.values():
+            pipeline.classify(batch)
+    samples = {name: [] for name in pipelines}
+    stages = {name: {} for name in pipelines}
+    names = list(pipelines)
+    rounds = range(len(batches))
+    for round_index in progress(rounds) if progress else rounds:
+        order = names[round_index % len(names):] + names[: round_index % len(names)]
+        for name in order:
+            result = pipelines[name].classify(batches[round_index])
+            samples[name].append(result.seconds / len(batches[round_index]))
+            for stage, seconds in result.stage_seconds.items():
+                stages[name].setdefault(stage, []).append(seconds / len(batches[round_index]))
+    return {name: (np.asarray(samples[name]), {s: float(np.median(v)) for s, v in stages[name].items()})
+            for name in names}
+
+
+def footprint(bundle_dir: Path) -> dict:
+    """Import time of the runtime and peak RSS of a fresh process that loads the bundle and classifies."""
+    code = (
+        "import json, resource, time, sys\n"
+        "start = time.perf_counter()\n"
+        "import cbnet_tl.runtime.runner as runner\n"
+        "from cbnet_tl.runtime.interpreter import find_interpreter\n"
+        "find_interpreter()\n"
+        "imported = time.perf_counter() - start\n"
+        "import numpy as np\n"
+        f"pipeline = runner.open_pipeline({str(bundle_dir)!r}, 'cbnet')\n"
+        "pipeline.classify(np.zeros((1, 28, 28), np.uint8))\n"
+        "print(json.dumps({'import_s': imported, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    files = [p for p in Path(bundle_dir).rglob("*") if p.is_file()]
+    measured["bundle_bytes"] = int(sum(p.stat().st_size for p in files))
+    measured["model_bytes"] = int(sum(p.stat().st_size for p in files if p.suffix == ".tflite"))
+    return measured
+
+
+def _energy_per_image(target: str, seconds: float) -> Optional[dict]:
+    try:
+        from cbnet_tl.runtime.energy import modelled_energy_at_top_frequency
+    except ImportError:
+        return None
+    return modelled_energy_at_top_frequency(target, seconds)
+
+
+def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchConfig,
+              progress: Optional[Callable] = None) -> dict:
+    directory = resolve_bundle_dir(path)
+    manifest = read_manifest(directory)
+    precisions = [p for p in config.precisions if all(p in manifest["models"][m] for m in models_for(BENCH_PIPELINES))]
+    if not precisions:
+        raise CbnetError(f"{directory} has none of the precisions {config.precisions}")
+    names = models_for(BENCH_PIPELINES) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest["models"] else [])
+    timed = images[: config.num_images]
+    report = {"bundle": str(directory), "dataset": manifest["dataset"], "num_timed_images": int(len(timed)),
+              "num_accuracy_images": int(len(labels)), "threads": config.threads, "interpreter": None,
+              "runs": [], "notes": []}
+    for precision in precisions:
+        bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names)
+        from cbnet_tl.runtime.interpreter import find_interpreter
+
+        report["interpreter"] = find_interpreter().package
+        pipelines = {name: Pipeline(bundle, name) for name in BENCH_PIPELINES}
+        scored = {name: evaluate(p, images, labels, batch_size=250) for name, p in pipelines.items()}
+        overhead = time_invoke_overhead(bundle.models[INVOKE_PROBE]) if INVOKE_PROBE in bundle.models else None
+        bare = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(BENCH_PIPELINES)}
+        for batch_size in config.batch_sizes:
+            wrapped = (lambda it, d=f"bench {precision} batch {batch_size}": progress(it, desc=d)) if progress else None
+            timings = time_pipelines(pipelines, timed, batch_size, config.warmup_batches, wrapped)
+            run = {"precision": precision, "batch_size": batch_size, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
+                   "bare_invoke_us": {m: t * 1e6 for m, t in bare.items()}, "pipelines": {}}
+            for name, (per_image, stages) in timings.items():
+                hard_share = scored[name]["path_shares"].get("branch+main", 0.0)
+                row = {
+                    "latency_ms_median": float(np.median(per_image) * 1e3),
+                    "latency_ms_p95": float(np.percentile(per_image, 95) * 1e3),
+                    "images_per_s": float(len(per_image) / per_image.sum()),
+                    "accuracy": scored[name]["accuracy"],
+                    "path_shares": scored[name]["path_shares"],
+                    "macs": _pipeline_macs(manifest, name, hard_share),
+                    "params": _pipeline_params(manifest, name),
+                    "stage_ms_median": {s: v * 1e3 for s, v in stages.items()},
+                }
+                energy = _energy_per_image(config.target, float(np.median(per_image)))
+                if energy is not None:
+                    row["energy_j_per_image"] = energy
+                run["pipelines"][name] = row
+            for base in ("lenet", "branchynet"):
+                base_latency = run["pipelines"][base]["latency_ms_median"]
+                for row in run["pipelines"].values():
+                    row[f"speedup_vs_{base}"] = base_latency / row["latency_ms_median"]
+            report["runs"].append(run)
+    report["pipelines"] = report["runs"][0]["pipelines"]
+    report["primary"] = {"precision": report["runs"][0]["precision"], "batch_size": report["runs"][0]["batch_size"]}
+    deployed = directory / "bundle" if (directory / "bundle" / "manifest.json").is_file() else directory
+    report["footprint"] = footprint(deployed)
+    if "float32" not in precisions and "float32" in config.precisions:
+        report["notes"].append("float32 models are only in build directories; this bundle was timed in int8 only")
+    report["notes"].append("Times are on this machine, not on the target; energy is modelled for the target at its top frequency.")
+    return report
+
+
+def format_bench(report: dict) -> str:
+    lines = [f"{report['dataset']}: {report['num_timed_images']} timed images, {report['threads']} thread(s), {report['interpreter']}"]
+    for run in report["runs"]:
+        overhead = run["invoke_overhead_us"]
+        lines.append(f"\n{run['precision']}, batch {run['batch_size']}" + (f"  (one empty invoke: {overhead:.1f} µs)" if overhead else ""))
+        lines.append(f"{'pipeline':<12}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}{'vs lenet':>10}{'vs branchy':>11}")
+        for name, r in run["pipelines"].items():
+            lines.append(f"{name:<12}{r['latency_ms_median']:>9.4f}{r['latency_ms_p95']:>9.4f}{r['images_per_s']:>10.0f}"
+                         f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}{r['speedup_vs_lenet']:>9.2f}x{r['speedup_vs_branchynet']:>10.2f}x")
+    fp = report["footprint"]
+    lines.append(f"\nruntime import {fp['import_s'] * 1e3:.0f} ms, peak RSS {fp['peak_rss_mb']:.0f} MB, "
+                 f"bundle {fp['bundle_bytes'] / 1e6:.2f} MB ({fp['model_bytes'] / 1e6:.2f} MB models)")
+    lines.extend(f"note: {n}" for n in report["notes"])
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""``cbnet-tl report``: a self-contained HTML page (jinja2 + Pillow PNGs, no JavaScript, no CDN).
+
+Reads what the build stages wrote (manifest, checks, train, bench, simulate JSON) and the int8
+models through our runtime; writes ``DIR/report/index.html`` and its PNGs atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.bundle import load_bundle, read_manifest, resolve_bundle_dir
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.toolchain import charts
+
+NUM_GRID_IMAGES = 12
+
+
+def paper_figures() -> dict:
+    text = resources.files("cbnet_tl.toolchain").joinpath("data/paper_figures.json").read_text()
+    return json.loads(text)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _confusion_rows(confusion: list) -> list:
+    """Rows of (count, shade 0..1) for an HTML heat-map table."""
+    matrix = np.asarray(confusion, dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    return [[(int(c), float(s)) for c, s in zip(row, share_row)] for row, share_row in zip(matrix, shares)]
+
+
+def _grid(build_dir: Path, images: np.ndarray, labels: Optional[np.ndarray], threshold: float, out: Path) -> Optional[dict]:
+    """Hard test images (branch entropy ≥ T) above what the converting AE made of them."""
+    bundle = load_bundle(build_dir, models=["autoencoder", "branch", "trunk_branch", "main_tail"])
+    branchynet = Pipeline(bundle, "branchynet").classify(images[:2000])
+    hard = [i for i, path in enumerate(branchynet.paths) if path == "branch+main"][:NUM_GRID_IMAGES]
+    if not hard:
+        return None
+    originals = images[hard]
+    converted = Pipeline(bundle, "cbnet").convert(originals)
+    charts.image_grid([list(originals), list(converted)]).save(out / "hard_vs_converted.png")
+    names = bundle.class_names
+    predicted = Pipeline(bundle, "cbnet").classify(originals).labels
+    return {"file": "hard_vs_converted.png",
+            "captions": [{"true": names[int(labels[i])] if labels is not None else "?", "cbnet": names[int(p)]}
+                         for i, p in zip(hard, predicted)]}
+
+
+def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dict], simulate: Optional[dict]) -> dict:
+    made = {}
+    paper = paper_figures()
+    order = ["lenet", "branchynet", "cbnet"]
+    if bench:
+        ours = bench["pipelines"]
+        paper_latency = paper["latency_ms_per_image_rpi4"]
+        series = {
+            f"ours ({bench['primary']['precision']}, batch {bench['primary']['batch_size']}, this machine)":
+                [ours[p]["speedup_vs_lenet"] for p in order],
+            "paper (Pi 4, mixed frameworks)": [paper_latency["lenet"] / paper_latency[p] for p in order],
+        }
+        charts.bar_chart(order, series, "Speed-up over LeNet (higher is faster)", "x LeNet").save(out / "speedup.png")
+        made["speedup"] = "speedup.png"
+    if checks:
+        paper_accuracy = paper["accuracy_percent"].get(dataset, {})
+        series = {"ours int8": [checks["pipelines"][p]["int8"]["accuracy"] * 100 for p in order],
+                  "ours float32": [checks["pipelines"][p]["float32"]["accuracy"] * 100 for p in order]}
+        if paper_accuracy:
+            series["paper"] = [paper_accuracy.get(p) for p in order]
+        charts.bar_chart(order, series, f"Test accuracy on {dataset} (%)", "%").save(out / "accuracy.png")
+        made["accuracy"] = "accuracy.png"
+    if simulate and simulate.get("frequency_curve"):
+        curve = simulate["frequency_curve"]
+        charts.line_chart(curve["mhz"], {k: v for k, v in curve["energy_mj"].items()},
+                          "Modelled energy per inference vs CPU frequency", "MHz", "mJ").save(out / "dvfs.png")
+        made["dvfs"] = "dvfs.png"
+    return made
+
+
+def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
+                 test_labels: Optional[np.ndarray] = None) -> Path:
+    """Render ``build_dir/report/index.html``; return its path."""
+    from cbnet_tl.toolchain.bundle import render
+
+    build_dir = resolve_bundle_dir(build_dir)
+    manifest = read_manifest(build_dir)
+    checks = _read_json(build_dir / "checks.json")
+    train = _read_json(build_dir / "train.json")
+    bench = _read_json(build_dir / "bench.json")
+    simulate = _read_json(build_dir / "simulate.json")
+    staging = Path(tempfile.mkdtemp(prefix=".report.", dir=build_dir))
+    try:
+        made = _charts(staging, manifest["dataset"], bench, checks, simulate)
+        grid = None
+        if test_images is not None:
+            grid = _grid(build_dir, test_images, test_labels, manifest["entropy_threshold"], staging)
+        context = {
+            "manifest": manifest, "checks": checks, "train": train, "bench": bench, "simulate": simulate,
+            "charts": made, "grid": grid, "paper": paper_figures(),
+            "confusions": {name: _confusion_rows(r["int8"]["confusion"]) for name, r in (checks or {}).get("pipelines", {}).items()},
+        }
+        (staging / "index.html").write_text(render("report/index.html.j2", **context))
+        final = build_dir / "report"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final / "index.html"

@@ -1,0 +1,230 @@
+"""Replay the real per-sample stage times of an evaluation through a target's power model, per DVFS policy.
+
+A trace is a list of samples; a sample is the list of ``(stage, seconds)`` its pipeline ran, timed on this
+machine. Those times count as times at the target's top frequency and scale as f_max / f. Arrivals are
+back to back (the next inference arrives when the previous one has answered) or periodic (inference k
+arrives at k · period). The deadline counts from the arrival. Energy is modelled (``energy.EnergyModel``):
+busy time at P_active(f), idle time at P_idle, and every frequency switch its time and energy. Every
+policy is driven through the same event protocol as on a device (``dvfs.Policy``), with simulated times.
+
+The **oracle** knows the whole trace. Among all schedules that give every stage of every sample its own
+frequency from the OPP list, it finds by dynamic programming the one of least total energy that meets
+every deadline that can be met at all (a sample too slow even at the top frequency runs at the top).
+Switch costs count; between periodic arrivals a switch is taken as free of latency (a relaxation), and the
+schedule never lets one inference overrun the next arrival. So its ``lower_bound_j`` is a true lower bound
+on the energy of any policy in this list that misses no more deadlines than it; its other figures come
+from replaying its schedule through the same simulator as the policies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cbnet_tl.runtime.dvfs import DvfsContext, Policy, parse_policy
+from cbnet_tl.runtime.energy import EnergySource, model_for
+from cbnet_tl.runtime.errors import DataError, DvfsError
+
+ORACLE = "oracle"
+_PATHS = {"cbnet": "ae+branch", "lenet": "main", "branch": "branch-only"}
+
+
+def infer_pipeline(stage_names) -> str:
+    names = set(stage_names)
+    for pipeline, marker in (("branchynet", "trunk_branch"), ("cbnet", "autoencoder"), ("lenet", "lenet")):
+        if marker in names:
+            return pipeline
+    if names == {"branch"}:
+        return "branch"
+    raise DataError(f"Cannot tell the pipeline from stages {sorted(names)}. Expected cbnet (autoencoder, branch), "
+                    "branchynet (trunk_branch, main_tail), lenet or branch; pass pipeline=")
+
+
+def path_of(pipeline: str, stages: Sequence[str]) -> str:
+    if pipeline == "branchynet":
+        return "branch+main" if "main_tail" in stages else "branch"
+    return _PATHS.get(pipeline, "mixed")
+
+
+def _check_trace(trace) -> list:
+    samples = []
+    for i, sample in enumerate(trace):
+        try:
+            stages = [(str(stage), float(seconds)) for stage, seconds in sample]
+        except (TypeError, ValueError):
+            raise DataError(f"Expected sample {i} as a list of (stage, seconds) pairs. Received: {sample!r}") from None
+        if not stages or any(not s >= 0 for _, s in stages):
+            raise DataError(f"Expected sample {i} to have stages with seconds >= 0. Received: {stages}")
+        samples.append(stages)
+    if not samples:
+        raise DataError("Expected a trace with at least one sample. Received an empty trace")
+    return samples
+
+
+def _stats(latencies: np.ndarray, deadline_s: float) -> dict:
+    ms = latencies * 1e3
+    misses = int(np.sum(latencies > deadline_s * (1 + 1e-9)))
+    return {"misses": misses, "miss_rate": misses / len(latencies), "latency_ms_median": float(np.median(ms)),
+            "latency_ms_p95": float(np.percentile(ms, 95))}
+
+
+def top_frequency_latency(trace) -> dict:
+    """Latency per sample at the top frequency (the trace as timed), in ms."""
+    totals = np.array([sum(s for _, s in sample) for sample in _check_trace(trace)]) * 1e3
+    return {"median": float(np.median(totals)), "mean": float(totals.mean()),
+            "p95": float(np.percentile(totals, 95)), "p99": float(np.percentile(totals, 99)),
+            "max": float(totals.max())}
+
+
+def replay(policy: Policy, samples: list, context: DvfsContext, pipeline: str) -> dict:
+    """Drive a bound policy through the trace; energy per inference and deadline statistics."""
+    model, period = context.model, context.period_s
+    top, switch_s = model.top_khz, model.switch_seconds
+    now, current, idle = 0.0, top, 0.0
+    busy, switches, latencies = {}, [], np.empty(len(samples))
+
+    def switch(khz):
+        nonlocal now, current
+        if khz != current:
+            if khz not in model.frequencies_khz:
+                raise DvfsError(f"Policy {policy.name} chose {khz} kHz, not in {list(model.frequencies_khz)}")
+            switches.append((current, khz))
+            now, current = now + switch_s, khz
+
+    answered = 0.0
+    for k, stages in enumerate(samples):
+        arrival = k * period if period is not None else answered
+        idle_s = max(0.0, arrival - now)
+        idle, now = idle + idle_s, max(now, arrival)
+        switch(policy.on_begin(pipeline, now - arrival, idle_s))
+        for stage, top_seconds in stages:
+            switch(policy.on_stage(stage, now - arrival))
+            seconds = top_seconds * top / current
+            busy[current] = busy.get(current, 0.0) + seconds
+            now += seconds
+            policy.on_stage_done(stage, seconds, current)
+        latencies[k], answered = now - arrival, now
+        switch(policy.on_end(path_of(pipeline, [s for s, _ in stages]), latencies[k]))
+    if period is not None:
+        idle += max(0.0, len(samples) * period - now)
+    energy = model.energy_j(busy, idle, switches)
+    return {"energy_j": energy / len(samples), **_stats(latencies, context.deadline_s),
+            "time_at_frequency": {str(k // 1000): round(v, 9) for k, v in sorted(busy.items())},
+            "switches": len(switches)}
+
+
+class _Schedule(Policy):
+    """Replays a fixed schedule: one frequency per stage per sample (the oracle's)."""
+
+    name = ORACLE
+
+    def __init__(self, schedule: list, periodic: bool):
+        self.schedule, self.periodic, self.k, self.i = schedule, periodic, -1, 0
+
+    def on_begin(self, pipeline, lateness_s, idle_s):
+        self.k, self.i = self.k + 1, 0
+        return self.schedule[self.k][0]
+
+    def on_stage(self, stage, elapsed_s):
+        self.i += 1
+        return self.schedule[self.k][self.i - 1]
+
+    def on_end(self, path, latency_s):
+        following = self.k + 1 < len(self.schedule) and self.periodic
+        return self.schedule[self.k + 1][0] if following else self.schedule[self.k][-1]
+
+
+def _combos(num_freqs: int, num_stages: int) -> np.ndarray:
+    if num_freqs ** num_stages > 200_000:
+        raise DvfsError(f"The oracle enumerates {num_freqs}^{num_stages} frequency choices per sample; too many. "
+                        "Expected at most 200000 (fewer OPPs or stages)")
+    combos = np.array(list(itertools.product(range(num_freqs), repeat=num_stages)), dtype=np.int64)
+    return combos[np.argsort(combos[:, -1], kind="stable")]  # grouped by the last stage's frequency
+
+
+def oracle_schedule(samples: list, context: DvfsContext) -> tuple:
+    """(schedule, least energy in J for the whole trace) by dynamic programming over the end frequency."""
+    model, deadline, period = context.model, context.deadline_s, context.period_s
+    freqs = np.array(model.frequencies_khz, dtype=np.float64)
+    n, top, switch_s = len(freqs), len(freqs) - 1, model.switch_seconds
+    credit = model.idle_w if period is not None else 0.0  # periodic: busy time replaces idle time
+    power = np.array([model.active_w(int(f)) for f in freqs]) - credit
+    switch_j = np.array([[model.switch_j(int(a), int(b)) - (credit * switch_s if a != b else 0.0)
+                          for b in freqs] for a in freqs])
+    limit = min(deadline, period) if period is not None else deadline
+    switch_in_s = 0.0 if period is not None else switch_s
+    cost = np.full(n, np.inf)
+    cost[top] = 0.0
+    back, cache = [], {}
+    states = np.arange(n)[:, None]
+    for stages in samples:
+        t = np.array([s for _, s in stages])
+        combos = cache.setdefault(len(t), _combos(n, len(t)))
+        seconds = t[None, :] * freqs[-1] / freqs[combos]
+        inner = combos[:, 1:] != combos[:, :-1]
+        latency = seconds.sum(1) + inner.sum(1) * switch_s
+        energy = (power[combos] * seconds).sum(1) + switch_j[combos[:, :-1], combos[:, 1:]].sum(1)
+        total = latency[None, :] + (combos[None, :, 0] != states) * switch_in_s
+        if t.sum() <= limit:
+            allowed = total <= limit * (1 + 1e-9)
+        else:  # cannot be met even at the top frequency: run it at the top
+            allowed = np.broadcast_to((combos == top).all(1)[None, :], total.shape)
+        step = np.where(allowed, cost[:, None] + switch_j[:, combos[:, 0]] + energy[None, :], np.inf)
+        best_prev = step.argmin(0)
+        best = step[best_prev, np.arange(len(combos))].reshape(n, -1)
+        choice = best.argmin(1) + np.arange(n) * best.shape[1]
+        cost = best.min(1)
+        back.append((combos, choice, best_prev[choice]))
+    state, schedule = int(cost.argmin()), []
+    bound = float(cost[state])
+    for combos, choice, prev in reversed(back):
+        schedule.append([int(freqs[j]) for j in combos[choice[state]]])
+        state = int(prev[state])
+    schedule.reverse()
+    if period is not None:
+        bound += model.idle_w * period * len(samples)
+    return schedule, bound
+
+
+def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], policies: Sequence[str],
+             frequencies_khz=None, *, switch_seconds: Optional[float] = None, pipeline: Optional[str] = None) -> dict:
+    samples = _check_trace(trace)
+    model = model_for(target, frequencies_khz, switch_seconds)
+    context = DvfsContext(model, deadline_s, period_s)
+    pipeline = pipeline or infer_pipeline(s for sample in samples for s, _ in sample)
+    results = {}
+    for name in policies:
+        if name == ORACLE:
+            schedule, bound = oracle_schedule(samples, context)
+            results[name] = replay(_Schedule(schedule, period_s is not None), samples, context, pipeline)
+            results[name]["lower_bound_j"] = bound / len(samples)
+            continue
+        policy = parse_policy(name)
+        if policy is None:
+            raise DvfsError("DVFS 'off' leaves the frequency to the governor, which cannot be simulated. "
+                            "Expected performance, powersave, fixed:<MHz>, eenet or oracle")
+        policy.bind(context)
+        results[policy.name] = replay(policy, samples, context, pipeline)
+    for reference in ("performance", ORACLE):
+        if reference in results:
+            for result in results.values():
+                result[f"energy_vs_{reference}"] = result["energy_j"] / results[reference]["energy_j"] - 1
+    return {
+        "target": target, "pipeline": pipeline, "num_inferences": len(samples),
+        "deadline_ms": deadline_s * 1e3, "period_ms": None if period_s is None else period_s * 1e3,
+        "arrivals": "back-to-back" if period_s is None else "periodic",
+        "frequencies_mhz": [f / 1000 for f in model.frequencies_khz], "switch_us": model.switch_seconds * 1e6,
+        "top_frequency_latency_ms": top_frequency_latency(samples),
+        "energy_source": EnergySource.MODELLED.value, "policies": results,
+        "notes": [
+            f"Stage times were measured on this machine; they count as times at the top frequency "
+            f"({model.top_khz // 1000} MHz) of {target} and scale as f_max / f.",
+            "energy_j is per inference, modelled: busy time at P_active(f), idle time at P_idle, switches at "
+            "P_active of the higher frequency. Back to back, the next inference arrives when the previous answers.",
+            "oracle: least-energy per-stage schedule knowing the whole trace; lower_bound_j bounds every policy "
+            "that misses no more deadlines (periodic switches taken as free of latency).",
+        ],
+        "assumptions": list(model.table.notes),
+    }
