@@ -68,7 +68,7 @@ def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
 
 
 def watch(pipeline: Pipeline, inbox: Path, outbox: Path, poll_seconds: float, resize: bool,
-          max_images: Optional[int] = None) -> int:
+          max_images: Optional[int] = None, hook=None) -> int:
     """Classify each image that appears in ``inbox``; write ``outbox/NAME.json`` and remove the image."""
     inbox.mkdir(parents=True, exist_ok=True)
     outbox.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def watch(pipeline: Pipeline, inbox: Path, outbox: Path, poll_seconds: float, re
             continue
         for path in pending:
             try:
-                record = classify_paths(pipeline, [path], resize=resize)[0]
+                record = classify_paths(pipeline, [path], resize=resize, hook=hook)[0]
             except CbnetError as error:
                 record = {"file": str(path), "error": str(error)}
             target = outbox / f"{path.stem}.json"
@@ -103,12 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--convert", action="store_true", help="convert any image to 28x28 grayscale")
     classify.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
+    restore = commands.add_parser("dvfs-restore", help="give back a CPU frequency state left by a killed run")
+    restore.add_argument("--state-file", type=Path, default=None)
     watch_parser = commands.add_parser("watch", help="classify images dropped into a folder (the service)")
     watch_parser.add_argument("--inbox", type=Path, required=True)
     watch_parser.add_argument("--outbox", type=Path, required=True)
     watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default="cbnet")
     watch_parser.add_argument("--poll-seconds", type=float, default=0.2)
     watch_parser.add_argument("--convert", action="store_true")
+    watch_parser.add_argument("--dvfs", default="off", help="off, performance, powersave, fixed:<MHz> or eenet")
+    watch_parser.add_argument("--deadline-ms", type=float, default=None)
+    watch_parser.add_argument("--target", default="rpi4", help="power model for modelled energy")
     return parser
 
 
@@ -127,8 +132,17 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
                 for r in records:
                     print(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
         elif args.command == "watch":
+            from cbnet_tl.runtime.dvfs_run import dvfs_session
+
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
-            watch(pipeline, args.inbox, args.outbox, args.poll_seconds, args.convert)
+            with dvfs_session(args.dvfs, deadline_ms=args.deadline_ms, target=args.target) as session:
+                watch(pipeline, args.inbox, args.outbox, args.poll_seconds, args.convert, hook=session)
+        elif args.command == "dvfs-restore":
+            from cbnet_tl.runtime.cpufreq import restore_from_file
+            from cbnet_tl.runtime.dvfs_run import DEFAULT_STATE_FILE
+
+            restored = restore_from_file(args.state_file or DEFAULT_STATE_FILE)
+            print(f"restored {restored}" if restored else "nothing to restore")
     except CbnetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ def tiny_build(tmp_path_factory) -> Path:
             train=TrainConfig(blenet_epochs=4, autoencoder_epochs=20, progress=False, min_autoencoder_pairs=0,
                               augment_shift_pixels=0),
             check=CheckConfig(max_accuracy_drop=5.0),
-            write_report=False,
+            write_report=True,
         ),
         log=lambda message: None,
     )

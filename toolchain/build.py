@@ -143,9 +143,15 @@ def build(config: BuildConfig, log=print) -> dict:
         }
         write_json_atomic(work / "build.json", build_record)
         if config.write_report:
+            from cbnet_tl.toolchain.bench import BenchConfig, run_bench
             from cbnet_tl.toolchain.report import write_report
 
+            stage = time.perf_counter()
+            quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), target=target.name)
+            write_json_atomic(work / "bench.json", run_bench(work, test.images, test.labels, quick))
             write_report(work, test_images=test.images, test_labels=test.labels)
+            build_record["timings"]["report_s"] = round(time.perf_counter() - stage, 2)
+            write_json_atomic(work / "build.json", build_record)
         _move_into_place(work, Path(config.out).absolute())
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

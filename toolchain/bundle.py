@@ -95,6 +95,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "tool_version": build_manifest["tools"]["cbnet-tl"], "threshold": build_manifest["entropy_threshold"],
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
+            "dvfs": "off", "deadline_ms": None,
         }
         outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
                    "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}

@@ -42,6 +42,13 @@ DataDir = Annotated[
 ]
 
 
+Dvfs = Annotated[str, typer.Option(help="CPU frequency policy: off, performance, powersave, fixed:<MHz> or eenet.")]
+DeadlineMs = Annotated[Optional[float], typer.Option(help="Deadline per inference in ms (needed by every policy but off).")]
+PeriodMs = Annotated[Optional[float], typer.Option(help="Inferences arrive every PERIOD ms (default: back to back).")]
+SysfsRoot = Annotated[Path, typer.Option(help="Root of the sysfs tree holding cpufreq (tests pass a copy).")]
+TargetOption = Annotated[str, typer.Option(help="Target whose power model gives modelled energy (rpi4, coral-usb, coral-devboard).")]
+
+
 def fail(error: Exception) -> None:
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)
@@ -133,23 +140,47 @@ def run(
     pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice.cbnet,
     convert: Annotated[bool, typer.Option(help="Convert any size/mode to 28x28 grayscale instead of refusing it.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
+    dvfs: Dvfs = "off",
+    deadline_ms: DeadlineMs = None,
+    period_ms: PeriodMs = None,
+    sysfs_root: SysfsRoot = Path("/"),
+    target: TargetOption = "rpi4",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """Classify images with a bundle, through the light runtime only."""
+    """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy."""
+    from cbnet_tl.runtime.dvfs_run import dvfs_session
     from cbnet_tl.runtime.images import collect_image_paths
     from cbnet_tl.runtime.runner import classify_paths, open_pipeline
 
     try:
-        bundle_dir = bundle
-        runner = open_pipeline(bundle_dir, pipeline.value, num_threads=threads)
-        records = classify_paths(runner, collect_image_paths(images), resize=convert)
+        runner = open_pipeline(bundle, pipeline.value, num_threads=threads)
+        paths = collect_image_paths(images)
+        with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
+                          target=target) as session:
+            records = []
+            for path in paths:
+                session.wait_for_arrival()
+                records.extend(classify_paths(runner, [path], resize=convert, hook=session))
+        summary = session.summary()
     except CbnetError as error:
         fail(error)
     if json_output:
-        typer.echo(json.dumps({"pipeline": pipeline.value, "results": records}, indent=2))
+        typer.echo(json.dumps({"pipeline": pipeline.value, "results": records, "dvfs": summary}, indent=2))
         return
     for r in records:
         typer.echo(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
+    typer.echo(format_dvfs_summary(summary))
+
+
+def format_dvfs_summary(summary: dict) -> str:
+    misses = "" if summary["deadline_ms"] == float("inf") else (
+        f", deadline {summary['deadline_ms']:.3f} ms missed {summary['deadline_misses']}/{summary['num_inferences']}")
+    frequencies = ", ".join(f"{k} MHz {v * 1e3:.1f} ms" if k != "uncontrolled" else f"uncontrolled {v * 1e3:.1f} ms"
+                            for k, v in summary["time_at_frequency"].items())
+    method = f" ({summary['method']})" if summary.get("method") else ""
+    return (f"dvfs {summary['dvfs']}{method}: latency median {summary['latency_ms_median']:.3f} ms, "
+            f"p95 {summary['latency_ms_p95']:.3f} ms{misses}; energy {summary['energy_j'] * 1e3:.4f} mJ/inference "
+            f"({summary['energy_source']}); time at {frequencies}")
 
 
 @app.command("eval")
@@ -161,18 +192,64 @@ def evaluate_command(
     precision: Annotated[str, typer.Option(help="int8, or float32 (build directories only).")] = "int8",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per interpreter call.")] = 1,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N test images.")] = None,
+    dvfs: Dvfs = "off",
+    deadline_ms: DeadlineMs = None,
+    period_ms: PeriodMs = None,
+    sysfs_root: SysfsRoot = Path("/"),
+    target: TargetOption = "rpi4",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """Accuracy, share of each path and time per image on this machine, through the runtime only."""
+    """Accuracy, share of each path and time per image on this machine, through the runtime only.
+
+    With --dvfs other than off (or --deadline-ms/--period-ms), images run one at a time under the policy
+    and each pipeline also reports misses, latency, energy per inference and time at each frequency.
+    """
     from cbnet_tl.toolchain.evaluation import evaluate_bundle, format_evaluation
 
     try:
         names = [p.value for p in pipeline] if pipeline else None
+        dvfs_options = None
+        if dvfs != "off" or deadline_ms is not None or period_ms is not None:
+            dvfs_options = {"dvfs": dvfs, "deadline_ms": deadline_ms, "period_ms": period_ms,
+                            "sysfs_root": sysfs_root, "target": target}
         result = evaluate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
-                                 precision=precision, batch_size=batch_size, limit=limit)
+                                 precision=precision, batch_size=batch_size, limit=limit, dvfs=dvfs_options)
     except CbnetError as error:
         fail(error)
     typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
+
+
+@app.command()
+def simulate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
+    dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
+    data_dir: DataDir = None,
+    pipeline: Annotated[List[PipelineChoice], typer.Option(help="Pipeline(s) to replay.")] = [PipelineChoice.branchynet, PipelineChoice.cbnet],
+    target: TargetOption = "rpi4",
+    deadline_ms: Annotated[Optional[float], typer.Option(help="Deadline per inference (default: 2x the pipeline's median latency at the top frequency).")] = None,
+    period_ms: PeriodMs = None,
+    policy: Annotated[List[str], typer.Option(help="Policies to compare (oracle is the hindsight optimum).")] = ["performance", "powersave", "eenet", "oracle"],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N test images.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Times each image is timed; each stage keeps its median.")] = 3,
+    save: Annotated[bool, typer.Option(help="Also write BUNDLE/simulate.json (used by `cbnet-tl report`).")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Replay each test image's real stage times through a target's power model, per DVFS policy.
+
+    Times measured on this machine count as times at the target's top frequency, scaled by f_max/f.
+    """
+    from cbnet_tl.toolchain.convert import write_json_atomic
+    from cbnet_tl.toolchain.dvfs_report import format_simulation, simulate_bundle
+
+    try:
+        result = simulate_bundle(bundle, dataset.value if dataset else None, data_dir, [p.value for p in pipeline],
+                                 target=target, deadline_ms=deadline_ms, period_ms=period_ms, policies=list(policy),
+                                 limit=limit, repeats=repeats)
+        if save:
+            write_json_atomic(bundle / "simulate.json", result)
+    except (CbnetError, ValueError) as error:
+        fail(error)
+    typer.echo(json.dumps(result, indent=2) if json_output else format_simulation(result))
 
 
 def _parse_batches(text: str) -> tuple:

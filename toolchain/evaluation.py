@@ -28,7 +28,9 @@ def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: 
 
 def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path],
                     pipelines: Optional[Sequence[str]] = None, *, precision: str = "int8",
-                    batch_size: int = 1, limit: Optional[int] = None, num_threads: int = 1) -> dict:
+                    batch_size: int = 1, limit: Optional[int] = None, num_threads: int = 1,
+                    dvfs: Optional[dict] = None) -> dict:
+    """Score each pipeline; with ``dvfs`` (options of ``dvfs_session``), one image at a time under that policy."""
     manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     images, labels = test.images[:limit], test.labels[:limit]
     names = list(pipelines or DEPLOYED_PIPELINES)
@@ -36,11 +38,29 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
     result = {"bundle": str(bundle_dir), "dataset": test.name, "num_images": int(len(labels)),
               "precision": precision, "batch_size": batch_size, "num_threads": num_threads, "pipelines": {}}
     for name in names:
+        if dvfs is not None:
+            result["pipelines"][name] = _evaluate_with_dvfs(Pipeline(bundle, name), images, labels, dvfs)
+            continue
         scored = evaluate(Pipeline(bundle, name), images, labels, batch_size=batch_size)
         scored.pop("predictions")
         scored.pop("confusion")
         result["pipelines"][name] = scored
     return result
+
+
+def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict) -> dict:
+    from collections import Counter
+
+    from cbnet_tl.runtime.dvfs_run import classify_each, dvfs_session
+
+    with dvfs_session(options["dvfs"], deadline_ms=options["deadline_ms"], period_ms=options["period_ms"],
+                      sysfs_root=options["sysfs_root"], target=options["target"]) as session:
+        predicted, paths = classify_each(pipeline, images, session)
+    summary = session.summary()
+    counts = Counter(paths)
+    return {"accuracy": float((predicted == labels).mean()), "num_images": int(len(labels)), "batch_size": 1,
+            "path_shares": {p: c / len(labels) for p, c in sorted(counts.items())},
+            "ms_per_image_median": summary["latency_ms_median"], "dvfs": summary}
 
 
 def format_evaluation(result: dict) -> str:
@@ -49,4 +69,8 @@ def format_evaluation(result: dict) -> str:
     for name, r in result["pipelines"].items():
         shares = ", ".join(f"{p} {s:.1%}" for p, s in r["path_shares"].items())
         lines.append(f"{name:<12}{r['accuracy'] * 100:>9.2f}%{r['ms_per_image_median']:>10.3f}  {shares}")
+        if "dvfs" in r:
+            from cbnet_tl.toolchain.cli import format_dvfs_summary
+
+            lines.append("            " + format_dvfs_summary(r["dvfs"]))
     return "\n".join(lines)

@@ -1,0 +1,445 @@
+"""DVFS policies as pure decision objects, and ``DvfsSession``, which applies one on a device.
+
+A driver (``DvfsSession`` on a device, ``cbnet_tl.toolchain.simulate`` offline) tells a bound policy
+what happens and sets whatever frequency (kHz) the policy returns. The policy never reads a clock or a
+file; every time it needs is passed in, in seconds:
+
+    on_begin(pipeline, lateness_s, idle_s) -> kHz    an inference arrived lateness_s ago; the CPU was idle idle_s before it
+    on_stage(stage, elapsed_s) -> kHz                 before a stage; elapsed_s since the arrival
+    on_stage_done(stage, seconds, khz)                a stage (with the overhead that follows it) took seconds at khz
+    on_end(path, latency_s) -> kHz                    the answer is out; the returned kHz holds until the next arrival
+
+Policies: ``performance``, ``powersave``, ``fixed:<MHz>`` (static) and ``eenet``:
+
+- Within an inference it splits the work into the stages every path runs and the tail some paths run
+  (BranchyNet's ``main_tail``; a CBNet has no tail). At each decision point it picks, for the work known
+  to remain, the frequency of least expected energy whose predicted finish, with the tail at its planned
+  frequency, meets the deadline. Predictions use a high quantile of each stage's cost, times (1 + margin).
+  A switch is chosen only when its time fits and its energy is repaid.
+- Across inferences it learns each stage's cost in cycles (seconds × frequency: an exponentially smoothed
+  mean and a tracked upper quantile), how often the tail runs, and whether arrivals leave idle time. From
+  these it recalibrates the base frequency and the tail's frequency for the least expected energy. After a
+  miss it raises its margin and replans; the margin decays slowly while deadlines are met (about one
+  miss in ``miss_step / margin_decay`` inferences at equilibrium).
+- Energy of running slower: back to back, the board's idle power keeps running while the inference takes
+  longer, so E(f) = P(f)·t(f). With idle gaps between arrivals, running slower only replaces idle time:
+  E(f) = (P(f) − P_idle)·t(f) + constant. The power model says which frequency wins; nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.energy import EnergyModel, EnergySource
+from cbnet_tl.runtime.errors import DvfsError
+
+PRE_STAGE = "_pre"  # the session's segment between begin_inference and the first stage (pre-processing)
+
+
+class PolicyKind(str, Enum):
+    PERFORMANCE = "performance"
+    POWERSAVE = "powersave"
+    FIXED = "fixed"
+    EENET = "eenet"
+
+
+POLICY_CHOICES = ("off", "performance", "powersave", "fixed:<MHz>", "eenet")
+
+
+@dataclass(frozen=True)
+class DvfsContext:
+    model: EnergyModel  # the device's OPP list, P(f) and the switch cost
+    deadline_s: float
+    period_s: Optional[float] = None  # None: back to back
+
+    def __post_init__(self):
+        if not self.deadline_s > 0:
+            raise DvfsError(f"Expected a deadline > 0 s. Received: {self.deadline_s}")
+        if self.period_s is not None and not self.period_s > 0:
+            raise DvfsError(f"Expected a period > 0 s, or none for back-to-back arrivals. Received: {self.period_s}")
+
+
+class Policy:
+    name = "policy"
+    context: DvfsContext
+
+    def bind(self, context: DvfsContext) -> None:
+        self.context = context
+
+    def on_begin(self, pipeline: str, lateness_s: float, idle_s: float) -> int:
+        raise NotImplementedError
+
+    def on_stage(self, stage: str, elapsed_s: float) -> int:
+        raise NotImplementedError
+
+    def on_stage_done(self, stage: str, seconds: float, khz: int) -> None:
+        pass
+
+    def on_end(self, path: str, latency_s: float) -> int:
+        raise NotImplementedError
+
+
+class StaticPolicy(Policy):
+    """One frequency for everything: the top, the bottom, or a fixed one from the device's list."""
+
+    def __init__(self, kind: PolicyKind, mhz: Optional[int] = None):
+        self.kind, self.mhz = kind, mhz
+        self.name = f"fixed:{mhz}" if kind is PolicyKind.FIXED else kind.value
+        self.khz = 0
+
+    def bind(self, context: DvfsContext) -> None:
+        super().bind(context)
+        offered = context.model.frequencies_khz
+        if self.kind is PolicyKind.PERFORMANCE:
+            self.khz = offered[-1]
+        elif self.kind is PolicyKind.POWERSAVE:
+            self.khz = offered[0]
+        elif self.mhz * 1000 in offered:
+            self.khz = self.mhz * 1000
+        else:
+            raise DvfsError(f"Expected fixed:<MHz> with a frequency this CPU offers, "
+                            f"{[f // 1000 for f in offered]} MHz. Received: fixed:{self.mhz}")
+
+    def on_begin(self, pipeline, lateness_s, idle_s):
+        return self.khz
+
+    def on_stage(self, stage, elapsed_s):
+        return self.khz
+
+    def on_end(self, path, latency_s):
+        return self.khz
+
+
+def parse_policy(text: str) -> Optional[Policy]:
+    """``off`` → None; ``performance``, ``powersave``, ``fixed:<MHz>``, ``eenet`` → an unbound policy."""
+    spec = str(text).strip().lower()
+    if spec == "off":
+        return None
+    if spec in (PolicyKind.PERFORMANCE.value, PolicyKind.POWERSAVE.value):
+        return StaticPolicy(PolicyKind(spec))
+    if spec == PolicyKind.EENET.value:
+        return EENetPolicy()
+    if spec.startswith("fixed:") and spec[6:].isdigit() and int(spec[6:]) > 0:
+        return StaticPolicy(PolicyKind.FIXED, int(spec[6:]))
+    hint = " The oracle needs the whole trace: only `cbnet-tl simulate` offers it." if spec == "oracle" else ""
+    raise DvfsError(f"Expected a DVFS policy, one of {list(POLICY_CHOICES)} (e.g. fixed:1000). "
+                    f"Received: {text!r}.{hint}")
+
+
+class _Stage:
+    __slots__ = ("mean", "high", "num_runs", "rate")
+
+    def __init__(self):
+        self.mean = self.high = self.rate = 0.0
+        self.num_runs = 0
+
+
+class _Pipeline:
+    def __init__(self):
+        self.order: list = []
+        self.stats: dict = {}
+        self.count = 0
+        self.plan: Optional[tuple] = None  # (frequency of the common stages, frequency of the tail)
+        self.remaining: dict = {}  # decision point → (common mean, common high, tail mean, tail high, p_tail)
+        self.ran: set = set()
+
+
+class EENetPolicy(Policy):
+    name = PolicyKind.EENET.value
+
+    def __init__(self, quantile: float = 0.995, smoothing: float = 0.05, warmup: int = 16, replan_every: int = 64,
+                 margin: float = 0.02, miss_step: float = 0.2, margin_decay: float = 0.0002):
+        if not 0.5 < quantile < 1 or not 0 < smoothing <= 1 or warmup < 1 or replan_every < 1:
+            raise DvfsError("Expected 0.5 < quantile < 1, 0 < smoothing <= 1, warmup >= 1, replan_every >= 1. "
+                            f"Received: {quantile}, {smoothing}, {warmup}, {replan_every}")
+        self.quantile, self.smoothing, self.warmup, self.replan_every = quantile, smoothing, warmup, replan_every
+        self.min_margin, self.miss_step, self.margin_decay = margin, miss_step, margin_decay
+
+    def bind(self, context: DvfsContext) -> None:
+        super().bind(context)
+        self.margin = self.min_margin
+        self._pipelines: dict = {}
+        self._pipeline = _Pipeline()
+        self._current: Optional[int] = None
+        self._idle: Optional[float] = None  # smoothed idle time before an inference
+        self._latency: Optional[float] = None
+
+    # events -------------------------------------------------------------------------------------
+    def on_begin(self, pipeline, lateness_s, idle_s):
+        self._idle = idle_s if self._idle is None else self._idle + 0.05 * (idle_s - self._idle)
+        self._pipeline = self._pipelines.setdefault(pipeline, _Pipeline())
+        self._pipeline.ran = set()
+        return self._choose(None, lateness_s)
+
+    def on_stage(self, stage, elapsed_s):
+        return self._choose(stage, elapsed_s)
+
+    def on_stage_done(self, stage, seconds, khz):
+        pipe = self._pipeline
+        st = pipe.stats.get(stage)
+        if st is None:
+            st = pipe.stats[stage] = _Stage()
+            pipe.order.append(stage)
+        if stage in pipe.ran:
+            return  # counted once per inference
+        pipe.ran.add(stage)
+        cycles = seconds * khz  # kHz·s: thousands of cycles
+        st.num_runs += 1
+        st.mean += max(1.0 / st.num_runs, self.smoothing) * (cycles - st.mean)
+        if st.num_runs <= self.warmup:
+            st.high = max(st.high, cycles)
+        else:  # stochastic quantile tracking: rises τ·step when exceeded, falls (1 − τ)·step otherwise
+            step = 0.1 * st.mean
+            st.high += step * self.quantile if cycles > st.high else -step * (1 - self.quantile)
+            st.high = max(st.high, st.mean)
+
+    def on_end(self, path, latency_s):
+        pipe, context = self._pipeline, self.context
+        pipe.count += 1
+        for stage in pipe.order:
+            st = pipe.stats[stage]
+            st.rate += max(1.0 / pipe.count, 0.01) * ((stage in pipe.ran) - st.rate)
+        self._latency = latency_s if self._latency is None else self._latency + 0.05 * (latency_s - self._latency)
+        missed = latency_s > context.deadline_s
+        if missed:
+            self.margin = min(1.0, self.margin + self.miss_step)
+        else:
+            self.margin = max(self.min_margin, self.margin - self.margin_decay)
+        if pipe.count >= self.warmup and (missed or pipe.plan is None or pipe.count % self.replan_every == 0):
+            self._replan(pipe)
+        if pipe.plan and self._periodic() and self._current != pipe.plan[0] and self._gap() >= self._switch_s():
+            self._current = pipe.plan[0]  # go back to the base frequency while idle, off the critical path
+        return self._current if self._current is not None else context.model.top_khz
+
+    # model --------------------------------------------------------------------------------------
+    def _switch_s(self) -> float:
+        return self.context.model.switch_seconds
+
+    def _periodic(self) -> bool:
+        return self.context.period_s is not None or (self._idle or 0.0) > 0.0
+
+    def _gap(self) -> float:
+        if self.context.period_s is not None:
+            return self.context.period_s - (self._latency or 0.0)
+        return self._idle or 0.0
+
+    def _switch_cost(self, a: int, b: int, idle_credit: float) -> float:
+        return 0.0 if a == b else self.context.model.switch_j(a, b) - idle_credit * self._switch_s()
+
+    def _choose(self, key, elapsed_s: float) -> int:
+        pipe, model = self._pipeline, self.context.model
+        remaining = pipe.remaining.get(key) if pipe.plan else None
+        if remaining is None:  # warming up, or a stage never seen: run at the top
+            self._current = model.top_khz
+            return self._current
+        c_mean, c_high, t_mean, t_high, p = remaining
+        base, tail = pipe.plan
+        credit = model.idle_w if self._periodic() else 0.0
+        budget, grow, switch = self.context.deadline_s - elapsed_s, 1.0 + self.margin, self._switch_s()
+        for tail_at_same in (False, True):
+            best, best_cost = None, math.inf
+            for f in model.frequencies_khz:
+                f_tail = f if tail_at_same else tail
+                moved = self._current is not None and f != self._current
+                finish = (switch if moved else 0.0) + c_high * grow / f
+                if finish > budget or (p > 0 and finish + (switch if f_tail != f else 0.0)
+                                       + t_high * grow / f_tail > budget):
+                    continue
+                cost = (model.active_w(f) - credit) * c_mean / f
+                cost += self._switch_cost(self._current, f, credit) if moved else 0.0
+                cost += p * self._switch_cost(f, f_tail, credit) + (1 - p) * self._switch_cost(f, base, credit)
+                if cost < best_cost:
+                    best, best_cost = f, cost
+            if best is not None:
+                self._current = best
+                return best
+        # no frequency meets the deadline: finish as early as possible, counting the switch's own time
+        self._current = min(model.frequencies_khz, key=lambda f: (switch if f != self._current else 0.0)
+                            + (c_high + t_high) / f)
+        return self._current
+
+    def _replan(self, pipe: _Pipeline) -> None:
+        common = [s for s in pipe.order if pipe.stats[s].num_runs == pipe.count]
+        tail = [s for s in pipe.order if s not in common]
+        mean = {s: pipe.stats[s].mean for s in pipe.order}
+        high = {s: pipe.stats[s].high for s in pipe.order}
+        p = max((pipe.stats[s].rate for s in tail), default=0.0)
+        t_mean, t_high = sum(mean[s] for s in tail), sum(high[s] for s in tail)
+        pipe.remaining = {None: (sum(mean[s] for s in common), sum(high[s] for s in common), t_mean, t_high, p)}
+        for i, stage in enumerate(common):
+            rest = common[i:]
+            pipe.remaining[stage] = (sum(mean[s] for s in rest), sum(high[s] for s in rest), t_mean, t_high, p)
+        for i, stage in enumerate(tail):
+            pipe.remaining[stage] = (sum(mean[s] for s in tail[i:]), sum(high[s] for s in tail[i:]), 0.0, 0.0, 0.0)
+        pipe.plan = self._best_plan(*pipe.remaining[None])
+
+    def _best_plan(self, a_mean, a_high, b_mean, b_high, p) -> tuple:
+        model, deadline = self.context.model, self.context.deadline_s
+        credit = model.idle_w if self._periodic() else 0.0
+        grow, switch = 1.0 + self.margin, self._switch_s()
+        switch_in_critical = not self._periodic() or self._gap() < switch  # a switch back delays the next one
+        best, best_cost = (model.top_khz, model.top_khz), math.inf
+        for fa in model.frequencies_khz:
+            for fb in (model.frequencies_khz if p > 0 else (fa,)):
+                moved = fa != fb
+                easy = (switch if moved and switch_in_critical else 0.0) + a_high * grow / fa
+                hard = easy + (switch if moved else 0.0) + b_high * grow / fb
+                if easy > deadline or (p > 0 and hard > deadline):
+                    continue
+                cost = (model.active_w(fa) - credit) * a_mean / fa
+                cost += p * ((model.active_w(fb) - credit) * b_mean / fb + 2 * self._switch_cost(fa, fb, credit))
+                if cost < best_cost:
+                    best, best_cost = (fa, fb), cost
+        return best
+
+
+class DvfsSession:
+    """The pipelines' stage hook on a device: applies a policy through a ``CpufreqController``, times every
+    stage and sums up misses, latency, energy and time per frequency.
+
+    ``energy`` is an ``EnergyModel`` (energy ``modelled`` from the time spent at each frequency) or a meter
+    from ``meters`` (energy ``measured`` over the session's window). A policy decides from a power model
+    even when energy is measured: pass ``model`` then. ``controller=None`` means DVFS off: no policy, and
+    the frequency is whatever the governor chooses (modelled energy then assumes the top frequency).
+    Use ``with session:`` to start and stop a meter; call ``wait_for_arrival()`` before each inference
+    when ``period_s`` is set, so that lateness and idle time are known.
+    """
+
+    def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
+                 period_s: Optional[float] = None, *, model: Optional[EnergyModel] = None,
+                 clock=time.perf_counter, sleep=time.sleep):
+        if (policy is None) != (controller is None):
+            raise DvfsError("A DVFS policy needs a CpufreqController, and a controller needs a policy. Received "
+                            f"policy={getattr(policy, 'name', None)!r}, controller={controller!r}. Use DVFS off "
+                            "(no policy, no controller) to run without frequency control")
+        self.meter = None if isinstance(energy, EnergyModel) else energy
+        model = energy if isinstance(energy, EnergyModel) else model
+        if model is None and (policy is not None or self.meter is None):
+            raise DvfsError("Expected an EnergyModel (energy, or model= when energy is a meter). Received none")
+        if controller is not None and tuple(controller.frequencies_khz) != model.frequencies_khz:
+            raise DvfsError(f"The energy model's frequencies {list(model.frequencies_khz)} kHz differ from the "
+                            f"CPU's {list(controller.frequencies_khz)}; build it with model_for(target, "
+                            "controller.frequencies_khz)")
+        self.policy, self.controller, self.model = policy, controller, model
+        self.context = DvfsContext(model, deadline_s, period_s) if model is not None else None
+        self.deadline_s, self.period_s = deadline_s, period_s
+        if policy is not None:
+            policy.bind(self.context)
+        self._clock, self._sleep = clock, sleep
+        self._khz: Optional[int] = None
+        self._next_arrival: Optional[float] = None
+        self._arrival = self._mark = self._last_end = None
+        self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
+        self.latencies: list = []
+        self.busy_seconds: dict = {}
+        self.stage_seconds: dict = {}
+        self.switches: list = []
+        self.switch_seconds = self.idle_seconds = 0.0
+
+    def __enter__(self) -> "DvfsSession":
+        if self.meter is not None:
+            self.meter.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.meter is not None and self._reading is None:
+            self._reading = self.meter.stop()
+
+    def wait_for_arrival(self) -> None:
+        """Periodic arrivals: sleep until the next one (t0 + k·period); return at once when late."""
+        if self.period_s is None:
+            return
+        now = self._clock()
+        self._next_arrival = now if self._next_arrival is None else self._next_arrival + self.period_s
+        if now < self._next_arrival:
+            self._sleep(self._next_arrival - now)
+            self._slept += self._clock() - now
+
+    def _apply(self, khz: int) -> None:
+        if khz == self._khz:
+            return
+        start = self._clock()
+        self.controller.set_khz(khz)
+        self.switch_seconds += self._clock() - start
+        if self._khz is not None:
+            self.switches.append((self._khz, khz))
+        self._khz = khz
+
+    def _account(self, now: float) -> float:
+        seconds = now - self._mark
+        self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
+        return seconds
+
+    # the stage hook -----------------------------------------------------------------------------
+    def begin_inference(self, pipeline: str) -> None:
+        now = self._clock()
+        idle, self._slept = self._slept, 0.0
+        self.idle_seconds += idle
+        if self._last_end is not None:  # time between inferences not spent asleep is the caller's work
+            self._mark = self._last_end
+            self._account(now - idle)
+        self._arrival = self._next_arrival if self._next_arrival is not None else now
+        if self.policy is not None:
+            self._apply(self.policy.on_begin(pipeline, max(0.0, now - self._arrival), idle))
+        self._mark, self._segment = self._clock(), PRE_STAGE
+
+    def before_stage(self, stage: str) -> None:
+        now = self._clock()
+        seconds = self._account(now)
+        if self.policy is not None:
+            self.policy.on_stage_done(self._segment, seconds, self._khz)
+            self._apply(self.policy.on_stage(stage, now - self._arrival))
+        self._mark, self._segment = self._clock(), stage
+
+    def after_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def end_inference(self, path: str) -> None:
+        now = self._clock()
+        seconds = self._account(now)
+        latency = now - self._arrival
+        self.latencies.append(latency)
+        if self.policy is not None:
+            self.policy.on_stage_done(self._segment, seconds, self._khz)
+            self._apply(self.policy.on_end(path, latency))
+        self._last_end = self._clock()
+
+    # results ------------------------------------------------------------------------------------
+    def summary(self) -> dict:
+        count = len(self.latencies)
+        latencies_ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
+        misses = int(np.sum(latencies_ms > self.deadline_s * 1e3))
+        result = {
+            "dvfs": self.policy.name if self.policy is not None else "off",
+            "method": getattr(getattr(self.controller, "method", None), "value", None),
+            "num_inferences": count,
+            "deadline_ms": self.deadline_s * 1e3,
+            "period_ms": None if self.period_s is None else self.period_s * 1e3,
+            "deadline_misses": misses,
+            "miss_rate": misses / count if count else 0.0,
+            "latency_ms_median": float(np.median(latencies_ms)) if count else None,
+            "latency_ms_p95": float(np.percentile(latencies_ms, 95)) if count else None,
+            "time_at_frequency": {("uncontrolled" if khz is None else str(khz // 1000)): round(s, 6)
+                                  for khz, s in self.busy_seconds.items()},
+            "switches": len(self.switches),
+            "switch_ms_total": self.switch_seconds * 1e3,
+        }
+        if self.meter is not None:
+            if self._reading is None:
+                self._reading = self.meter.stop()
+            result.update(energy_j=self._reading.joules / count if count else None,
+                          energy_source=EnergySource.MEASURED.value, energy_meter=self._reading.meter)
+        else:
+            busy = {(self.model.top_khz if khz is None else khz): s for khz, s in self.busy_seconds.items()}
+            total = self.model.energy_j(busy, self.idle_seconds, self.switches)
+            result.update(energy_j=total / count if count else None, energy_source=EnergySource.MODELLED.value,
+                          energy_model=self.model.table.target)
+            if self.controller is None:
+                result["energy_note"] = "DVFS off: the frequency was not controlled; modelled at the top frequency"
+        return result

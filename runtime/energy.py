@@ -1,0 +1,118 @@
+"""Modelled energy: P(f) from a target's power table over the device's OPP list.
+
+Energy of a run = Σ P_active(f)·t(f) over the time spent inferring at each frequency
+               + P_idle · the time spent idle between inferences
+               + Σ over frequency switches of switch_seconds · P_active(higher of the two frequencies).
+Everything this module returns is labelled ``modelled``; ``meters`` gives ``measured`` energy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping, Optional, Sequence
+
+from cbnet_tl.runtime.errors import DvfsError
+from cbnet_tl.runtime.power_tables import PowerTable, power_table
+
+
+class EnergySource(str, Enum):
+    MEASURED = "measured"
+    MODELLED = "modelled"
+
+
+def check_frequencies(frequencies_khz: Iterable) -> tuple:
+    """Validate an OPP list (kHz) and return it sorted ascending, without duplicates."""
+    values = list(frequencies_khz)
+    if not values or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+        raise DvfsError(f"Expected a non-empty list of positive integer frequencies in kHz. Received: {values}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class EnergyModel:
+    table: PowerTable
+    frequencies_khz: tuple
+    switch_seconds: float
+    _active_w: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "frequencies_khz", check_frequencies(self.frequencies_khz))
+        if not self.switch_seconds >= 0:
+            raise DvfsError(f"Expected switch_seconds >= 0. Received: {self.switch_seconds}")
+        object.__setattr__(self, "_active_w", {f: self._compute_active_w(f) for f in self.frequencies_khz})
+
+    source = EnergySource.MODELLED.value
+
+    @property
+    def top_khz(self) -> int:
+        return self.frequencies_khz[-1]
+
+    @property
+    def bottom_khz(self) -> int:
+        return self.frequencies_khz[0]
+
+    @property
+    def idle_w(self) -> float:
+        return self.table.idle_w
+
+    def volts(self, khz: int) -> float:
+        """V(f), linear between the table's points and extended along the nearest segment beyond them."""
+        points = self.table.volt_points
+        mhz = khz / 1000.0
+        if len(points) == 1:
+            return points[0][1]
+        segment = next((i for i in range(1, len(points) - 1) if mhz < points[i][0]), len(points) - 1)
+        (f0, v0), (f1, v1) = points[segment - 1], points[segment]
+        return v0 + (v1 - v0) * (mhz - f0) / (f1 - f0)
+
+    def core_w(self, khz: int) -> float:
+        """Dynamic power of one busy core, ∝ V²·f, scaled from the table's loaded measurement."""
+        t = self.table
+        reference = (t.loaded_w - t.idle_w) / t.loaded_cores
+        ref_khz = t.loaded_mhz * 1000
+        return reference * (self.volts(khz) ** 2 * khz) / (self.volts(ref_khz) ** 2 * ref_khz)
+
+    def _compute_active_w(self, khz: int) -> float:
+        t = self.table
+        return t.idle_w + t.active_cores * self.core_w(khz) + t.accelerator_w
+
+    def active_w(self, khz: int) -> float:
+        """Board power while one inference runs at ``khz``."""
+        cached = self._active_w.get(khz)
+        return cached if cached is not None else self._compute_active_w(khz)
+
+    def switch_j(self, from_khz: int, to_khz: int) -> float:
+        return 0.0 if from_khz == to_khz else self.switch_seconds * self.active_w(max(from_khz, to_khz))
+
+    def scaled_seconds(self, top_seconds: float, khz: int) -> float:
+        """Time at ``khz`` of work that takes ``top_seconds`` at the top frequency (time ∝ 1/f)."""
+        return top_seconds * self.top_khz / khz
+
+    def energy_j(self, busy_seconds: Mapping, idle_seconds: float = 0.0, switches: Sequence = ()) -> float:
+        """Energy of a run: ``busy_seconds`` maps kHz → seconds inferring; ``switches`` lists (from, to) kHz."""
+        busy = sum(self.active_w(khz) * seconds for khz, seconds in busy_seconds.items())
+        return busy + self.idle_w * idle_seconds + sum(self.switch_j(a, b) for a, b in switches)
+
+    def describe(self) -> dict:
+        return {
+            "target": self.table.target,
+            "energy_source": self.source,
+            "idle_w": self.idle_w,
+            "switch_us": self.switch_seconds * 1e6,
+            "frequencies": {
+                str(khz // 1000): {"volts": round(self.volts(khz), 4), "active_w": round(self.active_w(khz), 4)}
+                for khz in self.frequencies_khz
+            },
+            "assumptions": list(self.table.notes),
+        }
+
+
+def model_for(target: str, frequencies_khz: Optional[Iterable] = None,
+              switch_seconds: Optional[float] = None) -> EnergyModel:
+    """The energy model of ``target`` over the device's OPP list (kHz); the table's defaults when none is given."""
+    table = power_table(target)
+    if frequencies_khz is None:
+        frequencies_khz = [mhz * 1000 for mhz in table.default_frequencies_mhz]
+    return EnergyModel(table, tuple(frequencies_khz),
+                       table.switch_seconds if switch_seconds is None else float(switch_seconds))

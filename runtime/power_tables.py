@@ -1,0 +1,119 @@
+"""Power tables per target, as data. Every figure says where it comes from or that it is assumed.
+
+``energy.EnergyModel`` turns a table into P(f) for the device's OPP list. The model for one
+single-threaded inference is
+
+    P_active(f) = idle_w + active_cores · core_w(f) + accelerator_w
+    core_w(f)   = core_w_ref · V(f)² · f / (V(f_ref)² · f_ref)          (dynamic power ∝ C·V²·f)
+    core_w_ref  = (loaded_w − idle_w) / loaded_cores                     (measured at f_ref = loaded_mhz)
+
+and the board draws ``idle_w`` between inferences, whatever frequency is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from cbnet_tl.runtime.errors import DvfsError
+
+
+@dataclass(frozen=True)
+class PowerTable:
+    target: str
+    cpu: str
+    default_frequencies_mhz: tuple  # used only when the device's own OPP list is not given
+    volt_points: tuple  # ((MHz, V), ...): V(f) is linear between points and extended beyond them
+    idle_w: float  # whole board, no inference running
+    loaded_w: float  # whole board, ``loaded_cores`` cores busy at ``loaded_mhz``
+    loaded_cores: int
+    loaded_mhz: int
+    switch_seconds: float  # one frequency change; the requesting core waits that long
+    active_cores: int = 1  # the interpreter runs with num_threads=1
+    accelerator_w: float = 0.0  # added while an inference runs (upper bound, see notes)
+    notes: tuple = ()
+
+
+_PI4_NOTES = (
+    "OPPs: read from the device (scaling_available_frequencies). Raspberry Pi OS lists 600/750/1000/1500 MHz; "
+    "the mainline raspberrypi-cpufreq driver offers 100 MHz steps (RASPBERRYPI_FREQ_INTERVAL); rev 1.4 and the "
+    "Pi 400 reach 1800 MHz. 600/750/1000/1500 is only the default when no list is given.",
+    "V(f): ASSUMED linear from 0.825 V at 600 MHz to 0.90 V at 1500 MHz (a common assumption; the firmware "
+    "sets the voltage and does not expose it per step). Beyond 1500 MHz the line is extended.",
+    "Board power: idle 2.7 W (540 mA at 5 V) and 6.4 W with `stress --cpu 4` (1280 mA) at the stock 1.5 GHz, "
+    "from Jeff Geerling's Pi Dramble power-consumption benchmarks for the Pi 4 B.",
+    "One busy core: ASSUMED to draw a quarter of the 4-core increase, (6.4 - 2.7) / 4 = 0.925 W at 1.5 GHz. "
+    "Shared L2/DRAM activity makes the true single-core share larger; that would favour the top frequency "
+    "even more when inferences run back to back.",
+    "Idle power: ASSUMED independent of the frequency set (idle cores are clock-gated in WFI); no sourced figure "
+    "for idle power per frequency exists for the Pi 4.",
+    "Frequency switch: 355 us, the 'measured value of how long it takes to change frequency' in the Raspberry Pi "
+    "kernel's bcm2835-cpufreq driver (a firmware mailbox call). Energy of a switch: board power at the higher "
+    "of the two frequencies for that time (ASSUMED). Pass the device's cpuinfo_transition_latency when it has one.",
+    "Firmware throttling (temperature, under-voltage) can override the kernel's choice; `vcgencmd get_throttled` tells.",
+)
+
+_EDGE_TPU_NOTE = (
+    "Edge TPU: 4 TOPS int8 at 0.5 W per TOPS, i.e. about 2 W at full throughput (Coral product documentation). "
+    "Counted for the whole active time of every inference, as an upper bound: the trace does not say which stage "
+    "ran on the TPU, and its idle draw is not published, so it is not modelled."
+)
+
+TABLES = {
+    "rpi4": PowerTable(
+        target="rpi4",
+        cpu="Broadcom BCM2711, 4x Cortex-A72 sharing one cpufreq policy",
+        default_frequencies_mhz=(600, 750, 1000, 1500),
+        volt_points=((600, 0.825), (1500, 0.90)),
+        idle_w=2.7,
+        loaded_w=6.4,
+        loaded_cores=4,
+        loaded_mhz=1500,
+        switch_seconds=355e-6,
+        notes=_PI4_NOTES,
+    ),
+    "coral-usb": PowerTable(
+        target="coral-usb",
+        cpu="host: Raspberry Pi 4 (BCM2711) with the Coral USB Accelerator",
+        default_frequencies_mhz=(600, 750, 1000, 1500),
+        volt_points=((600, 0.825), (1500, 0.90)),
+        idle_w=2.7,
+        loaded_w=6.4,
+        loaded_cores=4,
+        loaded_mhz=1500,
+        switch_seconds=355e-6,
+        accelerator_w=2.0,
+        notes=("Host CPU: ASSUMED to be a Raspberry Pi 4; all rpi4 figures below apply.",) + _PI4_NOTES
+        + (_EDGE_TPU_NOTE,),
+    ),
+    "coral-devboard": PowerTable(
+        target="coral-devboard",
+        cpu="NXP i.MX 8M Quad, 4x Cortex-A53 up to 1.5 GHz, with an Edge TPU",
+        default_frequencies_mhz=(800, 1000, 1300, 1500),
+        volt_points=((800, 0.90), (1000, 0.90), (1300, 1.00), (1500, 1.00)),
+        idle_w=3.0,
+        loaded_w=5.0,
+        loaded_cores=4,
+        loaded_mhz=1500,
+        switch_seconds=100e-6,
+        accelerator_w=2.0,
+        notes=(
+            "OPPs and voltages: 800/1000 MHz at 0.90 V and 1300/1500 MHz at 1.00 V, as recalled from the mainline "
+            "imx8mq.dtsi A53 OPP table (UNVERIFIED: read the board's list; speed grades differ).",
+            "Board power: idle 3.0 W and 4-core load 5.0 W are PLACEHOLDERS (no public measurement found). Use a "
+            "meter (INA2xx via hwmon) on this board; treat modelled energy here as illustrative only.",
+            "One busy core: ASSUMED a quarter of the 4-core increase. Idle power ASSUMED independent of frequency.",
+            "Frequency switch: 100 us, ASSUMED (no sourced figure; the kernel reports cpuinfo_transition_latency).",
+            _EDGE_TPU_NOTE,
+        ),
+    ),
+}
+
+TARGETS = tuple(TABLES)
+
+
+def power_table(target: str) -> PowerTable:
+    table: Optional[PowerTable] = TABLES.get(target)
+    if table is None:
+        raise DvfsError(f"Unknown power-model target {target!r}. Expected one of {list(TABLES)}")
+    return table

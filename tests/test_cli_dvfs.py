@@ -1,0 +1,87 @@
+"""DVFS through the CLI on the tiny real build and fake sysfs trees with the kernel's layout."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cbnet_tl.runtime.cpufreq import CpufreqController, restore_from_file
+from cbnet_tl.toolchain.cli import app
+from test_cpufreq import make_tree, read, snapshot
+
+runner = CliRunner()
+
+
+def test_eval_eenet_leaves_the_tree_as_it_found_it(tiny_bundle, mnist_dir, tmp_path):
+    make_tree(tmp_path / "sys-root")
+    before = snapshot(tmp_path / "sys-root")
+    result = runner.invoke(app, ["eval", str(tiny_bundle), "--data-dir", str(mnist_dir), "--limit", "40",
+                                 "--pipeline", "branchynet", "--dvfs", "eenet", "--deadline-ms", "5",
+                                 "--sysfs-root", str(tmp_path / "sys-root"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)["pipelines"]["branchynet"]["dvfs"]
+    assert summary["dvfs"] == "eenet" and summary["method"] == "userspace"
+    assert summary["num_inferences"] == 40 and summary["energy_source"] == "modelled"
+    assert summary["energy_j"] > 0 and sum(summary["time_at_frequency"].values()) > 0
+    assert snapshot(tmp_path / "sys-root") == before
+
+
+def test_run_fixed_frequency_reports_time_at_it(tiny_bundle, samples_dir, tmp_path):
+    policy = make_tree(tmp_path / "root", governors=("ondemand", "performance"))  # no userspace: pin min=max
+    before = snapshot(tmp_path / "root")
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), str(samples_dir / "mnist_01_2.png"),
+                                 "--dvfs", "fixed:750", "--deadline-ms", "50", "--sysfs-root", str(tmp_path / "root"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)["dvfs"]
+    assert summary["method"] == "pin-min-max" and set(summary["time_at_frequency"]) == {"750"}
+    assert summary["deadline_misses"] == 0
+    assert snapshot(tmp_path / "root") == before and read(policy, "scaling_governor") == "ondemand"
+
+
+def test_dvfs_needs_a_deadline(tiny_bundle, samples_dir, tmp_path):
+    make_tree(tmp_path / "root")
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--dvfs", "eenet",
+                                 "--sysfs-root", str(tmp_path / "root")])
+    assert result.exit_code == 1 and "--dvfs eenet needs --deadline-ms" in result.output
+
+
+def test_dvfs_without_cpufreq_fails_instead_of_running_uncontrolled(tiny_bundle, samples_dir, tmp_path):
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--dvfs", "performance",
+                                 "--deadline-ms", "5", "--sysfs-root", str(tmp_path)])
+    assert result.exit_code == 1 and "error:" in result.output and "cpufreq" in result.output
+
+
+def test_saved_state_restores_after_a_kill(tmp_path):
+    """What the systemd unit's ExecStopPost does when the process died without restoring."""
+    policy = make_tree(tmp_path)
+    state = tmp_path / "run" / "saved.json"
+    controller = CpufreqController(tmp_path, state_file=state)
+    controller.__enter__()
+    controller.set_khz(600000)
+    assert read(policy, "scaling_governor") == "userspace" and state.is_file()
+    controller._uninstall_handlers()  # simulate SIGKILL: the process is gone, nothing restored
+    assert restore_from_file(state) == str(policy)
+    assert read(policy, "scaling_governor") == "ondemand" and not state.exists()
+    assert restore_from_file(state) is None
+
+
+def test_simulate_json(tiny_bundle, mnist_dir, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    result = runner.invoke(app, ["simulate", str(bundle), "--data-dir", str(mnist_dir), "--limit", "60",
+                                 "--target", "rpi4", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert {"eenet", "performance", "oracle"} <= set(payload["policies"])
+    for name in ("branchynet", "cbnet"):
+        for run in payload["pipelines"][name]["runs"].values():
+            oracle = run["policies"]["oracle"]["energy_j"]
+            for policy in run["policies"].values():
+                assert policy["energy_j"] > 0 and 0 <= policy["miss_rate"] <= 1
+                if policy["miss_rate"] <= run["policies"]["oracle"]["miss_rate"]:
+                    assert policy["energy_j"] >= oracle * (1 - 1e-9)
+    assert payload["energy_source"] == "modelled" and "f_max/f" in payload["notes"][0]
+    assert (bundle / "simulate.json").is_file()

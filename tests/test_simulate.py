@@ -1,0 +1,127 @@
+"""simulate: replay traces through the rpi4 power model; eenet against the hindsight oracle.
+
+The synthetic traces mimic what this machine measures: tens of µs per stage, lognormal noise and OS
+jitter spikes of tens of µs on 1% of the stages. The power model is the documented rpi4 table, untouched.
+"""
+
+import numpy as np
+import pytest
+
+from cbnet_tl.runtime.errors import DataError, DvfsError
+from cbnet_tl.toolchain.simulate import infer_pipeline, path_of, simulate, top_frequency_latency
+
+POLICIES = ["performance", "powersave", "fixed:1000", "eenet", "oracle"]
+
+
+def noisy(rng, num, base_s):
+    times = base_s * rng.lognormal(0.0, 0.05, num)
+    spikes = rng.random(num) < 0.01
+    times[spikes] += rng.uniform(10e-6, 40e-6, spikes.sum())
+    return times
+
+
+def branchynet_trace(num=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    trunk, tail, hard = noisy(rng, num, 40e-6), noisy(rng, num, 55e-6), rng.random(num) < 0.2  # ~80% exit
+    return [[("trunk_branch", a)] + ([("main_tail", b)] if h else []) for a, b, h in zip(trunk, tail, hard)]
+
+
+def cbnet_trace(num=2000, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[("autoencoder", a), ("branch", b)] for a, b in zip(noisy(rng, num, 60e-6), noisy(rng, num, 25e-6))]
+
+
+TRACES = {"branchynet": branchynet_trace(), "cbnet": cbnet_trace()}
+
+
+def deadline_of(trace, statistic):
+    # "twice the top-frequency latency". Taken as the mean: the median of BranchyNet is the early-exit
+    # latency, and twice that is shorter than the full path at any frequency.
+    return 2 * top_frequency_latency(trace)[statistic] / 1e3
+
+
+@pytest.mark.parametrize("pipeline", ["branchynet", "cbnet"])
+@pytest.mark.parametrize("arrivals", ["back-to-back", "periodic"])
+@pytest.mark.parametrize("statistic", ["mean", "p99"])
+def test_eenet_is_close_to_the_oracle_and_meets_deadlines(pipeline, arrivals, statistic):
+    trace = TRACES[pipeline]
+    deadline = deadline_of(trace, statistic)
+    result = simulate(trace, "rpi4", deadline, deadline if arrivals == "periodic" else None, POLICIES)
+    eenet, oracle, performance = (result["policies"][p] for p in ("eenet", "oracle", "performance"))
+    assert result["pipeline"] == pipeline and result["arrivals"] == arrivals
+    assert abs(eenet["energy_j"] / oracle["energy_j"] - 1) <= 0.05
+    assert eenet["miss_rate"] <= 0.01
+    assert eenet["miss_rate"] <= performance["miss_rate"] + 0.005
+    assert eenet["energy_vs_oracle"] == pytest.approx(eenet["energy_j"] / oracle["energy_j"] - 1)
+
+
+@pytest.mark.parametrize("pipeline", ["branchynet", "cbnet"])
+@pytest.mark.parametrize("period_factor", [None, 1.0, 3.0])
+def test_the_oracle_is_a_lower_bound(pipeline, period_factor):
+    trace = TRACES[pipeline][:800]
+    deadline = deadline_of(trace, "p99")
+    period = None if period_factor is None else period_factor * deadline
+    for switch_seconds in (None, 10e-6):
+        result = simulate(trace, "rpi4", deadline, period, POLICIES, switch_seconds=switch_seconds)
+        oracle = result["policies"]["oracle"]
+        assert oracle["energy_j"] == pytest.approx(oracle["planned_energy_j"], rel=1e-9)
+        for name, other in result["policies"].items():
+            if other["misses"] <= oracle["misses"]:
+                assert other["energy_j"] >= oracle["energy_j"] * (1 - 1e-9), name
+
+
+def test_back_to_back_the_model_favours_the_top_frequency():
+    trace = TRACES["cbnet"][:500]
+    result = simulate(trace, "rpi4", deadline_of(trace, "p99"), None, POLICIES)
+    policies = result["policies"]
+    assert policies["oracle"]["time_at_frequency"] == policies["performance"]["time_at_frequency"]
+    assert policies["eenet"]["energy_j"] == pytest.approx(policies["performance"]["energy_j"])
+    assert policies["powersave"]["energy_j"] > 1.5 * policies["performance"]["energy_j"]
+
+
+def test_eenet_switches_within_an_inference_when_switches_are_cheap():
+    rng = np.random.default_rng(3)
+    num = 1500
+    trunk, tail, hard = noisy(rng, num, 1e-3), noisy(rng, num, 3e-3), rng.random(num) < 0.2
+    trace = [[("trunk_branch", a)] + ([("main_tail", b)] if h else []) for a, b, h in zip(trunk, tail, hard)]
+    deadline = 6.5e-3
+    result = simulate(trace, "rpi4", deadline, 20e-3, ["performance", "eenet", "oracle"], switch_seconds=20e-6)
+    eenet, oracle = result["policies"]["eenet"], result["policies"]["oracle"]
+    assert eenet["switches"] > 100 and set(eenet["time_at_frequency"]) >= {"600", "1500"}
+    assert eenet["energy_vs_oracle"] <= 0.05 and eenet["miss_rate"] <= 0.01
+    assert eenet["energy_vs_performance"] < 0  # small: the idle board dominates a 20 ms period
+
+
+def test_result_says_what_it_is():
+    trace = TRACES["branchynet"][:200]
+    result = simulate(trace, "rpi4", 1e-3, None, ["performance", "oracle"], frequencies_khz=[600000, 1500000])
+    assert result["energy_source"] == "modelled"
+    assert result["frequencies_mhz"] == [600, 1500]
+    assert any("count as times at the top frequency (1500 MHz)" in note for note in result["notes"])
+    assert result["assumptions"] and result["num_inferences"] == 200
+    assert set(result["top_frequency_latency_ms"]) == {"median", "mean", "p95", "p99", "max"}
+    assert result["unavoidable_miss_rate"] == 0.0  # every sample meets 1 ms at the top frequency
+    for field in ("energy_j", "miss_rate", "latency_ms_median", "latency_ms_p95", "time_at_frequency"):
+        assert field in result["policies"]["performance"]
+
+
+def test_pipelines_and_paths():
+    assert infer_pipeline(["autoencoder", "branch"]) == "cbnet"
+    assert infer_pipeline(["trunk_branch"]) == "branchynet"
+    assert infer_pipeline(["lenet"]) == "lenet" and infer_pipeline(["branch"]) == "branch"
+    assert path_of("branchynet", ["trunk_branch"]) == "branch"
+    assert path_of("branchynet", ["trunk_branch", "main_tail"]) == "branch+main"
+    assert path_of("cbnet", ["autoencoder", "branch"]) == "ae+branch"
+
+
+def test_bad_input():
+    with pytest.raises(DataError, match="at least one sample"):
+        simulate([], "rpi4", 1e-3, None, ["eenet"])
+    with pytest.raises(DataError, match=r"sample 1 .*seconds >= 0"):
+        simulate([[("lenet", 1e-4)], [("lenet", -1.0)]], "rpi4", 1e-3, None, ["eenet"])
+    with pytest.raises(DataError, match="Cannot tell the pipeline"):
+        simulate([[("mystery", 1e-4)]], "rpi4", 1e-3, None, ["eenet"])
+    with pytest.raises(DvfsError, match="'off' leaves the frequency to the governor"):
+        simulate([[("lenet", 1e-4)]], "rpi4", 1e-3, None, ["off"])
+    with pytest.raises(DvfsError, match="Unknown power-model target"):
+        simulate([[("lenet", 1e-4)]], "pi5", 1e-3, None, ["eenet"])
