@@ -114,6 +114,8 @@ def load_bundle(
         spec = entry[precision]
         try:
             relative, outputs = spec["file"], spec["outputs"]
+            if device == "edgetpu" and spec.get("edgetpu_file"):
+                relative = spec["edgetpu_file"]  # compiled by edgetpu_compiler; same inputs and outputs
             order = [outputs[key]["index"] for key in entry["output_names"]]
         except (KeyError, TypeError) as error:
             raise BundleError(f"{directory}: manifest entry of model {name!r} lacks field {error}") from None

@@ -104,6 +104,7 @@ class Pipeline:
         self.bundle = bundle
         self.models = {m: bundle.models[m] for m in PIPELINE_MODELS[name]}
         self.threshold = bundle.entropy_threshold
+        self.device = next(iter(self.models.values())).device
 
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
         hook = hook or _NoHook()

@@ -23,8 +23,21 @@ from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES, Pipeline, 
 SELFTEST_MIN_AGREEMENT = 0.9
 
 
-def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_threads: int = 1) -> Pipeline:
-    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=models_for([name]))
+def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_threads: int = 1,
+                  device: str = "cpu") -> Pipeline:
+    """``device``: "cpu", or "edgetpu" (the Edge TPU delegate, falling back to the CPU with a warning)."""
+    delegates, used = (), "cpu"
+    if device == "edgetpu":
+        from cbnet_tl.runtime.delegates import load_edgetpu
+
+        accelerator = load_edgetpu()
+        if accelerator.warning:
+            print(f"warning: {accelerator.warning}", file=sys.stderr)
+        delegates, used = accelerator.delegates, accelerator.device
+    elif device != "cpu":
+        raise BundleError(f"Expected device cpu or edgetpu. Received: {device!r}")
+    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=models_for([name]),
+                         delegates=delegates, device=used)
     return Pipeline(bundle, name)
 
 
@@ -39,7 +52,7 @@ def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, resize: bool = 
             records.append({
                 "file": str(path), "label": prediction.label, "class_name": prediction.class_name,
                 "confidence": round(prediction.confidence, 6), "path": prediction.path,
-                "ms": round(prediction.seconds * 1e3, 4),
+                "ms": round(prediction.seconds * 1e3, 4), "device": pipeline.device,
             })
     return records
 
@@ -102,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--pipeline", choices=PIPELINES, default="cbnet")
     classify.add_argument("--convert", action="store_true", help="convert any image to 28x28 grayscale")
     classify.add_argument("--json", action="store_true", help="print one JSON object")
+    classify.add_argument("--device", choices=("cpu", "edgetpu"), default="cpu",
+                          help="edgetpu: use the Coral delegate (falls back to the CPU with a warning)")
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
     restore = commands.add_parser("dvfs-restore", help="give back a CPU frequency state left by a killed run")
     restore.add_argument("--state-file", type=Path, default=None)
@@ -124,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
         if args.command == "selftest":
             print(json.dumps(selftest(bundle_dir, args.threads), indent=2))
         elif args.command == "classify":
-            pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
+            pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
             records = classify_paths(pipeline, collect_image_paths(args.images), resize=args.convert)
             if args.json:
                 print(json.dumps({"pipeline": args.pipeline, "results": records}, indent=2))

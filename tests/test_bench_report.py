@@ -24,6 +24,7 @@ def test_bench_json_covers_four_pipelines(tiny_build, mnist_dir, tmp_path):
     assert set(report["pipelines"]) == {"lenet", "branchynet", "branch", "cbnet"}
     for row in report["pipelines"].values():
         assert row["latency_ms_median"] > 0 and row["images_per_s"] > 0 and 0 < row["accuracy"] <= 1
+        assert row["energy_j_per_image"]["source"] == "modelled" and row["energy_j_per_image"]["energy_j"] > 0
     macs = {name: row["macs"] for name, row in report["pipelines"].items()}
     assert macs["branch"] < macs["cbnet"] < macs["lenet"]
     assert macs["lenet"] == 1_140_070

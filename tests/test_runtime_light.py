@@ -104,3 +104,16 @@ def test_bundle_runner_works_in_light_venv(light_venv, tiny_bundle, samples_dir)
                          capture_output=True, text=True, env=env, cwd="/")
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1] == "error: /nonexistent.png: no such file or directory"
+
+
+def test_cli_help_does_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cbnet_tl.toolchain.cli import app\n"
+        "result = CliRunner().invoke(app, ['build', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -133,6 +133,14 @@ def build(config: BuildConfig, log=print) -> dict:
         stage = time.perf_counter()
         tarball = write_bundle(work, target, test.images)
         timings["bundle_s"] = time.perf_counter() - stage
+        if target.accelerator == "edgetpu":
+            from cbnet_tl.toolchain.coral import format_inspection
+
+            edgetpu = json.loads((work / "bundle" / "edgetpu_report.json").read_text())
+            log("\n".join(line for line in format_inspection(edgetpu["inspect"]).splitlines() if not line.startswith("  ")))
+            compile_result = edgetpu["compile"]
+            log("edgetpu_compiler: " + ("compiled " + ", ".join(compile_result["models"]) if compile_result["compiled"]
+                                        else "NOT run: " + compile_result["reason"]))
         timings["total_s"] = time.perf_counter() - started
         build_record = {
             "dataset": dataset_name, "target": target.name, "version": manifest["version"],

@@ -97,12 +97,23 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
             "dvfs": "off", "deadline_ms": None,
         }
+        context["edgetpu"] = _edgetpu_stage(staging, models) if target.accelerator == "edgetpu" else None
+        context["models"] = sorted(Path(m["int8"]["file"]).name for m in models.values())
         outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
                    "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
         outputs.update({out: template for template, out in target.extra_templates})
         for out, template in outputs.items():
             (staging / out).write_text(render(template, **context))
+        (staging / "fleet").mkdir()
+        for name in ("playbook.yml", "inventory.ini"):
+            (staging / "fleet" / name).write_text(render(f"fleet/{name}.j2", **context))
         (staging / "run.py").chmod(0o755)
+        if (staging / "compile_edgetpu.sh").exists():
+            (staging / "compile_edgetpu.sh").chmod(0o755)
+        content = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        # the playbook checks these on each device, like `cbnet-tl deploy` does (paths relative to fleet/)
+        (staging / "fleet" / "checksums.sha256").write_text(
+            "".join(f"{sha256_of(staging / f)}  ../{f}\n" for f in content if not f.startswith("fleet/")))
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         manifest = {
             **{k: build_manifest[k] for k in ("format_version", "dataset", "class_names", "input",
@@ -123,6 +134,21 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _write_tarball(build_dir, final, f"cbnet-tl-{build_manifest['dataset']}-{target.name}")
+
+
+def _edgetpu_stage(staging: Path, models: dict) -> dict:
+    """Check every model against the Edge TPU's ops; compile when edgetpu_compiler is on PATH."""
+    from cbnet_tl.toolchain.coral import compile_models, inspect_model
+
+    inspected = {name: inspect_model(staging / entry["int8"]["file"]) for name, entry in models.items()}
+    compiled = compile_models([staging / entry["int8"]["file"] for entry in models.values()], staging / "models")
+    for name, entry in models.items():
+        result = compiled["models"].get(Path(entry["int8"]["file"]).stem)
+        if result:
+            entry["int8"]["edgetpu_file"] = f"models/{result['file']}"
+    report = {"inspect": inspected, "compile": compiled}
+    (staging / "edgetpu_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def _write_tarball(build_dir: Path, bundle_dir: Path, stem: str) -> Path:

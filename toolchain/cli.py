@@ -65,7 +65,7 @@ def build(
     dataset: Annotated[DatasetChoice, typer.Option(help="Dataset to train on (ignored for a custom --data-dir).")] = DatasetChoice.fashion_mnist,
     out: Annotated[Path, typer.Option(help="Build directory; the bundle lands in OUT/bundle and OUT/*.tar.gz.")] = Path("build"),
     data_dir: DataDir = None,
-    target: Annotated[str, typer.Option(help="Deployment target (rpi4, coral-usb, coral-devboard).")] = "rpi4",
+    target: Annotated[str, typer.Option(help="Deployment target: rpi4, coral-usb or coral-devboard.")] = "rpi4",
     threshold: Annotated[Optional[float], typer.Option(help="Entropy threshold T for easy/hard (default per dataset: mnist 0.05, fashion-mnist 0.5, kmnist 0.025).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
     blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
@@ -250,6 +250,35 @@ def simulate(
     except (CbnetError, ValueError) as error:
         fail(error)
     typer.echo(json.dumps(result, indent=2) if json_output else format_simulation(result))
+
+
+@app.command()
+def inspect(
+    models: Annotated[List[Path], typer.Argument(help=".tflite files, or bundle/build directories (every model in models/).")],
+    target: Annotated[str, typer.Option(help="Accelerator target whose op table to check against.")] = "coral-usb",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Which ops of each model map to the Edge TPU, which fall back to the CPU, and where the graph splits."""
+    from cbnet_tl.toolchain.coral import format_inspection, inspect_model
+    from cbnet_tl.toolchain.targets import get_target
+
+    try:
+        if get_target(target).accelerator != "edgetpu":
+            raise CbnetError(f"Target {target} has no Edge TPU; expected coral-usb or coral-devboard")
+        files = []
+        for item in models:
+            if item.is_dir():
+                folder = item / "models" if (item / "models").is_dir() else item / "bundle" / "models"
+                found = sorted(p for p in folder.glob("*_int8.tflite"))
+                if not found:
+                    raise CbnetError(f"{item}: no int8 .tflite models found in {folder}")
+                files.extend(found)
+            else:
+                files.append(item)
+        reports = {path.stem: inspect_model(path) for path in files}
+    except CbnetError as error:
+        fail(error)
+    typer.echo(json.dumps({"target": target, "models": reports}, indent=2) if json_output else format_inspection(reports))
 
 
 def _parse_batches(text: str) -> tuple:

@@ -49,3 +49,11 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise CbnetError(f"Unknown target {name!r}. Expected one of {sorted(TARGETS)}") from None
+
+
+def _load_plugins() -> None:
+    """Targets defined in their own modules (one file per family)."""
+    from cbnet_tl.toolchain import targets_coral  # noqa: F401  (registers on import)
+
+
+_load_plugins()

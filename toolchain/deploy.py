@@ -1,0 +1,138 @@
+"""``cbnet-tl deploy``: upload a bundle over SSH into a new versioned directory, verify it there, then switch.
+
+Layout on the device, under DIR (default /opt/cbnet-tl):
+    releases/<version>/   one directory per deployed bundle
+    current  -> releases/<version>     switched atomically (symlink to a temp name, then rename)
+    previous -> releases/<older>       what ``--rollback`` switches back to
+A failed upload, checksum check or self-test removes the half-deployed directory and leaves
+``current`` as it was. System ``ssh`` and ``rsync`` are called with argument lists; host-key checking
+stays on (``BatchMode=yes`` only stops password prompts).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cbnet_tl.runtime.bundle import read_manifest, resolve_bundle_dir, verify_files
+from cbnet_tl.runtime.errors import CbnetError
+
+DEFAULT_DIR = "/opt/cbnet-tl"
+SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class DeployError(CbnetError):
+    """A deployment step failed; the device keeps the version it was running."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str  # user@host
+    directory: str = DEFAULT_DIR
+    port: Optional[int] = None
+    identity: Optional[Path] = None
+    ssh_options: tuple = field(default_factory=tuple)  # extra "-o Key=Value" pairs, e.g. UserKnownHostsFile
+
+    @classmethod
+    def parse(cls, text: str, **kwargs) -> "Destination":
+        match = re.fullmatch(r"(?P<host>[^:\s]+)(?::(?P<dir>/[^\s]*))?", text)
+        if not match or text.startswith("-"):
+            raise DeployError(f"Expected user@host or user@host:/absolute/dir. Received: {text!r}")
+        return cls(match["host"], (match["dir"] or DEFAULT_DIR).rstrip("/") or "/", **kwargs)
+
+    def ssh_args(self) -> list:
+        args = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        if self.port:
+            args += ["-p", str(self.port)]
+        if self.identity:
+            args += ["-i", str(self.identity), "-o", "IdentitiesOnly=yes"]
+        for option in self.ssh_options:
+            args += ["-o", option]
+        return args
+
+
+def _run(args: list, what: str, input_text: Optional[str] = None) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, input=input_text, check=True, timeout=600)
+    except FileNotFoundError:
+        raise DeployError(f"{what}: {args[0]} is not installed; install openssh-client and rsync") from None
+    except subprocess.CalledProcessError as error:
+        tail = " | ".join((error.stderr or error.stdout or "").strip().splitlines()[-3:])
+        raise DeployError(f"{what} failed (exit {error.returncode}): {tail}") from None
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"{what} timed out after 600 s") from None
+    return done.stdout
+
+
+def remote(destination: Destination, command: Sequence[str], what: str, input_text: Optional[str] = None) -> str:
+    """Run one command on the device; every word is quoted for the remote shell."""
+    return _run(destination.ssh_args() + [destination.host, "--", shlex.join(command)], what, input_text)
+
+
+def _remote_script(destination: Destination, script: str, what: str) -> str:
+    return _run(destination.ssh_args() + [destination.host, "--", script], what)
+
+
+def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3",
+           restart: Optional[Sequence[str]] = ("sudo", "systemctl", "restart", "cbnet-tl")) -> dict:
+    """Upload, verify every sha256 on the device, self-test, switch ``current``, restart. Returns a record."""
+    bundle_dir = resolve_bundle_dir(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    try:
+        verify_files(bundle_dir, manifest)  # never ship a bundle that is already broken here
+    except CbnetError as error:
+        raise DeployError(f"Not deploying: the bundle is already broken here: {error}") from None
+    version = str(manifest.get("version", ""))
+    if not SAFE_VERSION.match(version):
+        raise DeployError(f"Bundle version {version!r} is not a safe directory name; rebuild the bundle")
+    base = destination.directory
+    release, incoming = f"{base}/releases/{version}", f"{base}/releases/.incoming-{version}"
+    q = shlex.quote
+    exists = _remote_script(destination, f"test -e {q(release)} && echo yes || echo no", "check for the release")
+    if exists.strip() == "yes":
+        raise DeployError(f"{destination.host}:{release} already exists; this version is deployed. "
+                          "Use --rollback or build a new version")
+    _remote_script(destination, f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "create the upload directory")
+    try:
+        rsync_ssh = shlex.join(destination.ssh_args())
+        _run(["rsync", "-a", "--delete", "-e", rsync_ssh, f"{bundle_dir}/", f"{destination.host}:{incoming}/"], "upload")
+        checksums = "".join(f"{digest}  {name}\n" for name, digest in sorted(manifest["files"].items()))
+        _run(destination.ssh_args() + [destination.host, "--", f"cd {q(incoming)} && sha256sum --check --strict --quiet -"],
+             "checksum check on the device", input_text=checksums)
+        remote(destination, [python, f"{incoming}/run.py", "--bundle", incoming, "selftest"], "self-test on the device")
+    except DeployError:
+        _remote_script(destination, f"rm -rf {q(incoming)}", "clean up the failed upload")
+        raise
+    previous = _remote_script(destination, f"readlink {q(base + '/current')} || true", "read current").strip()
+    switch = (f"mv {q(incoming)} {q(release)} && "
+              f"ln -sfn {q(release)} {q(base + '/.current.tmp')} && mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
+    if previous:
+        switch += f" && ln -sfn {q(previous)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+    _remote_script(destination, switch, "switch current")
+    restarted = False
+    if restart:
+        remote(destination, list(restart), "restart the service")
+        restarted = True
+    return {"host": destination.host, "release": release, "previous": previous or None, "restarted": restarted}
+
+
+def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = ("sudo", "systemctl", "restart", "cbnet-tl")) -> dict:
+    """Switch ``current`` back to ``previous`` (and ``previous`` to what was current)."""
+    base, q = destination.directory, shlex.quote
+    links = _remote_script(destination, f"readlink {q(base + '/current')} || true; echo ---; readlink {q(base + '/previous')} || true",
+                           "read current and previous")
+    current, _, previous = (part.strip() for part in links.partition("---"))
+    if not previous:
+        raise DeployError(f"{destination.host}:{base} has no previous release to roll back to")
+    script = (f"test -d {q(previous)} && ln -sfn {q(previous)} {q(base + '/.current.tmp')} && "
+              f"mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
+    if current:
+        script += f" && ln -sfn {q(current)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+    _remote_script(destination, script, "switch back")
+    if restart:
+        remote(destination, list(restart), "restart the service")
+    return {"host": destination.host, "current": previous, "previous": current or None}
