@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +59,46 @@ def tiny_build(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_build) -> Path:
     return tiny_build / "bundle"
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ssh_server(tmp_path_factory):
+    if not SSHD.exists() or shutil.which("rsync") is None or shutil.which("ssh-keygen") is None:
+        pytest.fail("This test needs openssh-server, openssh-client and rsync (scripts/setup.sh installs them)")
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
+    port = _free_port()
+    config = home / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home / 'host_key'}", f"PidFile {home / 'sshd.pid'}",
+        f"AuthorizedKeysFile {home / 'authorized_keys'}", "StrictModes no", "UsePAM no", "PasswordAuthentication no",
+        "PermitRootLogin prohibit-password", "PubkeyAuthentication yes", "LogLevel ERROR",
+        f"SetEnv PATH={os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
+    ]) + "\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    host_key = (home / "host_key.pub").read_text().split()
+    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    yield {"port": port, "home": home, "user": user}
+    server.terminate()
+    server.wait(timeout=10)
+
+

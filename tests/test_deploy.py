@@ -15,45 +15,7 @@ import pytest
 
 from cbnet_tl.toolchain.deploy import DeployError, Destination, deploy, rollback
 
-SSHD = Path("/usr/sbin/sshd")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ssh_server(tmp_path_factory):
-    if not SSHD.exists() or shutil.which("rsync") is None or shutil.which("ssh-keygen") is None:
-        pytest.fail("This test needs openssh-server, openssh-client and rsync (scripts/setup.sh installs them)")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "user_key.pub").read_text())
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home / 'host_key'}", f"PidFile {home / 'sshd.pid'}",
-        f"AuthorizedKeysFile {home / 'authorized_keys'}", "StrictModes no", "UsePAM no", "PasswordAuthentication no",
-        "PermitRootLogin prohibit-password", "PubkeyAuthentication yes", "LogLevel ERROR",
-        f"SetEnv PATH={os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
-    ]) + "\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-    host_key = (home / "host_key.pub").read_text().split()
-    (home / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
-    yield {"port": port, "home": home, "user": user}
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def _destination(server, directory: Path) -> Destination:
@@ -141,3 +103,30 @@ def test_bad_destination_text():
     with pytest.raises(DeployError, match="Expected user@host or user@host:/absolute/dir"):
         Destination.parse("pi@host:relative/dir")
     assert Destination.parse("pi@board:/srv/cbnet/").directory == "/srv/cbnet"
+
+
+def test_fleet_playbook_deploys_to_the_local_server(ssh_server, tiny_bundle, tmp_path):
+    """The bundle's playbook, run by real Ansible against the same sshd: upload, check, self-test, switch."""
+    ansible = shutil.which("ansible-playbook")
+    if ansible is None:
+        pytest.fail("ansible-playbook is missing; scripts/setup.sh installs ansible-core")
+    device = tmp_path / "device"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    version = json.loads((bundle / "manifest.json").read_text())["version"]
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        "[cbnet]\n"
+        f"board ansible_host=127.0.0.1 ansible_port={ssh_server['port']} ansible_user={ssh_server['user']} "
+        f"ansible_ssh_private_key_file={ssh_server['home'] / 'user_key'} "
+        f"ansible_ssh_common_args='-o UserKnownHostsFile={ssh_server['home'] / 'known_hosts'}' "
+        f"ansible_python_interpreter={sys.executable}\n"
+    )
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-remote")}
+    extra = json.dumps({"cbnet_dir": str(device), "cbnet_python": sys.executable, "cbnet_restart": False})
+    result = subprocess.run([ansible, "-i", str(inventory), str(bundle / "fleet" / "playbook.yml"), "-e", extra],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert os.readlink(device / "current") == str(device / "releases" / version)
+    assert (device / "releases" / version / "models" / "lenet_int8.tflite").is_file()
