@@ -114,9 +114,11 @@ def load_bundle(
         spec = entry[precision]
         try:
             relative, outputs = spec["file"], spec["outputs"]
-            if device == "edgetpu" and spec.get("edgetpu_file"):
-                relative = spec["edgetpu_file"]  # compiled by edgetpu_compiler; same inputs and outputs
             order = [outputs[key]["index"] for key in entry["output_names"]]
+            if device == "edgetpu" and spec.get("edgetpu_file"):
+                # Compiled by edgetpu_compiler: the same outputs, but tensor indices may be renumbered,
+                # so they are matched by shape (the converter made shapes unambiguous).
+                relative, order = spec["edgetpu_file"], [tuple(outputs[key]["shape"]) for key in entry["output_names"]]
         except (KeyError, TypeError) as error:
             raise BundleError(f"{directory}: manifest entry of model {name!r} lacks field {error}") from None
         if verify:

@@ -138,6 +138,9 @@ class Model:
         self.input = _spec(inputs[0])
         outputs = {int(d["index"]): _spec(d) for d in self._interpreter.get_output_details()}
         order = list(output_indices) if output_indices is not None else sorted(outputs)
+        if order and isinstance(order[0], tuple):  # outputs named by shape instead of tensor index
+            by_shape = {spec.shape: index for index, spec in outputs.items()}
+            order = [by_shape.get(tuple(shape), -1) for shape in order]
         missing = [i for i in order if i not in outputs]
         if missing:
             raise ModelError(

@@ -33,7 +33,7 @@ def test_bench_json_covers_four_pipelines(tiny_build, mnist_dir, tmp_path):
         assert run["pipelines"]["lenet"]["speedup_vs_lenet"] == 1.0
         assert run["invoke_overhead_us"] > 0
     footprint = report["footprint"]
-    assert footprint["peak_rss_mb"] > 10 and footprint["import_s"] > 0 and footprint["bundle_bytes"] > footprint["model_bytes"] > 0
+    assert 10 < footprint["peak_rss_mb"] < 400 and footprint["import_s"] > 0 and footprint["bundle_bytes"] > footprint["model_bytes"] > 0
     assert (build / "bench.json").is_file()
 
 

@@ -129,11 +129,14 @@ def _with_augmentation(model, shift: float, seed: int):
     return keras.Model(image, outputs, name=f"{model.name}_trainer")
 
 
-def _decaying(rate: float, decay_per_epoch: float, num_samples: int, batch_size: int):
+def _decaying(rate: float, decay_per_epoch: float, num_samples: int, batch_size: int, min_steps: int):
+    """Multiply the rate by ``decay_per_epoch`` once per epoch, but at most once per ``min_steps`` updates:
+    a small dataset (few updates per epoch) must not freeze its rate before it has converged."""
     import keras
 
     steps_per_epoch = max(1, -(-num_samples // batch_size))
-    return keras.optimizers.schedules.ExponentialDecay(rate, steps_per_epoch, decay_per_epoch, staircase=True)
+    return keras.optimizers.schedules.ExponentialDecay(rate, max(steps_per_epoch, min_steps), decay_per_epoch,
+                                                       staircase=True)
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
@@ -162,7 +165,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     budget = BudgetedBest(config.patience, None if config.time_budget_s is None else config.time_budget_s * 2 / 3)
     model.compile(
         optimizer=keras.optimizers.Adam(_decaying(config.learning_rate, config.lr_decay_per_epoch, len(fit_index),
-                                                  config.batch_size)),
+                                                  config.batch_size, min_steps=400)),
         loss={"branch": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               "main": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
         loss_weights={"branch": config.branch_loss_weight, "main": config.main_loss_weight},
@@ -205,7 +208,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     remaining = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - stage_started)
     ae_budget = BudgetedBest(config.autoencoder_patience, None if remaining is None else max(remaining, 30.0))
     trainer.compile(optimizer=keras.optimizers.Adam(_decaying(config.autoencoder_learning_rate, config.autoencoder_lr_decay_per_epoch,
-                                                              len(ae_fit), config.autoencoder_batch_size)),
+                                                              len(ae_fit), config.autoencoder_batch_size, min_steps=200)),
                     loss="binary_crossentropy", jit_compile=False)
     history = trainer.fit(
         x[ae_fit], canonical[y[ae_fit]],
