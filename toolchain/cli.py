@@ -230,7 +230,7 @@ def simulate(
     period_ms: PeriodMs = None,
     policy: Annotated[List[str], typer.Option(help="Policies to compare (oracle is the hindsight optimum).")] = ["performance", "powersave", "eenet", "oracle"],
     limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N test images.")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Times each image is timed; each stage keeps its median.")] = 3,
+    repeats: Annotated[int, typer.Option(min=1, help="Times each image is timed; each stage keeps its median.")] = 5,
     save: Annotated[bool, typer.Option(help="Also write BUNDLE/simulate.json (used by `cbnet-tl report`).")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
