@@ -79,7 +79,13 @@ def main() -> int:
     sections = ["# Benchmark results", "", f"Machine: {machine()}", "",
                 "Every pipeline is timed the same way: same interpreter (ai-edge-litert), 1 thread, same batch size, "
                 "pre-processing, entropy gate and softmax inside the timed region, pipelines interleaved batch by batch. "
-                "Medians and ratios come from one run. Times are on this machine, not on a Pi.", ""]
+                "Medians and ratios come from one run. Times are on this machine, not on a Pi; the machine is shared, "
+                "so expect run-to-run differences of tens of percent in the ratios.", "",
+                "Builds used (from `cbnet-tl build`, see each build's `build.json`):", "", "```",
+                f"cbnet-tl build --dataset fashion-mnist --out {args.fmnist_build}",
+                f"cbnet-tl build --dataset mnist --data-dir {args.mnist_data_dir} --out {args.mnist_build}",
+                f"python benchmarks/run_benchmarks.py --fmnist-build {args.fmnist_build} --mnist-build {args.mnist_build}",
+                "```", ""]
     claims = {}
     for label, build, data_dir, key in (("Fashion-MNIST (full, 10k test)", args.fmnist_build, None, "fashion-mnist"),
                                          ("MNIST subset (1.6k test)", args.mnist_build, args.mnist_data_dir, "mnist")):
