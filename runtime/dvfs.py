@@ -1,6 +1,6 @@
-"""DVFS policies as pure decision objects, and ``DvfsSession``, which applies one on a device.
+"""DVFS policies as pure decision objects (``dvfs_session.DvfsSession`` applies one on a device).
 
-A driver (``DvfsSession`` on a device, ``cbnet_tl.toolchain.simulate`` offline) tells a bound policy
+A driver (``dvfs_session.DvfsSession`` on a device, ``cbnet_tl.toolchain.simulate`` offline) tells a bound policy
 what happens and sets whatever frequency (kHz) the policy returns. The policy never reads a clock or a
 file; every time it needs is passed in, in seconds:
 
@@ -29,14 +29,11 @@ Policies: ``performance``, ``powersave``, ``fixed:<MHz>`` (static) and ``eenet``
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
-import numpy as np
-
-from cbnet_tl.runtime.energy import EnergyModel, EnergySource
+from cbnet_tl.runtime.energy import EnergyModel
 from cbnet_tl.runtime.errors import DvfsError
 
 PRE_STAGE = "_pre"  # the session's segment between begin_inference and the first stage (pre-processing)
@@ -297,149 +294,3 @@ class EENetPolicy(Policy):
                 if cost < best_cost:
                     best, best_cost = (fa, fb), cost
         return best
-
-
-class DvfsSession:
-    """The pipelines' stage hook on a device: applies a policy through a ``CpufreqController``, times every
-    stage and sums up misses, latency, energy and time per frequency.
-
-    ``energy`` is an ``EnergyModel`` (energy ``modelled`` from the time spent at each frequency) or a meter
-    from ``meters`` (energy ``measured`` over the session's window). A policy decides from a power model
-    even when energy is measured: pass ``model`` then. ``controller=None`` means DVFS off: no policy, and
-    the frequency is whatever the governor chooses (modelled energy then assumes the top frequency).
-    Use ``with session:`` to start and stop a meter; call ``wait_for_arrival()`` before each inference
-    when ``period_s`` is set, so that lateness and idle time are known.
-    """
-
-    def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
-                 period_s: Optional[float] = None, *, model: Optional[EnergyModel] = None,
-                 clock=time.perf_counter, sleep=time.sleep):
-        if (policy is None) != (controller is None):
-            raise DvfsError("A DVFS policy needs a CpufreqController, and a controller needs a policy. Received "
-                            f"policy={getattr(policy, 'name', None)!r}, controller={controller!r}. Use DVFS off "
-                            "(no policy, no controller) to run without frequency control")
-        self.meter = None if isinstance(energy, EnergyModel) else energy
-        model = energy if isinstance(energy, EnergyModel) else model
-        if model is None and (policy is not None or self.meter is None):
-            raise DvfsError("Expected an EnergyModel (energy, or model= when energy is a meter). Received none")
-        if controller is not None and tuple(controller.frequencies_khz) != model.frequencies_khz:
-            raise DvfsError(f"The energy model's frequencies {list(model.frequencies_khz)} kHz differ from the "
-                            f"CPU's {list(controller.frequencies_khz)}; build it with model_for(target, "
-                            "controller.frequencies_khz)")
-        self.policy, self.controller, self.model = policy, controller, model
-        self.context = DvfsContext(model, deadline_s, period_s) if model is not None else None
-        self.deadline_s, self.period_s = deadline_s, period_s
-        if policy is not None:
-            policy.bind(self.context)
-        self._clock, self._sleep = clock, sleep
-        self._khz: Optional[int] = None
-        self._next_arrival: Optional[float] = None
-        self._arrival = self._mark = self._last_end = None
-        self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
-        self.latencies: list = []
-        self.busy_seconds: dict = {}
-        self.stage_seconds: dict = {}
-        self.switches: list = []
-        self.switch_seconds = self.idle_seconds = 0.0
-
-    def __enter__(self) -> "DvfsSession":
-        if self.meter is not None:
-            self.meter.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.meter is not None and self._reading is None:
-            self._reading = self.meter.stop()
-
-    def wait_for_arrival(self) -> None:
-        """Periodic arrivals: sleep until the next one (t0 + k·period); return at once when late."""
-        if self.period_s is None:
-            return
-        now = self._clock()
-        self._next_arrival = now if self._next_arrival is None else self._next_arrival + self.period_s
-        if now < self._next_arrival:
-            self._sleep(self._next_arrival - now)
-            self._slept += self._clock() - now
-
-    def _apply(self, khz: int) -> None:
-        if khz == self._khz:
-            return
-        start = self._clock()
-        self.controller.set_khz(khz)
-        self.switch_seconds += self._clock() - start
-        if self._khz is not None:
-            self.switches.append((self._khz, khz))
-        self._khz = khz
-
-    def _account(self, now: float) -> float:
-        seconds = now - self._mark
-        self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
-        return seconds
-
-    # the stage hook -----------------------------------------------------------------------------
-    def begin_inference(self, pipeline: str) -> None:
-        now = self._clock()
-        idle, self._slept = self._slept, 0.0
-        self.idle_seconds += idle
-        if self._last_end is not None:  # time between inferences not spent asleep is the caller's work
-            self._mark = self._last_end
-            self._account(now - idle)
-        self._arrival = self._next_arrival if self._next_arrival is not None else now
-        if self.policy is not None:
-            self._apply(self.policy.on_begin(pipeline, max(0.0, now - self._arrival), idle))
-        self._mark, self._segment = self._clock(), PRE_STAGE
-
-    def before_stage(self, stage: str) -> None:
-        now = self._clock()
-        seconds = self._account(now)
-        if self.policy is not None:
-            self.policy.on_stage_done(self._segment, seconds, self._khz)
-            self._apply(self.policy.on_stage(stage, now - self._arrival))
-        self._mark, self._segment = self._clock(), stage
-
-    def after_stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
-
-    def end_inference(self, path: str) -> None:
-        now = self._clock()
-        seconds = self._account(now)
-        latency = now - self._arrival
-        self.latencies.append(latency)
-        if self.policy is not None:
-            self.policy.on_stage_done(self._segment, seconds, self._khz)
-            self._apply(self.policy.on_end(path, latency))
-        self._last_end = self._clock()
-
-    # results ------------------------------------------------------------------------------------
-    def summary(self) -> dict:
-        count = len(self.latencies)
-        latencies_ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
-        misses = int(np.sum(latencies_ms > self.deadline_s * 1e3))
-        result = {
-            "dvfs": self.policy.name if self.policy is not None else "off",
-            "method": getattr(getattr(self.controller, "method", None), "value", None),
-            "num_inferences": count,
-            "deadline_ms": self.deadline_s * 1e3,
-            "period_ms": None if self.period_s is None else self.period_s * 1e3,
-            "deadline_misses": misses,
-            "miss_rate": misses / count if count else 0.0,
-            "latency_ms_median": float(np.median(latencies_ms)) if count else None,
-            "latency_ms_p95": float(np.percentile(latencies_ms, 95)) if count else None,
-            "time_at_frequency": {("uncontrolled" if khz is None else str(khz // 1000)): round(s, 6)
-                                  for khz, s in self.busy_seconds.items()},
-            "switches": len(self.switches),
-            "switch_ms_total": self.switch_seconds * 1e3,
-        }
-        if self.meter is not None:
-            if self._reading is None:
-                self._reading = self.meter.stop()
-            result.update(energy_j=self._reading.joules / count if count else None,
-                          energy_source=EnergySource.MEASURED.value, energy_meter=self._reading.meter)
-        else:
-            busy = {(self.model.top_khz if khz is None else khz): s for khz, s in self.busy_seconds.items()}
-            total = self.model.energy_j(busy, self.idle_seconds, self.switches)
-            result.update(energy_j=total / count if count else None, energy_source=EnergySource.MODELLED.value,
-                          energy_model=self.model.table.target)
-            if self.controller is None:
-                result["energy_note"] = "DVFS off: the frequency was not controlled; modelled at the top frequency"
-        return result

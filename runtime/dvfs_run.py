@@ -15,7 +15,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from cbnet_tl.runtime.cpufreq import CpufreqController
-from cbnet_tl.runtime.dvfs import DvfsSession, parse_policy
+from cbnet_tl.runtime.dvfs import parse_policy
+from cbnet_tl.runtime.dvfs_session import DvfsSession
 from cbnet_tl.runtime.energy import model_for
 from cbnet_tl.runtime.errors import DvfsError
 from cbnet_tl.runtime.meters import find_meter

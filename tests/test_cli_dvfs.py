@@ -85,3 +85,19 @@ def test_simulate_json(tiny_bundle, mnist_dir, tmp_path):
                     assert policy["energy_j"] >= oracle * (1 - 1e-9)
     assert payload["energy_source"] == "modelled" and "f_max/f" in payload["notes"][0]
     assert (bundle / "simulate.json").is_file()
+
+
+def test_simulate_takes_the_devices_opp_list(tiny_bundle, mnist_dir):
+    # sysfs prints kHz separated by spaces; the option also takes MHz with commas
+    result = runner.invoke(app, ["simulate", str(tiny_bundle), "--data-dir", str(mnist_dir), "--limit", "20",
+                                 "--pipeline", "cbnet", "--repeats", "1", "--no-save", "--json",
+                                 "--frequencies-mhz", "1500000 600000 1100000", "--switch-us", "50"])
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)["pipelines"]["cbnet"]["runs"]["back-to-back"]
+    assert run["frequencies_mhz"] == [600, 1100, 1500] and run["switch_us"] == 50
+    assert set(run["policies"]["powersave"]["time_at_frequency"]) == {"600"}
+
+
+def test_simulate_rejects_a_bad_opp_list(tiny_bundle):
+    result = runner.invoke(app, ["simulate", str(tiny_bundle), "--frequencies-mhz", "600,fast"])
+    assert result.exit_code == 2 and "frequencies in MHz" in result.output

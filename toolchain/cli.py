@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -231,6 +230,8 @@ def simulate(
     policy: Annotated[List[str], typer.Option(help="Policies to compare (oracle is the hindsight optimum).")] = ["performance", "powersave", "eenet", "oracle"],
     limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N test images.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Times each image is timed; each stage keeps its median.")] = 5,
+    frequencies_mhz: Annotated[Optional[str], typer.Option(help="The device's OPP list in MHz, comma-separated, e.g. the mainline Pi 4 driver's 600,700,...,1500 (default: the target table's; `cat /sys/devices/system/cpu/cpufreq/policy0/scaling_available_frequencies` on the device gives kHz).")] = None,
+    switch_us: Annotated[Optional[float], typer.Option(min=0, help="Cost of one frequency switch in microseconds (default: the target table's).")] = None,
     save: Annotated[bool, typer.Option(help="Also write BUNDLE/simulate.json (used by `cbnet-tl report`).")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
@@ -244,7 +245,8 @@ def simulate(
     try:
         result = simulate_bundle(bundle, dataset.value if dataset else None, data_dir, [p.value for p in pipeline],
                                  target=target, deadline_ms=deadline_ms, period_ms=period_ms, policies=list(policy),
-                                 limit=limit, repeats=repeats)
+                                 limit=limit, repeats=repeats, switch_us=switch_us,
+                                 frequencies_mhz=None if frequencies_mhz is None else parse_mhz_list(frequencies_mhz))
         if save:
             write_json_atomic(bundle / "simulate.json", result)
     except (CbnetError, ValueError) as error:
@@ -279,6 +281,18 @@ def inspect(
     except CbnetError as error:
         fail(error)
     typer.echo(json.dumps({"target": target, "models": reports}, indent=2) if json_output else format_inspection(reports))
+
+
+def parse_mhz_list(text: str) -> list:
+    """'600,750,1500' or kHz values as sysfs prints them ('600000 750000') -> MHz floats."""
+    try:
+        values = [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise typer.BadParameter(f"Expected comma-separated frequencies in MHz such as 600,1000,1500. "
+                                 f"Received: {text!r}") from None
+    if not values or min(values) <= 0:
+        raise typer.BadParameter(f"Expected at least one frequency > 0 MHz. Received: {text!r}")
+    return [v / 1000 if v >= 100_000 else v for v in values]  # sysfs lists kHz
 
 
 def _parse_batches(text: str) -> tuple:

@@ -6,9 +6,12 @@ checked after conversion: the float32 file, run by our runtime, must reproduce K
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -64,10 +67,16 @@ def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] 
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    chatter = io.StringIO()  # Keras's export prints every saved signature to stdout
     try:
-        return converter.convert()
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            # int8 I/O takes its scale from the representative data; TF warns that none was given by hand
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            return converter.convert()
     except Exception as error:  # the converter raises many unrelated types
-        raise ConversionError(f"Conversion of {model.name} to {precision.value} failed: {error}") from None
+        detail = chatter.getvalue().strip().splitlines()[-3:]
+        raise ConversionError(f"Conversion of {model.name} to {precision.value} failed: {error}"
+                              + (f" (converter output: {' | '.join(detail)})" if detail else "")) from None
 
 
 def map_outputs(path: Path, keras_shapes: list, names: tuple) -> dict:
