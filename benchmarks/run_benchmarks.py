@@ -92,6 +92,11 @@ def main() -> int:
         bench, command = run_bench(build, data_dir)
         sections += [f"## {label}", "", "```", " ".join(["cbnet-tl"] + command[3:]), "```", ""] + table(bench) + [""]
         sections += ["Where cbnet's time goes:", ""] + breakdown(bench) + [""]
+        if bench.get("footprint"):
+            f = bench["footprint"]
+            sections += [f"Device-side footprint: `import cbnet_tl.runtime` {f['import_s'] * 1e3:.0f} ms, peak RSS of a "
+                         f"process that loads the bundle and classifies {f['peak_rss_mb']:.1f} MB, bundle on disk "
+                         f"{f['bundle_bytes'] / 1e6:.2f} MB (models {f['model_bytes'] / 1e6:.2f} MB).", ""]
         acc = paper["accuracy_percent"][key]
         lat = paper["latency_ms_per_image_rpi4"]
         sections += ["Paper (labelled, not measured here):", "",

@@ -65,19 +65,26 @@ def classify_each(pipeline, images: np.ndarray, session: DvfsSession) -> tuple:
 def trace_of(pipeline, images: np.ndarray, repeats: int = 3) -> list:
     """Per-image stage times, the input of ``simulate``: ``[("host", s), (stage, s), …]`` per image.
 
-    "host" is the pre/post-processing, gate and softmax time outside the model calls. Each image is
-    run ``repeats`` times and each stage keeps its median, so that a single scheduling hiccup of this
-    (shared) machine does not pass for the cost of that image's work. The path is the same every time.
+    "host" is the pre/post-processing, gate and softmax time outside the model calls. The whole set is
+    run ``repeats`` times, one pass after another, and each stage of each image keeps its median over
+    the passes. A model's work does not depend on the pixels, so what varies between runs of one image
+    is this (shared) machine's noise, and that comes in bursts: repeats of one image taken back to back
+    fall into the same burst, passes far apart in time do not. The path is the same in every pass.
     """
     if repeats < 1:
         raise ValueError(f"Expected repeats >= 1. Received: {repeats}")
-    trace = []
-    for image in images:
+    passes = []
+    for _ in range(repeats):
         runs = []
-        for _ in range(repeats):
+        for image in images:
             result = pipeline.classify(image)
             stages = list(result.stage_seconds.items())
-            host = max(0.0, result.seconds - sum(s for _, s in stages))
-            runs.append([("host", host)] + stages)
-        trace.append([(name, float(np.median([run[i][1] for run in runs]))) for i, (name, _) in enumerate(runs[0])])
+            runs.append([("host", max(0.0, result.seconds - sum(s for _, s in stages)))] + stages)
+        passes.append(runs)
+    trace = []
+    for i, first in enumerate(passes[0]):
+        names = [name for name, _ in first]
+        if any([name for name, _ in runs[i]] != names for runs in passes[1:]):
+            raise DvfsError(f"Image {i} took different paths in different passes; expected a deterministic pipeline")
+        trace.append([(name, float(np.median([runs[i][j][1] for runs in passes]))) for j, name in enumerate(names)])
     return trace

@@ -101,3 +101,21 @@ def test_simulate_takes_the_devices_opp_list(tiny_bundle, mnist_dir):
 def test_simulate_rejects_a_bad_opp_list(tiny_bundle):
     result = runner.invoke(app, ["simulate", str(tiny_bundle), "--frequencies-mhz", "600,fast"])
     assert result.exit_code == 2 and "frequencies in MHz" in result.output
+
+
+def test_trace_keeps_each_images_path_and_a_median_per_stage(tiny_bundle, mnist_dir):
+    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.dvfs_run import trace_of
+    from cbnet_tl.runtime.pipelines import Pipeline, models_for
+    from cbnet_tl.toolchain.datasets import read_idx_pair
+
+    images, _ = read_idx_pair(mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz", 10)
+    images = images[:30]
+    pipeline = Pipeline(load_bundle(tiny_bundle, models=models_for(["branchynet"])), "branchynet")
+    trace = trace_of(pipeline, images, repeats=3)
+    paths = pipeline.classify(images).paths
+    assert len(trace) == len(images)
+    for sample, path in zip(trace, paths):
+        names = [name for name, _ in sample]
+        assert names[:2] == ["host", "trunk_branch"] and ("main_tail" in names) == (path != "branch")
+        assert all(seconds > 0 for name, seconds in sample if name != "host")
