@@ -4,6 +4,7 @@ A driver (``dvfs_session.DvfsSession`` on a device, ``cbnet_tl.toolchain.simulat
 what happens and sets whatever frequency (kHz) the policy returns. The policy never reads a clock or a
 file; every time it needs is passed in, in seconds:
 
+    initial_khz() -> kHz                             set when the session starts, before the first arrival
     on_begin(pipeline, lateness_s, idle_s) -> kHz    an inference arrived lateness_s ago; the CPU was idle idle_s before it
     on_stage(stage, elapsed_s) -> kHz                 before a stage; elapsed_s since the arrival
     on_stage_done(stage, seconds, khz)                a stage (with the overhead that follows it) took seconds at khz
@@ -69,6 +70,10 @@ class Policy:
     def bind(self, context: DvfsContext) -> None:
         self.context = context
 
+    def initial_khz(self) -> int:
+        """The frequency to set when the session starts, before the first arrival (default: the top)."""
+        return self.context.model.top_khz
+
     def on_begin(self, pipeline: str, lateness_s: float, idle_s: float) -> int:
         raise NotImplementedError
 
@@ -102,6 +107,9 @@ class StaticPolicy(Policy):
         else:
             raise DvfsError(f"Expected fixed:<MHz> with a frequency this CPU offers, "
                             f"{[f // 1000 for f in offered]} MHz. Received: fixed:{self.mhz}")
+
+    def initial_khz(self):
+        return self.khz
 
     def on_begin(self, pipeline, lateness_s, idle_s):
         return self.khz

@@ -56,6 +56,8 @@ class DvfsSession:
         self.switch_seconds = self.idle_seconds = 0.0
 
     def __enter__(self) -> "DvfsSession":
+        if self.policy is not None:
+            self._apply(self.policy.initial_khz())  # before the first arrival: no inference waits for it
         if self.meter is not None:
             self.meter.start()
         return self

@@ -125,3 +125,16 @@ def test_bad_input():
         simulate([[("lenet", 1e-4)]], "rpi4", 1e-3, None, ["off"])
     with pytest.raises(DvfsError, match="Unknown power-model target"):
         simulate([[("lenet", 1e-4)]], "pi5", 1e-3, None, ["eenet"])
+
+
+def test_the_frequency_is_set_before_the_first_arrival():
+    # a switch (355 us) is longer than the period: only the one made before the stream starts is free of misses
+    trace = [[("autoencoder", 40e-6), ("branch", 40e-6)] for _ in range(300)]
+    opps = [khz * 1000 for khz in range(600, 1600, 100)]
+    result = simulate(trace, "rpi4", 160e-6, 160e-6, ["performance", "fixed:800", "eenet", "oracle"],
+                      frequencies_khz=opps)
+    policies = result["policies"]
+    assert policies["fixed:800"]["misses"] == 0 and policies["fixed:800"]["switches"] == 1
+    assert set(policies["oracle"]["time_at_frequency"]) == {"800"} and policies["oracle"]["misses"] == 0
+    assert policies["oracle"]["energy_vs_performance"] < 0  # V(f) falls with f: less energy above idle
+    assert policies["eenet"]["miss_rate"] <= 0.01 and policies["eenet"]["energy_vs_oracle"] <= 0.05

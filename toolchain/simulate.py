@@ -10,7 +10,8 @@ policy is driven through the same event protocol as on a device (``dvfs.Policy``
 The **oracle** knows the whole trace. Among all schedules that give every stage of every sample its own
 frequency from the OPP list, it finds by dynamic programming the one of least total energy that meets
 every deadline that can be met at all (a sample too slow even at the top frequency runs at the top, and
-may make the next one start late). Switch costs count: inside an inference and, back to back, before one,
+may make the next one start late). Every policy, the oracle too, sets a frequency before the first arrival
+(that switch delays nothing). Switch costs count: inside an inference and, back to back, before one,
 a switch delays it; between periodic arrivals a switch is made in the idle gap when it fits there, else at
 the arrival. Its ``planned_energy_j`` is therefore a lower bound on the energy of every policy that misses
 no more deadlines and switches only at those points (the static policies and eenet do); its other figures
@@ -94,7 +95,10 @@ def replay(policy: Policy, samples: list, context: DvfsContext, pipeline: str) -
             switches.append((current, khz))
             now, current = now + switch_s, khz
 
-    answered = 0.0
+    switch(policy.initial_khz())  # set before the first arrival: it delays nothing and, when arrivals are
+    if switches and period is not None:  # periodic, costs what it adds to the idle board, like any switch in a gap
+        idle -= switch_s
+    now, answered = 0.0, 0.0
     for k, stages in enumerate(samples):
         arrival = k * period if period is not None else answered
         idle_s = max(0.0, arrival - now)
@@ -123,6 +127,9 @@ class _Schedule(Policy):
 
     def __init__(self, schedule: list, in_gap: list):
         self.schedule, self.in_gap, self.k, self.i = schedule, in_gap, -1, 0
+
+    def initial_khz(self):
+        return self.schedule[0][0]
 
     def on_begin(self, pipeline, lateness_s, idle_s):
         self.k, self.i = self.k + 1, 0
@@ -159,7 +166,7 @@ def oracle_schedule(samples: list, context: DvfsContext) -> tuple:
     limit = min(deadline, period) if period is not None else deadline
     state_freq, state_roomy = np.repeat(np.arange(n), 2)[:, None], np.tile([False, True], n)[:, None]
     cost = np.full(2 * n, np.inf)
-    cost[2 * top] = 0.0
+    cost[2 * top + 1] = 0.0  # at the top, with time before the first arrival for a switch
     back, cache, late = [], {}, 0.0  # late: how long after its arrival a sample can start (after an overrun)
     for stages in samples:
         t = np.array([s for _, s in stages])
