@@ -61,8 +61,8 @@ class BatchResult:
         ]
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) or (28, 28) → float32 (N, 28, 28, 1) in [0, 1]."""
+def check_images(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28), (28, 28) or (N, 28, 28, 1) → uint8 (N, 28, 28), or a clear error."""
     images = np.asarray(images)
     if images.ndim == 2:
         images = images[None]
@@ -72,15 +72,45 @@ def preprocess(images: np.ndarray) -> np.ndarray:
         raise ImageError(f"Expected uint8 images of shape (N, 28, 28). Received {images.shape}")
     if images.dtype != np.uint8:
         raise ImageError(f"Expected uint8 pixel values 0..255. Received dtype {images.dtype}")
-    return (images.astype(np.float32) / 255.0)[..., None]
+    return images
 
 
-def _pass_on(values: list, source_index: int, source: Model, target: Model) -> np.ndarray:
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) or (28, 28) → float32 (N, 28, 28, 1) in [0, 1]."""
+    return (check_images(images).astype(np.float32) / 255.0)[..., None]
+
+
+def _byte_codes(dtype: np.dtype) -> Optional[np.ndarray]:
+    """Every value of a one-byte storage type, indexed by its byte (``raw.view(np.uint8)``)."""
+    dtype = np.dtype(dtype)
+    return np.arange(256, dtype=np.uint8).view(dtype) if dtype in (np.dtype(np.int8), np.dtype(np.uint8)) else None
+
+
+def input_table(spec) -> Optional[np.ndarray]:
+    """pixel (0..255) → the model input's storage value, the same numbers ``quantize(preprocess(·))`` gives,
+    as one table lookup. None for float inputs."""
+    if not spec.is_quantized or _byte_codes(spec.dtype) is None:
+        return None
+    return quantize(np.arange(256, dtype=np.float32)[:, None, None] / np.float32(255.0), spec).reshape(256)
+
+
+def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
+    """One model's output byte → the next model's input value (dequantize, then quantize), as a table.
+    None when the two types are not both one-byte quantized types."""
+    codes = _byte_codes(out_spec.dtype)
+    if codes is None or not (out_spec.is_quantized and in_spec.is_quantized) or _byte_codes(in_spec.dtype) is None:
+        return None
+    return quantize(dequantize(codes, out_spec), in_spec)
+
+
+def _pass_on(values: list, source_index: int, source: Model, target: Model, table=None) -> np.ndarray:
     """Feed one model's raw output to the next, requantizing only when the two scales differ."""
     raw = values[source_index]
     out_spec, in_spec = source.outputs[source_index], target.input
     if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
         return raw
+    if table is not None:
+        return table[np.ascontiguousarray(raw).view(np.uint8)]
     return quantize(dequantize(raw, out_spec), in_spec)
 
 
@@ -105,14 +135,25 @@ class Pipeline:
         self.models = {m: bundle.models[m] for m in PIPELINE_MODELS[name]}
         self.threshold = bundle.entropy_threshold
         self.device = next(iter(self.models.values())).device
+        first = self.models[PIPELINE_MODELS[name][0]]
+        self._input_table = input_table(first.input)
+        self._tables = {}
+        if name == "cbnet":
+            self._tables["ae"] = requantize_table(self.models["autoencoder"].outputs[0], self.models["branch"].input)
+        elif name == "branchynet":
+            self._tables["features"] = requantize_table(self.models["trunk_branch"].outputs[1],
+                                                        self.models["main_tail"].input)
 
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
         hook = hook or _NoHook()
         start = time.perf_counter()
         stage_seconds: dict = {}
         hook.begin_inference(self.name)
-        x = preprocess(images)
-        logits, paths = getattr(self, f"_run_{self.name}")(x, hook, stage_seconds)
+        if self._input_table is not None:  # int8 models: pixels straight to the input's storage values
+            x, quantized = self._input_table[check_images(images)][..., None], True
+        else:
+            x, quantized = preprocess(images), False
+        logits, paths = getattr(self, f"_run_{self.name}")(x, quantized, hook, stage_seconds)
         probabilities = softmax(logits)
         labels = probabilities.argmax(axis=-1)
         confidences = probabilities.max(axis=-1)
@@ -129,32 +170,32 @@ class Pipeline:
         hook.after_stage(stage, elapsed)
         return outputs
 
-    def _run_lenet(self, x, hook, stage_seconds):
+    def _run_lenet(self, x, quantized, hook, stage_seconds):
         model = self.models["lenet"]
-        raw = self._stage("lenet", model, x, hook, stage_seconds)
+        raw = self._stage("lenet", model, x, hook, stage_seconds, quantized)
         return dequantize(raw[0], model.outputs[0]), ["main"] * len(x)
 
-    def _run_branch(self, x, hook, stage_seconds):
+    def _run_branch(self, x, quantized, hook, stage_seconds):
         model = self.models["branch"]
-        raw = self._stage("branch", model, x, hook, stage_seconds)
+        raw = self._stage("branch", model, x, hook, stage_seconds, quantized)
         return dequantize(raw[0], model.outputs[0]), ["branch-only"] * len(x)
 
-    def _run_cbnet(self, x, hook, stage_seconds):
+    def _run_cbnet(self, x, quantized, hook, stage_seconds):
         autoencoder, branch = self.models["autoencoder"], self.models["branch"]
-        converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds)
-        fed = _pass_on(converted, 0, autoencoder, branch)
+        converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds, quantized)
+        fed = _pass_on(converted, 0, autoencoder, branch, self._tables["ae"])
         raw = self._stage("branch", branch, fed, hook, stage_seconds, quantized=True)
         return dequantize(raw[0], branch.outputs[0]), ["ae+branch"] * len(x)
 
-    def _run_branchynet(self, x, hook, stage_seconds):
+    def _run_branchynet(self, x, quantized, hook, stage_seconds):
         first, tail = self.models["trunk_branch"], self.models["main_tail"]
-        raw = self._stage("trunk_branch", first, x, hook, stage_seconds)
+        raw = self._stage("trunk_branch", first, x, hook, stage_seconds, quantized)
         logits = dequantize(raw[0], first.outputs[0])
         early = exits_early(entropy(softmax(logits)), self.threshold)
         paths = np.where(early, "branch", "branch+main").tolist()
         hard = np.flatnonzero(~early)
         if hard.size:
-            features = _pass_on(raw, 1, first, tail)[hard]
+            features = _pass_on([raw[0], raw[1][hard]], 1, first, tail, self._tables["features"])
             tail_raw = self._stage("main_tail", tail, features, hook, stage_seconds, quantized=True)
             logits[hard] = dequantize(tail_raw[0], tail.outputs[0])
         return logits, paths

@@ -125,3 +125,37 @@ def test_float32_models_stay_in_the_build_dir(tiny_build, tiny_bundle):
     assert load_bundle(tiny_build, precision="float32", models=["lenet"]).models["lenet"].input.dtype == np.float32
     with pytest.raises(BundleError, match="has no float32 lenet model"):
         load_bundle(tiny_bundle, precision="float32", models=["lenet"])
+
+
+@pytest.mark.parametrize("dtype,scale,zero_point", [(np.int8, 1 / 255, -128), (np.uint8, 1 / 255, 0),
+                                                    (np.int8, 0.00390625, -128), (np.int8, 0.0173, 5)])
+def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zero_point):
+    from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
+    from cbnet_tl.runtime.pipelines import input_table, preprocess, requantize_table
+
+    spec = TensorSpec("x", 0, (1, 28, 28, 1), np.dtype(dtype), scale, zero_point)
+    pixels = np.arange(256, dtype=np.uint8).repeat(4)[:784].reshape(1, 28, 28)
+    table = input_table(spec)
+    assert np.array_equal(table[pixels][..., None], quantize(preprocess(pixels), spec))
+
+    nxt = TensorSpec("y", 0, (1, 28, 28, 1), np.dtype(np.int8), 1 / 255, -128)
+    codes = np.arange(256, dtype=np.uint8).view(dtype)
+    requantized = requantize_table(spec, nxt)[codes.view(np.uint8)]
+    assert np.array_equal(requantized, quantize(dequantize(codes, spec), nxt))
+    assert input_table(TensorSpec("f", 0, (1, 28, 28, 1), np.dtype(np.float32), 0.0, 0)) is None
+
+
+def test_int8_pipelines_match_the_float_path_on_real_images(tiny_bundle, mnist_samples):
+    from cbnet_tl.runtime.interpreter import dequantize, quantize
+    from cbnet_tl.runtime.pipelines import preprocess
+
+    images = load_images(mnist_samples[0])
+    pipeline = Pipeline(load_bundle(tiny_bundle), "cbnet")
+    ae, branch = pipeline.models["autoencoder"], pipeline.models["branch"]
+    converted = ae.invoke_quantized(quantize(preprocess(images), ae.input))[0]
+    fed = quantize(dequantize(converted, ae.outputs[0]), branch.input)
+    expected = dequantize(branch.invoke_quantized(fed)[0], branch.outputs[0])
+    result = pipeline.classify(images)
+    assert np.array_equal(result.labels, expected.argmax(-1))
+    probabilities = np.exp(expected - expected.max(-1, keepdims=True))
+    assert np.allclose(result.confidences, (probabilities / probabilities.sum(-1, keepdims=True)).max(-1))
