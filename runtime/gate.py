@@ -20,6 +20,17 @@ def entropy(probabilities: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=-1)
 
 
+def softmax_entropy(logits: np.ndarray) -> tuple:
+    """(softmax, entropy) from one pass over the logits: with z = logits − max and S = Σ e^z,
+    ln p = z − ln S, so ``-Σ p ln p = ln S − Σ p z`` (no logarithm of a zero probability)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(axis=-1, keepdims=True)
+    p = e / total
+    return p, np.maximum(np.log(total[..., 0]) - (p * z).sum(axis=-1), 0.0)
+
+
 def exits_early(entropies: np.ndarray, threshold: float) -> np.ndarray:
     """True where a sample leaves at the branch: entropy strictly below the threshold."""
     return np.asarray(entropies) < threshold

@@ -15,7 +15,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
-from cbnet_tl.runtime.gate import entropy, exits_early, softmax
+from cbnet_tl.runtime.gate import exits_early, softmax, softmax_entropy
 from cbnet_tl.runtime.interpreter import Model, dequantize, quantize
 
 PIPELINE_MODELS = {
@@ -103,6 +103,12 @@ def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
     return quantize(dequantize(codes, out_spec), in_spec)
 
 
+def dequantize_table(spec) -> Optional[np.ndarray]:
+    """Output byte → real value (float32), the numbers ``dequantize`` gives, as a table. None for float outputs."""
+    codes = _byte_codes(spec.dtype)
+    return dequantize(codes, spec) if spec.is_quantized and codes is not None else None
+
+
 def _pass_on(values: list, source_index: int, source: Model, target: Model, table=None) -> np.ndarray:
     """Feed one model's raw output to the next, requantizing only when the two scales differ."""
     raw = values[source_index]
@@ -138,6 +144,8 @@ class Pipeline:
         first = self.models[PIPELINE_MODELS[name][0]]
         self._input_table = input_table(first.input)
         self._tables = {}
+        self._real = {(m, i): dequantize_table(spec) for m, model in self.models.items()
+                      for i, spec in enumerate(model.outputs)}
         if name == "cbnet":
             self._tables["ae"] = requantize_table(self.models["autoencoder"].outputs[0], self.models["branch"].input)
         elif name == "branchynet":
@@ -153,8 +161,7 @@ class Pipeline:
             x, quantized = self._input_table[check_images(images)][..., None], True
         else:
             x, quantized = preprocess(images), False
-        logits, paths = getattr(self, f"_run_{self.name}")(x, quantized, hook, stage_seconds)
-        probabilities = softmax(logits)
+        probabilities, paths = getattr(self, f"_run_{self.name}")(x, quantized, hook, stage_seconds)
         labels = probabilities.argmax(axis=-1)
         confidences = probabilities.max(axis=-1)
         seconds = time.perf_counter() - start
@@ -170,35 +177,41 @@ class Pipeline:
         hook.after_stage(stage, elapsed)
         return outputs
 
+    def _logits(self, model_name: str, raw: list, index: int = 0) -> np.ndarray:
+        table = self._real[(model_name, index)]
+        if table is None:
+            return dequantize(raw[index], self.models[model_name].outputs[index])
+        return table[np.ascontiguousarray(raw[index]).view(np.uint8)]
+
     def _run_lenet(self, x, quantized, hook, stage_seconds):
         model = self.models["lenet"]
         raw = self._stage("lenet", model, x, hook, stage_seconds, quantized)
-        return dequantize(raw[0], model.outputs[0]), ["main"] * len(x)
+        return softmax(self._logits("lenet", raw)), ["main"] * len(x)
 
     def _run_branch(self, x, quantized, hook, stage_seconds):
         model = self.models["branch"]
         raw = self._stage("branch", model, x, hook, stage_seconds, quantized)
-        return dequantize(raw[0], model.outputs[0]), ["branch-only"] * len(x)
+        return softmax(self._logits("branch", raw)), ["branch-only"] * len(x)
 
     def _run_cbnet(self, x, quantized, hook, stage_seconds):
         autoencoder, branch = self.models["autoencoder"], self.models["branch"]
         converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds, quantized)
         fed = _pass_on(converted, 0, autoencoder, branch, self._tables["ae"])
         raw = self._stage("branch", branch, fed, hook, stage_seconds, quantized=True)
-        return dequantize(raw[0], branch.outputs[0]), ["ae+branch"] * len(x)
+        return softmax(self._logits("branch", raw)), ["ae+branch"] * len(x)
 
     def _run_branchynet(self, x, quantized, hook, stage_seconds):
         first, tail = self.models["trunk_branch"], self.models["main_tail"]
         raw = self._stage("trunk_branch", first, x, hook, stage_seconds, quantized)
-        logits = dequantize(raw[0], first.outputs[0])
-        early = exits_early(entropy(softmax(logits)), self.threshold)
-        paths = np.where(early, "branch", "branch+main").tolist()
-        hard = np.flatnonzero(~early)
-        if hard.size:
+        probabilities, entropies = softmax_entropy(self._logits("trunk_branch", raw))
+        early = exits_early(entropies, self.threshold)
+        paths = ["branch" if leaves else "branch+main" for leaves in early.tolist()]
+        if not early.all():
+            hard = np.flatnonzero(~early)
             features = _pass_on([raw[0], raw[1][hard]], 1, first, tail, self._tables["features"])
             tail_raw = self._stage("main_tail", tail, features, hook, stage_seconds, quantized=True)
-            logits[hard] = dequantize(tail_raw[0], tail.outputs[0])
-        return logits, paths
+            probabilities[hard] = softmax(self._logits("main_tail", tail_raw))
+        return probabilities, paths
 
     def convert(self, images: np.ndarray) -> np.ndarray:
         """The converting autoencoder's output as uint8 images (cbnet only), for reports."""

@@ -58,3 +58,14 @@ def test_autoencoder_pairs_follow_the_three_to_one_recipe():
     assert len(pairs) == 40 and (~easy[pairs]).sum() == 10
     pairs = autoencoder_pairs(split, TrainConfig(min_autoencoder_pairs=1000), seed=0)
     assert len(pairs) == 100  # small sets use every image
+
+
+def test_softmax_entropy_matches_the_two_step_definition():
+    from cbnet_tl.runtime.gate import softmax_entropy
+
+    rng = np.random.default_rng(7)
+    logits = np.concatenate([rng.normal(0, 3, (200, 10)), [[0.0] * 10, [800.0] + [-800.0] * 9, [5.0] * 10]])
+    probabilities, entropies = softmax_entropy(logits)
+    assert np.allclose(probabilities, softmax(logits), atol=1e-15)
+    assert np.allclose(entropies, entropy(softmax(logits)), atol=1e-12)
+    assert entropies[-3] == pytest.approx(np.log(10)) and entropies[-2] == 0.0

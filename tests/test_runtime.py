@@ -131,7 +131,7 @@ def test_float32_models_stay_in_the_build_dir(tiny_build, tiny_bundle):
                                                     (np.int8, 0.00390625, -128), (np.int8, 0.0173, 5)])
 def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zero_point):
     from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
-    from cbnet_tl.runtime.pipelines import input_table, preprocess, requantize_table
+    from cbnet_tl.runtime.pipelines import dequantize_table, input_table, preprocess, requantize_table
 
     spec = TensorSpec("x", 0, (1, 28, 28, 1), np.dtype(dtype), scale, zero_point)
     pixels = np.arange(256, dtype=np.uint8).repeat(4)[:784].reshape(1, 28, 28)
@@ -142,6 +142,7 @@ def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zer
     codes = np.arange(256, dtype=np.uint8).view(dtype)
     requantized = requantize_table(spec, nxt)[codes.view(np.uint8)]
     assert np.array_equal(requantized, quantize(dequantize(codes, spec), nxt))
+    assert np.array_equal(dequantize_table(spec)[codes.view(np.uint8)], dequantize(codes, spec))
     assert input_table(TensorSpec("f", 0, (1, 28, 28, 1), np.dtype(np.float32), 0.0, 0)) is None
 
 
