@@ -108,7 +108,9 @@ def main() -> int:
         simulated, sim_command = run_simulate(build, data_dir)
         if simulated:
             sections += [f"DVFS simulation ({simulated['target']} power model, energy {simulated['energy_source']}; "
-                         "this machine's stage times count as times at the top frequency, scaled by f_max/f):", "",
+                         "this machine's stage times count as times at the top frequency, scaled by f_max/f; deadline "
+                         f"{next(iter(simulated['pipelines'].values()))['deadline_rule']}; periodic arrivals come "
+                         "once per deadline):", "",
                          "```", " ".join(["cbnet-tl"] + sim_command[3:]), "```", "",
                          "| pipeline | arrivals | deadline ms | policy | mJ/inference | vs performance | vs oracle | misses |",
                          "|---|---|---|---|---|---|---|---|"]

@@ -225,7 +225,7 @@ def simulate(
     data_dir: DataDir = None,
     pipeline: Annotated[List[PipelineChoice], typer.Option(help="Pipeline(s) to replay.")] = [PipelineChoice.branchynet, PipelineChoice.cbnet],
     target: TargetOption = "rpi4",
-    deadline_ms: Annotated[Optional[float], typer.Option(help="Deadline per inference (default: 2x the pipeline's median latency at the top frequency).")] = None,
+    deadline_ms: Annotated[Optional[float], typer.Option(help="Deadline per inference (default: 2x the median top-frequency latency of the pipeline's slowest path, e.g. branchynet's branch+main).")] = None,
     period_ms: PeriodMs = None,
     policy: Annotated[List[str], typer.Option(help="Policies to compare (oracle is the hindsight optimum).")] = ["performance", "powersave", "eenet", "oracle"],
     limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N test images.")] = None,

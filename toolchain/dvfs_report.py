@@ -10,7 +10,7 @@ from cbnet_tl.runtime.dvfs_run import trace_of
 from cbnet_tl.runtime.energy import model_for
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
 from cbnet_tl.toolchain.evaluation import load_test_split
-from cbnet_tl.toolchain.simulate import simulate, top_frequency_latency
+from cbnet_tl.toolchain.simulate import default_deadline_ms, simulate, top_frequency_latency
 
 
 def frequency_curve(target: str, top_latency_ms: dict, frequencies_khz=None) -> dict:
@@ -41,15 +41,15 @@ def simulate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
     medians = {}
     for name in pipelines:
         trace = trace_of(Pipeline(bundle, name), images, repeats=repeats)
-        latency = top_frequency_latency(trace)
+        latency = top_frequency_latency(trace, name)
         medians[name] = latency["median"]
-        deadline = deadline_ms if deadline_ms is not None else 2 * latency["median"]
+        deadline = deadline_ms if deadline_ms is not None else default_deadline_ms(latency)
         runs = {}
         for arrivals, period in (("back-to-back", None), ("periodic", period_ms if period_ms else deadline)):
             runs[arrivals] = simulate(trace, target, deadline / 1e3, None if period is None else period / 1e3,
                                       policies, frequencies_khz, switch_seconds=switch_seconds, pipeline=name)
         result["pipelines"][name] = {"deadline_ms": deadline, "deadline_rule": "given" if deadline_ms else
-                                     "2x median top-frequency latency", "runs": runs}
+                                     "2x the slowest path's median top-frequency latency", "runs": runs}
     first = next(iter(result["pipelines"].values()))["runs"]["back-to-back"]
     result["policies"] = first["policies"]  # the first pipeline, back to back: the headline
     result["headline"] = {"pipeline": first["pipeline"], "arrivals": "back-to-back"}
