@@ -24,6 +24,11 @@ PIPELINE_MODELS = {
     "lenet": ("lenet",),
     "branch": ("branch",),
 }
+# (model, output index, next model): where one model's raw output feeds the next
+PIPELINE_LINKS = {
+    "cbnet": (("autoencoder", 0, "branch"),),
+    "branchynet": (("trunk_branch", 1, "main_tail"),),
+}
 PIPELINES = tuple(PIPELINE_MODELS)
 DEPLOYED_PIPELINES = ("cbnet", "branchynet", "lenet")
 
@@ -96,9 +101,9 @@ def input_table(spec) -> Optional[np.ndarray]:
 
 def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
     """One model's output byte → the next model's input value (dequantize, then quantize), as a table.
-    None when the two types are not both one-byte quantized types."""
+    None when the output is not a one-byte quantized type or the input is not quantized."""
     codes = _byte_codes(out_spec.dtype)
-    if codes is None or not (out_spec.is_quantized and in_spec.is_quantized) or _byte_codes(in_spec.dtype) is None:
+    if codes is None or not (out_spec.is_quantized and in_spec.is_quantized):
         return None
     return quantize(dequantize(codes, out_spec), in_spec)
 
@@ -109,14 +114,17 @@ def dequantize_table(spec) -> Optional[np.ndarray]:
     return dequantize(codes, spec) if spec.is_quantized and codes is not None else None
 
 
-def _pass_on(values: list, source_index: int, source: Model, target: Model, table=None) -> np.ndarray:
+def _lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry table to a one-byte tensor."""
+    return table[np.ascontiguousarray(raw).view(np.uint8)]
+
+
+def _pass_on(raw: np.ndarray, out_spec, in_spec, table: Optional[np.ndarray]) -> np.ndarray:
     """Feed one model's raw output to the next, requantizing only when the two scales differ."""
-    raw = values[source_index]
-    out_spec, in_spec = source.outputs[source_index], target.input
     if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
         return raw
     if table is not None:
-        return table[np.ascontiguousarray(raw).view(np.uint8)]
+        return _lookup(table, raw)
     return quantize(dequantize(raw, out_spec), in_spec)
 
 
@@ -143,14 +151,10 @@ class Pipeline:
         self.device = next(iter(self.models.values())).device
         first = self.models[PIPELINE_MODELS[name][0]]
         self._input_table = input_table(first.input)
-        self._tables = {}
         self._real = {(m, i): dequantize_table(spec) for m, model in self.models.items()
                       for i, spec in enumerate(model.outputs)}
-        if name == "cbnet":
-            self._tables["ae"] = requantize_table(self.models["autoencoder"].outputs[0], self.models["branch"].input)
-        elif name == "branchynet":
-            self._tables["features"] = requantize_table(self.models["trunk_branch"].outputs[1],
-                                                        self.models["main_tail"].input)
+        self._links = {(source, index): requantize_table(self.models[source].outputs[index], self.models[target].input)
+                       for source, index, target in PIPELINE_LINKS.get(name, ())}
 
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
         hook = hook or _NoHook()
@@ -181,7 +185,11 @@ class Pipeline:
         table = self._real[(model_name, index)]
         if table is None:
             return dequantize(raw[index], self.models[model_name].outputs[index])
-        return table[np.ascontiguousarray(raw[index]).view(np.uint8)]
+        return _lookup(table, raw[index])
+
+    def _feed(self, source: str, index: int, target: str, raw: np.ndarray) -> np.ndarray:
+        """``source``'s output ``index`` (raw) as ``target``'s input, by the link's table when it has one."""
+        return _pass_on(raw, self.models[source].outputs[index], self.models[target].input, self._links[(source, index)])
 
     def _run_lenet(self, x, quantized, hook, stage_seconds):
         model = self.models["lenet"]
@@ -196,7 +204,7 @@ class Pipeline:
     def _run_cbnet(self, x, quantized, hook, stage_seconds):
         autoencoder, branch = self.models["autoencoder"], self.models["branch"]
         converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds, quantized)
-        fed = _pass_on(converted, 0, autoencoder, branch, self._tables["ae"])
+        fed = self._feed("autoencoder", 0, "branch", converted[0])
         raw = self._stage("branch", branch, fed, hook, stage_seconds, quantized=True)
         return softmax(self._logits("branch", raw)), ["ae+branch"] * len(x)
 
@@ -208,7 +216,7 @@ class Pipeline:
         paths = ["branch" if leaves else "branch+main" for leaves in early.tolist()]
         if not early.all():
             hard = np.flatnonzero(~early)
-            features = _pass_on([raw[0], raw[1][hard]], 1, first, tail, self._tables["features"])
+            features = self._feed("trunk_branch", 1, "main_tail", raw[1][hard])
             tail_raw = self._stage("main_tail", tail, features, hook, stage_seconds, quantized=True)
             probabilities[hard] = softmax(self._logits("main_tail", tail_raw))
         return probabilities, paths

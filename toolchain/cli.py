@@ -246,7 +246,7 @@ def simulate(
         result = simulate_bundle(bundle, dataset.value if dataset else None, data_dir, [p.value for p in pipeline],
                                  target=target, deadline_ms=deadline_ms, period_ms=period_ms, policies=list(policy),
                                  limit=limit, repeats=repeats, switch_us=switch_us,
-                                 frequencies_mhz=None if frequencies_mhz is None else parse_mhz_list(frequencies_mhz))
+                                 frequencies_khz=None if frequencies_mhz is None else parse_frequencies_khz(frequencies_mhz))
         if save:
             write_json_atomic(bundle / "simulate.json", result)
     except (CbnetError, ValueError) as error:
@@ -283,8 +283,8 @@ def inspect(
     typer.echo(json.dumps({"target": target, "models": reports}, indent=2) if json_output else format_inspection(reports))
 
 
-def parse_mhz_list(text: str) -> list:
-    """'600,750,1500' or kHz values as sysfs prints them ('600000 750000') -> MHz floats."""
+def parse_frequencies_khz(text: str) -> list:
+    """'600,750,1500' (MHz) or kHz values as sysfs prints them ('600000 750000') -> kHz."""
     try:
         values = [float(part) for part in text.replace(",", " ").split()]
     except ValueError:
@@ -292,7 +292,7 @@ def parse_mhz_list(text: str) -> list:
                                  f"Received: {text!r}") from None
     if not values or min(values) <= 0:
         raise typer.BadParameter(f"Expected at least one frequency > 0 MHz. Received: {text!r}")
-    return [v / 1000 if v >= 100_000 else v for v in values]  # sysfs lists kHz
+    return [int(round(v if v >= 100_000 else v * 1000)) for v in values]  # sysfs lists kHz
 
 
 def _parse_batches(text: str) -> tuple:

@@ -7,15 +7,14 @@ from typing import Optional, Sequence
 
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.dvfs_run import trace_of
-from cbnet_tl.runtime.energy import model_for
+from cbnet_tl.runtime.energy import EnergyModel, model_for
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
 from cbnet_tl.toolchain.evaluation import load_test_split
 from cbnet_tl.toolchain.simulate import default_deadline_ms, simulate, top_frequency_latency
 
 
-def frequency_curve(target: str, top_latency_ms: dict, frequencies_khz=None) -> dict:
+def frequency_curve(model: EnergyModel, top_latency_ms: dict) -> dict:
     """Modelled energy per inference (mJ) of each pipeline run entirely at each OPP, back to back."""
-    model = model_for(target, frequencies_khz)
     curve = {"mhz": [khz // 1000 for khz in model.frequencies_khz], "energy_mj": {}}
     for name, latency_ms in top_latency_ms.items():
         curve["energy_mj"][name] = [
@@ -26,12 +25,10 @@ def frequency_curve(target: str, top_latency_ms: dict, frequencies_khz=None) -> 
 
 def simulate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path], pipelines: Sequence[str], *,
                     target: str, deadline_ms: Optional[float], period_ms: Optional[float], policies: Sequence[str],
-                    limit: Optional[int] = None, repeats: int = 3, frequencies_mhz: Optional[Sequence[float]] = None,
+                    limit: Optional[int] = None, repeats: int = 3, frequencies_khz: Optional[Sequence[int]] = None,
                     switch_us: Optional[float] = None) -> dict:
-    """``frequencies_mhz``: the device's OPP list (default: the target table's); ``switch_us``: one switch."""
-    frequencies_khz = None if frequencies_mhz is None else [int(round(mhz * 1000)) for mhz in frequencies_mhz]
-    switch_seconds = None if switch_us is None else switch_us / 1e6
-    model_for(target, frequencies_khz, switch_seconds)  # bad OPP lists fail before the slow timing
+    """``frequencies_khz``: the device's OPP list (default: the target table's); ``switch_us``: one switch."""
+    model = model_for(target, frequencies_khz, None if switch_us is None else switch_us / 1e6)  # fails fast
     _, test = load_test_split(bundle_dir, data_dir, dataset)
     images = test.images[:limit]
     bundle = load_bundle(bundle_dir, models=models_for(pipelines))
@@ -47,13 +44,14 @@ def simulate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
         runs = {}
         for arrivals, period in (("back-to-back", None), ("periodic", period_ms if period_ms else deadline)):
             runs[arrivals] = simulate(trace, target, deadline / 1e3, None if period is None else period / 1e3,
-                                      policies, frequencies_khz, switch_seconds=switch_seconds, pipeline=name)
+                                      policies, model.frequencies_khz, switch_seconds=model.switch_seconds,
+                                      pipeline=name)
         result["pipelines"][name] = {"deadline_ms": deadline, "deadline_rule": "given" if deadline_ms else
                                      "2x the slowest path's median top-frequency latency", "runs": runs}
     first = next(iter(result["pipelines"].values()))["runs"]["back-to-back"]
     result["policies"] = first["policies"]  # the first pipeline, back to back: the headline
     result["headline"] = {"pipeline": first["pipeline"], "arrivals": "back-to-back"}
-    result["frequency_curve"] = frequency_curve(target, medians, frequencies_khz)
+    result["frequency_curve"] = frequency_curve(model, medians)
     return result
 
 
