@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cbnet_tl.runtime.api import classify_paths, open_pipeline
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.images import collect_image_paths
-from cbnet_tl.runtime.runner import classify_paths, open_pipeline
 
 
 def main(argv=None) -> int:

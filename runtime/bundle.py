@@ -1,19 +1,16 @@
-"""Read a bundle or build directory: manifest, checksums, and the models of one precision."""
+"""Open a bundle or build directory: checksums, and the models of one precision."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import BundleError, ChecksumError
 from cbnet_tl.runtime.interpreter import Model
-
-MANIFEST_NAME = "manifest.json"
-REQUIRED_FIELDS = ("format_version", "dataset", "class_names", "input", "entropy_threshold", "models", "pipelines", "files")
-PRECISIONS = ("int8", "float32")
+from cbnet_tl.runtime.manifest import MANIFEST_NAME, PRECISIONS, Manifest, read_manifest
 
 
 def sha256_of(path: Path) -> str:
@@ -36,25 +33,15 @@ def resolve_bundle_dir(path: Path) -> Path:
     return path
 
 
-def read_manifest(directory: Path) -> dict:
-    manifest_path = Path(directory) / MANIFEST_NAME
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{manifest_path} is not valid JSON: {error}") from None
-    except OSError as error:
-        raise BundleError(f"Cannot read {manifest_path}: {error.strerror}") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: expected a JSON object")
-    missing = [f for f in REQUIRED_FIELDS if f not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path} lacks required field(s) {', '.join(missing)}; rebuild the bundle")
-    return manifest
+def open_manifest(path: Path) -> tuple:
+    """(directory, manifest) of a bundle or build directory."""
+    directory = resolve_bundle_dir(path)
+    return directory, read_manifest(directory)
 
 
-def verify_files(directory: Path, manifest: dict, only: Optional[Sequence[str]] = None) -> None:
+def verify_files(directory: Path, manifest: Manifest, only: Optional[Sequence[str]] = None) -> None:
     """Compare the sha256 of every listed file (or of ``only``) with the manifest; raise on the first mismatch."""
-    files = manifest["files"]
+    files = manifest.files
     for relative in only if only is not None else sorted(files):
         if relative not in files:
             raise BundleError(f"{relative} is not listed in the manifest's files")
@@ -72,17 +59,17 @@ def verify_files(directory: Path, manifest: dict, only: Optional[Sequence[str]] 
 @dataclass
 class Bundle:
     directory: Path
-    manifest: dict
+    manifest: Manifest
     precision: str
     models: dict
 
     @property
     def class_names(self) -> list:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def entropy_threshold(self) -> float:
-        return float(self.manifest["entropy_threshold"])
+        return self.manifest.entropy_threshold
 
 
 def load_bundle(
@@ -98,29 +85,28 @@ def load_bundle(
     """Load the models of one precision, verifying each file's sha256 against the manifest first."""
     if precision not in PRECISIONS:
         raise BundleError(f"Expected precision in {PRECISIONS}. Received: {precision!r}")
-    directory = resolve_bundle_dir(path)
-    manifest = read_manifest(directory)
-    names = list(models) if models is not None else sorted(manifest["models"])
+    directory, manifest = open_manifest(path)
+    names = list(models) if models is not None else sorted(manifest.models)
     loaded = {}
     for name in names:
-        entry = manifest["models"].get(name)
+        entry = manifest.models.get(name)
         if entry is None:
-            raise BundleError(f"{directory}: manifest has no model {name!r}; it has {sorted(manifest['models'])}")
-        if precision not in entry:
+            raise BundleError(f"{directory}: manifest has no model {name!r}; it has {sorted(manifest.models)}")
+        spec = entry.files.get(precision)
+        if spec is None:
             raise BundleError(
-                f"{directory} has no {precision} {name} model (it has {[p for p in PRECISIONS if p in entry]}); "
+                f"{directory} has no {precision} {name} model (it has {sorted(entry.files)}); "
                 "float32 models live in the build directory, not in the deployed bundle"
             )
-        spec = entry[precision]
-        try:
-            relative, outputs = spec["file"], spec["outputs"]
-            order = [outputs[key]["index"] for key in entry["output_names"]]
-            if device == "edgetpu" and spec.get("edgetpu_file"):
-                # Compiled by edgetpu_compiler: the same outputs, but tensor indices may be renumbered,
-                # so they are matched by shape (the converter made shapes unambiguous).
-                relative, order = spec["edgetpu_file"], [tuple(outputs[key]["shape"]) for key in entry["output_names"]]
-        except (KeyError, TypeError) as error:
-            raise BundleError(f"{directory}: manifest entry of model {name!r} lacks field {error}") from None
+        relative = spec.file
+        missing = [key for key in entry.output_names if key not in spec.outputs]
+        if missing:
+            raise BundleError(f"{directory}: manifest entry of model {name!r} lacks output(s) {missing}")
+        order = [spec.outputs[key].index for key in entry.output_names]
+        if device == Device.EDGETPU and spec.edgetpu_file:
+            # Compiled by edgetpu_compiler: the same outputs, but tensor indices may be renumbered,
+            # so they are matched by shape (the converter made shapes unambiguous).
+            relative, order = spec.edgetpu_file, [spec.outputs[key].shape for key in entry.output_names]
         if verify:
             verify_files(directory, manifest, [relative])
         loaded[name] = Model(

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 from cbnet_tl.runtime.interpreter import find_interpreter
+
+
+class Device(str, Enum):
+    """What runs a model: the CPU, or the Coral Edge TPU through its delegate."""
+
+    CPU = "cpu"
+    EDGETPU = "edgetpu"
+
 
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 
@@ -16,7 +25,7 @@ class Accelerator:
     """What will run the models: the delegates to pass to the interpreter, and a device label for results."""
 
     delegates: tuple
-    device: str  # "edgetpu" or "cpu"
+    device: str  # a Device value
     warning: Optional[str] = None
 
 
@@ -33,6 +42,6 @@ def load_edgetpu(library: Optional[str] = None, device: Optional[str] = None) ->
         delegate = find_interpreter().load_delegate(name, options)
     except (ValueError, OSError, RuntimeError) as error:
         cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return Accelerator((), "cpu", f"Edge TPU delegate {name} could not be loaded ({cause}); running on the CPU. "
+        return Accelerator((), Device.CPU.value, f"Edge TPU delegate {name} could not be loaded ({cause}); running on the CPU. "
                                       "Install libedgetpu1-std (or -max) and plug in the accelerator")
-    return Accelerator((delegate,), "edgetpu")
+    return Accelerator((delegate,), Device.EDGETPU.value)

@@ -35,3 +35,31 @@ class InterpreterNotFoundError(CbnetError, ImportError):
 
 class DvfsError(CbnetError):
     """CPU frequency control is unavailable, incomplete or not permitted."""
+
+
+class CompileError(CbnetError):
+    """edgetpu_compiler failed."""
+
+
+class DeployError(CbnetError):
+    """A deployment step failed; the device keeps the version it was running."""
+
+
+class OutputExistsError(CbnetError):
+    """The output directory exists and --force was not given."""
+
+
+class ConversionError(CbnetError):
+    """A model could not be converted, or the converted file does not reproduce the Keras model."""
+
+
+class QuantizationCheckError(CbnetError):
+    """An int8 pipeline lost more accuracy than allowed against its float32 model."""
+
+
+class MeterError(CbnetError):
+    """A power or energy meter cannot be read."""
+
+
+class ConfigError(CbnetError, ValueError):
+    """An option or configuration value is out of its range."""

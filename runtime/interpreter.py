@@ -7,7 +7,6 @@ One place decides which interpreter package is used: ``ai_edge_litert`` first, t
 from __future__ import annotations
 
 import importlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -149,6 +148,11 @@ class Model:
             )
         self.outputs = [outputs[i] for i in order]
         self._batch = self.input.shape[0]
+        # tflite-runtime 2.14 (its last release) segfaults on aarch64 when a per-channel int8
+        # FULLY_CONNECTED without a bias tensor runs at batch > 1 (our autoencoder's linear code layer,
+        # whose bias the converter folds into the next layer). Batch 1 is safe, so that package runs
+        # larger batches as a loop of batch-1 invokes; other interpreters resize as before.
+        self._one_row_at_a_time = backend.package == "tflite-runtime"
         self.num_invokes = 0
 
     def _ensure_batch(self, batch: int) -> None:
@@ -166,6 +170,9 @@ class Model:
                 f"{self.path.name} expects inputs of shape (N, {', '.join(map(str, expected))}). "
                 f"Received {tuple(values.shape)}"
             )
+        if self._one_row_at_a_time and values.shape[0] > 1:
+            rows = [self.invoke_quantized(values[i : i + 1]) for i in range(values.shape[0])]
+            return [np.concatenate(parts) for parts in zip(*rows)]
         self._ensure_batch(values.shape[0])
         self._interpreter.set_tensor(self.input.index, values)
         self._interpreter.invoke()
@@ -176,19 +183,3 @@ class Model:
         """Run on real-valued inputs; return real-valued outputs."""
         raw = self.invoke_quantized(quantize(values, self.input))
         return [dequantize(r, spec) for r, spec in zip(raw, self.outputs)]
-
-    def ops(self) -> list:
-        """Op names in execution order (for reports and the Edge TPU check)."""
-        return [op["op_name"] for op in self._interpreter._get_ops_details()]
-
-
-def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
-    """Median seconds of one invoke on an already-set input: the fixed cost of calling the interpreter."""
-    sample = np.zeros((1, *model.input.shape[1:]), dtype=model.input.dtype)
-    model.invoke_quantized(sample)
-    times = []
-    for _ in range(num_repeats):
-        start = time.perf_counter()
-        model._interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))

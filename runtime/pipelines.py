@@ -1,15 +1,17 @@
-"""The four ways to classify: ``cbnet``, ``branchynet``, ``lenet`` and the truncated ``branch``.
+"""The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``branchynet``, ``lenet``, ``branch``.
 
 Every pipeline takes uint8 images (N, 28, 28), runs pre-processing, its models and post-processing
-(softmax, entropy gate), and returns an immutable ``BatchResult``. A stage hook (see ``StageHook``)
-hears about each stage, which is how a DVFS policy sets the frequency between stages.
+(softmax, entropy gate), and returns an immutable ``BatchResult``. A spec names the pipeline's models in
+order, the links between them (which output feeds which model), the path label of each set of models
+an image can run through, and the runner that drives them. A stage hook (``StageHook``) hears about each
+stage, which is how a DVFS policy sets the frequency between stages.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -17,20 +19,7 @@ from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
 from cbnet_tl.runtime.gate import exits_early, softmax, softmax_entropy
 from cbnet_tl.runtime.interpreter import Model, dequantize, quantize
-
-PIPELINE_MODELS = {
-    "cbnet": ("autoencoder", "branch"),
-    "branchynet": ("trunk_branch", "main_tail"),
-    "lenet": ("lenet",),
-    "branch": ("branch",),
-}
-# (model, output index, next model): where one model's raw output feeds the next
-PIPELINE_LINKS = {
-    "cbnet": (("autoencoder", 0, "branch"),),
-    "branchynet": (("trunk_branch", 1, "main_tail"),),
-}
-PIPELINES = tuple(PIPELINE_MODELS)
-DEPLOYED_PIPELINES = ("cbnet", "branchynet", "lenet")
+from cbnet_tl.runtime.tables import dequantize_table, input_table, lookup, pass_on, requantize_table
 
 
 class StageHook(Protocol):
@@ -38,6 +27,37 @@ class StageHook(Protocol):
     def before_stage(self, stage: str) -> None: ...
     def after_stage(self, stage: str, seconds: float) -> None: ...
     def end_inference(self, path: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Link:
+    """``source``'s output number ``output`` (raw bytes) is ``target``'s input."""
+
+    source: str
+    output: int
+    target: str
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    models: tuple  # in the order they run
+    paths: dict  # models an image ran through (tuple) -> path label
+    runner: Callable  # (pipeline, x, quantized, run) -> (probabilities, path labels)
+    links: tuple = ()
+    deployed: bool = True  # shipped in bundles and checked by the build
+    description: str = ""
+
+    def path_of(self, stages) -> str:
+        """The path label of an image that ran through ``stages`` (stage names = model names)."""
+        ran = tuple(s for s in self.models if s in set(stages))
+        return self.paths.get(ran, "mixed")
+
+    @property
+    def tail(self) -> tuple:
+        """Models only some images run (an early exit's later stages)."""
+        always = set.intersection(*(set(models) for models in self.paths))
+        return tuple(m for m in self.models if m not in always)
 
 
 @dataclass(frozen=True)
@@ -85,49 +105,6 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return (check_images(images).astype(np.float32) / 255.0)[..., None]
 
 
-def _byte_codes(dtype: np.dtype) -> Optional[np.ndarray]:
-    """Every value of a one-byte storage type, indexed by its byte (``raw.view(np.uint8)``)."""
-    dtype = np.dtype(dtype)
-    return np.arange(256, dtype=np.uint8).view(dtype) if dtype in (np.dtype(np.int8), np.dtype(np.uint8)) else None
-
-
-def input_table(spec) -> Optional[np.ndarray]:
-    """pixel (0..255) → the model input's storage value, the same numbers ``quantize(preprocess(·))`` gives,
-    as one table lookup. None for float inputs."""
-    if not spec.is_quantized or _byte_codes(spec.dtype) is None:
-        return None
-    return quantize(np.arange(256, dtype=np.float32)[:, None, None] / np.float32(255.0), spec).reshape(256)
-
-
-def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
-    """One model's output byte → the next model's input value (dequantize, then quantize), as a table.
-    None when the output is not a one-byte quantized type or the input is not quantized."""
-    codes = _byte_codes(out_spec.dtype)
-    if codes is None or not (out_spec.is_quantized and in_spec.is_quantized):
-        return None
-    return quantize(dequantize(codes, out_spec), in_spec)
-
-
-def dequantize_table(spec) -> Optional[np.ndarray]:
-    """Output byte → real value (float32), the numbers ``dequantize`` gives, as a table. None for float outputs."""
-    codes = _byte_codes(spec.dtype)
-    return dequantize(codes, spec) if spec.is_quantized and codes is not None else None
-
-
-def _lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Apply a 256-entry table to a one-byte tensor."""
-    return table[np.ascontiguousarray(raw).view(np.uint8)]
-
-
-def _pass_on(raw: np.ndarray, out_spec, in_spec, table: Optional[np.ndarray]) -> np.ndarray:
-    """Feed one model's raw output to the next, requantizing only when the two scales differ."""
-    if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
-        return raw
-    if table is not None:
-        return _lookup(table, raw)
-    return quantize(dequantize(raw, out_spec), in_spec)
-
-
 class _NoHook:
     def begin_inference(self, pipeline): pass
     def before_stage(self, stage): pass
@@ -135,106 +112,137 @@ class _NoHook:
     def end_inference(self, path): pass
 
 
+@dataclass
+class _Run:
+    """One call of ``classify``: the hook and the time spent in each stage."""
+
+    hook: StageHook
+    stage_seconds: dict = field(default_factory=dict)
+
+
 class Pipeline:
     """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly."""
 
     def __init__(self, bundle: Bundle, name: str):
-        if name not in PIPELINE_MODELS:
-            raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_MODELS)}")
-        missing = [m for m in PIPELINE_MODELS[name] if m not in bundle.models]
+        spec = PIPELINE_SPECS.get(name)
+        if spec is None:
+            raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_SPECS)}")
+        missing = [m for m in spec.models if m not in bundle.models]
         if missing:
             raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
-        self.name = name
-        self.bundle = bundle
-        self.models = {m: bundle.models[m] for m in PIPELINE_MODELS[name]}
+        self.spec, self.name, self.bundle = spec, name, bundle
+        self.models = {m: bundle.models[m] for m in spec.models}
         self.threshold = bundle.entropy_threshold
         self.device = next(iter(self.models.values())).device
-        first = self.models[PIPELINE_MODELS[name][0]]
-        self._input_table = input_table(first.input)
-        self._real = {(m, i): dequantize_table(spec) for m, model in self.models.items()
-                      for i, spec in enumerate(model.outputs)}
-        self._links = {(source, index): requantize_table(self.models[source].outputs[index], self.models[target].input)
-                       for source, index, target in PIPELINE_LINKS.get(name, ())}
+        self._input_table = input_table(self.models[spec.models[0]].input)
+        self._real = {(m, i): dequantize_table(out) for m, model in self.models.items()
+                      for i, out in enumerate(model.outputs)}
+        self._links = {(link.source, link.output): (link.target, requantize_table(
+            self.models[link.source].outputs[link.output], self.models[link.target].input)) for link in spec.links}
 
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
-        hook = hook or _NoHook()
+        run = _Run(hook or _NoHook())
         start = time.perf_counter()
-        stage_seconds: dict = {}
-        hook.begin_inference(self.name)
+        run.hook.begin_inference(self.name)
         if self._input_table is not None:  # int8 models: pixels straight to the input's storage values
             x, quantized = self._input_table[check_images(images)][..., None], True
         else:
             x, quantized = preprocess(images), False
-        probabilities, paths = getattr(self, f"_run_{self.name}")(x, quantized, hook, stage_seconds)
+        probabilities, paths = self.spec.runner(self, x, quantized, run)
         labels = probabilities.argmax(axis=-1)
         confidences = probabilities.max(axis=-1)
         seconds = time.perf_counter() - start
-        hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
-        return BatchResult(self.name, labels, confidences, tuple(paths), seconds, stage_seconds)
+        run.hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
+        return BatchResult(self.name, labels, confidences, tuple(paths), seconds, run.stage_seconds)
 
-    def _stage(self, stage: str, model: Model, values: np.ndarray, hook, stage_seconds, quantized=False):
-        hook.before_stage(stage)
+    def stage(self, name: str, values: np.ndarray, run: _Run, quantized: bool = False) -> list:
+        """Run model ``name`` as one stage; return its raw outputs."""
+        model: Model = self.models[name]
+        run.hook.before_stage(name)
         begin = time.perf_counter()
-        outputs = model.invoke_quantized(values) if quantized else model.invoke_quantized(quantize(values, model.input))
+        outputs = model.invoke_quantized(values if quantized else quantize(values, model.input))
         elapsed = time.perf_counter() - begin
-        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + elapsed
-        hook.after_stage(stage, elapsed)
+        run.stage_seconds[name] = run.stage_seconds.get(name, 0.0) + elapsed
+        run.hook.after_stage(name, elapsed)
         return outputs
 
-    def _logits(self, model_name: str, raw: list, index: int = 0) -> np.ndarray:
+    def logits(self, model_name: str, raw: list, index: int = 0) -> np.ndarray:
         table = self._real[(model_name, index)]
         if table is None:
             return dequantize(raw[index], self.models[model_name].outputs[index])
-        return _lookup(table, raw[index])
+        return lookup(table, raw[index])
 
-    def _feed(self, source: str, index: int, target: str, raw: np.ndarray) -> np.ndarray:
-        """``source``'s output ``index`` (raw) as ``target``'s input, by the link's table when it has one."""
-        return _pass_on(raw, self.models[source].outputs[index], self.models[target].input, self._links[(source, index)])
-
-    def _run_lenet(self, x, quantized, hook, stage_seconds):
-        model = self.models["lenet"]
-        raw = self._stage("lenet", model, x, hook, stage_seconds, quantized)
-        return softmax(self._logits("lenet", raw)), ["main"] * len(x)
-
-    def _run_branch(self, x, quantized, hook, stage_seconds):
-        model = self.models["branch"]
-        raw = self._stage("branch", model, x, hook, stage_seconds, quantized)
-        return softmax(self._logits("branch", raw)), ["branch-only"] * len(x)
-
-    def _run_cbnet(self, x, quantized, hook, stage_seconds):
-        autoencoder, branch = self.models["autoencoder"], self.models["branch"]
-        converted = self._stage("autoencoder", autoencoder, x, hook, stage_seconds, quantized)
-        fed = self._feed("autoencoder", 0, "branch", converted[0])
-        raw = self._stage("branch", branch, fed, hook, stage_seconds, quantized=True)
-        return softmax(self._logits("branch", raw)), ["ae+branch"] * len(x)
-
-    def _run_branchynet(self, x, quantized, hook, stage_seconds):
-        first, tail = self.models["trunk_branch"], self.models["main_tail"]
-        raw = self._stage("trunk_branch", first, x, hook, stage_seconds, quantized)
-        probabilities, entropies = softmax_entropy(self._logits("trunk_branch", raw))
-        early = exits_early(entropies, self.threshold)
-        paths = ["branch" if leaves else "branch+main" for leaves in early.tolist()]
-        if not early.all():
-            hard = np.flatnonzero(~early)
-            features = self._feed("trunk_branch", 1, "main_tail", raw[1][hard])
-            tail_raw = self._stage("main_tail", tail, features, hook, stage_seconds, quantized=True)
-            probabilities[hard] = softmax(self._logits("main_tail", tail_raw))
-        return probabilities, paths
+    def feed(self, source: str, index: int, raw: np.ndarray) -> np.ndarray:
+        """``source``'s output ``index`` (raw) as the linked model's input."""
+        target, table = self._links[(source, index)]
+        return pass_on(raw, self.models[source].outputs[index], self.models[target].input, table)
 
     def convert(self, images: np.ndarray) -> np.ndarray:
         """The converting autoencoder's output as uint8 images (cbnet only), for reports."""
-        if self.name != "cbnet":
+        if "autoencoder" not in self.models:
             raise BundleError(f"Only the cbnet pipeline converts images; this is {self.name}")
-        autoencoder = self.models["autoencoder"]
-        out = autoencoder(preprocess(images))[0]
+        out = self.models["autoencoder"](preprocess(images))[0]
         return np.clip(np.round(out[..., 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+# runners ------------------------------------------------------------------------------------------
+
+def _run_chain(pipeline: Pipeline, x, quantized, run):
+    """Models one after another, each link feeding the next; softmax of the last model's logits."""
+    names = pipeline.spec.models
+    raw = pipeline.stage(names[0], x, run, quantized)
+    for link in pipeline.spec.links:
+        raw = pipeline.stage(link.target, pipeline.feed(link.source, link.output, raw[link.output]), run, quantized=True)
+    return softmax(pipeline.logits(names[-1], raw)), [pipeline.spec.paths[names]] * len(x)
+
+
+def _run_early_exit(pipeline: Pipeline, x, quantized, run):
+    """BranchyNet: the first model's branch logits decide, by entropy, who also runs the tail."""
+    spec = pipeline.spec
+    first, (link,) = spec.models[0], spec.links
+    raw = pipeline.stage(first, x, run, quantized)
+    probabilities, entropies = softmax_entropy(pipeline.logits(first, raw))
+    early = exits_early(entropies, pipeline.threshold)
+    short, full = spec.paths[(first,)], spec.paths[spec.models]
+    paths = [short if leaves else full for leaves in early.tolist()]
+    if not early.all():
+        hard = np.flatnonzero(~early)
+        features = pipeline.feed(first, link.output, raw[link.output][hard])
+        tail_raw = pipeline.stage(link.target, features, run, quantized=True)
+        probabilities[hard] = softmax(pipeline.logits(link.target, tail_raw))
+    return probabilities, paths
+
+
+PIPELINE_SPECS = {spec.name: spec for spec in (
+    PipelineSpec("cbnet", ("autoencoder", "branch"), {("autoencoder", "branch"): "ae+branch"}, _run_chain,
+                 links=(Link("autoencoder", 0, "branch"),),
+                 description="converting autoencoder, then the light classifier on the converted image"),
+    PipelineSpec("branchynet", ("trunk_branch", "main_tail"),
+                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, _run_early_exit,
+                 links=(Link("trunk_branch", 1, "main_tail"),),
+                 description="B-LeNet: exits at the branch when its entropy is below the threshold"),
+    PipelineSpec("lenet", ("lenet",), {("lenet",): "main"}, _run_chain, description="the LeNet baseline"),
+    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, _run_chain, deployed=False,
+                 description="the B-LeNet branch alone (truncated)"),
+)}
+PIPELINES = tuple(PIPELINE_SPECS)
+DEPLOYED_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.deployed)
 
 
 def models_for(pipelines) -> list:
     """The model names a set of pipelines needs, in a stable order."""
     names = []
     for pipeline in pipelines:
-        for model in PIPELINE_MODELS[pipeline]:
+        for model in PIPELINE_SPECS[pipeline].models:
             if model not in names:
                 names.append(model)
     return names
+
+
+def spec_for_stages(stage_names) -> Optional[PipelineSpec]:
+    """The pipeline whose models cover ``stage_names`` and whose first model ran (every path runs it)."""
+    names = set(stage_names)
+    for spec in PIPELINE_SPECS.values():
+        if spec.models[0] in names and names <= set(spec.models):
+            return spec
+    return None

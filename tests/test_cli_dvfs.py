@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from test_cpufreq import make_tree, read, snapshot
 from typer.testing import CliRunner
 
-from cbnet_tl.runtime.cpufreq import CpufreqController, restore_from_file
+from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController, restore_from_file
 from cbnet_tl.toolchain.cli import app
-from test_cpufreq import make_tree, read, snapshot
 
 runner = CliRunner()
 
@@ -105,9 +105,9 @@ def test_simulate_rejects_a_bad_opp_list(tiny_bundle):
 
 def test_trace_keeps_each_images_path_and_a_median_per_stage(tiny_bundle, mnist_dir):
     from cbnet_tl.runtime.bundle import load_bundle
-    from cbnet_tl.runtime.dvfs_run import trace_of
     from cbnet_tl.runtime.pipelines import Pipeline, models_for
     from cbnet_tl.toolchain.datasets import read_idx_pair
+    from cbnet_tl.toolchain.dvfs_report import trace_of
 
     images, _ = read_idx_pair(mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz", 10)
     images = images[:30]

@@ -28,7 +28,7 @@ def converted(tmp_path_factory):
     representative = rng.random((32, 28, 28, 1)).astype(np.float32)
     out = tmp_path_factory.mktemp("convert")
     entries = convert_all([ModelSpec("tiny", model, ("logits", "features"), representative)], out / "models")
-    return model, entries["tiny"], out, representative
+    return model, entries["tiny"].to_dict(), out, representative  # as manifest.json records it
 
 
 def test_both_precisions_written_with_quantization(converted):

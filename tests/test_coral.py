@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 
 from cbnet_tl.runtime.delegates import edgetpu_library, load_edgetpu
 from cbnet_tl.toolchain.cli import app
-from cbnet_tl.toolchain.coral import CompileError, compile_models, inspect_model, parse_compiler_output
+from cbnet_tl.toolchain.coral import (
+    CompileError,
+    compile_models,
+    inspect_model,
+    parse_compiler_output,
+)
 
 runner = CliRunner()
 
@@ -149,7 +154,7 @@ def coral_bundle(tiny_build, tmp_path_factory):
 
 
 def test_coral_bundle_carries_report_script_and_board_steps(coral_bundle):
-    from cbnet_tl.runtime.runner import selftest
+    from cbnet_tl.runtime.api import selftest
 
     report = json.loads((coral_bundle / "edgetpu_report.json").read_text())
     assert report["compile"]["compiled"] is False  # no compiler here, and the bundle says so

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cbnet_tl.runtime.cpufreq import CPUFREQ_DIR, ControlMethod, CpufreqController, FrequencySource
+from cbnet_tl.runtime.dvfs.cpufreq import (
+    CPUFREQ_DIR,
+    ControlMethod,
+    CpufreqController,
+    FrequencySource,
+)
 from cbnet_tl.runtime.errors import DvfsError
 
 PI_OS_KHZ = (600000, 750000, 1000000, 1500000)
@@ -101,7 +106,7 @@ def test_sigint_restores_then_raises_keyboard_interrupt(tmp_path):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from cbnet_tl.runtime.cpufreq import CpufreqController
+    from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
     with CpufreqController(Path(sys.argv[1])) as controller:
         controller.set_khz(600000)
         print("switched", flush=True)

@@ -14,8 +14,6 @@ import pytest
 from cbnet_tl.toolchain.deploy import DeployError, Destination, deploy, rollback
 
 
-
-
 def _destination(server, directory: Path) -> Destination:
     return Destination(f"{server['user']}@127.0.0.1", str(directory), port=server["port"],
                        identity=server["home"] / "user_key",

@@ -4,12 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from cbnet_tl.runtime.cpufreq import CPUFREQ_DIR, CpufreqController
-from cbnet_tl.runtime.dvfs import DvfsContext, EENetPolicy, StaticPolicy, parse_policy
-from cbnet_tl.runtime.dvfs_session import DvfsSession
-from cbnet_tl.runtime.energy import model_for
+from cbnet_tl.runtime.dvfs.cpufreq import CPUFREQ_DIR, CpufreqController
+from cbnet_tl.runtime.dvfs.energy import model_for
+from cbnet_tl.runtime.dvfs.meters import EnergyReading
+from cbnet_tl.runtime.dvfs.policies import (
+    DvfsContext,
+    EENetPolicy,
+    StaticPolicy,
+    parse_policy,
+)
+from cbnet_tl.runtime.dvfs.session import DvfsSession
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.runtime.meters import EnergyReading
 
 TOP = 1500000
 

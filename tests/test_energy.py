@@ -2,9 +2,9 @@
 
 import pytest
 
-from cbnet_tl.runtime.energy import EnergyModel, model_for
+from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
+from cbnet_tl.runtime.dvfs.power_tables import TABLES, power_table
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.runtime.power_tables import TABLES, TARGETS, power_table
 
 
 def test_rpi4_defaults_and_documented_figures():
@@ -54,7 +54,7 @@ def test_energy_of_a_run():
 
 
 def test_every_table_documents_its_assumptions():
-    assert set(TARGETS) == {"rpi4", "coral-usb", "coral-devboard"}
+    assert set(TABLES) == {"rpi4", "coral-usb", "coral-devboard"}
     for target, table in TABLES.items():
         assert table.target == target and len(table.notes) >= 3
         described = model_for(target).describe()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
-from cbnet_tl.toolchain.train import EasyHardSplit, TrainConfig, autoencoder_pairs, choose_canonical, easy_hard_split
+from cbnet_tl.toolchain.train import (
+    EasyHardSplit,
+    TrainConfig,
+    autoencoder_pairs,
+    choose_canonical,
+    easy_hard_split,
+)
 
 
 def test_entropy_of_uniform_and_one_hot():
@@ -40,7 +47,7 @@ def test_canonical_falls_back_when_a_class_has_no_easy_image():
 
 
 def test_every_class_needs_an_image():
-    with pytest.raises(ValueError, match="Class 2 has no training images"):
+    with pytest.raises(DataError, match="Class 2 has no training images"):
         choose_canonical(np.zeros(2), np.array([0, 1]), np.array([0, 1]), np.ones(2, bool), 3)
 
 

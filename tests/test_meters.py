@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cbnet_tl.runtime.meters import (
+from cbnet_tl.runtime.dvfs.meters import (
     HWMON_DIR,
     POWERCAP_DIR,
     HwmonPowerMeter,

@@ -54,12 +54,13 @@ def test_autoencoder_shape():
 
 def test_mac_counts_match_the_papers_figures(tmp_path, views):
     from cbnet_tl.recipes.autoencoder import build_autoencoder
-    from cbnet_tl.runtime.modelstats import count_macs_and_params
-    from cbnet_tl.toolchain.convert import Precision, to_tflite, write_atomic
+    from cbnet_tl.runtime.files import write_bytes_atomic
+    from cbnet_tl.toolchain.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.modelstats import count_macs_and_params
 
     def macs(model, name):
         path = tmp_path / f"{name}.tflite"
-        write_atomic(path, to_tflite(model, Precision.FLOAT32))
+        write_bytes_atomic(path, to_tflite(model, Precision.FLOAT32))
         return count_macs_and_params(path)
 
     branch_macs, _ = macs(views["branch"], "branch")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ChecksumError, ImageError, ModelError
 from cbnet_tl.runtime.images import load_image, load_images
 from cbnet_tl.runtime.pipelines import Pipeline
-from cbnet_tl.runtime.runner import classify_paths, open_pipeline, selftest
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,8 @@ def test_float32_models_stay_in_the_build_dir(tiny_build, tiny_bundle):
                                                     (np.int8, 0.00390625, -128), (np.int8, 0.0173, 5)])
 def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zero_point):
     from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
-    from cbnet_tl.runtime.pipelines import dequantize_table, input_table, preprocess, requantize_table
+    from cbnet_tl.runtime.pipelines import preprocess
+    from cbnet_tl.runtime.tables import dequantize_table, input_table, requantize_table
 
     spec = TensorSpec("x", 0, (1, 28, 28, 1), np.dtype(dtype), scale, zero_point)
     pixels = np.arange(256, dtype=np.uint8).repeat(4)[:784].reshape(1, 28, 28)

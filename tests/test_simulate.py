@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from cbnet_tl.runtime.errors import DataError, DvfsError
-from cbnet_tl.toolchain.simulate import default_deadline_ms, infer_pipeline, path_of, simulate, top_frequency_latency
+from cbnet_tl.toolchain.simulate import (
+    default_deadline_ms,
+    infer_pipeline,
+    path_of,
+    simulate,
+    top_frequency_latency,
+)
 
 POLICIES = ["performance", "powersave", "fixed:1000", "eenet", "oracle"]
 

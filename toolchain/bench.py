@@ -10,20 +10,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.bundle import load_bundle, read_manifest, resolve_bundle_dir
+from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError
-from cbnet_tl.runtime.evaluate import evaluate
-from cbnet_tl.runtime.interpreter import time_invoke_overhead
-from cbnet_tl.runtime.pipelines import PIPELINE_MODELS, Pipeline, models_for
+from cbnet_tl.runtime.interpreter import Model, find_interpreter
+from cbnet_tl.runtime.manifest import Manifest
+from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, models_for
+from cbnet_tl.toolchain.scoring import evaluate
 
-BENCH_PIPELINES = ("lenet", "branchynet", "branch", "cbnet")
-INVOKE_PROBE = "noop"
+BENCH_PIPELINES = tuple(PIPELINE_SPECS)
+INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class BenchConfig:
     precisions: tuple = ("int8", "float32")
     num_images: int = 1024
     warmup_batches: int = 3
-    target: str = "rpi4"
+    power_model: str = "rpi4"  # power table for the modelled energy per image
 
     def __post_init__(self):
         if self.threads < 1 or self.num_images < 1 or not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -43,16 +45,28 @@ class BenchConfig:
             )
 
 
-def _pipeline_macs(manifest: dict, name: str, hard_share: float) -> float:
-    macs = {m: manifest["models"][m].get("macs", 0) for m in manifest["models"]}
-    if name == "branchynet":
-        return macs["trunk_branch"] + hard_share * macs["main_tail"]
-    return float(sum(macs[m] for m in PIPELINE_MODELS[name]))
+def _pipeline_macs(manifest: Manifest, name: str, path_shares: dict) -> float:
+    """Expected MACs per image: each path's models, weighted by the share of images taking that path."""
+    spec = PIPELINE_SPECS[name]
+    macs = {m: manifest.models[m].macs or 0 for m in spec.models}
+    return float(sum(path_shares.get(label, 0.0) * sum(macs[m] for m in models) for models, label in spec.paths.items()))
 
 
-def _pipeline_params(manifest: dict, name: str) -> int:
+def _pipeline_params(manifest: Manifest, name: str) -> int:
     """Weights a pipeline holds (branchynet: trunk + branch + main path, each counted once)."""
-    return int(sum(manifest["models"][m].get("params", 0) for m in PIPELINE_MODELS[name]))
+    return int(sum(manifest.models[m].params or 0 for m in PIPELINE_SPECS[name].models))
+
+
+def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
+    """Median seconds of one invoke on an already-set input: the fixed cost of calling the interpreter."""
+    sample = np.zeros((1, *model.input.shape[1:]), dtype=model.input.dtype)
+    model.invoke_quantized(sample)
+    times = []
+    for _ in range(num_repeats):
+        start = time.perf_counter()
+        model._interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int,
@@ -84,12 +98,12 @@ def footprint(bundle_dir: Path) -> dict:
     code = (
         "import json, resource, time, sys\n"
         "start = time.perf_counter()\n"
-        "import cbnet_tl.runtime.runner as runner\n"
+        "import cbnet_tl.runtime.api as api\n"
         "from cbnet_tl.runtime.interpreter import find_interpreter\n"
         "find_interpreter()\n"
         "imported = time.perf_counter() - start\n"
         "import numpy as np\n"
-        f"pipeline = runner.open_pipeline({str(bundle_dir)!r}, 'cbnet')\n"
+        f"pipeline = api.open_pipeline({str(bundle_dir)!r}, 'cbnet')\n"
         "pipeline.classify(np.zeros((1, 28, 28), np.uint8))\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "try:\n"  # VmHWM belongs to this address space; ru_maxrss survives exec from a big parent
@@ -106,31 +120,28 @@ def footprint(bundle_dir: Path) -> dict:
     return measured
 
 
-def _energy_per_image(target: str, seconds: float) -> dict:
-    """Modelled energy of one image on ``target``: this machine's time counted as time at its top frequency."""
-    from cbnet_tl.runtime.energy import model_for
+def _energy_per_image(power_model: str, seconds: float) -> dict:
+    """Modelled energy of one image on a target: this machine's time counted as time at its top frequency."""
+    from cbnet_tl.runtime.dvfs.energy import model_for
 
-    model = model_for(target)
-    return {"energy_j": model.active_w(model.top_khz) * seconds, "source": "modelled", "target": target,
+    model = model_for(power_model)
+    return {"energy_j": model.active_w(model.top_khz) * seconds, "source": "modelled", "target": power_model,
             "frequency_mhz": model.top_khz // 1000}
 
 
 def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchConfig,
               progress: Optional[Callable] = None) -> dict:
-    directory = resolve_bundle_dir(path)
-    manifest = read_manifest(directory)
-    precisions = [p for p in config.precisions if all(p in manifest["models"][m] for m in models_for(BENCH_PIPELINES))]
+    directory, manifest = open_manifest(path)
+    precisions = [p for p in config.precisions if all(p in manifest.models[m].files for m in models_for(BENCH_PIPELINES))]
     if not precisions:
         raise CbnetError(f"{directory} has none of the precisions {config.precisions}")
-    names = models_for(BENCH_PIPELINES) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest["models"] else [])
+    names = models_for(BENCH_PIPELINES) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest.models else [])
     timed = images[: config.num_images]
-    report = {"bundle": str(directory), "dataset": manifest["dataset"], "num_timed_images": int(len(timed)),
+    report = {"bundle": str(directory), "dataset": manifest.dataset, "num_timed_images": int(len(timed)),
               "num_accuracy_images": int(len(labels)), "threads": config.threads, "interpreter": None,
               "runs": [], "notes": []}
     for precision in precisions:
         bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names)
-        from cbnet_tl.runtime.interpreter import find_interpreter
-
         report["interpreter"] = find_interpreter().package
         pipelines = {name: Pipeline(bundle, name) for name in BENCH_PIPELINES}
         scored = {name: evaluate(p, images, labels, batch_size=250) for name, p in pipelines.items()}
@@ -142,18 +153,17 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
             run = {"precision": precision, "batch_size": batch_size, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
                    "bare_invoke_us": {m: t * 1e6 for m, t in bare.items()}, "pipelines": {}}
             for name, (per_image, stages) in timings.items():
-                hard_share = scored[name]["path_shares"].get("branch+main", 0.0)
                 row = {
                     "latency_ms_median": float(np.median(per_image) * 1e3),
                     "latency_ms_p95": float(np.percentile(per_image, 95) * 1e3),
                     "images_per_s": float(len(per_image) / per_image.sum()),
                     "accuracy": scored[name]["accuracy"],
                     "path_shares": scored[name]["path_shares"],
-                    "macs": _pipeline_macs(manifest, name, hard_share),
+                    "macs": _pipeline_macs(manifest, name, scored[name]["path_shares"]),
                     "params": _pipeline_params(manifest, name),
                     "stage_ms_median": {s: v * 1e3 for s, v in stages.items()},
                 }
-                row["energy_j_per_image"] = _energy_per_image(config.target, float(np.median(per_image)))
+                row["energy_j_per_image"] = _energy_per_image(config.power_model, float(np.median(per_image)))
                 run["pipelines"][name] = row
             for base in ("lenet", "branchynet"):
                 base_latency = run["pipelines"][base]["latency_ms_median"]

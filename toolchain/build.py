@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from importlib import metadata
@@ -19,13 +17,10 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.errors import CbnetError, OutputExistsError
+from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.toolchain.checks import CheckConfig
 from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
-
-
-class OutputExistsError(CbnetError):
-    """The output directory exists and --force was not given."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +61,21 @@ def _progress(enabled: bool):
     return lambda iterable, **kwargs: tqdm(iterable, disable=not enabled, **kwargs)
 
 
-def prepare_output(out: Path, force: bool) -> Path:
+def check_output(out: Path, force: bool) -> Path:
     out = Path(out).absolute()
     if out.exists() and (out.is_file() or any(out.iterdir())) and not force:
         raise OutputExistsError(f"{out} exists and is not empty; pass --force to replace it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    return out
 
 
 def build(config: BuildConfig, log=print) -> dict:
     """Run every stage; return the build record (also written to ``OUT/build.json``)."""
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.runtime.manifest import Manifest, PipelineEntry
+    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
     from cbnet_tl.toolchain import checks as checks_stage
     from cbnet_tl.toolchain.bundle import new_version, write_bundle
-    from cbnet_tl.toolchain.convert import convert_all, file_hashes, write_json_atomic
+    from cbnet_tl.toolchain.convert import convert_all, file_hashes
     from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset
     from cbnet_tl.toolchain.export import export_specs
     from cbnet_tl.toolchain.targets import get_target
@@ -98,8 +95,7 @@ def build(config: BuildConfig, log=print) -> dict:
     dataset_name = train.name if custom else config.dataset
     log(f"data: {dataset_name}: {len(train)} training and {len(test)} test images from {train.source}")
 
-    work = prepare_output(config.out, config.force)
-    try:
+    with staged_directory(check_output(config.out, config.force)) as work:
         stage = time.perf_counter()
         train_record = train_all(train, work, threshold, config.train)
         timings["train_s"] = time.perf_counter() - stage
@@ -107,21 +103,16 @@ def build(config: BuildConfig, log=print) -> dict:
         stage = time.perf_counter()
         models = convert_all(export_specs(work, train.images), work / "models", progress=progress)
         timings["convert_s"] = time.perf_counter() - stage
-        files = [m[p]["file"] for m in models.values() for p in ("float32", "int8")]
-        hashes = file_hashes(work, files)
-        manifest = {
-            "format_version": 1, "kind": "build", "dataset": dataset_name,
-            "class_names": list(train.class_names),
-            "input": {"shape": [28, 28], "dtype": "uint8", "scaling": "value / 255"},
-            "entropy_threshold": threshold, "version": new_version(list(hashes.values())),
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "tools": tool_versions(), "models": models,
-            "pipelines": {"cbnet": {}, "branchynet": {}, "lenet": {}, "branch": {}},
-            "files": hashes,
-            "data": {"name": config.dataset, "custom": custom, "source": train.source,
-                     "num_train": len(train), "num_test": len(test)},
-        }
-        write_json_atomic(work / "manifest.json", manifest)
+        hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
+        manifest = Manifest(
+            dataset=dataset_name, class_names=tuple(train.class_names), entropy_threshold=threshold,
+            models=models, pipelines={name: PipelineEntry(spec.models) for name, spec in PIPELINE_SPECS.items()},
+            files=hashes, kind="build", version=new_version(list(hashes.values())),
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tools=tool_versions(),
+            data={"name": config.dataset, "custom": custom, "source": train.source,
+                  "num_train": len(train), "num_test": len(test)},
+        )
+        manifest.write(work)
 
         stage = time.perf_counter()
         record = checks_stage.run_checks(work, test.images, test.labels, config.check, progress=progress)
@@ -133,7 +124,7 @@ def build(config: BuildConfig, log=print) -> dict:
         stage = time.perf_counter()
         tarball = write_bundle(work, target, test.images)
         timings["bundle_s"] = time.perf_counter() - stage
-        if target.accelerator == "edgetpu":
+        if target.uses_edgetpu:
             from cbnet_tl.toolchain.coral import format_inspection
 
             edgetpu = json.loads((work / "bundle" / "edgetpu_report.json").read_text())
@@ -143,7 +134,7 @@ def build(config: BuildConfig, log=print) -> dict:
                                         else "NOT run: " + compile_result["reason"]))
         timings["total_s"] = time.perf_counter() - started
         build_record = {
-            "dataset": dataset_name, "target": target.name, "version": manifest["version"],
+            "dataset": dataset_name, "target": target.name, "version": manifest.version,
             "threshold": threshold, "timings": {k: round(v, 2) for k, v in timings.items()},
             "train": train_record, "tarball": tarball.name,
             "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"]}
@@ -155,27 +146,9 @@ def build(config: BuildConfig, log=print) -> dict:
             from cbnet_tl.toolchain.report import write_report
 
             stage = time.perf_counter()
-            quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), target=target.name)
+            quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), power_model=target.power_model)
             write_json_atomic(work / "bench.json", run_bench(work, test.images, test.labels, quick))
             write_report(work, test_images=test.images, test_labels=test.labels)
             build_record["timings"]["report_s"] = round(time.perf_counter() - stage, 2)
             write_json_atomic(work / "build.json", build_record)
-        _move_into_place(work, Path(config.out).absolute())
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return build_record
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    backup = None
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old-{int(time.time())}")
-        out.rename(backup)
-    work.rename(out)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def read_build_record(build_dir: Path) -> dict:
-    return json.loads((Path(build_dir) / "build.json").read_text())

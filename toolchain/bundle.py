@@ -6,6 +6,7 @@ Reads ``BUILD/manifest.json`` and ``BUILD/checks.json``; writes ``BUILD/bundle/`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -18,9 +19,11 @@ import numpy as np
 from PIL import Image
 
 import cbnet_tl.runtime as runtime_package
-from cbnet_tl.runtime.bundle import read_manifest, sha256_of
+from cbnet_tl.runtime.bundle import sha256_of
 from cbnet_tl.runtime.errors import BundleError
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
+from cbnet_tl.runtime.files import move_file_into_place, staged_directory
+from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
+from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINE_SPECS, Pipeline, models_for
 from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -44,11 +47,10 @@ def render(template: str, **context) -> str:
 
 
 def _copy_runtime(destination: Path) -> None:
+    """The runtime package, subpackages included, without caches."""
     source = Path(runtime_package.__file__).parent
     target = destination / "lib" / "cbnet_tl" / "runtime"
-    target.mkdir(parents=True)
-    for path in sorted(source.glob("*.py")):
-        shutil.copy2(path, target / path.name)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
@@ -67,6 +69,20 @@ def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
     return {"files": files, "expected": expected}
 
 
+def _render_files(staging: Path, target: Target, context: dict) -> None:
+    outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
+               "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
+    outputs.update({out: template for template, out in target.extra_templates})
+    for out, template in outputs.items():
+        (staging / out).write_text(render(template, **context))
+    (staging / "fleet").mkdir()
+    for name in ("playbook.yml", "inventory.ini"):
+        (staging / "fleet" / name).write_text(render(f"fleet/{name}.j2", **context))
+    (staging / "run.py").chmod(0o755)
+    if (staging / "compile_edgetpu.sh").exists():
+        (staging / "compile_edgetpu.sh").chmod(0o755)
+
+
 def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Path:
     """Render ``build_dir/bundle`` and its tarball; return the tarball's path."""
     build_dir = Path(build_dir)
@@ -74,14 +90,12 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
         raise BundleError(f"Install dir {target.install_dir!r} must be an absolute path of [A-Za-z0-9._/-]")
     build_manifest = read_manifest(build_dir)
     checks = json.loads((build_dir / "checks.json").read_text())
-    staging = Path(tempfile.mkdtemp(prefix=".bundle.", dir=build_dir))
-    try:
+    with staged_directory(build_dir / "bundle") as staging:
         (staging / "models").mkdir()
         models = {}
         for name in models_for(DEPLOYED_PIPELINES) + [INVOKE_PROBE]:
-            entry = dict(build_manifest["models"][name])
-            entry.pop("float32", None)
-            shutil.copy2(build_dir / entry["int8"]["file"], staging / entry["int8"]["file"])
+            entry = build_manifest.models[name].only("int8")
+            shutil.copy2(build_dir / entry.files["int8"].file, staging / entry.files["int8"].file)
             models[name] = entry
         _copy_runtime(staging)
         selftest = _write_samples(staging, build_dir, test_images)
@@ -90,73 +104,66 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             for name, r in checks["pipelines"].items()
         }
         context = {
-            "dataset": build_manifest["dataset"], "target": target.name, "target_title": target.title,
-            "version": build_manifest["version"], "built_at": build_manifest["built_at"],
-            "tool_version": build_manifest["tools"]["cbnet-tl"], "threshold": build_manifest["entropy_threshold"],
+            "dataset": build_manifest.dataset, "target": target.name, "target_title": target.title,
+            "version": build_manifest.version, "built_at": build_manifest.built_at,
+            "tool_version": build_manifest.tools.get("cbnet-tl", "?"), "threshold": build_manifest.entropy_threshold,
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
-            "dvfs": "off", "deadline_ms": None,
+            "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
         }
-        context["edgetpu"] = _edgetpu_stage(staging, models) if target.accelerator == "edgetpu" else None
-        context["models"] = sorted(Path(m["int8"]["file"]).name for m in models.values())
-        outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
-                   "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
-        outputs.update({out: template for template, out in target.extra_templates})
-        for out, template in outputs.items():
-            (staging / out).write_text(render(template, **context))
-        (staging / "fleet").mkdir()
-        for name in ("playbook.yml", "inventory.ini"):
-            (staging / "fleet" / name).write_text(render(f"fleet/{name}.j2", **context))
-        (staging / "run.py").chmod(0o755)
-        if (staging / "compile_edgetpu.sh").exists():
-            (staging / "compile_edgetpu.sh").chmod(0o755)
+        edgetpu = _edgetpu_stage(staging, models) if target.uses_edgetpu else None
+        if edgetpu is not None:
+            models = {name: _with_edgetpu_file(entry, edgetpu["compile"]) for name, entry in models.items()}
+        context["edgetpu"] = edgetpu
+        context["models"] = sorted(Path(m.files["int8"].file).name for m in models.values())
+        _render_files(staging, target, context)
         content = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         # the playbook checks these on each device, like `cbnet-tl deploy` does (paths relative to fleet/)
         (staging / "fleet" / "checksums.sha256").write_text(
             "".join(f"{sha256_of(staging / f)}  ../{f}\n" for f in content if not f.startswith("fleet/")))
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        manifest = {
-            **{k: build_manifest[k] for k in ("format_version", "dataset", "class_names", "input",
-                                               "entropy_threshold", "version", "built_at", "tools")},
-            "kind": "bundle", "target": target.name, "accelerator": target.accelerator,
-            "models": models,
-            "pipelines": {name: {"models": models_for([name]), "checked_accuracy": accuracy[name]}
-                          for name in DEPLOYED_PIPELINES if name in accuracy},
-            "selftest": selftest,
-            "files": {f: sha256_of(staging / f) for f in files},
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        final = build_dir / "bundle"
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return _write_tarball(build_dir, final, f"cbnet-tl-{build_manifest['dataset']}-{target.name}")
+        build_manifest.replace(
+            kind="bundle", target=target.name, accelerator=target.accelerator, models=models,
+            pipelines={name: PipelineEntry(PIPELINE_SPECS[name].models, accuracy[name],
+                                           build_manifest.pipelines.get(name, PipelineEntry()).options)
+                       for name in DEPLOYED_PIPELINES if name in accuracy},
+            selftest=selftest, files={f: sha256_of(staging / f) for f in files}, data=None,
+        ).write(staging)
+    return _write_tarball(build_dir, build_dir / "bundle", f"cbnet-tl-{build_manifest.dataset}-{target.name}")
 
 
 def _edgetpu_stage(staging: Path, models: dict) -> dict:
     """Check every model against the Edge TPU's ops; compile when edgetpu_compiler is on PATH."""
     from cbnet_tl.toolchain.coral import compile_models, inspect_model
 
-    inspected = {name: inspect_model(staging / entry["int8"]["file"]) for name, entry in models.items()}
-    compiled = compile_models([staging / entry["int8"]["file"] for entry in models.values()], staging / "models")
-    for name, entry in models.items():
-        result = compiled["models"].get(Path(entry["int8"]["file"]).stem)
-        if result:
-            entry["int8"]["edgetpu_file"] = f"models/{result['file']}"
+    inspected = {name: inspect_model(staging / entry.files["int8"].file) for name, entry in models.items()}
+    compiled = compile_models([staging / entry.files["int8"].file for entry in models.values()], staging / "models")
     report = {"inspect": inspected, "compile": compiled}
     (staging / "edgetpu_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
+def _with_edgetpu_file(entry: ModelEntry, compiled: dict) -> ModelEntry:
+    """The entry with the compiled file beside its int8 file, when edgetpu_compiler made one."""
+    int8 = entry.files["int8"]
+    result = compiled["models"].get(Path(int8.file).stem)
+    if not result:
+        return entry
+    return dataclasses.replace(entry, files={**entry.files, "int8": dataclasses.replace(
+        int8, edgetpu_file=f"models/{result['file']}")})
+
+
 def _write_tarball(build_dir: Path, bundle_dir: Path, stem: str) -> Path:
     tarball = build_dir / f"{stem}.tar.gz"
-    tmp = build_dir / f".{stem}.tar.gz.tmp"
-    with tarfile.open(tmp, "w:gz") as archive:
-        archive.add(bundle_dir, arcname=stem)
-    tmp.replace(tarball)
+    with tempfile.NamedTemporaryFile(dir=build_dir, prefix=f".{stem}.", suffix=".tar.gz.tmp", delete=False) as tmp:
+        try:
+            with tarfile.open(fileobj=tmp, mode="w:gz") as archive:
+                archive.add(bundle_dir, arcname=stem)
+        except BaseException:
+            tmp.close()
+            Path(tmp.name).unlink()
+            raise
+    move_file_into_place(Path(tmp.name), tarball)
     return tarball
 
 

@@ -12,13 +12,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.errors import CbnetError
-from cbnet_tl.runtime.evaluate import evaluate
+from cbnet_tl.runtime.errors import ConfigError, QuantizationCheckError
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
-
-
-class QuantizationCheckError(CbnetError):
-    """An int8 pipeline lost more accuracy than allowed against its float32 model."""
+from cbnet_tl.toolchain.scoring import evaluate
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,7 @@ class CheckConfig:
 
     def __post_init__(self):
         if self.max_accuracy_drop < 0:
-            raise ValueError(f"Expected max_accuracy_drop >= 0. Received: {self.max_accuracy_drop}")
+            raise ConfigError(f"Expected max_accuracy_drop >= 0. Received: {self.max_accuracy_drop}")
 
 
 def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: CheckConfig,

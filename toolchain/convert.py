@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -20,12 +17,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.bundle import sha256_of
-from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.errors import ConversionError
+from cbnet_tl.runtime.files import write_bytes_atomic
 from cbnet_tl.runtime.interpreter import Model
-
-
-class ConversionError(CbnetError):
-    """A model could not be converted, or the converted file does not reproduce the Keras model."""
+from cbnet_tl.runtime.manifest import ModelEntry, ModelFile
 
 
 class Precision(str, Enum):
@@ -41,13 +36,6 @@ class ModelSpec:
     model: object
     output_names: tuple
     representative: np.ndarray  # float32, (N, *input_shape), from training data
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] = None) -> bytes:
@@ -129,30 +117,26 @@ def check_float_matches_keras(path: Path, spec: ModelSpec, description: dict, to
 
 
 def convert_all(specs: list, models_dir: Path, progress: Callable = lambda iterable, **_: iterable) -> dict:
-    """Convert every spec to both precisions; return the manifest's ``models`` section."""
-    from cbnet_tl.runtime.modelstats import count_macs_and_params
+    """Convert every spec to both precisions; return the manifest's ``models`` section (name -> ModelEntry)."""
+    from cbnet_tl.toolchain.modelstats import count_macs_and_params
 
     entries = {}
     for spec in progress(specs, desc="convert", unit="model"):
-        entry: dict = {"output_names": list(spec.output_names)}
+        files, macs, params = {}, None, None
         keras_shapes = [tuple(int(d) for d in o.shape) for o in spec.model.outputs]
         for precision in Precision:
             path = Path(models_dir) / f"{spec.name}_{precision.value}.tflite"
-            write_atomic(path, to_tflite(spec.model, precision, spec.representative))
+            write_bytes_atomic(path, to_tflite(spec.model, precision, spec.representative))
             description = map_outputs(path, keras_shapes, spec.output_names)
             description["file"] = f"models/{path.name}"
             description["bytes"] = path.stat().st_size
             if precision is Precision.FLOAT32:
                 description["max_relative_error_vs_keras"] = check_float_matches_keras(path, spec, description)
-                entry["macs"], entry["params"] = count_macs_and_params(path)
-            entry[precision.value] = description
-        entries[spec.name] = entry
+                macs, params = count_macs_and_params(path)
+            files[precision.value] = ModelFile.from_dict(description)
+        entries[spec.name] = ModelEntry(tuple(spec.output_names), files, macs, params)
     return entries
 
 
 def file_hashes(directory: Path, relatives: list) -> dict:
     return {r: sha256_of(Path(directory) / r) for r in relatives}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    write_atomic(Path(path), (json.dumps(payload, indent=2) + "\n").encode())

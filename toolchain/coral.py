@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import CbnetError, ModelError
+from cbnet_tl.runtime.errors import CbnetError, CompileError, ModelError
 from cbnet_tl.runtime.interpreter import find_interpreter
 
 COMPILER = "edgetpu_compiler"
@@ -28,9 +28,6 @@ _ALLOWED_WIDE_INPUTS = {"CONV_2D": {2}, "DEPTHWISE_CONV_2D": {2}, "FULLY_CONNECT
                         "REDUCE_MIN": {1}, "STRIDED_SLICE": {1, 2, 3}, "SLICE": {1, 2}, "TRANSPOSE": {1},
                         "GATHER": {1}, "SPLIT": {0}, "RESIZE_BILINEAR": {1}, "RESIZE_NEAREST_NEIGHBOR": {1}}
 
-
-class CompileError(CbnetError):
-    """edgetpu_compiler failed."""
 
 
 def op_table() -> dict:
@@ -94,6 +91,21 @@ def inspect_model(path: Path) -> dict:
         "caveat": "Checked against the documented op list and constraints; only edgetpu_compiler can confirm "
                   "op versions (recent TF may emit versions compiler 16 rejects).",
     }
+
+
+def collect_models(items) -> list:
+    """``.tflite`` files as given; directories (bundle or build) give every int8 model in their models/."""
+    files = []
+    for item in map(Path, items):
+        if item.is_dir():
+            folder = item / "models" if (item / "models").is_dir() else item / "bundle" / "models"
+            found = sorted(folder.glob("*_int8.tflite"))
+            if not found:
+                raise CbnetError(f"{item}: no int8 .tflite models found in {folder}")
+            files.extend(found)
+        else:
+            files.append(item)
+    return files
 
 
 def format_inspection(reports: dict) -> str:

@@ -10,7 +10,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from cbnet_tl.runtime.errors import DataError, ImageError
+from cbnet_tl.runtime.files import write_bytes_atomic
 from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT as IMAGE_SUFFIXES
 from cbnet_tl.runtime.images import load_image
 
@@ -168,10 +168,7 @@ def _download(url: str, destination: Path, expected_md5: Optional[str]) -> None:
         raise DataError(f"Download of {url} failed: {error}") from None
     if expected_md5 and _md5(data) != expected_md5:
         raise DataError(f"Download of {url} has MD5 {_md5(data)}; expected {expected_md5}. Not cached.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=destination.parent, delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, destination)
+    write_bytes_atomic(destination, data)
 
 
 def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path], allow_download: bool = True) -> tuple:

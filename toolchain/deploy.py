@@ -18,15 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.bundle import read_manifest, resolve_bundle_dir, verify_files
-from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.bundle import open_manifest, verify_files
+from cbnet_tl.runtime.errors import CbnetError, DeployError
 
 DEFAULT_DIR = "/opt/cbnet-tl"
 SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
 
-
-class DeployError(CbnetError):
-    """A deployment step failed; the device keeps the version it was running."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +77,12 @@ def _remote_script(destination: Destination, script: str, what: str) -> str:
 def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3",
            restart: Optional[Sequence[str]] = ("sudo", "systemctl", "restart", "cbnet-tl")) -> dict:
     """Upload, verify every sha256 on the device, self-test, switch ``current``, restart. Returns a record."""
-    bundle_dir = resolve_bundle_dir(bundle_dir)
-    manifest = read_manifest(bundle_dir)
+    bundle_dir, manifest = open_manifest(bundle_dir)
     try:
         verify_files(bundle_dir, manifest)  # never ship a bundle that is already broken here
     except CbnetError as error:
         raise DeployError(f"Not deploying: the bundle is already broken here: {error}") from None
-    version = str(manifest.get("version", ""))
+    version = manifest.version
     if not SAFE_VERSION.match(version):
         raise DeployError(f"Bundle version {version!r} is not a safe directory name; rebuild the bundle")
     base = destination.directory
@@ -100,7 +96,7 @@ def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3
     try:
         rsync_ssh = shlex.join(destination.ssh_args())
         _run(["rsync", "-a", "--delete", "-e", rsync_ssh, f"{bundle_dir}/", f"{destination.host}:{incoming}/"], "upload")
-        checksums = "".join(f"{digest}  {name}\n" for name, digest in sorted(manifest["files"].items()))
+        checksums = "".join(f"{digest}  {name}\n" for name, digest in sorted(manifest.files.items()))
         _run(destination.ssh_args() + [destination.host, "--", f"cd {q(incoming)} && sha256sum --check --strict --quiet -"],
              "checksum check on the device", input_text=checksums)
         remote(destination, [python, f"{incoming}/run.py", "--bundle", incoming, "selftest"], "self-test on the device")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.dvfs_run import trace_of
-from cbnet_tl.runtime.energy import EnergyModel, model_for
+from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
+from cbnet_tl.runtime.errors import ConfigError, DvfsError
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
 from cbnet_tl.toolchain.evaluation import load_test_split
-from cbnet_tl.toolchain.simulate import default_deadline_ms, simulate, top_frequency_latency
+from cbnet_tl.toolchain.simulate import HOST_STAGE, default_deadline_ms, simulate, top_frequency_latency
 
 
 def frequency_curve(model: EnergyModel, top_latency_ms: dict) -> dict:
@@ -68,3 +70,31 @@ def format_simulation(result: dict) -> str:
                              f"{r.get('energy_vs_oracle', 0):>+11.2%}{r['miss_rate']:>9.2%}{r['latency_ms_p95']:>9.3f}")
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)
+
+
+def trace_of(pipeline, images: np.ndarray, repeats: int = 3) -> list:
+    """Per-image stage times, the input of ``simulate``: ``[("host", s), (stage, s), …]`` per image.
+
+    "host" is the pre/post-processing, gate and softmax time outside the model calls. The whole set is
+    run ``repeats`` times, one pass after another, and each stage of each image keeps its median over
+    the passes. A model's work does not depend on the pixels, so what varies between runs of one image
+    is this (shared) machine's noise, and that comes in bursts: repeats of one image taken back to back
+    fall into the same burst, passes far apart in time do not. The path is the same in every pass.
+    """
+    if repeats < 1:
+        raise ConfigError(f"Expected repeats >= 1. Received: {repeats}")
+    passes = []
+    for _ in range(repeats):
+        runs = []
+        for image in images:
+            result = pipeline.classify(image)
+            stages = list(result.stage_seconds.items())
+            runs.append([(HOST_STAGE, max(0.0, result.seconds - sum(s for _, s in stages)))] + stages)
+        passes.append(runs)
+    trace = []
+    for i, first in enumerate(passes[0]):
+        names = [name for name, _ in first]
+        if any([name for name, _ in runs[i]] != names for runs in passes[1:]):
+            raise DvfsError(f"Image {i} took different paths in different passes; expected a deterministic pipeline")
+        trace.append([(name, float(np.median([runs[i][j][1] for runs in passes]))) for j, name in enumerate(names)])
+    return trace

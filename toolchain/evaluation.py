@@ -5,23 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.bundle import load_bundle, read_manifest, resolve_bundle_dir
+import numpy as np
+
+from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import DataError
-from cbnet_tl.runtime.evaluate import evaluate
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
 from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset
+from cbnet_tl.toolchain.scoring import evaluate
 
 
 def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: Optional[str] = None):
     """The manifest and the test split of the bundle's dataset (only ``t10k-*`` files are read)."""
-    manifest = read_manifest(resolve_bundle_dir(bundle_dir))
-    name = dataset or manifest["dataset"]
+    _, manifest = open_manifest(bundle_dir)
+    name = dataset or manifest.dataset
     if name not in {d.value for d in DatasetName} and data_dir is None:
         raise DataError(f"The bundle was built on a custom dataset ({name}); pass --data-dir with its images")
     test = load_dataset(name, Split.TEST, data_dir)
-    if len(test.class_names) != len(manifest["class_names"]):
+    if len(test.class_names) != len(manifest.class_names):
         raise DataError(
-            f"The test data has {len(test.class_names)} classes but the bundle has {len(manifest['class_names'])}"
+            f"The test data has {len(test.class_names)} classes but the bundle has {len(manifest.class_names)}"
         )
     return manifest, test
 
@@ -51,7 +53,7 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
 def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict) -> dict:
     from collections import Counter
 
-    from cbnet_tl.runtime.dvfs_run import classify_each, dvfs_session
+    from cbnet_tl.runtime.dvfs.run import dvfs_session
 
     with dvfs_session(options["dvfs"], deadline_ms=options["deadline_ms"], period_ms=options["period_ms"],
                       sysfs_root=options["sysfs_root"], target=options["target"]) as session:
@@ -70,7 +72,27 @@ def format_evaluation(result: dict) -> str:
         shares = ", ".join(f"{p} {s:.1%}" for p, s in r["path_shares"].items())
         lines.append(f"{name:<12}{r['accuracy'] * 100:>9.2f}%{r['ms_per_image_median']:>10.3f}  {shares}")
         if "dvfs" in r:
-            from cbnet_tl.toolchain.cli import format_dvfs_summary
-
             lines.append("            " + format_dvfs_summary(r["dvfs"]))
     return "\n".join(lines)
+
+
+def classify_each(pipeline, images, session) -> tuple:
+    """Classify one image at a time (one inference each), waiting for periodic arrivals."""
+    labels, paths = [], []
+    for image in images:
+        session.wait_for_arrival()
+        result = pipeline.classify(image, hook=session)
+        labels.append(int(result.labels[0]))
+        paths.append(result.paths[0])
+    return np.asarray(labels), paths
+
+
+def format_dvfs_summary(summary: dict) -> str:
+    misses = "" if summary["deadline_ms"] == float("inf") else (
+        f", deadline {summary['deadline_ms']:.3f} ms missed {summary['deadline_misses']}/{summary['num_inferences']}")
+    frequencies = ", ".join(f"{k} MHz {v * 1e3:.1f} ms" if k != "uncontrolled" else f"uncontrolled {v * 1e3:.1f} ms"
+                            for k, v in summary["time_at_frequency"].items())
+    method = f" ({summary['method']})" if summary.get("method") else ""
+    return (f"dvfs {summary['dvfs']}{method}: latency median {summary['latency_ms_median']:.3f} ms, "
+            f"p95 {summary['latency_ms_p95']:.3f} ms{misses}; energy {summary['energy_j'] * 1e3:.4f} mJ/inference "
+            f"({summary['energy_source']}); time at {frequencies}")

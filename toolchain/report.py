@@ -7,15 +7,14 @@ models through our runtime; writes ``DIR/report/index.html`` and its PNGs atomic
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.bundle import load_bundle, read_manifest, resolve_bundle_dir
+from cbnet_tl.runtime.bundle import load_bundle, open_manifest
+from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.toolchain import charts
 
@@ -91,29 +90,20 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
     """Render ``build_dir/report/index.html``; return its path."""
     from cbnet_tl.toolchain.bundle import render
 
-    build_dir = resolve_bundle_dir(build_dir)
-    manifest = read_manifest(build_dir)
+    build_dir, manifest = open_manifest(build_dir)
     checks = _read_json(build_dir / "checks.json")
     train = _read_json(build_dir / "train.json")
     bench = _read_json(build_dir / "bench.json")
     simulate = _read_json(build_dir / "simulate.json")
-    staging = Path(tempfile.mkdtemp(prefix=".report.", dir=build_dir))
-    try:
-        made = _charts(staging, manifest["dataset"], bench, checks, simulate)
+    with staged_directory(build_dir / "report") as staging:
+        made = _charts(staging, manifest.dataset, bench, checks, simulate)
         grid = None
         if test_images is not None:
-            grid = _grid(build_dir, test_images, test_labels, manifest["entropy_threshold"], staging)
+            grid = _grid(build_dir, test_images, test_labels, manifest.entropy_threshold, staging)
         context = {
             "manifest": manifest, "checks": checks, "train": train, "bench": bench, "simulate": simulate,
             "charts": made, "grid": grid, "paper": paper_figures(),
             "confusions": {name: _confusion_rows(r["int8"]["confusion"]) for name, r in (checks or {}).get("pipelines", {}).items()},
         }
         (staging / "index.html").write_text(render("report/index.html.j2", **context))
-        final = build_dir / "report"
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final / "index.html"
+    return build_dir / "report" / "index.html"

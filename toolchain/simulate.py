@@ -25,29 +25,28 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.dvfs import DvfsContext, Policy, parse_policy
-from cbnet_tl.runtime.energy import EnergySource, model_for
+from cbnet_tl.runtime.dvfs.energy import EnergySource, model_for
+from cbnet_tl.runtime.dvfs.policies import DvfsContext, Policy, parse_policy
 from cbnet_tl.runtime.errors import DataError, DvfsError
+from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, spec_for_stages
 
 ORACLE = "oracle"
-_PATHS = {"cbnet": "ae+branch", "lenet": "main", "branch": "branch-only"}
+HOST_STAGE = "host"  # a trace's time outside the model calls (pre/post-processing, gate, softmax)
 
 
 def infer_pipeline(stage_names) -> str:
-    names = set(stage_names)
-    for pipeline, marker in (("branchynet", "trunk_branch"), ("cbnet", "autoencoder"), ("lenet", "lenet")):
-        if marker in names:
-            return pipeline
-    if names == {"branch"}:
-        return "branch"
-    raise DataError(f"Cannot tell the pipeline from stages {sorted(names)}. Expected cbnet (autoencoder, branch), "
-                    "branchynet (trunk_branch, main_tail), lenet or branch; pass pipeline=")
+    names = {name for name in stage_names if name != HOST_STAGE}
+    spec = spec_for_stages(names)
+    if spec is None:
+        expected = "; ".join(f"{name} ({', '.join(s.models)})" for name, s in PIPELINE_SPECS.items())
+        raise DataError(f"Cannot tell the pipeline from stages {sorted(names)}. Expected one of: {expected}; "
+                        "pass pipeline=")
+    return spec.name
 
 
 def path_of(pipeline: str, stages: Sequence[str]) -> str:
-    if pipeline == "branchynet":
-        return "branch+main" if "main_tail" in stages else "branch"
-    return _PATHS.get(pipeline, "mixed")
+    spec = PIPELINE_SPECS.get(pipeline)
+    return spec.path_of(stages) if spec is not None else "mixed"
 
 
 def _check_trace(trace) -> list:

@@ -1,6 +1,8 @@
 """The one table of deployment targets. CLI choices, validation, bundles and tests all read it.
 
-A new target is a new ``Target`` entry (Coral targets live in ``targets_coral.py``).
+A new target is a new ``Target`` entry in ``TARGETS``. Coral targets carry the same batch-1,
+int8-in/int8-out models (the Edge TPU's requirements), the Edge TPU op report, and either the compiled
+``*_edgetpu.tflite`` files or a script that compiles them.
 """
 
 from __future__ import annotations
@@ -8,19 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError
+
+EDGETPU = Device.EDGETPU.value  # the one accelerator kind so far
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     title: str
-    power_model: str  # key into cbnet_tl.runtime.power_tables
+    power_model: str  # key into cbnet_tl.runtime.dvfs.power_tables
     requirements: tuple  # device pip requirements
     install_notes: str
-    accelerator: Optional[str] = None  # "edgetpu" for Coral targets
+    accelerator: Optional[str] = None  # EDGETPU for Coral targets
     install_dir: str = "/opt/cbnet-tl"
     extra_templates: tuple = field(default_factory=tuple)  # (template name, output name)
+
+    @property
+    def uses_edgetpu(self) -> bool:
+        return self.accelerator == EDGETPU
 
 
 RPI4 = Target(
@@ -35,13 +44,30 @@ RPI4 = Target(
     ),
 )
 
-TARGETS = {RPI4.name: RPI4}
+CORAL_EXTRA_TEMPLATES = (("coral/README.md.j2", "README.md"), ("coral/compile_edgetpu.sh.j2", "compile_edgetpu.sh"))
 
+CORAL_USB = Target(
+    name="coral-usb",
+    title="Raspberry Pi 4 with the Coral USB Accelerator (64-bit OS)",
+    power_model="coral-usb",
+    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    install_notes="The Edge TPU runtime comes from Coral's apt repository (libedgetpu1-std, or libedgetpu1-max for the "
+                  "maximum clock, which runs hotter).",
+    accelerator=EDGETPU,
+    extra_templates=CORAL_EXTRA_TEMPLATES,
+)
 
-def register(target: Target) -> None:
-    if target.name in TARGETS:
-        raise ValueError(f"Target {target.name!r} is already registered")
-    TARGETS[target.name] = target
+CORAL_DEVBOARD = Target(
+    name="coral-devboard",
+    title="Coral Dev Board (Mendel Linux, aarch64)",
+    power_model="coral-devboard",
+    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    install_notes="Mendel Linux ships libedgetpu; keep it current with `sudo apt-get update && sudo apt-get dist-upgrade`.",
+    accelerator=EDGETPU,
+    extra_templates=CORAL_EXTRA_TEMPLATES,
+)
+
+TARGETS = {target.name: target for target in (RPI4, CORAL_USB, CORAL_DEVBOARD)}
 
 
 def get_target(name: str) -> Target:
@@ -49,11 +75,3 @@ def get_target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise CbnetError(f"Unknown target {name!r}. Expected one of {sorted(TARGETS)}") from None
-
-
-def _load_plugins() -> None:
-    """Targets defined in their own modules (one file per family)."""
-    from cbnet_tl.toolchain import targets_coral  # noqa: F401  (registers on import)
-
-
-_load_plugins()

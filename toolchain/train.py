@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
 from cbnet_tl.toolchain.datasets import Dataset
 
@@ -48,9 +49,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if not 0.0 < self.validation_fraction < 0.5:
-            raise ValueError(f"Expected 0 < validation_fraction < 0.5. Received: {self.validation_fraction}")
+            raise ConfigError(f"Expected 0 < validation_fraction < 0.5. Received: {self.validation_fraction}")
         if self.blenet_epochs < 1 or self.autoencoder_epochs < 1:
-            raise ValueError("Expected at least 1 epoch per stage")
+            raise ConfigError("Expected at least 1 epoch per stage")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def choose_canonical(entropies: np.ndarray, labels: np.ndarray, predictions: np.
     for cls in range(num_classes):
         in_class = labels == cls
         if not in_class.any():
-            raise ValueError(f"Class {cls} has no training images; every class needs at least one")
+            raise DataError(f"Class {cls} has no training images; every class needs at least one")
         for mask in (in_class & easy & (predictions == cls), in_class & (predictions == cls), in_class):
             if mask.any():
                 candidates = np.flatnonzero(mask)

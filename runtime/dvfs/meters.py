@@ -23,17 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cbnet_tl.runtime.energy import EnergySource
-from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.dvfs.energy import EnergySource
+from cbnet_tl.runtime.errors import MeterError
 
 HWMON_DIR = Path("sys/class/hwmon")
 POWERCAP_DIR = Path("sys/class/powercap")
 POWER_MONITOR_PREFIXES = ("ina",)  # ina209/219/220/226/230/231/238/260/3221 …
 _RAPL_ZONE = re.compile(r"^[a-z]+-rapl:\d+$")  # top-level zones only: sub-zones are parts of a package
 
-
-class MeterError(CbnetError):
-    """A power or energy meter cannot be read."""
 
 
 @dataclass(frozen=True)

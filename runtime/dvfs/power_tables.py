@@ -109,8 +109,6 @@ TABLES = {
     ),
 }
 
-TARGETS = tuple(TABLES)
-
 
 def power_table(target: str) -> PowerTable:
     table: Optional[PowerTable] = TABLES.get(target)

@@ -1,16 +1,6 @@
-"""DVFS policies as pure decision objects (``dvfs_session.DvfsSession`` applies one on a device).
+"""EENet: per-inference DVFS that predicts the remaining work and meets the deadline at the least energy.
 
-A driver (``dvfs_session.DvfsSession`` on a device, ``cbnet_tl.toolchain.simulate`` offline) tells a bound policy
-what happens and sets whatever frequency (kHz) the policy returns. The policy never reads a clock or a
-file; every time it needs is passed in, in seconds:
-
-    initial_khz() -> kHz                             set when the session starts, before the first arrival
-    on_begin(pipeline, lateness_s, idle_s) -> kHz    an inference arrived lateness_s ago; the CPU was idle idle_s before it
-    on_stage(stage, elapsed_s) -> kHz                 before a stage; elapsed_s since the arrival
-    on_stage_done(stage, seconds, khz)                a stage (with the overhead that follows it) took seconds at khz
-    on_end(path, latency_s) -> kHz                    the answer is out; the returned kHz holds until the next arrival
-
-Policies: ``performance``, ``powersave``, ``fixed:<MHz>`` (static) and ``eenet``:
+It follows the protocol of ``base.Policy``.
 
 - Within an inference it splits the work into the stages every path runs and the tail some paths run
   (BranchyNet's ``main_tail``; a CBNet has no tail). At each decision point it picks, for the work known
@@ -30,111 +20,10 @@ Policies: ``performance``, ``powersave``, ``fixed:<MHz>`` (static) and ``eenet``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import Enum
-from typing import Optional
+from typing import NamedTuple, Optional
 
-from cbnet_tl.runtime.energy import EnergyModel
+from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy, PolicyKind
 from cbnet_tl.runtime.errors import DvfsError
-
-PRE_STAGE = "_pre"  # the session's segment between begin_inference and the first stage (pre-processing)
-
-
-class PolicyKind(str, Enum):
-    PERFORMANCE = "performance"
-    POWERSAVE = "powersave"
-    FIXED = "fixed"
-    EENET = "eenet"
-
-
-POLICY_CHOICES = ("off", "performance", "powersave", "fixed:<MHz>", "eenet")
-
-
-@dataclass(frozen=True)
-class DvfsContext:
-    model: EnergyModel  # the device's OPP list, P(f) and the switch cost
-    deadline_s: float
-    period_s: Optional[float] = None  # None: back to back
-
-    def __post_init__(self):
-        if not self.deadline_s > 0:
-            raise DvfsError(f"Expected a deadline > 0 s. Received: {self.deadline_s}")
-        if self.period_s is not None and not self.period_s > 0:
-            raise DvfsError(f"Expected a period > 0 s, or none for back-to-back arrivals. Received: {self.period_s}")
-
-
-class Policy:
-    name = "policy"
-    context: DvfsContext
-
-    def bind(self, context: DvfsContext) -> None:
-        self.context = context
-
-    def initial_khz(self) -> int:
-        """The frequency to set when the session starts, before the first arrival (default: the top)."""
-        return self.context.model.top_khz
-
-    def on_begin(self, pipeline: str, lateness_s: float, idle_s: float) -> int:
-        raise NotImplementedError
-
-    def on_stage(self, stage: str, elapsed_s: float) -> int:
-        raise NotImplementedError
-
-    def on_stage_done(self, stage: str, seconds: float, khz: int) -> None:
-        pass
-
-    def on_end(self, path: str, latency_s: float) -> int:
-        raise NotImplementedError
-
-
-class StaticPolicy(Policy):
-    """One frequency for everything: the top, the bottom, or a fixed one from the device's list."""
-
-    def __init__(self, kind: PolicyKind, mhz: Optional[int] = None):
-        self.kind, self.mhz = kind, mhz
-        self.name = f"fixed:{mhz}" if kind is PolicyKind.FIXED else kind.value
-        self.khz = 0
-
-    def bind(self, context: DvfsContext) -> None:
-        super().bind(context)
-        offered = context.model.frequencies_khz
-        if self.kind is PolicyKind.PERFORMANCE:
-            self.khz = offered[-1]
-        elif self.kind is PolicyKind.POWERSAVE:
-            self.khz = offered[0]
-        elif self.mhz * 1000 in offered:
-            self.khz = self.mhz * 1000
-        else:
-            raise DvfsError(f"Expected fixed:<MHz> with a frequency this CPU offers, "
-                            f"{[f // 1000 for f in offered]} MHz. Received: fixed:{self.mhz}")
-
-    def initial_khz(self):
-        return self.khz
-
-    def on_begin(self, pipeline, lateness_s, idle_s):
-        return self.khz
-
-    def on_stage(self, stage, elapsed_s):
-        return self.khz
-
-    def on_end(self, path, latency_s):
-        return self.khz
-
-
-def parse_policy(text: str) -> Optional[Policy]:
-    """``off`` → None; ``performance``, ``powersave``, ``fixed:<MHz>``, ``eenet`` → an unbound policy."""
-    spec = str(text).strip().lower()
-    if spec == "off":
-        return None
-    if spec in (PolicyKind.PERFORMANCE.value, PolicyKind.POWERSAVE.value):
-        return StaticPolicy(PolicyKind(spec))
-    if spec == PolicyKind.EENET.value:
-        return EENetPolicy()
-    if spec.startswith("fixed:") and spec[6:].isdigit() and int(spec[6:]) > 0:
-        return StaticPolicy(PolicyKind.FIXED, int(spec[6:]))
-    hint = " The oracle needs the whole trace: only `cbnet-tl simulate` offers it." if spec == "oracle" else ""
-    raise DvfsError(f"Expected a DVFS policy, one of {list(POLICY_CHOICES)} (e.g. fixed:1000). "
-                    f"Received: {text!r}.{hint}")
 
 
 class _Stage:
@@ -145,13 +34,28 @@ class _Stage:
         self.num_runs = 0
 
 
+class Remaining(NamedTuple):
+    """The work known to remain at a decision point, in thousands of cycles (kHz·s)."""
+
+    common_mean: float  # stages every path still runs
+    common_high: float  # their tracked upper quantile
+    tail_mean: float  # the stages only some paths run (BranchyNet's main_tail)
+    tail_high: float
+    tail_share: float  # how often the tail runs
+
+
+class Plan(NamedTuple):
+    base_khz: int  # the frequency of the common stages
+    tail_khz: int  # the frequency of the tail
+
+
 class _Pipeline:
     def __init__(self):
         self.order: list = []
         self.stats: dict = {}
         self.count = 0
-        self.plan: Optional[tuple] = None  # (frequency of the common stages, frequency of the tail)
-        self.remaining: dict = {}  # decision point → (common mean, common high, tail mean, tail high, p_tail)
+        self.plan: Optional[Plan] = None
+        self.remaining: dict = {}  # decision point (None: the arrival, else a stage) → Remaining
         self.ran: set = set()
 
 
@@ -218,8 +122,8 @@ class EENetPolicy(Policy):
             self.margin = max(self.min_margin, self.margin - self.margin_decay)
         if pipe.count >= self.warmup and (missed or pipe.plan is None or pipe.count % self.replan_every == 0):
             self._replan(pipe)
-        if pipe.plan and self._periodic() and self._current != pipe.plan[0] and self._gap() >= self._switch_s():
-            self._current = pipe.plan[0]  # go back to the base frequency while idle, off the critical path
+        if pipe.plan and self._periodic() and self._current != pipe.plan.base_khz and self._gap() >= self._switch_s():
+            self._current = pipe.plan.base_khz  # go back to the base frequency while idle, off the critical path
         return self._current if self._current is not None else context.model.top_khz
 
     # model --------------------------------------------------------------------------------------
@@ -243,8 +147,8 @@ class EENetPolicy(Policy):
         if remaining is None:  # warming up, or a stage never seen: run at the top
             self._current = model.top_khz
             return self._current
-        c_mean, c_high, t_mean, t_high, p = remaining
-        base, tail = pipe.plan
+        c_mean, c_high, t_high, p = remaining.common_mean, remaining.common_high, remaining.tail_high, remaining.tail_share
+        base, tail = pipe.plan.base_khz, pipe.plan.tail_khz
         credit = model.idle_w if self._periodic() else 0.0
         budget, grow, switch = self.context.deadline_s - elapsed_s, 1.0 + self.margin, self._switch_s()
         for tail_at_same in (False, True):
@@ -276,20 +180,21 @@ class EENetPolicy(Policy):
         high = {s: pipe.stats[s].high for s in pipe.order}
         p = max((pipe.stats[s].rate for s in tail), default=0.0)
         t_mean, t_high = sum(mean[s] for s in tail), sum(high[s] for s in tail)
-        pipe.remaining = {None: (sum(mean[s] for s in common), sum(high[s] for s in common), t_mean, t_high, p)}
+        pipe.remaining = {None: Remaining(sum(mean[s] for s in common), sum(high[s] for s in common), t_mean, t_high, p)}
         for i, stage in enumerate(common):
             rest = common[i:]
-            pipe.remaining[stage] = (sum(mean[s] for s in rest), sum(high[s] for s in rest), t_mean, t_high, p)
+            pipe.remaining[stage] = Remaining(sum(mean[s] for s in rest), sum(high[s] for s in rest), t_mean, t_high, p)
         for i, stage in enumerate(tail):
-            pipe.remaining[stage] = (sum(mean[s] for s in tail[i:]), sum(high[s] for s in tail[i:]), 0.0, 0.0, 0.0)
-        pipe.plan = self._best_plan(*pipe.remaining[None])
+            pipe.remaining[stage] = Remaining(sum(mean[s] for s in tail[i:]), sum(high[s] for s in tail[i:]), 0.0, 0.0, 0.0)
+        pipe.plan = self._best_plan(pipe.remaining[None])
 
-    def _best_plan(self, a_mean, a_high, b_mean, b_high, p) -> tuple:
+    def _best_plan(self, work: Remaining) -> Plan:
+        a_mean, a_high, b_mean, b_high, p = work
         model, deadline = self.context.model, self.context.deadline_s
         credit = model.idle_w if self._periodic() else 0.0
         grow, switch = 1.0 + self.margin, self._switch_s()
         switch_in_critical = not self._periodic() or self._gap() < switch  # a switch back delays the next one
-        best, best_cost = (model.top_khz, model.top_khz), math.inf
+        best, best_cost = Plan(model.top_khz, model.top_khz), math.inf
         for fa in model.frequencies_khz:
             for fb in (model.frequencies_khz if p > 0 else (fa,)):
                 moved = fa != fb
@@ -300,5 +205,5 @@ class EENetPolicy(Policy):
                 cost = (model.active_w(fa) - credit) * a_mean / fa
                 cost += p * ((model.active_w(fb) - credit) * b_mean / fb + 2 * self._switch_cost(fa, fb, credit))
                 if cost < best_cost:
-                    best, best_cost = (fa, fb), cost
+                    best, best_cost = Plan(fa, fb), cost
         return best

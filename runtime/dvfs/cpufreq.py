@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from cbnet_tl.runtime.errors import DvfsError
+from cbnet_tl.runtime.files import write_json_atomic
 
 CPUFREQ_DIR = Path("sys/devices/system/cpu/cpufreq")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -275,13 +276,8 @@ class CpufreqController:
 
 def save_state(path: Path, directory: Path, state: CpufreqState) -> None:
     """Record the state to give back, so another process can restore it if this one is killed."""
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"directory": str(directory), "governor": state.governor, "min_khz": state.min_khz,
-                               "max_khz": state.max_khz, "setspeed": state.setspeed}))
-    os.replace(tmp, path)
+    write_json_atomic(path, {"directory": str(directory), "governor": state.governor, "min_khz": state.min_khz,
+                             "max_khz": state.max_khz, "setspeed": state.setspeed}, durable=True)
 
 
 def restore_from_file(path: Path) -> Optional[str]:

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import Pipeline
 
 
@@ -15,7 +16,7 @@ def run_pipeline(pipeline: Pipeline, images: np.ndarray, batch_size: int = 1,
                  progress: Optional[Callable] = None, hook=None) -> dict:
     """Classify every image; return predictions, paths and timing (pre/post-processing included)."""
     if batch_size < 1:
-        raise ValueError(f"Expected batch_size >= 1. Received: {batch_size}")
+        raise ConfigError(f"Expected batch_size >= 1. Received: {batch_size}")
     labels, confidences, paths, seconds = [], [], [], []
     starts = range(0, len(images), batch_size)
     for start in progress(starts) if progress else starts:

@@ -7,8 +7,8 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.dvfs import PRE_STAGE, DvfsContext, Policy
-from cbnet_tl.runtime.energy import EnergyModel, EnergySource
+from cbnet_tl.runtime.dvfs.base import PRE_STAGE, DvfsContext, Policy
+from cbnet_tl.runtime.dvfs.energy import EnergyModel, EnergySource
 from cbnet_tl.runtime.errors import DvfsError
 
 
@@ -40,8 +40,7 @@ class DvfsSession:
                             f"CPU's {list(controller.frequencies_khz)}; build it with model_for(target, "
                             "controller.frequencies_khz)")
         self.policy, self.controller, self.model = policy, controller, model
-        self.context = DvfsContext(model, deadline_s, period_s) if model is not None else None
-        self.deadline_s, self.period_s = deadline_s, period_s
+        self.context = DvfsContext(model, deadline_s, period_s)
         if policy is not None:
             policy.bind(self.context)
         self._clock, self._sleep = clock, sleep
@@ -54,6 +53,14 @@ class DvfsSession:
         self.stage_seconds: dict = {}
         self.switches: list = []
         self.switch_seconds = self.idle_seconds = 0.0
+
+    @property
+    def deadline_s(self) -> float:
+        return self.context.deadline_s
+
+    @property
+    def period_s(self) -> Optional[float]:
+        return self.context.period_s
 
     def __enter__(self) -> "DvfsSession":
         if self.policy is not None:

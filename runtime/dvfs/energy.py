@@ -8,12 +8,12 @@ Everything this module returns is labelled ``modelled``; ``meters`` gives ``meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, Mapping, Optional, Sequence
 
+from cbnet_tl.runtime.dvfs.power_tables import PowerTable, power_table
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.runtime.power_tables import PowerTable, power_table
 
 
 class EnergySource(str, Enum):
@@ -34,13 +34,13 @@ class EnergyModel:
     table: PowerTable
     frequencies_khz: tuple
     switch_seconds: float
-    _active_w: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "frequencies_khz", check_frequencies(self.frequencies_khz))
+        if check_frequencies(self.frequencies_khz) != self.frequencies_khz:
+            raise DvfsError("Expected the OPP list as a tuple sorted ascending, without duplicates (use model_for). "
+                            f"Received: {self.frequencies_khz}")
         if not self.switch_seconds >= 0:
             raise DvfsError(f"Expected switch_seconds >= 0. Received: {self.switch_seconds}")
-        object.__setattr__(self, "_active_w", {f: self._compute_active_w(f) for f in self.frequencies_khz})
 
     source = EnergySource.MODELLED.value
 
@@ -73,14 +73,10 @@ class EnergyModel:
         ref_khz = t.loaded_mhz * 1000
         return reference * (self.volts(khz) ** 2 * khz) / (self.volts(ref_khz) ** 2 * ref_khz)
 
-    def _compute_active_w(self, khz: int) -> float:
-        t = self.table
-        return t.idle_w + t.active_cores * self.core_w(khz) + t.accelerator_w
-
     def active_w(self, khz: int) -> float:
         """Board power while one inference runs at ``khz``."""
-        cached = self._active_w.get(khz)
-        return cached if cached is not None else self._compute_active_w(khz)
+        t = self.table
+        return t.idle_w + t.active_cores * self.core_w(khz) + t.accelerator_w
 
     def switch_j(self, from_khz: int, to_khz: int) -> float:
         return 0.0 if from_khz == to_khz else self.switch_seconds * self.active_w(max(from_khz, to_khz))
@@ -114,5 +110,5 @@ def model_for(target: str, frequencies_khz: Optional[Iterable] = None,
     table = power_table(target)
     if frequencies_khz is None:
         frequencies_khz = [mhz * 1000 for mhz in table.default_frequencies_mhz]
-    return EnergyModel(table, tuple(frequencies_khz),
+    return EnergyModel(table, check_frequencies(frequencies_khz),
                        table.switch_seconds if switch_seconds is None else float(switch_seconds))

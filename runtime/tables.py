@@ -1,0 +1,55 @@
+"""256-entry lookup tables for one-byte tensors: pixels to a model's input, one model's output to the next
+model's input, and outputs to real values. Each table holds exactly the numbers the float path gives
+(``quantize``/``dequantize``), so a lookup replaces per-element arithmetic without changing a result.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.interpreter import dequantize, quantize
+
+
+def _byte_codes(dtype: np.dtype) -> Optional[np.ndarray]:
+    """Every value of a one-byte storage type, indexed by its byte (``raw.view(np.uint8)``)."""
+    dtype = np.dtype(dtype)
+    return np.arange(256, dtype=np.uint8).view(dtype) if dtype in (np.dtype(np.int8), np.dtype(np.uint8)) else None
+
+
+def input_table(spec) -> Optional[np.ndarray]:
+    """pixel (0..255) → the model input's storage value, the same numbers ``quantize(preprocess(·))`` gives,
+    as one table lookup. None for float inputs."""
+    if not spec.is_quantized or _byte_codes(spec.dtype) is None:
+        return None
+    return quantize(np.arange(256, dtype=np.float32)[:, None, None] / np.float32(255.0), spec).reshape(256)
+
+
+def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
+    """One model's output byte → the next model's input value (dequantize, then quantize), as a table.
+    None when the output is not a one-byte quantized type or the input is not quantized."""
+    codes = _byte_codes(out_spec.dtype)
+    if codes is None or not (out_spec.is_quantized and in_spec.is_quantized):
+        return None
+    return quantize(dequantize(codes, out_spec), in_spec)
+
+
+def dequantize_table(spec) -> Optional[np.ndarray]:
+    """Output byte → real value (float32), the numbers ``dequantize`` gives, as a table. None for float outputs."""
+    codes = _byte_codes(spec.dtype)
+    return dequantize(codes, spec) if spec.is_quantized and codes is not None else None
+
+
+def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry table to a one-byte tensor."""
+    return table[np.ascontiguousarray(raw).view(np.uint8)]
+
+
+def pass_on(raw: np.ndarray, out_spec, in_spec, table: Optional[np.ndarray]) -> np.ndarray:
+    """Feed one model's raw output to the next, requantizing only when the two scales differ."""
+    if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
+        return raw
+    if table is not None:
+        return lookup(table, raw)
+    return quantize(dequantize(raw, out_spec), in_spec)

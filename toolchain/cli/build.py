@@ -1,0 +1,81 @@
+"""``cbnet-tl build`` and ``cbnet-tl check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, TargetChoice
+
+app = typer.Typer()
+
+
+@app.command()
+def build(
+    dataset: Annotated[DatasetChoice, typer.Option(help="Dataset to train on (ignored for a custom --data-dir).")] = DatasetChoice.FASHION_MNIST,
+    out: Annotated[Path, typer.Option(help="Build directory; the bundle lands in OUT/bundle and OUT/*.tar.gz.")] = Path("build"),
+    data_dir: DataDir = None,
+    target: Annotated[TargetChoice, typer.Option(help="Deployment target.")] = TargetChoice("rpi4"),
+    threshold: Annotated[Optional[float], typer.Option(help="Entropy threshold T for easy/hard (default per dataset: mnist 0.05, fashion-mnist 0.5, kmnist 0.025).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
+    blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
+    autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed for splits and weights.")] = 0,
+    time_budget_minutes: Annotated[float, typer.Option(min=0, help="Wall-clock limit for training (2/3 B-LeNet, 1/3 AE); training keeps the best epoch so far. 0: no limit.")] = 12.0,
+    max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    offline: Annotated[bool, typer.Option(help="Never download datasets.")] = False,
+    report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the build record as JSON.")] = False,
+):
+    """Train the models, convert them to int8 TFLite, check quantized accuracy, and write a bundle."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the progress bars
+    from cbnet_tl.toolchain.build import BuildConfig
+    from cbnet_tl.toolchain.build import build as run_build
+    from cbnet_tl.toolchain.checks import CheckConfig
+    from cbnet_tl.toolchain.train import TrainConfig
+
+    config = BuildConfig(
+        dataset=dataset.value, out=out, data_dir=data_dir, target=target.value, threshold=threshold, force=force,
+        allow_download=not offline, write_report=report, max_train_images=max_train_images,
+        train=TrainConfig(seed=seed, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
+                          time_budget_s=time_budget_minutes * 60 or None),
+        check=CheckConfig(max_accuracy_drop=max_accuracy_drop),
+    )
+    record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
+    if json_output:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo(f"bundle: {out / 'bundle'}  ({record['tarball']})  in {record['timings']['total_s']:.0f} s")
+
+
+@app.command()
+def check(
+    build_dir: Annotated[Path, typer.Argument(help="A build directory from `cbnet-tl build`.")],
+    data_dir: DataDir = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Allowed drop in points (default: the build's).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the checks record as JSON.")] = False,
+):
+    """Re-run the float32 vs int8 quantization checks of a build on its test split."""
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.toolchain import checks as checks_stage
+    from cbnet_tl.toolchain.evaluation import load_test_split
+
+    manifest, test = load_test_split(build_dir, data_dir)
+    previous = build_dir / "checks.json"
+    allowed = max_accuracy_drop
+    if allowed is None:
+        allowed = json.loads(previous.read_text())["max_accuracy_drop"] if previous.is_file() else 1.0
+    record = checks_stage.run_checks(build_dir, test.images, test.labels,
+                                     checks_stage.CheckConfig(max_accuracy_drop=allowed))
+    write_json_atomic(build_dir / "checks.json", record)
+    typer.echo(json.dumps(record) if json_output else checks_stage.format_table(record, list(manifest.class_names)))
+    checks_stage.raise_on_failures(record)
+

@@ -1,0 +1,97 @@
+"""``cbnet-tl run`` and ``cbnet-tl eval``: classify and score through the light runtime only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cbnet_tl.toolchain.cli.common import (
+    DEFAULT_TARGET,
+    DataDir,
+    DatasetChoice,
+    DeadlineMs,
+    Dvfs,
+    JsonOutput,
+    PeriodMs,
+    PipelineChoice,
+    PowerTarget,
+    PrecisionChoice,
+    SysfsRoot,
+    power_model,
+)
+
+app = typer.Typer()
+
+
+@app.command()
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
+    pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice("cbnet"),
+    convert: Annotated[bool, typer.Option(help="Convert any size/mode to 28x28 grayscale instead of refusing it.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
+    dvfs: Dvfs = "off",
+    deadline_ms: DeadlineMs = None,
+    period_ms: PeriodMs = None,
+    sysfs_root: SysfsRoot = Path("/"),
+    target: PowerTarget = DEFAULT_TARGET,
+    json_output: JsonOutput = False,
+):
+    """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy."""
+    from cbnet_tl.runtime.api import classify_paths, open_pipeline
+    from cbnet_tl.runtime.dvfs.run import dvfs_session
+    from cbnet_tl.runtime.images import collect_image_paths
+    from cbnet_tl.toolchain.evaluation import format_dvfs_summary
+
+    runner = open_pipeline(bundle, pipeline.value, num_threads=threads)
+    paths = collect_image_paths(images)
+    with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
+                      target=power_model(target)) as session:
+        records = []
+        for path in paths:
+            session.wait_for_arrival()
+            records.extend(classify_paths(runner, [path], resize=convert, hook=session))
+    summary = session.summary()
+    if json_output:
+        typer.echo(json.dumps({"pipeline": pipeline.value, "results": records, "dvfs": summary}, indent=2))
+        return
+    for r in records:
+        typer.echo(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
+    typer.echo(format_dvfs_summary(summary))
+
+
+@app.command("eval")
+def evaluate_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
+    dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
+    data_dir: DataDir = None,
+    pipeline: Annotated[Optional[List[PipelineChoice]], typer.Option(help="Pipeline(s) to evaluate (default: every deployed pipeline).")] = None,
+    precision: Annotated[PrecisionChoice, typer.Option(help="int8, or float32 (build directories only).")] = PrecisionChoice("int8"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per interpreter call.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N test images.")] = None,
+    dvfs: Dvfs = "off",
+    deadline_ms: DeadlineMs = None,
+    period_ms: PeriodMs = None,
+    sysfs_root: SysfsRoot = Path("/"),
+    target: PowerTarget = DEFAULT_TARGET,
+    json_output: JsonOutput = False,
+):
+    """Accuracy, share of each path and time per image on this machine, through the runtime only.
+
+    With --dvfs other than off (or --deadline-ms/--period-ms), images run one at a time under the policy
+    and each pipeline also reports misses, latency, energy per inference and time at each frequency.
+    """
+    from cbnet_tl.toolchain.evaluation import evaluate_bundle, format_evaluation
+
+    names = [p.value for p in pipeline] if pipeline else None
+    dvfs_options = None
+    if dvfs != "off" or deadline_ms is not None or period_ms is not None:
+        dvfs_options = {"dvfs": dvfs, "deadline_ms": deadline_ms, "period_ms": period_ms,
+                        "sysfs_root": sysfs_root, "target": power_model(target)}
+    result = evaluate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
+                             precision=precision.value, batch_size=batch_size, limit=limit, dvfs=dvfs_options)
+    typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
