@@ -7,7 +7,6 @@ Used by the device CLI (``runtime/cli.py``, ``python3 run.py …`` in a bundle),
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -15,17 +14,24 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest, verify_files
 from cbnet_tl.runtime.delegates import Device
-from cbnet_tl.runtime.errors import BundleError, CbnetError
-from cbnet_tl.runtime.files import write_json_atomic
-from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT, load_image, load_images
+from cbnet_tl.runtime.errors import BundleError
+from cbnet_tl.runtime.images import load_image, load_images
+from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
+from cbnet_tl.runtime.tuning import ModelConfig, default_tuning_path, read_tuning
 
 SELFTEST_MIN_AGREEMENT = 0.9
 
 
+AUTO = "auto"
+
+
 def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_threads: int = 1,
-                  device: str = "cpu") -> Pipeline:
-    """``device``: "cpu", or "edgetpu" (the Edge TPU delegate, falling back to the CPU with a warning)."""
+                  device: str = "cpu", tuning=AUTO, options: Optional[dict] = None) -> Pipeline:
+    """``device``: "cpu", or "edgetpu" (the Edge TPU delegate, falling back to the CPU with a warning).
+
+    ``tuning``: "auto" (the device's tuning file when there is one, see ``tuning.default_tuning_path``), a
+    path, or None (the default configuration). What does not apply is said on stderr and not used."""
     delegates, used = (), Device.CPU.value
     if device == Device.EDGETPU:
         from cbnet_tl.runtime.delegates import load_edgetpu
@@ -36,9 +42,19 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
         delegates, used = accelerator.delegates, accelerator.device
     elif device != Device.CPU:
         raise BundleError(f"Expected device cpu or edgetpu. Received: {device!r}")
-    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=models_for([name]),
-                         delegates=delegates, device=used)
-    return Pipeline(bundle, name)
+    names = models_for([name])
+    configs = {}
+    if tuning is not None and precision == "int8" and used == Device.CPU.value:
+        _, manifest = open_manifest(bundle_dir)
+        path = default_tuning_path(bundle_dir) if tuning == AUTO else Path(tuning)
+        configs, messages = read_tuning(path, manifest, names)
+        for message in messages:
+            print(f"warning: {message}", file=sys.stderr)
+    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=names,
+                         delegates=delegates, device=used, configs=configs)
+    pipeline = Pipeline(bundle, name, options)
+    pipeline.configuration = {m: (configs.get(m) or ModelConfig(precision)).label for m in names}
+    return pipeline
 
 
 def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, resize: bool = False, batch_size: int = 1,
@@ -79,23 +95,30 @@ def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
     return report
 
 
-def watch(pipeline: Pipeline, inbox: Path, outbox: Path, poll_seconds: float, resize: bool,
-          max_images: Optional[int] = None, hook=None) -> int:
-    """Classify each image that appears in ``inbox``; write ``outbox/NAME.json`` and remove the image."""
-    inbox.mkdir(parents=True, exist_ok=True)
-    outbox.mkdir(parents=True, exist_ok=True)
-    done = 0
-    while max_images is None or done < max_images:
-        pending = sorted(p for p in inbox.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES_DEFAULT)
-        if not pending:
-            time.sleep(poll_seconds)
-            continue
-        for path in pending:
-            try:
-                record = classify_paths(pipeline, [path], resize=resize, hook=hook)[0]
-            except CbnetError as error:
-                record = {"file": str(path), "error": str(error)}
-            write_json_atomic(outbox / f"{path.stem}.json", record, durable=True)
-            path.unlink(missing_ok=True)
-            done += 1
-    return done
+def watch(pipeline: Pipeline, config: InboxConfig, *, max_images: Optional[int] = None, hook=None) -> int:
+    """Classify each image that settles in ``config.inbox`` under the inbox contract (``runtime/inbox.py``):
+    one atomic result per input in the outbox, then the input moves to done/ or failed/."""
+    return watch_inbox(pipeline, config, hook=hook, max_images=max_images)
+
+
+def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: int = 1,
+                if_missing: bool = False) -> Optional[dict]:
+    """Measure every configuration on the bundle's own samples (selftest images, or the build's) and write
+    the winners to ``out`` (default: the state folder). None when ``if_missing`` and a tuning file exists."""
+    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES
+    from cbnet_tl.runtime.tuning import measure, write_tuning
+
+    directory, manifest = open_manifest(bundle_dir)
+    path = Path(out) if out is not None else default_tuning_path(directory)
+    if if_missing and not read_tuning(path, manifest, [])[1] and path.is_file():
+        return None  # a readable tuning file of this bundle version is there
+    # a build directory tunes on its bundle's samples, and may also choose its float32 models
+    sample_dir = directory if manifest.selftest else directory / "bundle"
+    samples = (open_manifest(sample_dir)[1].selftest or {}).get("files") if sample_dir.is_dir() else None
+    if not samples:
+        raise BundleError(f"{directory}/manifest.json has no sample images to tune on; rebuild the bundle")
+    images = np.stack([load_image(sample_dir / f) for f in samples])
+    pipelines = [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
+    record = measure(directory, images, pipelines=pipelines, num_threads=num_threads)
+    record["file"] = str(write_tuning(path, record))
+    return record

@@ -81,8 +81,11 @@ def load_bundle(
     delegates: Sequence = (),
     device: str = "cpu",
     verify: bool = True,
+    configs: Optional[dict] = None,
 ) -> Bundle:
-    """Load the models of one precision, verifying each file's sha256 against the manifest first."""
+    """Load the models of one precision, verifying each file's sha256 against the manifest first.
+
+    ``configs`` (model -> ``tuning.ModelConfig``) runs chosen models in another precision or op resolver."""
     if precision not in PRECISIONS:
         raise BundleError(f"Expected precision in {PRECISIONS}. Received: {precision!r}")
     directory, manifest = open_manifest(path)
@@ -92,10 +95,12 @@ def load_bundle(
         entry = manifest.models.get(name)
         if entry is None:
             raise BundleError(f"{directory}: manifest has no model {name!r}; it has {sorted(manifest.models)}")
-        spec = entry.files.get(precision)
+        config = (configs or {}).get(name)
+        model_precision = config.precision if config is not None else precision
+        spec = entry.files.get(model_precision)
         if spec is None:
             raise BundleError(
-                f"{directory} has no {precision} {name} model (it has {sorted(entry.files)}); "
+                f"{directory} has no {model_precision} {name} model (it has {sorted(entry.files)}); "
                 "float32 models live in the build directory, not in the deployed bundle"
             )
         relative = spec.file
@@ -112,5 +117,6 @@ def load_bundle(
         loaded[name] = Model(
             directory / relative, num_threads=num_threads, delegates=delegates,
             output_indices=order, device=device,
+            **({"resolver": config.resolver} if config is not None else {}),
         )
     return Bundle(directory, manifest, precision, loaded)

@@ -1,4 +1,5 @@
-"""The device's command line (``python3 run.py …`` in a bundle): classify, selftest, watch, dvfs-restore.
+"""The device's command line (``python3 run.py …`` in a bundle): classify, selftest, watch, status,
+dvfs-grant, dvfs-restore.
 
 A thin argparse layer over ``api``; every ``CbnetError`` becomes one line on stderr and exit code 1.
 """
@@ -11,11 +12,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, watch
+from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, tune_bundle, watch
 from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError
-from cbnet_tl.runtime.images import collect_image_paths
+from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
+from cbnet_tl.runtime.inbox import InboxConfig
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES
+from cbnet_tl.runtime.service import grant_cpufreq, status
+from cbnet_tl.runtime.tuning import format_tuning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,18 +35,41 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--device", choices=[d.value for d in Device], default=Device.CPU.value,
                           help="edgetpu: use the Coral delegate (falls back to the CPU with a warning)")
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
+    tune = commands.add_parser("tune", help="time every model in every configuration here; keep the fastest "
+                                            "that gives the reference classes (written outside the release)")
+    tune.add_argument("--out", type=Path, default=None, help="tuning file (default: the state folder's tuning.json)")
+    tune.add_argument("--if-missing", action="store_true", help="do nothing when the tuning file exists")
+    tune.add_argument("--json", action="store_true", help="print the tuning record")
     restore = commands.add_parser("dvfs-restore", help="give back a CPU frequency state left by a killed run")
     restore.add_argument("--state-file", type=Path, default=None)
     watch_parser = commands.add_parser("watch", help="classify images dropped into a folder (the service)")
-    watch_parser.add_argument("--inbox", type=Path, required=True)
+    _folders(watch_parser)
     watch_parser.add_argument("--outbox", type=Path, required=True)
     watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default="cbnet")
-    watch_parser.add_argument("--poll-seconds", type=float, default=0.2)
+    watch_parser.add_argument("--poll-seconds", type=float, default=0.2, help="scan the inbox this often")
+    watch_parser.add_argument("--settle-seconds", type=float, default=1.0,
+                              help="take a file once its size and mtime held still this long (default 1)")
+    watch_parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    watch_parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS_DEFAULT,
+                              help=f"refuse larger images from their header (default {MAX_PIXELS_DEFAULT:,})")
+    watch_parser.add_argument("--delete-processed", action="store_true", help="delete classified inputs")
     watch_parser.add_argument("--convert", action="store_true")
     watch_parser.add_argument("--dvfs", default="off", help="off, performance, powersave, fixed:<MHz> or eenet")
     watch_parser.add_argument("--deadline-ms", type=float, default=None)
     watch_parser.add_argument("--target", default="rpi4", help="power model for modelled energy")
+    status_parser = commands.add_parser("status", help="counts, last error, uptime of the watch service")
+    _folders(status_parser)
+    grant = commands.add_parser("dvfs-grant", help="(root) let GROUP write the cpufreq files DVFS needs")
+    grant.add_argument("--group", required=True)
+    grant.add_argument("--sysfs-root", type=Path, default=Path("/"))
     return parser
+
+
+def _folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inbox", type=Path, required=True)
+    parser.add_argument("--done", type=Path, default=None, help="processed inputs (default: done/ beside the inbox)")
+    parser.add_argument("--failed", type=Path, default=None, help="failed inputs (default: failed/ beside the inbox)")
+    parser.add_argument("--state-dir", type=Path, default=None, help="state file (default: state/ beside the inbox)")
 
 
 def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = None) -> int:
@@ -55,16 +82,33 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
             records = classify_paths(pipeline, collect_image_paths(args.images), resize=args.convert)
             if args.json:
-                print(json.dumps({"pipeline": args.pipeline, "results": records}, indent=2))
+                print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
+                                  "results": records}, indent=2))
             else:
                 for r in records:
                     print(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
+                print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()),
+                      file=sys.stderr)
+        elif args.command == "tune":
+            record = tune_bundle(bundle_dir, args.out, num_threads=args.threads, if_missing=args.if_missing)
+            if record is not None:
+                print(json.dumps(record, indent=2) if args.json else format_tuning(record))
         elif args.command == "watch":
             from cbnet_tl.runtime.dvfs.run import dvfs_session
 
+            config = InboxConfig(args.inbox, args.outbox, args.done, args.failed, args.state_dir,
+                                 delete_processed=args.delete_processed, poll_seconds=args.poll_seconds,
+                                 settle_seconds=args.settle_seconds, batch_size=args.batch_size,
+                                 resize=args.convert, max_pixels=args.max_pixels, extra={"dvfs": args.dvfs})
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
             with dvfs_session(args.dvfs, deadline_ms=args.deadline_ms, target=args.target) as session:
-                watch(pipeline, args.inbox, args.outbox, args.poll_seconds, args.convert, hook=session)
+                watch(pipeline, config, hook=session)
+        elif args.command == "status":
+            config = InboxConfig(args.inbox, args.inbox.parent / "outbox", args.done, args.failed, args.state_dir)
+            print(json.dumps(status(config), indent=2))
+        elif args.command == "dvfs-grant":
+            granted = grant_cpufreq(args.group, args.sysfs_root)
+            print(f"group {args.group} may write {len(granted)} cpufreq files")
         elif args.command == "dvfs-restore":
             from cbnet_tl.runtime.dvfs.cpufreq import restore_from_file
             from cbnet_tl.runtime.dvfs.run import DEFAULT_STATE_FILE

@@ -13,18 +13,24 @@ from cbnet_tl.runtime.errors import ImageError
 IMAGE_SIZE = (28, 28)
 GRAYSCALE_MODES = ("L", "1")
 IMAGE_SUFFIXES_DEFAULT = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+# Our own limit, checked from the header before any pixel is decoded: far above a real camera frame
+# (a 12 MP sensor gives 4056x3040) and far below Pillow's decompression-bomb limit (about 179 MP).
+MAX_PIXELS_DEFAULT = 50_000_000
 
 
-def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_SIZE) -> np.ndarray:
+def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_SIZE,
+               max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
     """Load one image as uint8 (H, W).
 
     By default the image must already be grayscale and of the model's size, so that a wrong input
     fails loudly instead of being silently changed. ``resize=True`` converts any mode Pillow reads to
-    grayscale (alpha composited onto black) and resizes it.
+    grayscale (alpha composited onto black) and resizes it. An image of more than ``max_pixels``
+    pixels is refused from its header, before it is decoded.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
+            _check_pixels(path, image.size, max_pixels)
             image.load()
             if resize:
                 return _convert(image, size)
@@ -45,8 +51,28 @@ def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_
         raise ImageError(f"{path}: is a directory, expected an image file") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: over the pixel limit of {max_pixels:,} pixels (Pillow refused it as a "
+                         "decompression bomb); a real camera frame is far smaller") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageError(f"{path}: not an image Pillow can read ({type(error).__name__})") from None
+        if _is_empty(path):
+            raise ImageError(f"{path}: empty file (0 bytes), expected an image") from None
+        raise ImageError(f"{path}: not an image Pillow can read, or truncated ({type(error).__name__}: "
+                         f"{str(error)[:80]})") from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def _check_pixels(path: Path, size: Sequence[int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(f"{path}: {width}x{height} is {width * height:,} pixels, over the pixel limit of "
+                         f"{max_pixels:,} (--max-pixels); refused before decoding")
 
 
 def _convert(image: Image.Image, size: Sequence[int]) -> np.ndarray:
@@ -83,7 +109,7 @@ def collect_image_paths(inputs: Iterable[Path]) -> list:
     return paths
 
 
-def load_images(paths: Sequence[Path], *, resize: bool = False) -> np.ndarray:
+def load_images(paths: Sequence[Path], *, resize: bool = False, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
     if not paths:
         raise ImageError("No input images given")
-    return np.stack([load_image(p, resize=resize) for p in paths])
+    return np.stack([load_image(p, resize=resize, max_pixels=max_pixels) for p in paths])

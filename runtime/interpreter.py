@@ -6,6 +6,7 @@ One place decides which interpreter package is used: ``ai_edge_litert`` first, t
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,38 @@ class InterpreterBackend:
     package: str
     interpreter_class: Any
     load_delegate: Callable[..., Any]
+    op_resolver_types: Any = None  # the package's OpResolverType enum (None if it has none)
 
 
 _backend_cache: Optional[InterpreterBackend] = None
+
+
+def _opening_first(load_delegate: Callable[..., Any]) -> Callable[..., Any]:
+    """``load_delegate`` that opens the library itself first, so a missing library raises OSError cleanly:
+    inside these packages the failure leaves a half-built ``Delegate`` whose ``__del__`` prints a traceback."""
+
+    def load(library: str, options: Optional[dict] = None) -> Any:
+        ctypes.CDLL(library)
+        return load_delegate(library, options)
+
+    return load
+
+
+DEFAULT_RESOLVER = "default"
+RESOLVERS = {DEFAULT_RESOLVER: None, "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
+
+
+def resolver_arguments(backend: InterpreterBackend, resolver: str) -> dict:
+    """Interpreter keyword arguments for an op resolver, or a clear error when the package lacks it."""
+    if resolver not in RESOLVERS:
+        raise ModelError(f"Expected an op resolver in {sorted(RESOLVERS)}. Received: {resolver!r}")
+    member = RESOLVERS[resolver]
+    if member is None:
+        return {}
+    kind = getattr(backend.op_resolver_types, member, None)
+    if kind is None:
+        raise ModelError(f"{backend.package} offers no op resolver {member}; use the default resolver")
+    return {"experimental_op_resolver_type": kind}
 
 
 def find_interpreter() -> InterpreterBackend:
@@ -45,9 +75,11 @@ def find_interpreter() -> InterpreterBackend:
         except ImportError:
             continue
         if module_name == "tensorflow.lite":
-            backend = InterpreterBackend(package, module.Interpreter, module.experimental.load_delegate)
+            backend = InterpreterBackend(package, module.Interpreter, _opening_first(module.experimental.load_delegate),
+                                         getattr(module.experimental, "OpResolverType", None))
         else:
-            backend = InterpreterBackend(package, module.Interpreter, module.load_delegate)
+            backend = InterpreterBackend(package, module.Interpreter, _opening_first(module.load_delegate),
+                                         getattr(module, "OpResolverType", None))
         _backend_cache = backend
         return backend
     raise InterpreterNotFoundError(
@@ -115,10 +147,15 @@ class Model:
         delegates: Sequence[Any] = (),
         output_indices: Optional[Sequence[int]] = None,
         device: str = "cpu",
+        resolver: str = DEFAULT_RESOLVER,
     ):
+        """``resolver``: "default" (the built-in kernels with the default delegate, XNNPACK) or "builtin"
+        (the built-in kernels without default delegates)."""
         self.path = Path(path)
         self.device = device
+        self.resolver = resolver
         backend = find_interpreter()
+        extra = resolver_arguments(backend, resolver)
         if not self.path.is_file():
             raise ModelError(f"Model file not found: {self.path}")
         try:
@@ -126,6 +163,7 @@ class Model:
                 model_path=str(self.path),
                 num_threads=num_threads,
                 experimental_delegates=list(delegates) or None,
+                **extra,
             )
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:

@@ -78,14 +78,15 @@ class ModelEntry:
     files: dict  # precision -> ModelFile
     macs: Optional[int] = None
     params: Optional[int] = None
+    input_range: float = 1.0  # the input's real value for pixel 255: 1.0 (pixels / 255) or 255.0 (raw pixels)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelEntry":
         return cls(tuple(data["output_names"]), {p: ModelFile.from_dict(data[p]) for p in PRECISIONS if p in data},
-                   data.get("macs"), data.get("params"))
+                   data.get("macs"), data.get("params"), float(data.get("input_range", 1.0)))
 
     def to_dict(self) -> dict:
-        out: dict = {"output_names": list(self.output_names)}
+        out: dict = {"output_names": list(self.output_names), "input_range": self.input_range}
         if self.macs is not None:
             out["macs"], out["params"] = self.macs, self.params
         out.update({p: f.to_dict() for p, f in self.files.items()})

@@ -1,4 +1,5 @@
-"""The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``branchynet``, ``lenet``, ``branch``.
+"""The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
+``lenet`` and the truncated ``branch``.
 
 Every pipeline takes uint8 images (N, 28, 28), runs pre-processing, its models and post-processing
 (softmax, entropy gate), and returns an immutable ``BatchResult``. A spec names the pipeline's models in
@@ -43,7 +44,7 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, x, quantized, run) -> (probabilities, path labels)
+    runner: Callable  # (pipeline, uint8 images (N, 28, 28), run) -> (probabilities, path labels)
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
@@ -123,10 +124,12 @@ class _Run:
 class Pipeline:
     """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly."""
 
-    def __init__(self, bundle: Bundle, name: str):
-        spec = PIPELINE_SPECS.get(name)
+    def __init__(self, bundle: Bundle, name, options: Optional[dict] = None):
+        """``name``: a pipeline of the table, or a ``PipelineSpec``. ``options`` override the manifest's."""
+        spec = name if isinstance(name, PipelineSpec) else PIPELINE_SPECS.get(name)
         if spec is None:
             raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_SPECS)}")
+        name = spec.name
         missing = [m for m in spec.models if m not in bundle.models]
         if missing:
             raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
@@ -134,7 +137,10 @@ class Pipeline:
         self.models = {m: bundle.models[m] for m in spec.models}
         self.threshold = bundle.entropy_threshold
         self.device = next(iter(self.models.values())).device
-        self._input_table = input_table(self.models[spec.models[0]].input)
+        entry = bundle.manifest.pipelines.get(name)
+        self.options = {**(entry.options if entry is not None else {}), **(options or {})}
+        self._ranges = {m: bundle.manifest.models[m].input_range for m in self.models}
+        self._input_tables = {m: input_table(model.input, self._ranges[m]) for m, model in self.models.items()}
         self._real = {(m, i): dequantize_table(out) for m, model in self.models.items()
                       for i, out in enumerate(model.outputs)}
         self._links = {(link.source, link.output): (link.target, requantize_table(
@@ -144,23 +150,30 @@ class Pipeline:
         run = _Run(hook or _NoHook())
         start = time.perf_counter()
         run.hook.begin_inference(self.name)
-        if self._input_table is not None:  # int8 models: pixels straight to the input's storage values
-            x, quantized = self._input_table[check_images(images)][..., None], True
-        else:
-            x, quantized = preprocess(images), False
-        probabilities, paths = self.spec.runner(self, x, quantized, run)
+        probabilities, paths = self.spec.runner(self, check_images(images), run)
         labels = probabilities.argmax(axis=-1)
         confidences = probabilities.max(axis=-1)
         seconds = time.perf_counter() - start
         run.hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
         return BatchResult(self.name, labels, confidences, tuple(paths), seconds, run.stage_seconds)
 
-    def stage(self, name: str, values: np.ndarray, run: _Run, quantized: bool = False) -> list:
-        """Run model ``name`` as one stage; return its raw outputs."""
+    def model_input(self, name: str, images: np.ndarray) -> np.ndarray:
+        """uint8 images (N, 28, 28) as model ``name``'s input storage values: the bytes themselves for raw-pixel
+        (uint8, scale 1) inputs, one table lookup for int8 inputs, [0, 1] floats for float models."""
+        spec, input_range = self.models[name].input, self._ranges[name]
+        if input_range == 255.0 and spec.dtype == np.uint8 and spec.scale == 1.0 and spec.zero_point == 0:
+            return images[..., None]
+        table = self._input_tables[name]
+        if table is not None:
+            return table[images][..., None]
+        return quantize(preprocess(images) * np.float32(input_range), spec)
+
+    def stage(self, name: str, values: np.ndarray, run: _Run) -> list:
+        """Run model ``name`` as one stage on values in its input's storage type; return its raw outputs."""
         model: Model = self.models[name]
         run.hook.before_stage(name)
         begin = time.perf_counter()
-        outputs = model.invoke_quantized(values if quantized else quantize(values, model.input))
+        outputs = model.invoke_quantized(values)
         elapsed = time.perf_counter() - begin
         run.stage_seconds[name] = run.stage_seconds.get(name, 0.0) + elapsed
         run.hook.after_stage(name, elapsed)
@@ -177,30 +190,49 @@ class Pipeline:
         target, table = self._links[(source, index)]
         return pass_on(raw, self.models[source].outputs[index], self.models[target].input, table)
 
-    def convert(self, images: np.ndarray) -> np.ndarray:
-        """The converting autoencoder's output as uint8 images (cbnet only), for reports."""
-        if "autoencoder" not in self.models:
-            raise BundleError(f"Only the cbnet pipeline converts images; this is {self.name}")
-        out = self.models["autoencoder"](preprocess(images))[0]
-        return np.clip(np.round(out[..., 0] * 255.0), 0, 255).astype(np.uint8)
+
+
+def convert_images(autoencoder: Model, images: np.ndarray) -> np.ndarray:
+    """What a converting autoencoder (raw-pixel uint8 input) makes of uint8 images, as uint8 images."""
+    raw = autoencoder.invoke_quantized(check_images(images)[..., None])[0]
+    out = dequantize(raw, autoencoder.outputs[0])
+    return np.clip(np.round(out[..., 0] * 255.0), 0, 255).astype(np.uint8)
 
 
 # runners ------------------------------------------------------------------------------------------
 
-def _run_chain(pipeline: Pipeline, x, quantized, run):
+def _run_chain(pipeline: Pipeline, images, run):
     """Models one after another, each link feeding the next; softmax of the last model's logits."""
     names = pipeline.spec.models
-    raw = pipeline.stage(names[0], x, run, quantized)
+    raw = pipeline.stage(names[0], pipeline.model_input(names[0], images), run)
     for link in pipeline.spec.links:
-        raw = pipeline.stage(link.target, pipeline.feed(link.source, link.output, raw[link.output]), run, quantized=True)
-    return softmax(pipeline.logits(names[-1], raw)), [pipeline.spec.paths[names]] * len(x)
+        raw = pipeline.stage(link.target, pipeline.feed(link.source, link.output, raw[link.output]), run)
+    return softmax(pipeline.logits(names[-1], raw)), [pipeline.spec.paths[names]] * len(images)
 
 
-def _run_early_exit(pipeline: Pipeline, x, quantized, run):
+def _run_fallback(pipeline: Pipeline, images, run):
+    """CBNet first; images whose top-class probability is below the threshold go to LeNet as well."""
+    first, second = pipeline.spec.models
+    threshold = pipeline.options.get(CONFIDENCE_THRESHOLD)
+    if threshold is None:
+        raise BundleError(f"Pipeline {pipeline.name} needs options.{CONFIDENCE_THRESHOLD} in the manifest; "
+                          "rebuild the bundle")
+    probabilities = softmax(pipeline.logits(first, pipeline.stage(first, pipeline.model_input(first, images), run)))
+    unsure = probabilities.max(axis=-1) < float(threshold)
+    short, full = pipeline.spec.paths[(first,)], pipeline.spec.paths[pipeline.spec.models]
+    paths = [full if u else short for u in unsure.tolist()]
+    if unsure.any():
+        hard = np.flatnonzero(unsure)
+        raw = pipeline.stage(second, pipeline.model_input(second, images[hard]), run)
+        probabilities[hard] = softmax(pipeline.logits(second, raw))
+    return probabilities, paths
+
+
+def _run_early_exit(pipeline: Pipeline, images, run):
     """BranchyNet: the first model's branch logits decide, by entropy, who also runs the tail."""
     spec = pipeline.spec
     first, (link,) = spec.models[0], spec.links
-    raw = pipeline.stage(first, x, run, quantized)
+    raw = pipeline.stage(first, pipeline.model_input(first, images), run)
     probabilities, entropies = softmax_entropy(pipeline.logits(first, raw))
     early = exits_early(entropies, pipeline.threshold)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
@@ -208,15 +240,18 @@ def _run_early_exit(pipeline: Pipeline, x, quantized, run):
     if not early.all():
         hard = np.flatnonzero(~early)
         features = pipeline.feed(first, link.output, raw[link.output][hard])
-        tail_raw = pipeline.stage(link.target, features, run, quantized=True)
+        tail_raw = pipeline.stage(link.target, features, run)
         probabilities[hard] = softmax(pipeline.logits(link.target, tail_raw))
     return probabilities, paths
 
 
+CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
+
 PIPELINE_SPECS = {spec.name: spec for spec in (
-    PipelineSpec("cbnet", ("autoencoder", "branch"), {("autoencoder", "branch"): "ae+branch"}, _run_chain,
-                 links=(Link("autoencoder", 0, "branch"),),
-                 description="converting autoencoder, then the light classifier on the converted image"),
+    PipelineSpec("cbnet", ("cbnet",), {("cbnet",): "ae+classifier"}, _run_chain,
+                 description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
+    PipelineSpec("cbnet-fallback", ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
+                 _run_fallback, description="cbnet; LeNet too where cbnet's confidence is below the threshold"),
     PipelineSpec("branchynet", ("trunk_branch", "main_tail"),
                  {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, _run_early_exit,
                  links=(Link("trunk_branch", 1, "main_tail"),),

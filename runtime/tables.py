@@ -18,12 +18,14 @@ def _byte_codes(dtype: np.dtype) -> Optional[np.ndarray]:
     return np.arange(256, dtype=np.uint8).view(dtype) if dtype in (np.dtype(np.int8), np.dtype(np.uint8)) else None
 
 
-def input_table(spec) -> Optional[np.ndarray]:
-    """pixel (0..255) → the model input's storage value, the same numbers ``quantize(preprocess(·))`` gives,
-    as one table lookup. None for float inputs."""
+def input_table(spec, input_range: float = 1.0) -> Optional[np.ndarray]:
+    """pixel (0..255) → the model input's storage value, the same numbers ``quantize(preprocess(·) · range)``
+    gives, as one table lookup. None for float inputs."""
     if not spec.is_quantized or _byte_codes(spec.dtype) is None:
         return None
-    return quantize(np.arange(256, dtype=np.float32)[:, None, None] / np.float32(255.0), spec).reshape(256)
+    pixels = np.arange(256, dtype=np.float32)[:, None, None]
+    real = pixels if input_range == 255.0 else pixels / np.float32(255.0) * np.float32(input_range)
+    return quantize(real, spec).reshape(256)
 
 
 def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:

@@ -14,27 +14,46 @@ from cbnet_tl.toolchain.cli import app
 runner = CliRunner()
 
 
-def test_bench_json_covers_four_pipelines(tiny_build, mnist_dir, tmp_path):
+def test_bench_json_covers_every_pipeline_and_the_floor(tiny_build, mnist_dir, tmp_path):
     build = tmp_path / "build"
     shutil.copytree(tiny_build, build)
     result = runner.invoke(app, ["bench", str(build), "--data-dir", str(mnist_dir), "--batch", "1,8",
                                  "--num-images", "64", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert set(report["pipelines"]) == {"lenet", "branchynet", "branch", "cbnet"}
+    assert set(report["pipelines"]) == {"lenet", "branchynet", "branch", "cbnet", "cbnet-fallback"}
     for row in report["pipelines"].values():
         assert row["latency_ms_median"] > 0 and row["images_per_s"] > 0 and 0 < row["accuracy"] <= 1
         assert row["energy_j_per_image"]["source"] == "modelled" and row["energy_j_per_image"]["energy_j"] > 0
     macs = {name: row["macs"] for name, row in report["pipelines"].items()}
-    assert macs["branch"] < macs["cbnet"] < macs["lenet"]
+    assert macs["cbnet"] < macs["lenet"] and macs["cbnet"] <= macs["cbnet-fallback"] <= macs["cbnet"] + macs["lenet"]
     assert macs["lenet"] == 1_140_070
-    assert {(r["precision"], r["batch_size"]) for r in report["runs"]} == {("int8", 1), ("int8", 8), ("float32", 1), ("float32", 8)}
+    assert {(r["precision"], r["batch_size"]) for r in report["runs"]} == {
+        (p, b) for p in ("tuned", "int8", "float32") for b in (1, 8)}
+    assert report["primary"] == {"precision": "tuned", "batch_size": 1}  # every pipeline at its best first
+    tuned = report["runs"][0]["configuration"]
+    assert all(tuned[m] == w["config"] for m, w in report["tuning"]["models"].items())
+    assert report["runs"][2]["configuration"]["lenet"] == "int8/default"
     for run in report["runs"]:
         assert run["pipelines"]["lenet"]["speedup_vs_lenet"] == 1.0
         assert run["invoke_overhead_us"] > 0
+        # the floor is measured (an empty model through the same pipeline code), never assumed
+        assert 0 < run["floor_ms_median"] <= run["pipelines"]["lenet"]["latency_ms_median"]
+        assert all(row["multiple_of_floor"] == row["latency_ms_median"] / run["floor_ms_median"]
+                   for row in run["pipelines"].values())
     footprint = report["footprint"]
     assert 10 < footprint["peak_rss_mb"] < 400 and footprint["import_s"] > 0 and footprint["bundle_bytes"] > footprint["model_bytes"] > 0
     assert (build / "bench.json").is_file()
+
+
+def test_bench_untuned_times_only_the_fixed_configurations(tiny_build, mnist_dir, tmp_path):
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build)
+    result = runner.invoke(app, ["bench", str(build), "--data-dir", str(mnist_dir), "--batch", "1", "--num-images", "32",
+                                 "--untuned", "--json", "--no-save"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [r["precision"] for r in report["runs"]] == ["int8", "float32"] and "tuning" not in report
 
 
 def test_bench_rejects_bad_batch_list(tiny_bundle, mnist_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -47,7 +48,7 @@ def test_eval_json(tiny_build, mnist_dir):
                                  "--limit", "200", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
-    assert set(payload["pipelines"]) == {"cbnet", "branchynet", "lenet"}
+    assert set(payload["pipelines"]) == {"cbnet", "cbnet-fallback", "branchynet", "lenet"}
     for scored in payload["pipelines"].values():
         assert 0.7 <= scored["accuracy"] <= 1.0 and scored["ms_per_image_median"] > 0
     assert abs(sum(payload["pipelines"]["branchynet"]["path_shares"].values()) - 1.0) < 1e-9
@@ -123,3 +124,17 @@ def test_check_fails_with_figures_when_drop_too_large(tiny_build, mnist_dir, tmp
     assert "error: Quantization check failed: lenet: int8 " in result.output
     assert "cbnet" not in result.output.split("error:")[1]  # only the failing pipeline is named
     assert json.loads((copy / "checks.json").read_text())["pipelines"]["lenet"]["passed"] is False
+
+
+def test_run_writes_converted_images_and_takes_a_fallback_threshold(tiny_bundle, samples_dir, tmp_path):
+    from PIL import Image
+
+    images = [str(p) for p in sorted(samples_dir.glob("mnist_0*.png"))[:3]]
+    result = runner.invoke(app, ["run", str(tiny_bundle), *images, "--pipeline", "cbnet-fallback",
+                                 "--fallback-threshold", "1.0", "--convert-image", str(tmp_path / "conv"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert {r["path"] for r in payload["results"]} == {"cbnet+lenet"}  # every image is below 1.0
+    written = sorted((tmp_path / "conv").glob("*.png"))
+    assert [p.name for p in written] == sorted(f"{Path(i).name}.png" for i in images)
+    assert all(Image.open(p).size == (28, 28) and Image.open(p).mode == "L" for p in written)

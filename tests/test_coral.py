@@ -17,9 +17,11 @@ from cbnet_tl.runtime.delegates import edgetpu_library, load_edgetpu
 from cbnet_tl.toolchain.cli import app
 from cbnet_tl.toolchain.coral import (
     CompileError,
+    check_edgetpu_versions,
     compile_models,
     inspect_model,
     parse_compiler_output,
+    version_report,
 )
 
 runner = CliRunner()
@@ -31,11 +33,34 @@ def test_int8_pipeline_models_map_fully(tiny_build):
         assert report["fully_mapped"] and report["ops_on_edgetpu"] == report["ops_total"] > 0, name
 
 
-def test_float_model_falls_back_at_the_first_op(tiny_build):
+def test_float_model_stays_on_the_cpu_before_any_segment(tiny_build):
     report = inspect_model(tiny_build / "models" / "lenet_float32.tflite")
-    assert report["split_at_op"] == 0 and report["ops_on_edgetpu"] == 0
-    assert "float32" in report["ops"][0]["reason"]
-    assert all(not op["on_edgetpu"] for op in report["ops"])
+    assert report["ops_on_edgetpu"] == 0 and report["edgetpu_segment"] is None
+    assert report["leading_cpu_ops"] == [op["index"] for op in report["ops"]]
+    assert "float32" in report["ops"][0]["reason"] and all(not op["on_edgetpu"] for op in report["ops"])
+
+
+def test_int8_models_report_accepted_op_versions(tiny_build):
+    models = sorted((tiny_build / "models").glob("*_int8.tflite"))
+    check_edgetpu_versions(models)  # our own build's Coral models pass compiler 16's version table
+    rows = version_report(models[0])
+    assert rows and all(row["version"] >= 1 and row["problem"] is None for row in rows)
+
+
+def test_too_new_op_version_is_named_with_the_fix(tiny_build, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(tiny_build / "models" / "lenet_int8.tflite"))
+    for code in model.operatorCodes:
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == 3:  # CONV_2D
+            code.version = 6
+    newer = tmp_path / "lenet_int8.tflite"
+    flatbuffer_utils.write_model(model, str(newer))
+    report = inspect_model(newer)
+    assert report["ops_on_edgetpu"] == 0 and report["compiler_rejects"]
+    assert any(not op["version_accepted"] for op in report["ops"] if op["op_name"] == "CONV_2D")
+    with pytest.raises(CompileError, match="CONV_2D version 6 is newer than edgetpu_compiler 16 accepts \\(max 5\\).*To fix"):
+        check_edgetpu_versions([newer])
 
 
 def test_inspect_cli_json(tiny_bundle):
@@ -159,6 +184,9 @@ def test_coral_bundle_carries_report_script_and_board_steps(coral_bundle):
     report = json.loads((coral_bundle / "edgetpu_report.json").read_text())
     assert report["compile"]["compiled"] is False  # no compiler here, and the bundle says so
     assert all(r["fully_mapped"] for r in report["inspect"].values())
+    assert {"cbnet_int8", "autoencoder_int8"} <= {Path(r["file"]).stem for r in report["inspect"].values()}
+    # the Edge TPU runs int8 only: a Coral bundle carries no float32 model
+    assert not list((coral_bundle / "models").glob("*_float32.tflite"))
     readme = (coral_bundle / "README.md").read_text()
     assert "libedgetpu1-std" in readme and "./compile_edgetpu.sh" in readme and "--device edgetpu" in readme
     script = coral_bundle / "compile_edgetpu.sh"

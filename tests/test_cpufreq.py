@@ -92,20 +92,40 @@ def test_signal_handlers_put_back(tmp_path):
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == previous
 
 
-def test_sigint_restores_then_raises_keyboard_interrupt(tmp_path):
+@pytest.fixture
+def live_sigint():
+    """SIGINT as an interactive process has it, even when the suite runs under nohup (SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_restores_then_raises_keyboard_interrupt(tmp_path, live_sigint):
     make_tree(tmp_path)
     before = snapshot(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         with CpufreqController(tmp_path) as controller:
             controller.set_khz(750000)
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs before this returns
+            time.sleep(10)  # never reached: the handler raises as soon as the signal arrives
     assert snapshot(tmp_path) == before
 
 
+def test_ignored_sigint_stays_ignored(tmp_path):
+    """Under nohup SIGINT is ignored: the controller must not start catching it (it would not end us)."""
+    make_tree(tmp_path)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with CpufreqController(tmp_path):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # live even if the suite runs under nohup
     from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
     with CpufreqController(Path(sys.argv[1])) as controller:
         controller.set_khz(600000)

@@ -101,6 +101,7 @@ def test_bad_destination_text():
     assert Destination.parse("pi@board:/srv/cbnet/").directory == "/srv/cbnet"
 
 
+@pytest.mark.slow
 def test_fleet_playbook_deploys_to_the_local_server(ssh_server, tiny_bundle, tmp_path):
     """The bundle's playbook, run by real Ansible against the same sshd: upload, check, self-test, switch."""
     ansible = shutil.which("ansible-playbook")

@@ -13,7 +13,7 @@ from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ChecksumError, ImageError, ModelError
 from cbnet_tl.runtime.images import load_image, load_images
-from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES, Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,10 @@ def mnist_samples(samples_dir):
     return paths, labels
 
 
-@pytest.mark.parametrize("name", ["cbnet", "branchynet", "lenet", "branch"])
-def test_pipelines_classify_real_samples(tiny_bundle, mnist_samples, name):
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipelines_classify_real_samples(tiny_build, mnist_samples, name):
     paths, labels = mnist_samples
-    pipeline = open_pipeline(tiny_bundle, name)
+    pipeline = open_pipeline(tiny_build, name)  # the build directory holds every pipeline's models
     records = classify_paths(pipeline, paths)
     assert len(records) == len(paths)
     predicted = np.array([r["label"] for r in records])
@@ -38,7 +38,7 @@ def test_pipelines_classify_real_samples(tiny_bundle, mnist_samples, name):
 def test_branchynet_paths_follow_the_entropy_gate(tiny_bundle, mnist_samples):
     from cbnet_tl.runtime.gate import entropy, softmax
 
-    bundle = load_bundle(tiny_bundle, models=["trunk_branch", "main_tail", "branch"])
+    bundle = load_bundle(tiny_bundle.parent, models=["trunk_branch", "main_tail", "branch"])
     images = load_images(mnist_samples[0])
     result = Pipeline(bundle, "branchynet").classify(images)
     branch_logits = bundle.models["branch"](images[..., None].astype(np.float32) / 255.0)[0]
@@ -58,7 +58,8 @@ def test_batches_match_single_images(tiny_bundle, mnist_samples):
 
 def test_selftest_passes_on_a_fresh_bundle(tiny_bundle):
     report = selftest(tiny_bundle)
-    assert report["passed"] and set(report["pipelines"]) == {"cbnet", "branchynet", "lenet"}
+    assert report["passed"] and set(report["pipelines"]) == set(DEPLOYED_PIPELINES)
+    assert set(DEPLOYED_PIPELINES) == {"cbnet", "cbnet-fallback", "branchynet", "lenet"}
 
 
 def test_wrong_image_size(tmp_path, samples_dir):
@@ -121,10 +122,12 @@ def test_missing_manifest_field(bundle_copy):
         load_bundle(bundle_copy)
 
 
-def test_float32_models_stay_in_the_build_dir(tiny_build, tiny_bundle):
-    assert load_bundle(tiny_build, precision="float32", models=["lenet"]).models["lenet"].input.dtype == np.float32
-    with pytest.raises(BundleError, match="has no float32 lenet model"):
-        load_bundle(tiny_bundle, precision="float32", models=["lenet"])
+def test_float32_models_ship_where_the_target_can_use_them(tiny_build, tiny_bundle):
+    """An rpi4 bundle carries the float32 models the build checked, so tuning may pick them on a board."""
+    for directory in (tiny_build, tiny_bundle):
+        assert load_bundle(directory, precision="float32", models=["lenet"]).models["lenet"].input.dtype == np.float32
+    with pytest.raises(BundleError, match="has no float32 classifier model|manifest has no model 'classifier'"):
+        load_bundle(tiny_bundle, precision="float32", models=["classifier"])
 
 
 @pytest.mark.parametrize("dtype,scale,zero_point", [(np.int8, 1 / 255, -128), (np.uint8, 1 / 255, 0),
@@ -148,16 +151,29 @@ def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zer
 
 
 def test_int8_pipelines_match_the_float_path_on_real_images(tiny_bundle, mnist_samples):
-    from cbnet_tl.runtime.interpreter import dequantize, quantize
-    from cbnet_tl.runtime.pipelines import preprocess
+    from cbnet_tl.runtime.interpreter import dequantize
 
     images = load_images(mnist_samples[0])
     pipeline = Pipeline(load_bundle(tiny_bundle), "cbnet")
-    ae, branch = pipeline.models["autoencoder"], pipeline.models["branch"]
-    converted = ae.invoke_quantized(quantize(preprocess(images), ae.input))[0]
-    fed = quantize(dequantize(converted, ae.outputs[0]), branch.input)
-    expected = dequantize(branch.invoke_quantized(fed)[0], branch.outputs[0])
+    fused = pipeline.models["cbnet"]
+    assert fused.input.dtype == np.uint8 and (fused.input.scale, fused.input.zero_point) == (1.0, 0)
+    expected = dequantize(fused.invoke_quantized(images[..., None])[0], fused.outputs[0])  # raw bytes in
     result = pipeline.classify(images)
     assert np.array_equal(result.labels, expected.argmax(-1))
     probabilities = np.exp(expected - expected.max(-1, keepdims=True))
     assert np.allclose(result.confidences, (probabilities / probabilities.sum(-1, keepdims=True)).max(-1))
+
+
+def test_fused_cbnet_gives_the_classes_of_ae_then_classifier(tiny_build, mnist_samples):
+    """One uint8-in graph = the converting AE, then the classifier on its converted image (run apart)."""
+    from cbnet_tl.runtime.interpreter import dequantize
+    from cbnet_tl.runtime.tables import pass_on, requantize_table
+
+    images = load_images(mnist_samples[0])
+    bundle = load_bundle(tiny_build, models=["cbnet", "autoencoder", "classifier"])
+    fused, ae, classifier = (bundle.models[m] for m in ("cbnet", "autoencoder", "classifier"))
+    together = dequantize(fused.invoke_quantized(images[..., None])[0], fused.outputs[0]).argmax(-1)
+    converted = ae.invoke_quantized(images[..., None])[0]
+    fed = pass_on(converted, ae.outputs[0], classifier.input, requantize_table(ae.outputs[0], classifier.input))
+    apart = dequantize(classifier.invoke_quantized(fed)[0], classifier.outputs[0]).argmax(-1)
+    assert np.array_equal(together, apart)

@@ -100,7 +100,7 @@ def test_bundle_runner_works_in_light_venv(light_venv, tiny_bundle, samples_dir)
     )
     assert classify.returncode == 0, classify.stderr
     results = json.loads(classify.stdout)["results"]
-    assert [r["path"] for r in results] == ["ae+branch", "ae+branch"]
+    assert [r["path"] for r in results] == ["ae+classifier", "ae+classifier"]
     bad = subprocess.run([str(light_venv), str(tiny_bundle / "run.py"), "classify", "/nonexistent.png"],
                          capture_output=True, text=True, env=env, cwd="/")
     assert bad.returncode == 1

@@ -34,7 +34,7 @@ def branchynet_trace(num=2000, seed=0):
 
 def cbnet_trace(num=2000, seed=1):
     rng = np.random.default_rng(seed)
-    return [[("autoencoder", a), ("branch", b)] for a, b in zip(noisy(rng, num, 60e-6), noisy(rng, num, 25e-6))]
+    return [[("cbnet", a)] for a in noisy(rng, num, 85e-6)]
 
 
 TRACES = {"branchynet": branchynet_trace(), "cbnet": cbnet_trace()}
@@ -114,12 +114,16 @@ def test_result_says_what_it_is():
 
 
 def test_pipelines_and_paths():
-    assert infer_pipeline(["autoencoder", "branch"]) == "cbnet"
+    assert infer_pipeline(["cbnet"]) == "cbnet" and infer_pipeline(["host", "cbnet", "lenet"]) == "cbnet-fallback"
     assert infer_pipeline(["trunk_branch"]) == "branchynet"
     assert infer_pipeline(["lenet"]) == "lenet" and infer_pipeline(["branch"]) == "branch"
     assert path_of("branchynet", ["trunk_branch"]) == "branch"
     assert path_of("branchynet", ["trunk_branch", "main_tail"]) == "branch+main"
-    assert path_of("cbnet", ["autoencoder", "branch"]) == "ae+branch"
+    assert path_of("cbnet", ["cbnet"]) == "ae+classifier"
+    assert path_of("cbnet-fallback", ["cbnet"]) == "cbnet"
+    assert path_of("cbnet-fallback", ["host", "cbnet", "lenet"]) == "cbnet+lenet"
+    with pytest.raises(DataError, match="Cannot tell the pipeline"):
+        infer_pipeline(["autoencoder", "branch"])
 
 
 def test_bad_input():
@@ -137,7 +141,7 @@ def test_bad_input():
 
 def test_the_frequency_is_set_before_the_first_arrival():
     # a switch (355 us) is longer than the period: only the one made before the stream starts is free of misses
-    trace = [[("autoencoder", 40e-6), ("branch", 40e-6)] for _ in range(300)]
+    trace = [[("cbnet", 80e-6)] for _ in range(300)]
     opps = [khz * 1000 for khz in range(600, 1600, 100)]
     result = simulate(trace, "rpi4", 160e-6, 160e-6, ["performance", "fixed:800", "eenet", "oracle"],
                       frequencies_khz=opps)

@@ -21,11 +21,14 @@ from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.interpreter import Model, find_interpreter
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, models_for
+from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, PipelineSpec, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
 BENCH_PIPELINES = tuple(PIPELINE_SPECS)
 INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call
+FLOOR = "floor"
+FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS["lenet"].runner,
+                          deployed=False, description="an empty model through the same pipeline code")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class BenchConfig:
     threads: int = 1
     batch_sizes: tuple = (1, 32)
     precisions: tuple = ("int8", "float32")
+    tuned: bool = True  # also (first) every pipeline at its tuned configuration (runtime/tuning.py)
     num_images: int = 1024
     warmup_batches: int = 3
     power_model: str = "rpi4"  # power table for the modelled energy per image
@@ -55,6 +59,23 @@ def _pipeline_macs(manifest: Manifest, name: str, path_shares: dict) -> float:
 def _pipeline_params(manifest: Manifest, name: str) -> int:
     """Weights a pipeline holds (branchynet: trunk + branch + main path, each counted once)."""
     return int(sum(manifest.models[m].params or 0 for m in PIPELINE_SPECS[name].models))
+
+
+def cpu_model() -> str:
+    """The CPU's name as the kernel reports it (ratios between pipelines depend on it), with its core count."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores)"
 
 
 def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
@@ -132,26 +153,42 @@ def _energy_per_image(power_model: str, seconds: float) -> dict:
 def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchConfig,
               progress: Optional[Callable] = None) -> dict:
     directory, manifest = open_manifest(path)
-    precisions = [p for p in config.precisions if all(p in manifest.models[m].files for m in models_for(BENCH_PIPELINES))]
+    bench_pipelines = [p for p in BENCH_PIPELINES if all(m in manifest.models for m in PIPELINE_SPECS[p].models)]
+    precisions = [p for p in config.precisions if all(p in manifest.models[m].files for m in models_for(bench_pipelines))]
     if not precisions:
         raise CbnetError(f"{directory} has none of the precisions {config.precisions}")
-    names = models_for(BENCH_PIPELINES) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest.models else [])
+    names = models_for(bench_pipelines) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest.models else [])
     timed = images[: config.num_images]
     report = {"bundle": str(directory), "dataset": manifest.dataset, "num_timed_images": int(len(timed)),
+              "machine": cpu_model(),
               "num_accuracy_images": int(len(labels)), "threads": config.threads, "interpreter": None,
               "runs": [], "notes": []}
-    for precision in precisions:
-        bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names)
+    settings = [(p, p, {}) for p in precisions]  # (label, precision, per-model configurations)
+    if config.tuned:
+        from cbnet_tl.runtime.tuning import ModelConfig, measure
+
+        tuning = measure(directory, images[:64], pipelines=bench_pipelines, num_threads=config.threads)
+        report["tuning"] = tuning
+        settings.insert(0, ("tuned", "int8", {m: ModelConfig.parse(w["config"]) for m, w in tuning["models"].items()}))
+    for precision_label, precision, configs in settings:
+        bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names, configs=configs)
         report["interpreter"] = find_interpreter().package
-        pipelines = {name: Pipeline(bundle, name) for name in BENCH_PIPELINES}
+        pipelines = {name: Pipeline(bundle, name) for name in bench_pipelines}
         scored = {name: evaluate(p, images, labels, batch_size=250) for name, p in pipelines.items()}
+        timed_pipelines = dict(pipelines)
+        if INVOKE_PROBE in bundle.models:  # the floor: an empty model with the same Python around it
+            timed_pipelines[FLOOR] = Pipeline(bundle, FLOOR_SPEC)
         overhead = time_invoke_overhead(bundle.models[INVOKE_PROBE]) if INVOKE_PROBE in bundle.models else None
-        bare = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(BENCH_PIPELINES)}
+        bare = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(bench_pipelines)}
         for batch_size in config.batch_sizes:
-            wrapped = (lambda it, d=f"bench {precision} batch {batch_size}": progress(it, desc=d)) if progress else None
-            timings = time_pipelines(pipelines, timed, batch_size, config.warmup_batches, wrapped)
-            run = {"precision": precision, "batch_size": batch_size, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
-                   "bare_invoke_us": {m: t * 1e6 for m, t in bare.items()}, "pipelines": {}}
+            wrapped = (lambda it, d=f"bench {precision_label} batch {batch_size}": progress(it, desc=d)) if progress else None
+            timings = time_pipelines(timed_pipelines, timed, batch_size, config.warmup_batches, wrapped)
+            floor = timings.pop(FLOOR, None)
+            run = {"precision": precision_label, "batch_size": batch_size,
+                   "configuration": {m: (configs.get(m).label if m in configs else f"{precision}/default")
+                                     for m in models_for(bench_pipelines)}, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
+                   "bare_invoke_us": {m: t * 1e6 for m, t in bare.items()}, "pipelines": {},
+                   "floor_ms_median": None if floor is None else float(np.median(floor[0]) * 1e3)}
             for name, (per_image, stages) in timings.items():
                 row = {
                     "latency_ms_median": float(np.median(per_image) * 1e3),
@@ -164,6 +201,8 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
                     "stage_ms_median": {s: v * 1e3 for s, v in stages.items()},
                 }
                 row["energy_j_per_image"] = _energy_per_image(config.power_model, float(np.median(per_image)))
+                if run["floor_ms_median"]:
+                    row["multiple_of_floor"] = row["latency_ms_median"] / run["floor_ms_median"]
                 run["pipelines"][name] = row
             for base in ("lenet", "branchynet"):
                 base_latency = run["pipelines"][base]["latency_ms_median"]
@@ -184,11 +223,18 @@ def format_bench(report: dict) -> str:
     lines = [f"{report['dataset']}: {report['num_timed_images']} timed images, {report['threads']} thread(s), {report['interpreter']}"]
     for run in report["runs"]:
         overhead = run["invoke_overhead_us"]
-        lines.append(f"\n{run['precision']}, batch {run['batch_size']}" + (f"  (one empty invoke: {overhead:.1f} µs)" if overhead else ""))
-        lines.append(f"{'pipeline':<12}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}{'vs lenet':>10}{'vs branchy':>11}")
+        floor = run.get("floor_ms_median")
+        lines.append(f"\n{run['precision']}, batch {run['batch_size']}" + (f"  (one empty invoke: {overhead:.1f} µs)" if overhead else "")
+                     + (f"  floor (empty model through a pipeline): {floor * 1e3:.1f} µs/image" if floor else ""))
+        lines.append(f"{'pipeline':<15}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}{'vs lenet':>10}{'vs branchy':>11}{'x floor':>9}")
         for name, r in run["pipelines"].items():
-            lines.append(f"{name:<12}{r['latency_ms_median']:>9.4f}{r['latency_ms_p95']:>9.4f}{r['images_per_s']:>10.0f}"
-                         f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}{r['speedup_vs_lenet']:>9.2f}x{r['speedup_vs_branchynet']:>10.2f}x")
+            lines.append(f"{name:<15}{r['latency_ms_median']:>9.4f}{r['latency_ms_p95']:>9.4f}{r['images_per_s']:>10.0f}"
+                         f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}{r['speedup_vs_lenet']:>9.2f}x{r['speedup_vs_branchynet']:>10.2f}x"
+                         f"{r.get('multiple_of_floor', float('nan')):>8.1f}x")
+    if report.get("tuning"):
+        from cbnet_tl.runtime.tuning import format_tuning
+
+        lines.append("\nevery model in every configuration (tuned runs use the chosen ones):\n" + format_tuning(report["tuning"]))
     fp = report["footprint"]
     lines.append(f"\nruntime import {fp['import_s'] * 1e3:.0f} ms, peak RSS {fp['peak_rss_mb']:.0f} MB, "
                  f"bundle {fp['bundle_bytes'] / 1e6:.2f} MB ({fp['model_bytes'] / 1e6:.2f} MB models)")

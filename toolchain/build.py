@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import CbnetError, OutputExistsError
+from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationCheckError
 from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.toolchain.checks import CheckConfig
 from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
@@ -34,6 +34,7 @@ class BuildConfig:
     allow_download: bool = True
     write_report: bool = False
     max_train_images: Optional[int] = None  # a seeded subset, for quick smoke builds
+    calibration_samples: int = 500  # int8 calibration images (see export.DEFAULT_CALIBRATION_SAMPLES)
     train: TrainConfig = field(default_factory=TrainConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
 
@@ -68,6 +69,16 @@ def check_output(out: Path, force: bool) -> Path:
     return out
 
 
+def calibration_table(specs: list, test, chosen: int, model: str = "lenet", num_images: int = 2000) -> dict:
+    """int8 accuracy of one model at a few calibration sizes (the report shows how many are needed)."""
+    from cbnet_tl.toolchain.calibration import calibration_sweep
+
+    spec = next(s for s in specs if s.name == model)
+    sizes = sorted({10, 50, 100, chosen})
+    rows = calibration_sweep(spec, test.images[:num_images], test.labels[:num_images], sizes=sizes)
+    return {"model": model, "num_test_images": int(min(num_images, len(test))), "chosen": chosen, "rows": rows}
+
+
 def build(config: BuildConfig, log=print) -> dict:
     """Run every stage; return the build record (also written to ``OUT/build.json``)."""
     from cbnet_tl.runtime.files import write_json_atomic
@@ -78,6 +89,7 @@ def build(config: BuildConfig, log=print) -> dict:
     from cbnet_tl.toolchain.convert import convert_all, file_hashes
     from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset
     from cbnet_tl.toolchain.export import export_specs
+    from cbnet_tl.toolchain.fallback import fallback_options
     from cbnet_tl.toolchain.targets import get_target
     from cbnet_tl.toolchain.train import train_all
 
@@ -101,7 +113,8 @@ def build(config: BuildConfig, log=print) -> dict:
         timings["train_s"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
-        models = convert_all(export_specs(work, train.images), work / "models", progress=progress)
+        specs = export_specs(work, train.images, config.calibration_samples)
+        models = convert_all(specs, work / "models", progress=progress)
         timings["convert_s"] = time.perf_counter() - stage
         hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
         manifest = Manifest(
@@ -113,13 +126,30 @@ def build(config: BuildConfig, log=print) -> dict:
                   "num_train": len(train), "num_test": len(test)},
         )
         manifest.write(work)
+        validation = np.asarray(train_record["validation_indices"], dtype=np.int64)
+        options = fallback_options(work, train.images[validation], train.labels[validation])
+        pipelines = {**manifest.pipelines, "cbnet-fallback": PipelineEntry(PIPELINE_SPECS["cbnet-fallback"].models,
+                                                                            options=options)}
+        manifest = manifest.replace(pipelines=pipelines)
+        manifest.write(work)
+        log(f"cbnet-fallback: confidence threshold {options['confidence_threshold']:.4f} (validation: "
+            f"{options['validation_fallback_share']:.1%} of images to LeNet, accuracy "
+            f"{options['validation_accuracy']:.2%} vs LeNet {options['validation_lenet_accuracy']:.2%})")
 
         stage = time.perf_counter()
         record = checks_stage.run_checks(work, test.images, test.labels, config.check, progress=progress)
         timings["check_s"] = time.perf_counter() - stage
         write_json_atomic(work / "checks.json", record)
         log(checks_stage.format_table(record, list(train.class_names)))
-        checks_stage.raise_on_failures(record)
+        try:
+            checks_stage.raise_on_failures(record)
+        except QuantizationCheckError:
+            from cbnet_tl.toolchain.explain import explain_build, format_explanation
+
+            log("which layers lost the accuracy (int8 against float, per layer, worst first):")
+            log(format_explanation(explain_build(work, train.images, test.images)))
+            raise
+        write_json_atomic(work / "calibration.json", calibration_table(specs, test, config.calibration_samples))
 
         stage = time.perf_counter()
         tarball = write_bundle(work, target, test.images)

@@ -28,7 +28,8 @@ from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 NUM_SELFTEST_SAMPLES = 20
-INVOKE_PROBE = "noop"  # a reshape-only model, for measuring the cost of one interpreter call
+INVOKE_PROBE = "noop"
+CONVERTER = "autoencoder"  # the converting AE alone: reports and `run.py classify --convert-image`  # a reshape-only model, for measuring the cost of one interpreter call
 
 
 def _environment():
@@ -93,9 +94,11 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
     with staged_directory(build_dir / "bundle") as staging:
         (staging / "models").mkdir()
         models = {}
-        for name in models_for(DEPLOYED_PIPELINES) + [INVOKE_PROBE]:
-            entry = build_manifest.models[name].only("int8")
-            shutil.copy2(build_dir / entry.files["int8"].file, staging / entry.files["int8"].file)
+        for name in models_for(DEPLOYED_PIPELINES) + [CONVERTER, INVOKE_PROBE]:
+            # float32 too where the target can use it (not the Edge TPU): a tuning step may find it faster here
+            entry = build_manifest.models[name].only(*(("int8",) if target.uses_edgetpu else ("int8", "float32")))
+            for model_file in entry.files.values():
+                shutil.copy2(build_dir / model_file.file, staging / model_file.file)
             models[name] = entry
         _copy_runtime(staging)
         selftest = _write_samples(staging, build_dir, test_images)
@@ -110,6 +113,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
             "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
+            "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
         }
         edgetpu = _edgetpu_stage(staging, models) if target.uses_edgetpu else None
         if edgetpu is not None:
@@ -134,8 +138,10 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
 
 def _edgetpu_stage(staging: Path, models: dict) -> dict:
     """Check every model against the Edge TPU's ops; compile when edgetpu_compiler is on PATH."""
-    from cbnet_tl.toolchain.coral import compile_models, inspect_model
+    from cbnet_tl.toolchain.coral import check_edgetpu_versions, compile_models, inspect_model
 
+    files = [staging / entry.files["int8"].file for entry in models.values()]
+    check_edgetpu_versions(files)  # a version edgetpu_compiler 16 rejects fails the build, naming op and fix
     inspected = {name: inspect_model(staging / entry.files["int8"].file) for name, entry in models.items()}
     compiled = compile_models([staging / entry.files["int8"].file for entry in models.values()], staging / "models")
     report = {"inspect": inspected, "compile": compiled}

@@ -87,6 +87,43 @@ def line_chart(x: Sequence[float], series: dict, title: str, xlabel: str, ylabel
     return image
 
 
+def scatter_chart(points: Sequence[tuple], title: str, xlabel: str, ylabel: str, footer: str = "") -> Image.Image:
+    """Labelled points ``(label, x, y, group)``; the y axis spans the points' range (accuracy-vs-time views)."""
+    image = Image.new("RGB", (WIDTH, HEIGHT + 20), "white")
+    draw = ImageDraw.Draw(image)
+    xs = np.asarray([p[1] for p in points], dtype=float)
+    ys = np.asarray([p[2] for p in points], dtype=float)
+    x_top = xs.max() * 1.15 if len(xs) and xs.max() > 0 else 1.0
+    y_low, y_high = (ys.min(), ys.max()) if len(ys) else (0.0, 1.0)
+    pad = max((y_high - y_low) * 0.15, 0.5)
+    y_low, y_high = y_low - pad, y_high + pad
+    draw.text((MARGIN, 10), title, fill="black", font=_font())
+    draw.line([(MARGIN, MARGIN), (MARGIN, HEIGHT - MARGIN), (WIDTH - 20, HEIGHT - MARGIN)], fill="black")
+
+    def px(xv, yv):
+        return (MARGIN + (WIDTH - 40 - MARGIN) * xv / x_top,
+                HEIGHT - MARGIN - (HEIGHT - 2 * MARGIN) * (yv - y_low) / (y_high - y_low))
+
+    for i in range(5):
+        yv = y_low + (y_high - y_low) * i / 4
+        y = px(0, yv)[1]
+        draw.line([(MARGIN - 4, y), (WIDTH - 20, y)], fill="#dddddd")
+        draw.text((4, y - 6), f"{yv:.3g}", fill="black", font=_font())
+        xv = x_top * i / 4
+        draw.text((px(xv, y_low)[0] - 10, HEIGHT - MARGIN + 8), f"{xv:.3g}", fill="black", font=_font())
+    groups = list(dict.fromkeys(p[3] for p in points))
+    for label, xv, yv, group in points:
+        x, y = px(xv, yv)
+        color = PALETTE[groups.index(group) % len(PALETTE)]
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
+        draw.text((x + 6, y - 6), label, fill="black", font=_font())
+    draw.text((4, MARGIN - 30), ylabel, fill="black", font=_font())
+    draw.text((WIDTH // 2 - 60, HEIGHT - 30), xlabel, fill="black", font=_font())
+    draw.text((MARGIN, HEIGHT - 4), footer, fill="#555555", font=_font())
+    _legend(draw, groups)
+    return image
+
+
 def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 3, gap: int = 4) -> Image.Image:
     """uint8 28×28 images laid out in rows (e.g. input, converted), enlarged ``scale`` times."""
     num_rows, num_cols = len(rows), max(len(r) for r in rows)

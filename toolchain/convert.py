@@ -36,9 +36,11 @@ class ModelSpec:
     model: object
     output_names: tuple
     representative: np.ndarray  # float32, (N, *input_shape), from training data
+    input_type: str = "int8"  # "uint8": the model takes raw pixels, quantized with scale 1 and zero point 0
 
 
-def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] = None) -> bytes:
+def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] = None,
+              input_type: str = "int8") -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -53,7 +55,7 @@ def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
+        converter.inference_input_type = tf.uint8 if input_type == "uint8" else tf.int8
         converter.inference_output_type = tf.int8
     chatter = io.StringIO()  # Keras's export prints every saved signature to stdout
     try:
@@ -116,6 +118,14 @@ def check_float_matches_keras(path: Path, spec: ModelSpec, description: dict, to
     return worst
 
 
+def check_raw_pixel_input(path: Path, tensor: dict) -> None:
+    """A uint8-input model must read image bytes as they are: scale 1, zero point 0."""
+    if tensor["dtype"] != "uint8" or abs(tensor["scale"] - 1.0) > 1e-6 or tensor["zero_point"] != 0:
+        raise ConversionError(f"{path.name}: expected a uint8 input with scale 1 and zero point 0 (raw pixels). "
+                              f"Received {tensor['dtype']} scale {tensor['scale']} zero point {tensor['zero_point']}; "
+                              "the calibration data must span pixel values 0..255")
+
+
 def convert_all(specs: list, models_dir: Path, progress: Callable = lambda iterable, **_: iterable) -> dict:
     """Convert every spec to both precisions; return the manifest's ``models`` section (name -> ModelEntry)."""
     from cbnet_tl.toolchain.modelstats import count_macs_and_params
@@ -126,15 +136,18 @@ def convert_all(specs: list, models_dir: Path, progress: Callable = lambda itera
         keras_shapes = [tuple(int(d) for d in o.shape) for o in spec.model.outputs]
         for precision in Precision:
             path = Path(models_dir) / f"{spec.name}_{precision.value}.tflite"
-            write_bytes_atomic(path, to_tflite(spec.model, precision, spec.representative))
+            write_bytes_atomic(path, to_tflite(spec.model, precision, spec.representative, spec.input_type))
             description = map_outputs(path, keras_shapes, spec.output_names)
+            if precision is Precision.INT8 and spec.input_type == "uint8":
+                check_raw_pixel_input(path, description["input"])
             description["file"] = f"models/{path.name}"
             description["bytes"] = path.stat().st_size
             if precision is Precision.FLOAT32:
                 description["max_relative_error_vs_keras"] = check_float_matches_keras(path, spec, description)
                 macs, params = count_macs_and_params(path)
             files[precision.value] = ModelFile.from_dict(description)
-        entries[spec.name] = ModelEntry(tuple(spec.output_names), files, macs, params)
+        entries[spec.name] = ModelEntry(tuple(spec.output_names), files, macs, params,
+                                        input_range=255.0 if spec.input_type == "uint8" else 1.0)
     return entries
 
 

@@ -16,14 +16,30 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from cbnet_tl.runtime.bundle import open_manifest, verify_files
 from cbnet_tl.runtime.errors import CbnetError, DeployError
 
 DEFAULT_DIR = "/opt/cbnet-tl"
 SAFE_VERSION = re.compile(r"^[A-Za-z0-9._-]+$")
-
+DEFAULT_RESTART = ("sudo", "systemctl", "restart", "cbnet-tl")
+# What ssh and rsync print, mapped to one clear line; the first match wins.
+KNOWN_FAILURES = (
+    (("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED"),
+     "the device's host key is unknown or has changed (Host key verification failed); check it, then add it "
+     "to known_hosts (ssh-keyscan, or ssh once by hand)"),
+    (("Permission denied (publickey", "Permission denied ("),
+     "the device refused the key (Permission denied); add your public key to its ~/.ssh/authorized_keys or "
+     "pass --identity"),
+    (("Could not resolve hostname", "Connection refused", "Connection timed out", "No route to host",
+      "Network is unreachable", "Connection closed by", "Operation timed out"),
+     "cannot reach the device over ssh; check the host name, --port and that sshd runs there"),
+    (("rsync: command not found", "rsync: not found", "rsync: No such file", "remote command not found"),
+     "rsync is not installed on the device; install it there (sudo apt install rsync)"),
+    (("No space left on device", "Disk quota exceeded"),
+     "no space left on the device; free some space there (old releases/ can go)"),
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,7 @@ class Destination:
     port: Optional[int] = None
     identity: Optional[Path] = None
     ssh_options: tuple = field(default_factory=tuple)  # extra "-o Key=Value" pairs, e.g. UserKnownHostsFile
+    rsync_path: str = "rsync"  # the rsync program on the device
 
     @classmethod
     def parse(cls, text: str, **kwargs) -> "Destination":
@@ -58,11 +75,22 @@ def _run(args: list, what: str, input_text: Optional[str] = None) -> str:
     except FileNotFoundError:
         raise DeployError(f"{what}: {args[0]} is not installed; install openssh-client and rsync") from None
     except subprocess.CalledProcessError as error:
-        tail = " | ".join((error.stderr or error.stdout or "").strip().splitlines()[-3:])
-        raise DeployError(f"{what} failed (exit {error.returncode}): {tail}") from None
+        output = (error.stderr or "") + (error.stdout or "")
+        tail = " | ".join(output.strip().splitlines()[-3:])
+        raise DeployError(f"{what} failed (exit {error.returncode}): {explain(output, error.returncode)}{tail}") from None
     except subprocess.TimeoutExpired:
         raise DeployError(f"{what} timed out after 600 s") from None
     return done.stdout
+
+
+def explain(output: str, returncode: int = 1) -> str:
+    """The clear cause of a failed ssh/rsync call ("" when unknown), followed by "; " and the raw tail."""
+    for needles, cause in KNOWN_FAILURES:
+        if any(needle in output for needle in needles):
+            return f"{cause}; "
+    if returncode == 255:
+        return "cannot reach the device over ssh; check the host name, --port and that sshd runs there; "
+    return ""
 
 
 def remote(destination: Destination, command: Sequence[str], what: str, input_text: Optional[str] = None) -> str:
@@ -74,9 +102,23 @@ def _remote_script(destination: Destination, script: str, what: str) -> str:
     return _run(destination.ssh_args() + [destination.host, "--", script], what)
 
 
+def default_python(destination: Destination) -> str:
+    """The bundle venv's interpreter on the device, as the bundle README sets it up."""
+    return f"{destination.directory}/venv/bin/python3"
+
+
+def _free_kib(destination: Destination, directory: str) -> Optional[int]:
+    out = _remote_script(destination, f"mkdir -p {shlex.quote(directory)} && df -Pk {shlex.quote(directory)} | tail -n 1",
+                         "connect to the device")
+    fields = out.split()
+    return int(fields[3]) if len(fields) >= 4 and fields[3].isdigit() else None
+
+
 def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3",
-           restart: Optional[Sequence[str]] = ("sudo", "systemctl", "restart", "cbnet-tl")) -> dict:
-    """Upload, verify every sha256 on the device, self-test, switch ``current``, restart. Returns a record."""
+           restart: Optional[Sequence[str]] = DEFAULT_RESTART, log: Callable[[str], None] = lambda line: None) -> dict:
+    """Upload, verify every sha256 on the device, self-test, switch ``current``, restart. Returns a record.
+
+    ``log`` receives one line per step as it starts."""
     bundle_dir, manifest = open_manifest(bundle_dir)
     try:
         verify_files(bundle_dir, manifest)  # never ship a bundle that is already broken here
@@ -88,6 +130,12 @@ def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3
     base = destination.directory
     release, incoming = f"{base}/releases/{version}", f"{base}/releases/.incoming-{version}"
     q = shlex.quote
+    log(f"connecting to {destination.host} (release {version} into {base})")
+    needed_kib = sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file()) // 1024 + 1
+    free_kib = _free_kib(destination, f"{base}/releases")
+    if free_kib is not None and free_kib < needed_kib:
+        raise DeployError(f"no space left on the device: {base}/releases has {free_kib} KiB free, the bundle needs "
+                          f"{needed_kib} KiB; free some space there (old releases/ can go)")
     exists = _remote_script(destination, f"test -e {q(release)} && echo yes || echo no", "check for the release")
     if exists.strip() == "yes":
         raise DeployError(f"{destination.host}:{release} already exists; this version is deployed. "
@@ -95,11 +143,18 @@ def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3
     _remote_script(destination, f"rm -rf {q(incoming)} && mkdir -p {q(incoming)}", "create the upload directory")
     try:
         rsync_ssh = shlex.join(destination.ssh_args())
-        _run(["rsync", "-a", "--delete", "-e", rsync_ssh, f"{bundle_dir}/", f"{destination.host}:{incoming}/"], "upload")
+        log(f"uploading {len(manifest.files)} files ({needed_kib} KiB) with rsync")
+        _run(["rsync", "-a", "--delete", "--rsync-path", destination.rsync_path, "-e", rsync_ssh, f"{bundle_dir}/",
+              f"{destination.host}:{incoming}/"], "upload")
+        log("verifying every sha256 on the device")
         checksums = "".join(f"{digest}  {name}\n" for name, digest in sorted(manifest.files.items()))
         _run(destination.ssh_args() + [destination.host, "--", f"cd {q(incoming)} && sha256sum --check --strict --quiet -"],
              "checksum check on the device", input_text=checksums)
+        log(f"self-test on the device with {python}")
         remote(destination, [python, f"{incoming}/run.py", "--bundle", incoming, "selftest"], "self-test on the device")
+        log("tuning on the device (once per bundle version: DIR/state/tuning.json)")
+        remote(destination, [python, f"{incoming}/run.py", "--bundle", incoming, "tune", "--if-missing"],
+               "tuning on the device")
     except DeployError:
         _remote_script(destination, f"rm -rf {q(incoming)}", "clean up the failed upload")
         raise
@@ -108,17 +163,21 @@ def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3
               f"ln -sfn {q(release)} {q(base + '/.current.tmp')} && mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
     if previous:
         switch += f" && ln -sfn {q(previous)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+    log(f"switching current to releases/{version}")
     _remote_script(destination, switch, "switch current")
     restarted = False
     if restart:
+        log(f"restarting the service ({shlex.join(restart)})")
         remote(destination, list(restart), "restart the service")
         restarted = True
     return {"host": destination.host, "release": release, "previous": previous or None, "restarted": restarted}
 
 
-def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = ("sudo", "systemctl", "restart", "cbnet-tl")) -> dict:
+def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = DEFAULT_RESTART,
+             log: Callable[[str], None] = lambda line: None) -> dict:
     """Switch ``current`` back to ``previous`` (and ``previous`` to what was current)."""
     base, q = destination.directory, shlex.quote
+    log(f"connecting to {destination.host} (reading {base}/current and previous)")
     links = _remote_script(destination, f"readlink {q(base + '/current')} || true; echo ---; readlink {q(base + '/previous')} || true",
                            "read current and previous")
     current, _, previous = (part.strip() for part in links.partition("---"))
@@ -128,7 +187,9 @@ def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = ("s
               f"mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
     if current:
         script += f" && ln -sfn {q(current)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+    log(f"switching current back to {previous}")
     _remote_script(destination, script, "switch back")
     if restart:
+        log(f"restarting the service ({shlex.join(restart)})")
         remote(destination, list(restart), "restart the service")
-    return {"host": destination.host, "current": previous, "previous": current or None}
+    return {"host": destination.host, "current": previous, "previous": current or None, "restarted": bool(restart)}

@@ -28,10 +28,26 @@ def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: 
     return manifest, test
 
 
+def load_train_split(build_dir: Path, data_dir: Optional[Path] = None) -> tuple:
+    """(training split as the build used it, the build's seed): the same seeded subset when it trained on one."""
+    import dataclasses
+    import json
+
+    _, manifest = open_manifest(build_dir)
+    record = json.loads((Path(build_dir) / "train.json").read_text())
+    seed = int(record["config"]["seed"])
+    train = load_dataset((manifest.data or {}).get("name", manifest.dataset), Split.TRAIN, data_dir)
+    wanted = int((manifest.data or {}).get("num_train", len(train)))
+    if wanted < len(train):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:wanted])
+        train = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
+    return train, seed
+
+
 def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path],
                     pipelines: Optional[Sequence[str]] = None, *, precision: str = "int8",
                     batch_size: int = 1, limit: Optional[int] = None, num_threads: int = 1,
-                    dvfs: Optional[dict] = None) -> dict:
+                    dvfs: Optional[dict] = None, options: Optional[dict] = None) -> dict:
     """Score each pipeline; with ``dvfs`` (options of ``dvfs_session``), one image at a time under that policy."""
     manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     images, labels = test.images[:limit], test.labels[:limit]
@@ -41,9 +57,9 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
               "precision": precision, "batch_size": batch_size, "num_threads": num_threads, "pipelines": {}}
     for name in names:
         if dvfs is not None:
-            result["pipelines"][name] = _evaluate_with_dvfs(Pipeline(bundle, name), images, labels, dvfs)
+            result["pipelines"][name] = _evaluate_with_dvfs(Pipeline(bundle, name, options), images, labels, dvfs)
             continue
-        scored = evaluate(Pipeline(bundle, name), images, labels, batch_size=batch_size)
+        scored = evaluate(Pipeline(bundle, name, options), images, labels, batch_size=batch_size)
         scored.pop("predictions")
         scored.pop("confusion")
         result["pipelines"][name] = scored
@@ -96,3 +112,24 @@ def format_dvfs_summary(summary: dict) -> str:
     return (f"dvfs {summary['dvfs']}{method}: latency median {summary['latency_ms_median']:.3f} ms, "
             f"p95 {summary['latency_ms_p95']:.3f} ms{misses}; energy {summary['energy_j'] * 1e3:.4f} mJ/inference "
             f"({summary['energy_source']}); time at {frequencies}")
+
+
+def write_converted(bundle_dir: Path, paths: list, out_dir: Path, resize: bool = False) -> list:
+    """What the bundle's converting autoencoder makes of each image file, written as OUT/<name>.png."""
+    import io
+
+    from PIL import Image
+
+    from cbnet_tl.runtime.files import write_bytes_atomic
+    from cbnet_tl.runtime.images import load_images
+    from cbnet_tl.runtime.pipelines import convert_images
+
+    autoencoder = load_bundle(bundle_dir, models=["autoencoder"]).models["autoencoder"]
+    written = []
+    for path, image in zip(paths, convert_images(autoencoder, load_images(paths, resize=resize))):
+        buffer = io.BytesIO()
+        Image.fromarray(image, mode="L").save(buffer, format="PNG")
+        target = Path(out_dir) / f"{Path(path).name}.png"
+        write_bytes_atomic(target, buffer.getvalue())
+        written.append(target)
+    return written

@@ -15,7 +15,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.files import staged_directory
-from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.pipelines import Pipeline, convert_images
 from cbnet_tl.toolchain import charts
 
 NUM_GRID_IMAGES = 12
@@ -40,13 +40,13 @@ def _confusion_rows(confusion: list) -> list:
 
 def _grid(build_dir: Path, images: np.ndarray, labels: Optional[np.ndarray], threshold: float, out: Path) -> Optional[dict]:
     """Hard test images (branch entropy ≥ T) above what the converting AE made of them."""
-    bundle = load_bundle(build_dir, models=["autoencoder", "branch", "trunk_branch", "main_tail"])
+    bundle = load_bundle(build_dir, models=["autoencoder", "cbnet", "trunk_branch", "main_tail"])
     branchynet = Pipeline(bundle, "branchynet").classify(images[:2000])
     hard = [i for i, path in enumerate(branchynet.paths) if path == "branch+main"][:NUM_GRID_IMAGES]
     if not hard:
         return None
     originals = images[hard]
-    converted = Pipeline(bundle, "cbnet").convert(originals)
+    converted = convert_images(bundle.models["autoencoder"], originals)
     charts.image_grid([list(originals), list(converted)]).save(out / "hard_vs_converted.png")
     names = bundle.class_names
     predicted = Pipeline(bundle, "cbnet").classify(originals).labels
@@ -55,7 +55,18 @@ def _grid(build_dir: Path, images: np.ndarray, labels: Optional[np.ndarray], thr
                          for i, p in zip(hard, predicted)]}
 
 
-def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dict], simulate: Optional[dict]) -> dict:
+def _pareto_points(bench: dict, sizes: Optional[dict]) -> list:
+    """Every pipeline of the build (bench's primary run), and every fast-recipe size of ``cbnet-tl sizes``."""
+    points = [(name, row["latency_ms_median"] * 1e3, row["accuracy"] * 100, "pipelines of this build")
+              for name, row in bench["pipelines"].items()]
+    for name, row in (sizes or {}).get("sizes", {}).items():
+        points.append((f"fast-{name}", row["us_per_image"], row["int8_accuracy"] * 100,
+                       "fast recipe sizes (cbnet-tl sizes, one run)"))
+    return points
+
+
+def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dict], simulate: Optional[dict],
+            sizes: Optional[dict] = None) -> dict:
     made = {}
     paper = paper_figures()
     order = ["lenet", "branchynet", "cbnet"]
@@ -77,6 +88,14 @@ def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dic
             series["paper"] = [paper_accuracy.get(p) for p in order]
         charts.bar_chart(order, series, f"Test accuracy on {dataset} (%)", "%").save(out / "accuracy.png")
         made["accuracy"] = "accuracy.png"
+    if bench:
+        points = _pareto_points(bench, sizes)
+        charts.scatter_chart(points, "Accuracy against time per image (one run; up and left is better)",
+                             "µs per image (median)", "accuracy %",
+                             footer=f"measured on {bench.get('machine', 'this machine')}, {bench['interpreter']}, "
+                                    f"{bench['threads']} thread(s), batch {bench['primary']['batch_size']}"
+                             ).save(out / "pareto.png")
+        made["pareto"] = "pareto.png"
     if simulate and simulate.get("frequency_curve"):
         curve = simulate["frequency_curve"]
         charts.line_chart(curve["mhz"], {k: v for k, v in curve["energy_mj"].items()},
@@ -95,13 +114,15 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
     train = _read_json(build_dir / "train.json")
     bench = _read_json(build_dir / "bench.json")
     simulate = _read_json(build_dir / "simulate.json")
+    calibration = _read_json(build_dir / "calibration.json")
     with staged_directory(build_dir / "report") as staging:
-        made = _charts(staging, manifest.dataset, bench, checks, simulate)
+        made = _charts(staging, manifest.dataset, bench, checks, simulate, _read_json(build_dir / "sizes.json"))
         grid = None
         if test_images is not None:
             grid = _grid(build_dir, test_images, test_labels, manifest.entropy_threshold, staging)
         context = {
             "manifest": manifest, "checks": checks, "train": train, "bench": bench, "simulate": simulate,
+            "calibration": calibration,
             "charts": made, "grid": grid, "paper": paper_figures(),
             "confusions": {name: _confusion_rows(r["int8"]["confusion"]) for name, r in (checks or {}).get("pipelines", {}).items()},
         }

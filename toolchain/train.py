@@ -5,9 +5,11 @@ Writes ``BUILD/keras/*.keras`` and ``BUILD/train.json``; later stages read those
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +19,14 @@ from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
 from cbnet_tl.toolchain.datasets import Dataset
 
+
+class Recipe(str, Enum):
+    """How CBNet's converting AE and light classifier are made (``recipes/``)."""
+
+    FAST = "fast"  # dense AE + dense classifier, trained paper-style then jointly; one fused graph
+    PAPER = "paper"  # the authors' AE and the B-LeNet branch as the classifier
+
+
 # Entropy thresholds used by the CBNet authors (DESIGN §2); custom datasets default to FMNIST's.
 DEFAULT_THRESHOLDS = {"mnist": 0.05, "fashion-mnist": 0.5, "kmnist": 0.025}
 CUSTOM_THRESHOLD = 0.5
@@ -25,6 +35,8 @@ CUSTOM_THRESHOLD = 0.5
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
+    recipe: Recipe = Recipe.FAST
+    fast_size: str = "default"  # a key of recipes.fast.SIZES
     validation_fraction: float = 0.1
     blenet_epochs: int = 30
     autoencoder_epochs: int = 100
@@ -65,6 +77,13 @@ def split_validation(num_samples: int, fraction: float, seed: int) -> tuple:
     order = np.random.default_rng(seed).permutation(num_samples)
     num_validation = max(1, int(round(num_samples * fraction)))
     return np.sort(order[num_validation:]), np.sort(order[:num_validation])
+
+
+def _halves(indices: np.ndarray, seed: int) -> tuple:
+    """Two disjoint sorted halves of ``indices`` (seeded); the first at least one element."""
+    order = np.random.default_rng(seed + 1).permutation(indices)
+    middle = max(1, (len(order) + 1) // 2)
+    return np.sort(order[:middle]), np.sort(order[middle:])
 
 
 def choose_canonical(entropies: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
@@ -148,13 +167,15 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     """Train every model; save them under ``build_dir/keras``; return the training record."""
     import keras
 
-    from cbnet_tl.recipes import autoencoder as ae_recipe
     from cbnet_tl.recipes import blenet
     from cbnet_tl.toolchain.progress import BudgetedBest, EpochBar
 
     keras.utils.set_random_seed(config.seed)
     num_classes = len(train.class_names)
-    fit_index, val_index = split_validation(len(train), config.validation_fraction, config.seed)
+    fit_index, validation = split_validation(len(train), config.validation_fraction, config.seed)
+    # half the validation split stops training (early stopping, best epoch); the other half is never seen by
+    # training or model selection, so cbnet-fallback's threshold is chosen on unbiased accuracies
+    val_index, held_out = _halves(validation, config.seed)
     x, y = _to_float(train.images), train.labels
     record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index))}
 
@@ -200,6 +221,48 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         "canonical_entropies": split.entropies[split.canonical_indices].tolist(),
     }
 
+    keras_dir = Path(build_dir) / "keras"
+    keras_dir.mkdir(parents=True, exist_ok=True)
+    if config.recipe == Recipe.PAPER:
+        autoencoder = _train_paper_autoencoder(x, y, split, canonical, fit_index, val_index, shift, stage_started,
+                                               config, record)
+        autoencoder.save(keras_dir / "autoencoder.keras")
+    else:
+        from cbnet_tl.recipes.fast import SIZES
+        from cbnet_tl.toolchain.train_fast import train_fast
+
+        started = time.perf_counter()
+        fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes,
+                                          shift_pixels=int(round(shift)))
+        fast_ae, fast_classifier, history = train_fast(
+            train.images[fit_index], y[fit_index], train.images[val_index], y[val_index],
+            train.images[split.canonical_indices], fast_config, seed=config.seed, progress=config.progress)
+        fast_ae.save(keras_dir / "fast_autoencoder.keras")
+        fast_classifier.save(keras_dir / "fast_classifier.keras")
+        record["fast"] = {"size": config.fast_size, "config": fast_config.to_dict(), "macs": fast_config.macs(),
+                          "seconds": round(time.perf_counter() - started, 2),
+                          "val_accuracy": history.get("best_val_acc"), "best_epoch": history.get("best_epoch"),
+                          "paper_style_val_accuracy": history.get("paper_style_val_acc")}
+    record["recipe"] = config.recipe.value
+    record["validation_indices"] = held_out.tolist()  # cbnet-fallback's threshold is chosen on these
+    record["num_held_out"] = int(len(held_out))
+
+    b_lenet.save(keras_dir / "b_lenet.keras")
+    np.save(keras_dir / "canonical.npy", train.images[split.canonical_indices])
+    # the calibration pool: --calibration-samples takes the first N of these
+    np.save(keras_dir / "representative_indices.npy", np.random.default_rng(config.seed).permutation(fit_index)[:4000])
+    record["class_names"] = list(train.class_names)
+    (Path(build_dir) / "train.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _train_paper_autoencoder(x, y, split, canonical, fit_index, val_index, shift, stage_started, config, record):
+    """The CBNet authors' converting AE: hard images plus easy ones, BCE toward the canonical image."""
+    import keras
+
+    from cbnet_tl.recipes import autoencoder as ae_recipe
+    from cbnet_tl.toolchain.progress import BudgetedBest, EpochBar
+
     started = time.perf_counter()
     pairs = autoencoder_pairs(split, config, config.seed)
     pair_val = np.isin(pairs, val_index)
@@ -226,13 +289,4 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         "seconds": round(time.perf_counter() - started, 2),
         "val_loss": float(min(history.history["val_loss"])),
     }
-
-    keras_dir = Path(build_dir) / "keras"
-    keras_dir.mkdir(parents=True, exist_ok=True)
-    b_lenet.save(keras_dir / "b_lenet.keras")
-    autoencoder.save(keras_dir / "autoencoder.keras")
-    np.save(keras_dir / "canonical.npy", train.images[split.canonical_indices])
-    np.save(keras_dir / "representative_indices.npy", np.random.default_rng(config.seed).permutation(fit_index)[:500])
-    record["class_names"] = list(train.class_names)
-    (Path(build_dir) / "train.json").write_text(json.dumps(record, indent=2))
-    return record
+    return autoencoder

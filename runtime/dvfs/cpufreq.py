@@ -4,16 +4,13 @@ Files used, under ``ROOT/sys/devices/system/cpu/cpufreq/policyN/`` (frequencies 
 ``scaling_available_frequencies``, ``scaling_available_governors``, ``scaling_governor``,
 ``scaling_cur_freq``, ``scaling_setspeed``, ``scaling_{min,max}_freq``, ``cpuinfo_{min,max}_freq``.
 
-Control goes through the ``userspace`` governor and ``scaling_setspeed``. Where ``userspace`` is not
-offered, ``scaling_min_freq`` and ``scaling_max_freq`` are both pinned to the wanted frequency
-(``.method`` says which). Entering the controller saves the governor and the limits; leaving it
+Control goes through the ``userspace`` governor and ``scaling_setspeed``, or else pins
+``scaling_min_freq = scaling_max_freq`` (``.method`` says which). Entering the controller saves the governor and the limits; leaving it
 restores them on normal exit, on exceptions and on SIGINT/SIGTERM. SIGKILL cannot be caught: the
 bundle's systemd unit restores the governor in ``ExecStopPost``.
 
-The OPP list comes from ``scaling_available_frequencies``. Drivers without a frequency table do not
-have that file; then ``stats/time_in_state`` (which lists the states the driver uses) is read, and
-failing that only ``cpuinfo_min_freq`` and ``cpuinfo_max_freq``: the two end points are the only
-frequencies known to be valid, and guessing steps between them (100 MHz or otherwise) is not safe.
+The OPP list comes from ``scaling_available_frequencies``, else ``stats/time_in_state``, else only the
+two end points ``cpuinfo_{min,max}_freq`` (guessing steps between them is not safe).
 """
 
 from __future__ import annotations

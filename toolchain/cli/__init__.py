@@ -34,9 +34,9 @@ app = typer.Typer(
 
 
 def _join() -> None:
-    from cbnet_tl.toolchain.cli import bench, build, device, run, simulate
+    from cbnet_tl.toolchain.cli import bench, build, deploy, device, run, simulate
 
-    for group in (build, run, simulate, device, bench):
+    for group in (build, run, simulate, device, bench, deploy):
         app.add_typer(group.app)
 
 

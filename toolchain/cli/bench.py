@@ -31,10 +31,11 @@ def bench(
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,32",
     num_images: Annotated[int, typer.Option(min=32, help="Test images timed per pipeline and setting.")] = 1024,
     target: PowerTarget = DEFAULT_TARGET,
+    untuned: Annotated[bool, typer.Option(help="Only the fixed configurations (int8 and float32 on the default resolver), as before tuning existed.")] = False,
     save: Annotated[bool, typer.Option(help="Also write BUNDLE/bench.json (used by `cbnet-tl report`).")] = True,
     json_output: JsonOutput = False,
 ):
-    """Time every pipeline the same way; report ratios, MACs, footprint."""
+    """Time every pipeline the same way, at its tuned configuration and at the fixed ones; ratios, MACs, floor, footprint."""
     from tqdm.auto import tqdm
 
     from cbnet_tl.runtime.files import write_json_atomic
@@ -43,7 +44,7 @@ def bench(
 
     _, test = load_test_split(bundle, data_dir, dataset.value if dataset else None)
     config = BenchConfig(threads=threads, batch_sizes=parse_batches(batch), num_images=num_images,
-                         power_model=power_model(target))
+                         power_model=power_model(target), tuned=not untuned)
     report = run_bench(bundle, test.images, test.labels, config,
                        progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, **kw)))
     if save:

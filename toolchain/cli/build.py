@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, TargetChoice
+from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, RecipeChoice, SizeChoice, TargetChoice
 
 app = typer.Typer()
 
@@ -24,9 +24,12 @@ def build(
     max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
     blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
     autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
+    recipe: Annotated[RecipeChoice, typer.Option(help="fast: dense converting AE + dense classifier, trained paper-style then jointly, fused in one graph; paper: the authors' AE with the B-LeNet branch as classifier.")] = RecipeChoice("fast"),
+    size: Annotated[SizeChoice, typer.Option(help="Size of the fast recipe (recipes/fast.py SIZES).")] = SizeChoice("default"),
     seed: Annotated[int, typer.Option(help="Random seed for splits and weights.")] = 0,
     time_budget_minutes: Annotated[float, typer.Option(min=0, help="Wall-clock limit for training (2/3 B-LeNet, 1/3 AE); training keeps the best epoch so far. 0: no limit.")] = 12.0,
     max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
+    calibration_samples: Annotated[int, typer.Option(min=1, max=4000, help="Training images that calibrate the int8 ranges. Default 500: on our builds LeNet's int8 accuracy is flat from about 100 up (the report's calibration table shows it for each build), and 500 leaves margin for the dense models at about 1 s more per conversion.")] = 500,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     offline: Annotated[bool, typer.Option(help="Never download datasets.")] = False,
     report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
@@ -40,12 +43,13 @@ def build(
     from cbnet_tl.toolchain.build import BuildConfig
     from cbnet_tl.toolchain.build import build as run_build
     from cbnet_tl.toolchain.checks import CheckConfig
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.train import Recipe, TrainConfig
 
     config = BuildConfig(
         dataset=dataset.value, out=out, data_dir=data_dir, target=target.value, threshold=threshold, force=force,
         allow_download=not offline, write_report=report, max_train_images=max_train_images,
-        train=TrainConfig(seed=seed, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
+        calibration_samples=calibration_samples,
+        train=TrainConfig(seed=seed, recipe=Recipe(recipe.value), fast_size=size.value, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
                           time_budget_s=time_budget_minutes * 60 or None),
         check=CheckConfig(max_accuracy_drop=max_accuracy_drop),
     )
@@ -62,6 +66,7 @@ def check(
     data_dir: DataDir = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Allowed drop in points (default: the build's).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the checks record as JSON.")] = False,
+    explain: Annotated[bool, typer.Option(help="Also show each int8 model's worst layers (int8 vs float error per layer) and what to change.")] = False,
 ):
     """Re-run the float32 vs int8 quantization checks of a build on its test split."""
     from cbnet_tl.runtime.files import write_json_atomic
@@ -76,6 +81,37 @@ def check(
     record = checks_stage.run_checks(build_dir, test.images, test.labels,
                                      checks_stage.CheckConfig(max_accuracy_drop=allowed))
     write_json_atomic(build_dir / "checks.json", record)
+    if explain:
+        from cbnet_tl.toolchain.explain import build_training_images, explain_build, format_explanation
+
+        record["explain"] = explain_build(build_dir, build_training_images(build_dir, data_dir), test.images)
     typer.echo(json.dumps(record) if json_output else checks_stage.format_table(record, list(manifest.class_names)))
+    if explain and not json_output:
+        typer.echo("\nworst layers per int8 model (int8 vs float, each layer on its own inputs):")
+        typer.echo(format_explanation(record["explain"]))
     checks_stage.raise_on_failures(record)
+
+
+
+@app.command()
+def sizes(
+    build_dir: Annotated[Path, typer.Argument(help="A build directory from `cbnet-tl build`.")],
+    data_dir: DataDir = None,
+    size: Annotated[Optional[List[str]], typer.Option(help="Fast-recipe sizes to train and time (default: all of recipes/fast.py SIZES).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Train the fast recipe at several sizes on the build's data; accuracy and µs/image of each, in one run."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cbnet_tl.recipes.fast import SIZES
+    from cbnet_tl.toolchain.evaluation import load_test_split, load_train_split
+    from cbnet_tl.toolchain.sizes import format_sizes, run_sizes
+
+    train, seed = load_train_split(build_dir, data_dir)
+    _, test = load_test_split(build_dir, data_dir)
+    record = run_sizes(build_dir, train, test, size or list(SIZES), seed=seed, progress=progress,
+                       log=(lambda m: typer.echo(m, err=True)))
+    typer.echo(json.dumps(record, indent=2) if json_output else format_sizes(record))
 

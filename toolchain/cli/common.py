@@ -23,6 +23,8 @@ PipelineChoice = _choices("PipelineChoice", PIPELINE_SPECS)
 TargetChoice = _choices("TargetChoice", TARGETS)
 PrecisionChoice = _choices("PrecisionChoice", PRECISIONS)
 DatasetChoice = DatasetName
+RecipeChoice = _choices("RecipeChoice", ("fast", "paper"))  # toolchain.train.Recipe (kept light: no keras here)
+SizeChoice = _choices("SizeChoice", ("small", "default", "large"))  # recipes.fast.SIZES
 
 DataDir = Annotated[
     Optional[Path],

@@ -26,6 +26,16 @@ from cbnet_tl.toolchain.cli.common import (
 
 app = typer.Typer()
 
+FallbackThreshold = Annotated[Optional[float], typer.Option(
+    min=0.0, max=1.0, help="cbnet-fallback: send images whose cbnet confidence is below this to LeNet "
+    "(default: the threshold the build chose on validation data, in the manifest).")]
+
+
+def fallback_options(threshold: Optional[float]) -> Optional[dict]:
+    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD
+
+    return None if threshold is None else {CONFIDENCE_THRESHOLD: threshold}
+
 
 @app.command()
 def run(
@@ -34,6 +44,8 @@ def run(
     pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice("cbnet"),
     convert: Annotated[bool, typer.Option(help="Convert any size/mode to 28x28 grayscale instead of refusing it.")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
+    fallback_threshold: FallbackThreshold = None,
+    convert_image: Annotated[Optional[Path], typer.Option(help="Also write what the converting autoencoder makes of each image, as DIR/<name>.png (not timed).")] = None,
     dvfs: Dvfs = "off",
     deadline_ms: DeadlineMs = None,
     period_ms: PeriodMs = None,
@@ -42,12 +54,15 @@ def run(
     json_output: JsonOutput = False,
 ):
     """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy."""
-    from cbnet_tl.runtime.api import classify_paths, open_pipeline
+    from cbnet_tl.runtime.api import classify_paths
+    from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.dvfs.run import dvfs_session
     from cbnet_tl.runtime.images import collect_image_paths
-    from cbnet_tl.toolchain.evaluation import format_dvfs_summary
+    from cbnet_tl.runtime.pipelines import Pipeline, models_for
+    from cbnet_tl.toolchain.evaluation import format_dvfs_summary, write_converted
 
-    runner = open_pipeline(bundle, pipeline.value, num_threads=threads)
+    runner = Pipeline(load_bundle(bundle, num_threads=threads, models=models_for([pipeline.value])), pipeline.value,
+                      options=fallback_options(fallback_threshold))
     paths = collect_image_paths(images)
     with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
                       target=power_model(target)) as session:
@@ -56,6 +71,8 @@ def run(
             session.wait_for_arrival()
             records.extend(classify_paths(runner, [path], resize=convert, hook=session))
     summary = session.summary()
+    if convert_image is not None:
+        write_converted(bundle, paths, convert_image, resize=convert)
     if json_output:
         typer.echo(json.dumps({"pipeline": pipeline.value, "results": records, "dvfs": summary}, indent=2))
         return
@@ -72,6 +89,7 @@ def evaluate_command(
     pipeline: Annotated[Optional[List[PipelineChoice]], typer.Option(help="Pipeline(s) to evaluate (default: every deployed pipeline).")] = None,
     precision: Annotated[PrecisionChoice, typer.Option(help="int8, or float32 (build directories only).")] = PrecisionChoice("int8"),
     batch_size: Annotated[int, typer.Option(min=1, help="Images per interpreter call.")] = 1,
+    fallback_threshold: FallbackThreshold = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N test images.")] = None,
     dvfs: Dvfs = "off",
     deadline_ms: DeadlineMs = None,
@@ -93,5 +111,22 @@ def evaluate_command(
         dvfs_options = {"dvfs": dvfs, "deadline_ms": deadline_ms, "period_ms": period_ms,
                         "sysfs_root": sysfs_root, "target": power_model(target)}
     result = evaluate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
-                             precision=precision.value, batch_size=batch_size, limit=limit, dvfs=dvfs_options)
+                             precision=precision.value, batch_size=batch_size, limit=limit, dvfs=dvfs_options,
+                             options=fallback_options(fallback_threshold))
     typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
+
+
+@app.command()
+def tune(
+    bundle: Annotated[Path, typer.Argument(help="Bundle or build directory (a build directory may also choose float32 models).")],
+    out: Annotated[Optional[Path], typer.Option(help="Tuning file to write (default: beside the directory, or the release's state folder; never inside the release).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads to tune for.")] = 1,
+    json_output: JsonOutput = False,
+):
+    """Time every model of every pipeline in every configuration on this machine; keep the fastest that gives
+    the reference classes on the samples. Pipelines then run those (`run`, `eval`, the bundle's run.py)."""
+    from cbnet_tl.runtime.api import tune_bundle
+    from cbnet_tl.runtime.tuning import format_tuning
+
+    record = tune_bundle(bundle, out, num_threads=threads)
+    typer.echo(json.dumps(record, indent=2) if json_output else format_tuning(record) + f"\nwritten to {record['file']}")

@@ -1,0 +1,288 @@
+"""The ``fast`` CBNet recipe: a dense converting autoencoder and a dense light classifier.
+
+Same method as the paper's CBNet (an autoencoder *converts* any image of a class toward that
+class's canonical easy image, and a light classifier reads the converted image), sized so the
+whole pipeline, quantized to full-integer int8 and run on XNNPACK, costs a fraction of LeNet:
+dense int8 layers use the CPU's vector units well, small-channel convolutions do not.
+
+Architecture (``SIZES["default"]``)::
+
+    uint8-range pixels (28, 28, 1), float in [0, 255]
+      → Rescaling(1/255) → flatten (batch -1)
+      → Dense 512 relu → Dense 128 (linear code)                    encoder
+      → Dense 784 sigmoid → reshape (28, 28, 1)                     decoder: the converted image
+      → flatten → Dense 64 relu → Dense 10 (logits)                 light classifier
+
+MACs = Σ fan_in·fan_out of the dense layers:
+
+- ``small``   784→256→64→784, classifier 784→32→10:   0.276 M
+- ``default`` 784→512→128→784, classifier 784→64→10:  0.617 M
+- ``large``   784→768→128→784, classifier 784→128→10: 0.815 M
+
+(LeNet's main path is ≈1.14 M MACs; the paper's AE alone 0.76 M plus a conv branch 0.22 M.)
+
+Dropout layers act in training only; the exported graphs are the same with or without them.
+Training (paper-style AE, then classifier on converted images, then joint fine-tuning with a
+reconstruction term toward the canonical image) lives in the toolchain; these are the builders.
+``build_fused`` gives the single graph that ships: raw pixels → class logits, to be converted with
+``inference_input_type=tf.uint8`` so the runtime feeds the uint8 bytes as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import keras
+from keras import layers
+
+from cbnet_tl.recipes.layers import BatchReshape, batch_flatten
+
+IMAGE_SHAPE = (28, 28, 1)
+PIXELS = math.prod(IMAGE_SHAPE)
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """Architecture and training hyperparameters of the fast recipe.
+
+    Architecture: ``encoder_units`` (relu layers before the code), ``code_units`` (linear code),
+    ``classifier_units`` (one relu hidden layer of the classifier, 0 = a single Dense to logits),
+    ``dropout`` (after every hidden relu layer, training only).
+
+    Training (read by the toolchain's trainer): ``ae_epochs`` paper-style epochs of the AE alone
+    (BCE toward the canonical image of the true class), ``classifier_epochs`` of the classifier on
+    the converted images, ``joint_epochs`` of joint fine-tuning with
+    ``loss = CE(logits) + recon_weight · BCE(converted, canonical)``; Adam at ``learning_rate``
+    (cosine decay to 0 over the joint phase), ``batch_size``, ``label_smoothing`` on the CE term,
+    ``shift_pixels`` random translation, ``rotate_degrees`` random rotation, ``zoom`` random zoom
+    fraction (0 = none; augmentation for small data sets), ``patience`` epochs of early stopping on the
+    validation accuracy of the joint phase (0 = none; the best epoch's weights are kept).
+    """
+
+    encoder_units: tuple = (512,)
+    code_units: int = 128
+    classifier_units: int = 64
+    dropout: float = 0.1
+    num_classes: int = 10
+    ae_epochs: int = 3
+    classifier_epochs: int = 2
+    joint_epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    recon_weight: float = 1.0
+    label_smoothing: float = 0.0
+    shift_pixels: int = 0
+    rotate_degrees: float = 0.0
+    zoom: float = 0.0
+    patience: int = 6
+
+    def __post_init__(self):
+        units = self.encoder_units
+        if isinstance(units, list):
+            units = tuple(units)
+            object.__setattr__(self, "encoder_units", units)
+        if not isinstance(units, tuple) or not all(
+            isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units
+        ):
+            raise ValueError(
+                f"Expected encoder_units to be a tuple of positive ints. Received: encoder_units={self.encoder_units!r}"
+            )
+        for name in ("code_units", "num_classes", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Expected {name} to be a positive int. Received: {name}={value!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"Expected num_classes >= 2. Received: num_classes={self.num_classes}")
+        for name in ("classifier_units", "ae_epochs", "classifier_epochs", "joint_epochs", "shift_pixels", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"Expected {name} to be a non-negative int. Received: {name}={value!r}")
+        if self.shift_pixels > 13:
+            raise ValueError(f"Expected shift_pixels <= 13. Received: shift_pixels={self.shift_pixels}")
+        if not 0.0 <= self.rotate_degrees <= 45.0:
+            raise ValueError(f"Expected 0 <= rotate_degrees <= 45. Received: rotate_degrees={self.rotate_degrees!r}")
+        if not 0.0 <= self.zoom < 0.5:
+            raise ValueError(f"Expected 0 <= zoom < 0.5. Received: zoom={self.zoom!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={self.dropout!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"Expected 0 <= label_smoothing < 1. Received: label_smoothing={self.label_smoothing!r}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate!r}")
+        if not self.recon_weight > 0:
+            raise ValueError(
+                "Expected recon_weight > 0 (the autoencoder must keep converting toward the canonical "
+                f"image). Received: recon_weight={self.recon_weight!r}"
+            )
+        if self.ae_epochs + self.joint_epochs < 1:
+            raise ValueError(
+                "Expected ae_epochs + joint_epochs >= 1. "
+                f"Received: ae_epochs={self.ae_epochs}, joint_epochs={self.joint_epochs}"
+            )
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image of the fused pipeline (dense layers only)."""
+        return sum(a * b for a, b in _dense_shapes(self))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _dense_shapes(config: FastConfig) -> list:
+    widths = [PIXELS, *config.encoder_units, config.code_units, PIXELS]
+    if config.classifier_units:
+        widths += [config.classifier_units]
+    widths += [config.num_classes]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+SIZES = {
+    "small": FastConfig(encoder_units=(256,), code_units=64, classifier_units=32),
+    "default": FastConfig(),
+    "large": FastConfig(encoder_units=(768,), code_units=128, classifier_units=128),
+}
+
+
+def _check_batch(batch_size):
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"Expected batch_size to be None or a positive int. Received: batch_size={batch_size!r}")
+
+
+def build_autoencoder(
+    config: FastConfig = SIZES["default"], batch_size: Optional[int] = None, rescale: bool = True
+) -> keras.Model:
+    """Pixels as float in [0, 255], shape (28, 28, 1) → converted image in [0, 1], same shape.
+
+    ``rescale=False`` leaves out the ``Rescaling(1/255)`` layer (same weights list): for export
+    views whose first kernel has the 1/255 folded in (see ``build_fused``).
+    """
+    _check_batch(batch_size)
+    pixels = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="pixels")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(pixels) if rescale else pixels
+    x = batch_flatten(IMAGE_SHAPE, name="ae_flatten")(x)
+    for i, units in enumerate(config.encoder_units):
+        x = layers.Dense(units, activation="relu", name=f"encoder_{i}")(x)
+        if config.dropout > 0:
+            x = layers.Dropout(config.dropout, name=f"encoder_dropout_{i}")(x)
+    x = layers.Dense(config.code_units, name="code")(x)
+    x = layers.Dense(PIXELS, activation="sigmoid", name="decoder")(x)
+    converted = BatchReshape(IMAGE_SHAPE, name="converted")(x)
+    return keras.Model(pixels, converted, name="fast_autoencoder")
+
+
+def build_classifier(config: FastConfig = SIZES["default"], batch_size: Optional[int] = None) -> keras.Model:
+    """Converted image in [0, 1], shape (28, 28, 1) → class logits."""
+    _check_batch(batch_size)
+    image = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="converted_image")
+    x = batch_flatten(IMAGE_SHAPE, name="classifier_flatten")(image)
+    if config.classifier_units:
+        x = layers.Dense(config.classifier_units, activation="relu", name="classifier_hidden")(x)
+        if config.dropout > 0:
+            x = layers.Dropout(config.dropout, name="classifier_dropout")(x)
+    logits = layers.Dense(config.num_classes, name="logits")(x)
+    return keras.Model(image, logits, name="fast_classifier")
+
+
+def augmentation_layers(config: FastConfig) -> list:
+    """Random shift / rotation / zoom of the input pixels (active in training only; never exported)."""
+    out = []
+    fill = dict(fill_mode="constant", fill_value=0.0)
+    if config.rotate_degrees:
+        out.append(layers.RandomRotation(config.rotate_degrees / 360.0, **fill, name="rotate"))
+    if config.zoom:
+        out.append(layers.RandomZoom(config.zoom, config.zoom, **fill, name="zoom"))
+    if config.shift_pixels:
+        factor = config.shift_pixels / IMAGE_SHAPE[0]
+        out.append(layers.RandomTranslation(factor, factor, **fill, name="shift"))
+    return out
+
+
+def build_autoencoder_trainer(autoencoder: keras.Model, config: FastConfig) -> keras.Model:
+    """Pixels → converted image with the config's augmentation in front: the paper-style AE phase."""
+    pixels = keras.Input(IMAGE_SHAPE, name="pixels")
+    x = pixels
+    for layer in augmentation_layers(config):
+        x = layer(x)
+    return keras.Model(pixels, autoencoder(x), name="fast_ae_trainer")
+
+
+def build_joint_trainer(
+    autoencoder: keras.Model, classifier: keras.Model, config: Optional[FastConfig] = None, *, shift_pixels: int = 0
+) -> keras.Model:
+    """Pixels → {"converted": image, "logits": class logits}, sharing the two models' weights,
+    with the config's augmentation (training only) in front of the autoencoder.
+
+    Without ``config``, only a random translation of ``shift_pixels`` (0 = none) is applied.
+    """
+    if config is None:
+        config = FastConfig(shift_pixels=shift_pixels)
+    elif shift_pixels:
+        raise ValueError(f"Expected shift_pixels in config, not both. Received: shift_pixels={shift_pixels}")
+    pixels = keras.Input(IMAGE_SHAPE, name="pixels")
+    x = pixels
+    for layer in augmentation_layers(config):
+        x = layer(x)
+    converted = autoencoder(x)
+    logits = classifier(converted)
+    outputs = {
+        "converted": layers.Identity(name="converted")(converted),
+        "logits": layers.Identity(name="logits")(logits),
+    }
+    return keras.Model(pixels, outputs, name="fast_joint")
+
+
+def build_fused(
+    autoencoder: keras.Model, classifier: keras.Model, batch_size: Optional[int] = 1, fold_rescale: bool = True
+) -> keras.Model:
+    """Pixels (float in [0, 255]) → class logits through AE and classifier: the graph that ships.
+
+    The layers are rebuilt at ``batch_size`` (static shapes for the converter; the flattens keep
+    batch -1, so the interpreter can still resize the batch) and the trained weights copied in.
+    ``fold_rescale`` multiplies the first kernel by 1/255 instead of keeping the Rescaling layer,
+    which saves the int8 graph a per-pixel MUL op (same function; per-channel int8 weight
+    quantization is invariant to that scale).
+    """
+    _check_batch(batch_size)
+    config = _config_of(autoencoder, classifier)
+    ae = build_autoencoder(config, batch_size=batch_size, rescale=not fold_rescale)
+    clf = build_classifier(config, batch_size=batch_size)
+    weights = [w.copy() for w in autoencoder.get_weights()]
+    if fold_rescale:
+        weights[0] = weights[0] / 255.0  # the first encoder kernel (784, units)
+    ae.set_weights(weights)
+    clf.set_weights(classifier.get_weights())
+    pixels = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="pixels")
+    logits = clf(ae(pixels))
+    return keras.Model(pixels, logits, name="fast_cbnet")
+
+
+def _config_of(autoencoder: keras.Model, classifier: keras.Model) -> FastConfig:
+    """The architecture of trained models, read from their layers (dropout does not matter)."""
+    dense = [l for l in autoencoder.layers if isinstance(l, layers.Dense)]
+    encoder = tuple(l.units for l in dense if l.name.startswith("encoder_"))
+    code = autoencoder.get_layer("code").units
+    names = {l.name for l in classifier.layers}
+    hidden = classifier.get_layer("classifier_hidden").units if "classifier_hidden" in names else 0
+    classes = classifier.get_layer("logits").units
+    return FastConfig(encoder_units=encoder, code_units=code, classifier_units=hidden,
+                      dropout=0.0, num_classes=classes)
+
+
+def build_fused_autoencoder(autoencoder: keras.Model, batch_size: Optional[int] = 1) -> keras.Model:
+    """The trained AE alone, pixels (float in [0, 255], 1/255 folded into the first kernel) → converted image."""
+    config = _config_of_autoencoder(autoencoder)
+    view = build_autoencoder(config, batch_size=batch_size, rescale=False)
+    weights = [w.copy() for w in autoencoder.get_weights()]
+    weights[0] = weights[0] / 255.0
+    view.set_weights(weights)
+    return view
+
+
+def _config_of_autoencoder(autoencoder: keras.Model) -> FastConfig:
+    dense = [layer for layer in autoencoder.layers if isinstance(layer, layers.Dense)]
+    encoder = tuple(layer.units for layer in dense if layer.name.startswith("encoder_"))
+    return FastConfig(encoder_units=encoder, code_units=autoencoder.get_layer("code").units, dropout=0.0)

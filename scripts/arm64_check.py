@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Run real cbnet-tl bundles on Debian arm64 under qemu-user emulation, as a new user would on the board.
+
+    sudo python3 scripts/arm64_check.py            # what .ci/run does after the unit tests
+
+1. Checks this machine can execute aarch64 binaries (mounts binfmt_misc and enables qemu-aarch64 if needed);
+   if it cannot, prints one line and exits 1.
+2. Builds two tiny real bundles with the CLI (targets rpi4 and coral-usb).
+3. Makes Debian arm64 roots with ``debootstrap --arch=arm64 --variant=minbase`` plus python3, python3-venv and
+   python3-pip (bookworm: Python 3.11; bullseye: Python 3.9), cached in ``--cache-dir`` and rebuilt only when
+   missing. pip downloads are cached there too (bind-mounted into each root).
+4. For each combination below: copies the bundle into the root, makes a venv, ``pip install -r requirements.txt``
+   (real aarch64 wheels from the registry), then ``run.py selftest`` and ``run.py classify samples/`` in a chroot.
+5. Prints a table and writes ``toolchain/data/device_checks.json``, which bundle READMEs render as "Checked on".
+
+Exit 0 when every combination passes (tflite-runtime may also pass by refusing in one line with exit 1), else 1.
+Only the standard library is used; it needs root (debootstrap, mount, chroot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
+DEFAULT_MIRROR = os.environ.get("CBNET_ARM64_MIRROR", "http://deb.debian.org/debian")
+ROOT_PACKAGES = ("python3", "python3-venv", "python3-pip")
+SUITES = {"bookworm": "Debian 12 (bookworm)", "bullseye": "Debian 11 (bullseye)"}
+# The alternative interpreter the rpi4 bundle README offers: tflite-runtime's last release, which needs numpy<2.
+TFLITE_RUNTIME_REQUIREMENTS = ("tflite-runtime==2.14.*", "numpy<2")
+BUILD_ARGS = ("--dataset", "mnist", "--data-dir", str(REPO / "tests" / "data" / "mnist-8k"),
+              "--max-train-images", "1000", "--blenet-epochs", "2", "--autoencoder-epochs", "3",
+              "--time-budget-minutes", "2", "--max-accuracy-drop", "100", "--force")
+IN_ROOT = "/opt/cbnet-check"  # everything this check puts into a root lives here (removed before and after)
+PIP_TIMEOUT, RUN_TIMEOUT = 900, 600
+
+
+@dataclass(frozen=True)
+class Combo:
+    name: str
+    suite: str
+    target: str  # which bundle: rpi4 or coral-usb
+    requirements: str  # "bundle" (its requirements.txt as shipped) or "tflite-runtime"
+    classify_args: tuple = ()
+    may_refuse: bool = False  # a one-line refusal with exit 1 is an accepted outcome
+    expect_stderr: str | None = None  # classify must print this (the CPU fallback warning)
+
+
+COMBOS = (
+    Combo("bookworm-litert", "bookworm", "rpi4", "bundle"),
+    Combo("bullseye-litert", "bullseye", "rpi4", "bundle"),
+    Combo("bookworm-tflite-runtime", "bookworm", "rpi4", "tflite-runtime", may_refuse=True),
+    Combo("bookworm-coral-usb", "bookworm", "coral-usb", "bundle", classify_args=("--device", "edgetpu"),
+          expect_stderr="running on the CPU"),
+)
+
+
+@dataclass
+class Step:
+    name: str
+    status: str = "-"  # ok, refused, crash, fail, timeout
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    combo: Combo
+    steps: list = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    debian_version: str = ""
+    result: str = "fail"
+    seconds: float = 0.0
+
+
+class CheckError(Exception):
+    """A reason the check cannot run at all: printed as one line, exit 1."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# processes, cleaned up on any exit
+
+_children: set = set()
+_children_lock = threading.Lock()
+
+
+def run(cmd, *, timeout: float, log: Path | None = None, env: dict | None = None, cwd=None):
+    """Run a command, capture its output (also to ``log``), kill it on timeout. Returns (rc, stdout, stderr)."""
+    process = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               errors="replace", env=env, cwd=cwd, start_new_session=True)
+    with _children_lock:
+        _children.add(process)
+    try:
+        out, err = process.communicate(timeout=timeout)
+        rc = process.returncode
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        out, err = process.communicate()
+        rc = None
+    finally:
+        with _children_lock:
+            _children.discard(process)
+    if log is not None:
+        log.write_text(f"$ {' '.join(map(str, cmd))}\n# exit {rc}\n--- stdout\n{out}\n--- stderr\n{err}\n")
+    return rc, out, err
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def kill_children() -> None:
+    with _children_lock:
+        for process in list(_children):
+            _kill(process)
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# binfmt / qemu
+
+# A 132-byte static aarch64 ELF that exits with status 42 (movz x0, #42; movz x8, #93; svc #0).
+_AARCH64_EXIT42 = (
+    bytes.fromhex("7f454c46020101000000000000000000") + bytes.fromhex("0200b7000100000078004000000000004000000000000000")
+    + bytes(8) + bytes.fromhex("00000000400038000100000000000000")
+    + bytes.fromhex("0100000005000000") + bytes(8) + bytes.fromhex("0000400000000000") * 2
+    + bytes.fromhex("8400000000000000") * 2 + bytes.fromhex("0000010000000000")
+    + bytes.fromhex("400580d2a80b80d2010000d4")
+)
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def _can_run_aarch64() -> tuple:
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "exit42"
+        probe.write_bytes(_AARCH64_EXIT42)
+        probe.chmod(0o755)
+        try:
+            rc = subprocess.run([str(probe)], timeout=30, check=False).returncode
+        except OSError as error:
+            return False, error.strerror or str(error)
+    return rc == 42, f"the probe exited with {rc}, expected 42"
+
+
+def ensure_binfmt() -> str:
+    """Make qemu-aarch64 handle aarch64 ELF files; return a short description, or raise CheckError."""
+    ok, why = _can_run_aarch64()
+    if ok:
+        return "already enabled"
+    if not (BINFMT / "register").exists():
+        rc, _, err = run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], timeout=30)
+        if rc != 0:
+            raise CheckError(f"this machine cannot run aarch64 binaries: `mount -t binfmt_misc binfmt_misc {BINFMT}` "
+                             f"failed: {err.strip().splitlines()[-1] if err.strip() else rc}")
+    if shutil.which("update-binfmts"):
+        run(["update-binfmts", "--enable", "qemu-aarch64"], timeout=60)
+    if not (BINFMT / "qemu-aarch64").exists():
+        qemu = next((p for p in ("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "/usr/bin/qemu-aarch64-static")
+                     if Path(p).exists()), None)
+        if qemu is None:
+            raise CheckError("this machine cannot run aarch64 binaries: qemu-user-static is not installed "
+                             "(run scripts/setup.sh)")
+        flags = "PF" if qemu.endswith("-P") else "F"
+        rule = (":qemu-aarch64:M::\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7"
+                "\\x00:\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff"
+                f"\\xff:{qemu}:{flags}")
+        try:
+            (BINFMT / "register").write_text(rule)
+        except OSError as error:
+            raise CheckError(f"this machine cannot run aarch64 binaries: registering qemu-aarch64 in "
+                             f"{BINFMT}/register failed: {error.strerror or error}") from None
+    ok, why = _can_run_aarch64()
+    if not ok:
+        raise CheckError(f"this machine cannot run aarch64 binaries even with qemu-aarch64 registered: {why}")
+    return "enabled now"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# roots and mounts
+
+
+def _mounts_under(path: Path) -> list:
+    prefix = str(path.resolve())
+    points = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        point = line.split()[1].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def unmount_under(path: Path) -> None:
+    for point in _mounts_under(path):
+        if run(["umount", point], timeout=60)[0] != 0:
+            run(["umount", "-l", point], timeout=60)
+
+
+def ensure_root(cache: Path, suite: str, mirror: str, log_dir: Path, rebuild: bool = False) -> tuple:
+    """The cached root of ``suite`` (made by debootstrap when missing). Returns (path, seconds spent making it)."""
+    root = cache / suite
+    stamp = root / ".cbnet-tl-root"
+    wanted = json.dumps({"suite": suite, "arch": "arm64", "variant": "minbase", "include": ROOT_PACKAGES})
+    if not rebuild and stamp.is_file() and stamp.read_text() == wanted:
+        return root, 0.0
+    start = time.monotonic()
+    partial = cache / f"{suite}.partial"
+    for stale in (partial, root):
+        if stale.exists():
+            unmount_under(stale)
+            if _mounts_under(stale):
+                raise CheckError(f"cannot rebuild {stale}: something is still mounted inside it")
+            shutil.rmtree(stale)
+    rc, _, err = run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(ROOT_PACKAGES)}",
+                      suite, partial, mirror], timeout=3600, log=log_dir / f"debootstrap-{suite}.log")
+    if rc != 0:
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit {rc}"
+        raise CheckError(f"debootstrap of {suite} arm64 failed ({last}); see {log_dir}/debootstrap-{suite}.log")
+    (partial / stamp.name).write_text(wanted)
+    partial.rename(root)
+    return root, time.monotonic() - start
+
+
+class RootMounts:
+    """/proc, /sys (read-only), /dev and the pip cache mounted into a root; always unmounted on exit."""
+
+    def __init__(self, root: Path, pip_cache: Path):
+        self.root, self.pip_cache, self.points = root, pip_cache, []
+
+    def __enter__(self):
+        unmount_under(self.root)  # left by a killed earlier run
+        plan = [(["mount", "-t", "proc", "proc"], self.root / "proc"),
+                (["mount", "-t", "sysfs", "-o", "ro", "sysfs"], self.root / "sys"),
+                (["mount", "--bind", "/dev"], self.root / "dev"),
+                (["mount", "--bind", str(self.pip_cache)], self.root / "root/.cache/pip")]
+        try:
+            for cmd, point in plan:
+                point.mkdir(parents=True, exist_ok=True)
+                rc, _, err = run([*cmd, point], timeout=60)
+                if rc != 0:
+                    raise CheckError(f"`{' '.join(cmd)} {point}` failed: {err.strip()}")
+                self.points.append(point)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for point in reversed(self.points):
+            if run(["umount", point], timeout=60)[0] != 0:
+                run(["umount", "-l", point], timeout=60)
+        self.points = []
+        return False
+
+
+def _host_ca_bundle() -> Path | None:
+    """The CA bundle this host's pip trusts (needed behind TLS-inspecting proxies), to copy into the roots."""
+    candidates = [os.environ.get(k) for k in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
+    candidates += [ssl.get_default_verify_paths().cafile, "/etc/ssl/certs/ca-certificates.crt"]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
+def chroot_env(has_ca: bool) -> dict:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+           "LANG": "C.UTF-8", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
+           "PIP_ROOT_USER_ACTION": "ignore", "PIP_DEFAULT_TIMEOUT": "120"}
+    if has_ca:
+        env["PIP_CERT"] = f"{IN_ROOT}/ca-certificates.crt"
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "QEMU_CPU"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one combination
+
+
+_VERSIONS = """import json, platform, importlib.metadata as md
+def v(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+print(json.dumps({"python": platform.python_version(), "machine": platform.machine(), "numpy": v("numpy"),
+                  "pillow": v("pillow"), "ai-edge-litert": v("ai-edge-litert"), "tflite-runtime": v("tflite-runtime")}))
+"""
+
+
+def _classify_rc(rc, err: str) -> tuple:
+    """(status, detail) of a finished run.py command."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    if rc is None:
+        return "timeout", "timed out"
+    if rc < 0 or rc >= 128:
+        signum = -rc if rc < 0 else rc - 128
+        with contextlib.suppress(ValueError):
+            return "crash", f"killed by {signal.Signals(signum).name}"
+        return "crash", f"exit {rc}"
+    if any(line.startswith("Traceback") for line in lines):  # even beside exit 0 ("Exception ignored in ...")
+        return "fail", f"traceback on stderr: {lines[-1][:160]}"
+    if rc == 0:
+        return "ok", ""
+    errors = [line for line in lines if line.startswith("error:")]
+    if rc == 1 and len(errors) == 1 and not any("Traceback" in line for line in lines):
+        return "refused", errors[0]
+    return "fail", (lines[-1] if lines else f"exit {rc}")[:200]
+
+
+def requirements_for(combo: Combo, bundle: Path) -> str:
+    shipped = (bundle / "requirements.txt").read_text()
+    if combo.requirements == "bundle":
+        return shipped
+    kept = [line for line in shipped.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and not line.lower().startswith("ai-edge-litert")]
+    return "\n".join([*kept, *TFLITE_RUNTIME_REQUIREMENTS]) + "\n"
+
+
+def run_combo(combo: Combo, root: Path, bundle: Path, env: dict, log_dir: Path) -> Outcome:
+    outcome = Outcome(combo)
+    start = time.monotonic()
+    host_dir = root / IN_ROOT.lstrip("/") / combo.name
+    in_root = f"{IN_ROOT}/{combo.name}"
+    if host_dir.exists():
+        shutil.rmtree(host_dir)
+    shutil.copytree(bundle, host_dir / "bundle", symlinks=True)
+    (host_dir / "requirements.txt").write_text(requirements_for(combo, bundle))
+    outcome.debian_version = (root / "etc/debian_version").read_text().strip()
+    samples = sorted(p for p in (bundle / "samples").iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+    def chroot(name: str, argv: list, timeout: float, cwd: str = f"{in_root}/bundle"):
+        step = Step(name)
+        t0 = time.monotonic()
+        script = f"cd {cwd} && exec " + " ".join(_quote(a) for a in argv)
+        rc, out, err = run(["chroot", root, "/bin/sh", "-c", script], timeout=timeout, env=env,
+                           log=log_dir / f"{combo.name}-{name}.log")
+        step.seconds = time.monotonic() - t0
+        with open(log_dir / f"{combo.name}-{name}.log", "a") as log:
+            log.write(f"# {step.seconds:.1f} s\n")
+        step.status, step.detail = _classify_rc(rc, err)
+        outcome.steps.append(step)
+        return step, out, err
+
+    venv_py = f"{in_root}/venv/bin/python"
+    step, _, _ = chroot("venv", ["python3", "-m", "venv", f"{in_root}/venv"], RUN_TIMEOUT, cwd=in_root)
+    if step.status == "ok":
+        step, _, _ = chroot("pip", [venv_py, "-m", "pip", "install", "-q", "-r", f"{in_root}/requirements.txt"],
+                            PIP_TIMEOUT, cwd=in_root)
+    if step.status == "ok":
+        step, out, _ = chroot("versions", [venv_py, "-c", _VERSIONS], RUN_TIMEOUT, cwd=in_root)
+        with contextlib.suppress(ValueError, IndexError):
+            outcome.versions = json.loads(out.strip().splitlines()[-1])
+        if outcome.versions.get("machine") != "aarch64":
+            step.status, step.detail = "fail", f"python reports machine {outcome.versions.get('machine')!r}"
+    if step.status == "ok":
+        step, out, _ = chroot("selftest", [venv_py, "run.py", "selftest"], RUN_TIMEOUT)
+        if step.status == "ok":
+            try:
+                report = json.loads(out)
+                if report.get("passed") is not True:
+                    step.status, step.detail = "fail", "selftest did not report passed"
+                else:
+                    step.detail = ", ".join(f"{k} {v['agreement']:.0%}" for k, v in report["pipelines"].items())
+            except (ValueError, KeyError, TypeError):
+                step.status, step.detail = "fail", "selftest printed no JSON report"
+        # classify one image at a time also when the self-test refused, to show what still works
+        step, out, err = chroot("classify", [venv_py, "run.py", "classify", "samples/", *combo.classify_args],
+                                RUN_TIMEOUT)
+        if step.status == "ok":
+            rows = [line for line in out.splitlines() if line.count("\t") >= 4]
+            if len(rows) != len(samples):
+                step.status, step.detail = "fail", f"{len(rows)} results for {len(samples)} samples"
+            elif combo.expect_stderr and combo.expect_stderr not in err:
+                step.status, step.detail = "fail", f"no {combo.expect_stderr!r} warning on stderr"
+            else:
+                warning = next((line for line in err.splitlines() if line.startswith("warning:")), "")
+                step.detail = f"{len(rows)} images" + (f"; {warning[:90]}..." if warning else "")
+    statuses = {s.status for s in outcome.steps}
+    if statuses == {"ok"}:
+        outcome.result = "pass"
+    elif combo.may_refuse and statuses <= {"ok", "refused"}:
+        outcome.result = "refused"
+    else:
+        outcome.result = "FAIL"
+    outcome.seconds = time.monotonic() - start
+    shutil.rmtree(host_dir, ignore_errors=True)
+    return outcome
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+
+
+def interpreter_of(versions: dict) -> tuple:
+    for package in ("ai-edge-litert", "tflite-runtime"):
+        if versions.get(package):
+            return package, versions[package]
+    return "?", "?"
+
+
+def table(outcomes: list) -> str:
+    header = ("combination", "base", "python", "interpreter", "numpy", "selftest", "classify", "result", "time")
+    rows = [header]
+    for o in outcomes:
+        package, version = interpreter_of(o.versions)
+        steps = {s.name: s for s in o.steps}
+        failed = next((s for s in o.steps if s.status not in ("ok",)), None)
+
+        def cell(name, steps=steps):
+            s = steps.get(name)
+            return s.status if s else "-"
+
+        rows.append((o.combo.name, f"{o.combo.suite} {o.debian_version}", o.versions.get("python", "?"),
+                     f"{package} {version}", o.versions.get("numpy") or "?", cell("selftest"), cell("classify"),
+                     o.result if not failed else f"{o.result} ({failed.name}: {failed.status})",
+                     f"{o.seconds:.0f} s"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {o.combo.name} {s.name}: {s.detail}" for o in outcomes for s in o.steps
+             if s.detail and (s.status != "ok" or s.name in ("classify",) and "warning" in s.detail)]
+    return "\n".join(lines + notes)
+
+
+def device_checks(outcomes: list, checked_at: str) -> dict:
+    combos = []
+    for o in outcomes:
+        package, version = interpreter_of(o.versions)
+        combos.append({
+            "name": o.combo.name, "suite": o.combo.suite, "base": SUITES[o.combo.suite],
+            "debian_version": o.debian_version, "python": o.versions.get("python"), "interpreter": package,
+            "interpreter_version": version, "numpy": o.versions.get("numpy"), "pillow": o.versions.get("pillow"),
+            "target": o.combo.target, "commands": ["run.py selftest",
+                                                   " ".join(["run.py classify samples/", *o.combo.classify_args])],
+            "result": o.result,
+            "note": "; ".join(f"{s.name}: {s.detail}" for s in o.steps if s.status != "ok" and s.detail)
+                    or ("no Edge TPU under emulation: the delegate failed to load and the CPU fallback ran, "
+                        "with its warning" if o.combo.expect_stderr and o.result == "pass" else ""),
+        })
+    return {
+        "checked_at": checked_at,
+        "method": "Debian arm64 roots (debootstrap --variant=minbase) run under qemu-user-static aarch64 emulation "
+                  "(binfmt) on an x86-64 host; each bundle's requirements.txt installed from PyPI as aarch64 wheels. "
+                  "Not a physical board.",
+        "script": "scripts/arm64_check.py",
+        "combos": combos,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_bundle(cbnet_tl: Path, out: Path, target: str, log_dir: Path) -> Path:
+    rc, _, err = run([cbnet_tl, "build", *BUILD_ARGS, "--target", target, "--out", out], timeout=1800,
+                     log=log_dir / f"build-{target}.log")
+    bundle = out / "bundle"
+    if rc != 0 or not (bundle / "run.py").is_file():
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit {rc}"
+        raise CheckError(f"cbnet-tl build --target {target} failed ({last}); see {log_dir}/build-{target}.log")
+    return bundle
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"roots and pip cache ({DEFAULT_CACHE})")
+    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
+    parser.add_argument("--cbnet-tl", type=Path, default=REPO / ".venv" / "bin" / "cbnet-tl")
+    parser.add_argument("--bundle", type=Path, help="use this rpi4 bundle instead of building one")
+    parser.add_argument("--coral-bundle", type=Path, help="use this coral-usb bundle instead of building one")
+    parser.add_argument("--only", nargs="+", choices=[c.name for c in COMBOS], help="run only these combinations")
+    parser.add_argument("--jobs", type=int, default=2, help="combinations run at once (default 2)")
+    parser.add_argument("--json-out", type=Path, default=REPO / "toolchain" / "data" / "device_checks.json",
+                        help="where to write the results for bundle READMEs")
+    parser.add_argument("--no-json", action="store_true", help="do not write --json-out")
+    parser.add_argument("--rebuild-roots", action="store_true", help="debootstrap the roots again")
+    parser.add_argument("--keep-logs", type=Path, help="copy every command's log here")
+    args = parser.parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    combos = [c for c in COMBOS if not args.only or c.name in args.only]
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="cbnet-arm64-"))
+    log_dir = work / "logs"
+    log_dir.mkdir()
+    try:
+        if os.geteuid() != 0:
+            raise CheckError("needs root (debootstrap, mount, chroot): run it with sudo")
+        missing = [t for t in ("debootstrap", "chroot", "mount") if not shutil.which(t)]
+        if missing:
+            raise CheckError(f"missing {', '.join(missing)}: run scripts/setup.sh")
+        binfmt = ensure_binfmt()
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(args.cache_dir / ".lock", "w")  # noqa: SIM115 (held until the process exits)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckError(f"another arm64 check is using {args.cache_dir}") from None
+        pip_cache = args.cache_dir / "pip"
+        pip_cache.mkdir(exist_ok=True)
+        print(f"arm64 check: qemu-aarch64 binfmt {binfmt}; cache {args.cache_dir}; logs {log_dir}", flush=True)
+
+        suites = sorted({c.suite for c in combos})
+        targets = sorted({c.target for c in combos})
+        given = {"rpi4": args.bundle, "coral-usb": args.coral_bundle}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            root_jobs = {s: pool.submit(ensure_root, args.cache_dir, s, args.mirror, log_dir, args.rebuild_roots)
+                         for s in suites}
+            bundle_jobs = {t: pool.submit(build_bundle, args.cbnet_tl, work / t, t, log_dir)
+                           for t in targets if not given.get(t)}
+            roots, made = {}, {}
+            for suite, job in root_jobs.items():
+                roots[suite], made[suite] = job.result()
+            bundles = {t: (given[t].resolve() if given.get(t) else bundle_jobs[t].result()) for t in targets}
+        prepared = time.monotonic() - started
+        made_note = ", ".join(f"{s} made in {t:.0f} s" for s, t in made.items() if t) or "roots cached"
+        print(f"arm64 check: prepared in {prepared:.0f} s ({made_note})", flush=True)
+
+        ca = _host_ca_bundle()
+        env = chroot_env(ca is not None)
+        with contextlib.ExitStack() as stack:
+            for suite in suites:
+                root = roots[suite]
+                shutil.rmtree(root / IN_ROOT.lstrip("/"), ignore_errors=True)
+                (root / IN_ROOT.lstrip("/")).mkdir(parents=True)
+                stack.callback(shutil.rmtree, root / IN_ROOT.lstrip("/"), True)
+                if ca is not None:
+                    shutil.copy(ca, root / IN_ROOT.lstrip("/") / "ca-certificates.crt")
+                if Path("/etc/resolv.conf").exists():
+                    (root / "etc/resolv.conf").unlink(missing_ok=True)
+                    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+                stack.enter_context(RootMounts(root, pip_cache))
+            stack.callback(kill_children)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+                jobs = [pool.submit(run_combo, c, roots[c.suite], bundles[c.target], env, log_dir) for c in combos]
+                outcomes = [job.result() for job in jobs]
+        total = time.monotonic() - started
+        checked_at = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+        print(table(outcomes))
+        passed = all(o.result in ("pass", "refused") for o in outcomes)
+        print(f"arm64 check: {'passed' if passed else 'FAILED'} in {total:.0f} s "
+              f"({'cold: ' + made_note if any(made.values()) else 'warm: roots cached'})")
+        if not args.no_json and not args.only:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(device_checks(outcomes, checked_at), indent=2) + "\n")
+            print(f"arm64 check: wrote {args.json_out}")
+        if passed:
+            shutil.rmtree(work / "rpi4", ignore_errors=True)
+            shutil.rmtree(work / "coral-usb", ignore_errors=True)
+        else:
+            print(f"arm64 check: logs of every command are in {log_dir}", file=sys.stderr)
+        return 0 if passed else 1
+    except CheckError as error:
+        print(f"arm64 check: {error} (logs: {log_dir})", file=sys.stderr)
+        return 1
+    finally:
+        kill_children()
+        if args.keep_logs:
+            shutil.copytree(log_dir, args.keep_logs, dirs_exist_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

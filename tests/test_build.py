@@ -1,0 +1,55 @@
+"""`cbnet-tl build` end to end, with TensorFlow, on a small slice of real MNIST (the committed
+tests/data/tiny-build is made the same way by scripts/make_test_build.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_fresh_build_has_every_stage(fresh_build):
+    from cbnet_tl.runtime.manifest import read_manifest
+    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES
+
+    manifest = read_manifest(fresh_build)
+    bundle = read_manifest(fresh_build / "bundle")
+    assert manifest.kind == "build" and bundle.kind == "bundle"
+    assert all("float32" in e.files and "int8" in e.files for e in manifest.models.values())
+    assert all(set(e.files) == {"int8"} for e in bundle.models.values())
+    checks = json.loads((fresh_build / "checks.json").read_text())
+    assert set(checks["pipelines"]) == set(DEPLOYED_PIPELINES)
+    assert (fresh_build / "report" / "index.html").is_file()
+    assert list(fresh_build.glob("cbnet-tl-mnist-rpi4.tar.gz"))
+    selftest = subprocess.run([sys.executable, str(fresh_build / "bundle" / "run.py"), "selftest"],
+                              capture_output=True, text=True)
+    assert selftest.returncode == 0, selftest.stderr
+    assert json.loads(selftest.stdout)["passed"] is True
+
+
+def test_check_explain_names_layers_of_every_model(fresh_build, mnist_dir, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cbnet_tl.toolchain.cli import app
+
+    build = tmp_path / "build"
+    shutil.copytree(fresh_build, build)
+    result = CliRunner().invoke(app, ["check", str(build), "--data-dir", str(mnist_dir), "--explain", "--json"])
+    assert result.exit_code == 0, result.output
+    explained = json.loads(result.output)["explain"]
+    assert {"cbnet", "lenet", "trunk_branch", "main_tail"} <= set(explained)
+    for layers in explained.values():
+        assert layers and all(row["rmse_over_scale"] >= 0 and row["suggestion"] for row in layers)
+
+
+def test_build_records_the_calibration_table(fresh_build):
+    table = json.loads((fresh_build / "calibration.json").read_text())
+    assert table["model"] == "lenet" and [r["samples"] for r in table["rows"]][0] == 10
+    assert all(0 < r["int8_accuracy"] <= 1 for r in table["rows"])
+    assert "How many calibration images" in (fresh_build / "report" / "index.html").read_text()

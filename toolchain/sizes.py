@@ -1,0 +1,87 @@
+"""``cbnet-tl sizes``: train the fast recipe at several sizes on a build's data and measure each in one run.
+
+Each size is trained the way the build trains the default (paper-style, then jointly, toward the build's
+own canonical images), fused into one uint8-in int8 graph, scored on the test split through the runtime,
+and timed at batch 1 with the others, interleaved, on this machine. Writes ``BUILD/sizes.json`` (and the
+graphs under ``BUILD/sizes/``), which ``cbnet-tl report`` plots beside the build's pipelines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cbnet_tl.runtime.bundle import open_manifest
+from cbnet_tl.runtime.errors import ConfigError
+from cbnet_tl.runtime.files import write_bytes_atomic, write_json_atomic
+from cbnet_tl.runtime.interpreter import Model
+
+
+def _timed(models: dict, images: np.ndarray, rounds: int = 5) -> dict:
+    """Median µs per image at batch 1 (raw pixels in, argmax out), the models interleaved image by image."""
+    samples = {name: [] for name in models}
+    for _ in range(rounds):
+        for image in images:
+            x = image[None, ..., None]
+            for name, model in models.items():
+                start = time.perf_counter()
+                int(model.invoke_quantized(x)[0].argmax())
+                samples[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values) * 1e6) for name, values in samples.items()}
+
+
+def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int = 0, progress: bool = True,
+              log: Callable = print, num_timed: int = 200) -> dict:
+    from cbnet_tl.recipes import fast
+    from cbnet_tl.toolchain.convert import Precision, check_raw_pixel_input, to_tflite
+    from cbnet_tl.toolchain.export import _calibration_pixels
+    from cbnet_tl.toolchain.train import split_validation
+    from cbnet_tl.toolchain.train_fast import train_fast
+
+    unknown = [s for s in sizes if s not in fast.SIZES]
+    if unknown:
+        raise ConfigError(f"Expected sizes among {list(fast.SIZES)}. Received: {unknown}")
+    build_dir, manifest = open_manifest(build_dir)
+    canonical = np.load(build_dir / "keras" / "canonical.npy")
+    fit, val = split_validation(len(train), 0.1, seed)
+    calibration = _calibration_pixels(train.images, np.random.default_rng(seed).permutation(fit)[:500])
+    results, models = {}, {}
+    for size in sizes:
+        config = dataclasses.replace(fast.SIZES[size], num_classes=len(manifest.class_names))
+        log(f"size {size}: {config.macs() / 1e6:.3f} M MACs, training")
+        ae, classifier, history = train_fast(train.images[fit], train.labels[fit], train.images[val],
+                                             train.labels[val], canonical, config, seed=seed, progress=progress)
+        path = build_dir / "sizes" / f"cbnet_{size}_int8.tflite"
+        write_bytes_atomic(path, to_tflite(fast.build_fused(ae, classifier), Precision.INT8, calibration, "uint8"))
+        model = Model(path)
+        check_raw_pixel_input(path, {"dtype": model.input.dtype.name, "scale": model.input.scale,
+                                     "zero_point": model.input.zero_point})
+        predicted = np.concatenate([model.invoke_quantized(test.images[i:i + 500, ..., None])[0].argmax(-1)
+                                    for i in range(0, len(test), 500)])
+        results[size] = {"macs": config.macs(), "config": config.to_dict(), "file": str(path.relative_to(build_dir)),
+                         "int8_accuracy": float((predicted == test.labels).mean()),
+                         "val_accuracy": history.get("best_val_acc"), "train_seconds": history.get("train_seconds")}
+        models[size] = model
+    for size, us in _timed(models, test.images[:num_timed]).items():
+        results[size]["us_per_image"] = us
+    from cbnet_tl.toolchain.bench import cpu_model
+
+    record = {"dataset": manifest.dataset, "machine": cpu_model(), "method": "batch 1, 1 thread, raw pixels in, "
+              "invoke + argmax, sizes interleaved image by image, median", "sizes": results}
+    write_json_atomic(build_dir / "sizes.json", record)
+    return record
+
+
+def format_sizes(record: dict) -> str:
+    lines = [f"{record['dataset']} on {record['machine']} ({record['method']})",
+             f"{'size':<9}{'M MACs':>8}{'int8 acc':>10}{'µs/image':>10}"]
+    for size, row in record["sizes"].items():
+        lines.append(f"{size:<9}{row['macs'] / 1e6:>8.3f}{row['int8_accuracy'] * 100:>9.2f}%{row['us_per_image']:>10.1f}")
+    return "\n".join(lines)
+
+
+
