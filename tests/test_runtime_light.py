@@ -107,6 +107,7 @@ def test_bundle_runner_works_in_light_venv(light_venv, tiny_bundle, samples_dir)
     assert bad.stderr.strip().splitlines()[-1] == "error: /nonexistent.png: no such file or directory"
 
 
+@pytest.mark.tf  # typer is imported in the child process, which the automatic marking cannot see
 def test_cli_help_does_not_import_tensorflow():
     code = (
         "import sys\n"
