@@ -8,18 +8,27 @@ dense int8 layers use the CPU's vector units well, small-channel convolutions do
 Architecture (``SIZES["default"]``)::
 
     uint8-range pixels (28, 28, 1), float in [0, 255]
-      → Rescaling(1/255) → flatten (batch -1)
+      → Rescaling(1/255) → flatten (batch -1)                       (folded into encoder_0 on export)
       → Dense 512 relu → Dense 128 (linear code)                    encoder
       → Dense 784 sigmoid → reshape (28, 28, 1)                     decoder: the converted image
       → flatten → Dense 64 relu → Dense 10 (logits)                 light classifier
 
-MACs = Σ fan_in·fan_out of the dense layers:
+MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``):
 
-- ``small``   784→256→64→784, classifier 784→32→10:   0.276 M
-- ``default`` 784→512→128→784, classifier 784→64→10:  0.617 M
-- ``large``   784→768→128→784, classifier 784→128→10: 0.815 M
+- ``small``   784→128→32→784, classifier 784→16→10:   0.142 M
+- ``default`` 784→512→128→784, classifier 784→64→10:  0.618 M
+- ``large``   784→768→128→784, classifier 784→128→10: 0.902 M
 
 (LeNet's main path is ≈1.14 M MACs; the paper's AE alone 0.76 M plus a conv branch 0.22 M.)
+
+Measured (scratch experiments, AMD EPYC, ai-edge-litert 2.3, 1 thread, XNNPACK, whole call incl.
+set_tensor/invoke/get_tensor/argmax, interleaved with LeNet int8): FMNIST int8 88.5 / 89.9-90.1 %,
+speed-up over LeNet 6.5× / 3.0-3.8× at batch 1 and 16.6× / 8.0× at batch 32 for small / default.
+At batch 1 an empty call already costs ≈1.9 µs (≈11 % of LeNet), so 6× there leaves ≈1 µs of
+compute: only ``small`` gets there, at ≈1.3 points less accuracy.
+
+The graph int8-converts to QUANTIZE (uint8→int8), RESHAPE, FULLY_CONNECTED ×3, LOGISTIC,
+FULLY_CONNECTED ×2: static shapes, all Edge TPU ops, and the batch can be resized at run time.
 
 Dropout layers act in training only; the exported graphs are the same with or without them.
 Training (paper-style AE, then classifier on converted images, then joint fine-tuning with a
@@ -31,7 +40,7 @@ reconstruction term toward the canonical image) lives in the toolchain; these ar
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import keras
@@ -141,10 +150,24 @@ def _dense_shapes(config: FastConfig) -> list:
 
 
 SIZES = {
-    "small": FastConfig(encoder_units=(256,), code_units=64, classifier_units=32),
-    "default": FastConfig(),
-    "large": FastConfig(encoder_units=(768,), code_units=128, classifier_units=128),
+    # the only size ≥ 6× LeNet at batch 1 on the measuring host; FMNIST int8 ≈ 88.5 %
+    "small": FastConfig(encoder_units=(128,), code_units=32, classifier_units=16, recon_weight=0.3,
+                        joint_epochs=40, patience=0),
+    # FMNIST int8 89.9-90.1 %, MNIST-8k 97.75 % (with small_data()); 3-3.8× LeNet at batch 1, 8× at 32
+    "default": FastConfig(encoder_units=(512,), code_units=128, classifier_units=64, joint_epochs=30, patience=0),
+    "large": FastConfig(encoder_units=(768,), code_units=128, classifier_units=128, joint_epochs=30, patience=0),
 }
+
+# Overrides for small training sets (a few thousand images, e.g. MNIST-8k): stronger dropout,
+# random shift/rotation/zoom, more epochs over the full cosine schedule. Measured on MNIST-8k
+# (fit on all 6400, judged on the 1600): default 97.75 % int8 (96.7-96.9 % without these).
+SMALL_DATA = dict(dropout=0.2, shift_pixels=2, rotate_degrees=10.0, zoom=0.1,
+                  ae_epochs=10, classifier_epochs=3, joint_epochs=50, patience=0)
+
+
+def small_data(config: FastConfig) -> FastConfig:
+    """``config`` with the SMALL_DATA training overrides (architecture unchanged)."""
+    return replace(config, **SMALL_DATA)
 
 
 def _check_batch(batch_size):

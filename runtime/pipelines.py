@@ -18,7 +18,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
-from cbnet_tl.runtime.gate import exits_early, softmax, softmax_entropy
+from cbnet_tl.runtime.gate import decide, exits_early, softmax, softmax_entropy
 from cbnet_tl.runtime.interpreter import Model, dequantize, quantize
 from cbnet_tl.runtime.tables import dequantize_table, input_table, lookup, pass_on, requantize_table
 
@@ -44,7 +44,7 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, uint8 images (N, 28, 28), run) -> (probabilities, path labels)
+    runner: Callable  # (pipeline, uint8 images (N, 28, 28), run) -> (labels, confidences, path labels)
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
@@ -150,9 +150,7 @@ class Pipeline:
         run = _Run(hook or _NoHook())
         start = time.perf_counter()
         run.hook.begin_inference(self.name)
-        probabilities, paths = self.spec.runner(self, check_images(images), run)
-        labels = probabilities.argmax(axis=-1)
-        confidences = probabilities.max(axis=-1)
+        labels, confidences, paths = self.spec.runner(self, check_images(images), run)
         seconds = time.perf_counter() - start
         run.hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
         return BatchResult(self.name, labels, confidences, tuple(paths), seconds, run.stage_seconds)
@@ -202,12 +200,13 @@ def convert_images(autoencoder: Model, images: np.ndarray) -> np.ndarray:
 # runners ------------------------------------------------------------------------------------------
 
 def _run_chain(pipeline: Pipeline, images, run):
-    """Models one after another, each link feeding the next; softmax of the last model's logits."""
+    """Models one after another, each link feeding the next; the last model's logits decide."""
     names = pipeline.spec.models
     raw = pipeline.stage(names[0], pipeline.model_input(names[0], images), run)
     for link in pipeline.spec.links:
         raw = pipeline.stage(link.target, pipeline.feed(link.source, link.output, raw[link.output]), run)
-    return softmax(pipeline.logits(names[-1], raw)), [pipeline.spec.paths[names]] * len(images)
+    labels, confidences = decide(pipeline.logits(names[-1], raw))
+    return labels, confidences, [pipeline.spec.paths[names]] * len(images)
 
 
 def _run_fallback(pipeline: Pipeline, images, run):
@@ -217,15 +216,15 @@ def _run_fallback(pipeline: Pipeline, images, run):
     if threshold is None:
         raise BundleError(f"Pipeline {pipeline.name} needs options.{CONFIDENCE_THRESHOLD} in the manifest; "
                           "rebuild the bundle")
-    probabilities = softmax(pipeline.logits(first, pipeline.stage(first, pipeline.model_input(first, images), run)))
-    unsure = probabilities.max(axis=-1) < float(threshold)
+    labels, confidences = decide(pipeline.logits(first, pipeline.stage(first, pipeline.model_input(first, images), run)))
+    unsure = confidences < float(threshold)
     short, full = pipeline.spec.paths[(first,)], pipeline.spec.paths[pipeline.spec.models]
     paths = [full if u else short for u in unsure.tolist()]
     if unsure.any():
         hard = np.flatnonzero(unsure)
         raw = pipeline.stage(second, pipeline.model_input(second, images[hard]), run)
-        probabilities[hard] = softmax(pipeline.logits(second, raw))
-    return probabilities, paths
+        labels[hard], confidences[hard] = decide(pipeline.logits(second, raw))
+    return labels, confidences, paths
 
 
 def _run_early_exit(pipeline: Pipeline, images, run):
@@ -242,7 +241,7 @@ def _run_early_exit(pipeline: Pipeline, images, run):
         features = pipeline.feed(first, link.output, raw[link.output][hard])
         tail_raw = pipeline.stage(link.target, features, run)
         probabilities[hard] = softmax(pipeline.logits(link.target, tail_raw))
-    return probabilities, paths
+    return probabilities.argmax(axis=-1), probabilities.max(axis=-1), paths
 
 
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build

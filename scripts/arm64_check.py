@@ -87,6 +87,7 @@ class Outcome:
     debian_version: str = ""
     result: str = "fail"
     seconds: float = 0.0
+    xnnpack: bool = False  # the interpreter said it created the XNNPACK delegate (ai-edge-litert does)
 
 
 class CheckError(Exception):
@@ -241,7 +242,13 @@ def ensure_root(cache: Path, suite: str, mirror: str, log_dir: Path, rebuild: bo
 
 
 class RootMounts:
-    """/proc, /sys (read-only), /dev and the pip cache mounted into a root; always unmounted on exit."""
+    """/proc, /dev, the pip cache and a minimal /sys mounted into a root; always unmounted on exit.
+
+    /sys is a tmpfs holding only ``devices/system/cpu/{possible,present}``, as a board exposes them. The
+    host's real /sys describes x86 CPUs: under qemu it makes ai-edge-litert 2.3.0's cpuinfo crash (SIGSEGV in
+    every model), and with no /sys at all cpuinfo fails and XNNPACK is silently not used, so neither would
+    test what runs on the board.
+    """
 
     def __init__(self, root: Path, pip_cache: Path):
         self.root, self.pip_cache, self.points = root, pip_cache, []
@@ -249,7 +256,7 @@ class RootMounts:
     def __enter__(self):
         unmount_under(self.root)  # left by a killed earlier run
         plan = [(["mount", "-t", "proc", "proc"], self.root / "proc"),
-                (["mount", "-t", "sysfs", "-o", "ro", "sysfs"], self.root / "sys"),
+                (["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"], self.root / "sys"),
                 (["mount", "--bind", "/dev"], self.root / "dev"),
                 (["mount", "--bind", str(self.pip_cache)], self.root / "root/.cache/pip")]
         try:
@@ -259,6 +266,11 @@ class RootMounts:
                 if rc != 0:
                     raise CheckError(f"`{' '.join(cmd)} {point}` failed: {err.strip()}")
                 self.points.append(point)
+            cpu = self.root / "sys/devices/system/cpu"
+            cpu.mkdir(parents=True)
+            for name in ("possible", "present", "online"):
+                count = max(1, os.cpu_count() or 1)
+                (cpu / name).write_text("0\n" if count == 1 else f"0-{count - 1}\n")
         except BaseException:
             self.__exit__()
             raise
@@ -372,7 +384,8 @@ def run_combo(combo: Combo, root: Path, bundle: Path, env: dict, log_dir: Path) 
         if outcome.versions.get("machine") != "aarch64":
             step.status, step.detail = "fail", f"python reports machine {outcome.versions.get('machine')!r}"
     if step.status == "ok":
-        step, out, _ = chroot("selftest", [venv_py, "run.py", "selftest"], RUN_TIMEOUT)
+        step, out, err = chroot("selftest", [venv_py, "run.py", "selftest"], RUN_TIMEOUT)
+        outcome.xnnpack = "XNNPACK delegate" in err
         if step.status == "ok":
             try:
                 report = json.loads(out)
@@ -455,7 +468,7 @@ def device_checks(outcomes: list, checked_at: str) -> dict:
             "name": o.combo.name, "suite": o.combo.suite, "base": SUITES[o.combo.suite],
             "debian_version": o.debian_version, "python": o.versions.get("python"), "interpreter": package,
             "interpreter_version": version, "numpy": o.versions.get("numpy"), "pillow": o.versions.get("pillow"),
-            "target": o.combo.target, "commands": ["run.py selftest",
+            "xnnpack_delegate_reported": o.xnnpack, "target": o.combo.target, "commands": ["run.py selftest",
                                                    " ".join(["run.py classify samples/", *o.combo.classify_args])],
             "result": o.result,
             "note": "; ".join(f"{s.name}: {s.detail}" for s in o.steps if s.status != "ok" and s.detail)

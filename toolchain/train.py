@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -224,8 +224,8 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     keras_dir = Path(build_dir) / "keras"
     keras_dir.mkdir(parents=True, exist_ok=True)
     if config.recipe == Recipe.PAPER:
-        autoencoder = _train_paper_autoencoder(x, y, split, canonical, fit_index, val_index, shift, stage_started,
-                                               config, record)
+        remaining = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - stage_started)
+        autoencoder = _train_paper_autoencoder(_Data(x, y, canonical, val_index), split, shift, remaining, config, record)
         autoencoder.save(keras_dir / "autoencoder.keras")
     else:
         from cbnet_tl.recipes.fast import SIZES
@@ -256,7 +256,14 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     return record
 
 
-def _train_paper_autoencoder(x, y, split, canonical, fit_index, val_index, shift, stage_started, config, record):
+class _Data(NamedTuple):
+    x: np.ndarray  # float images in [0, 1]
+    y: np.ndarray
+    canonical: np.ndarray  # the canonical image of each class, float
+    val_index: np.ndarray  # the validation images that stop training
+
+
+def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Optional[float], config, record):
     """The CBNet authors' converting AE: hard images plus easy ones, BCE toward the canonical image."""
     import keras
 
@@ -264,12 +271,12 @@ def _train_paper_autoencoder(x, y, split, canonical, fit_index, val_index, shift
     from cbnet_tl.toolchain.progress import BudgetedBest, EpochBar
 
     started = time.perf_counter()
+    x, y, canonical, val_index = data
     pairs = autoencoder_pairs(split, config, config.seed)
     pair_val = np.isin(pairs, val_index)
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
     autoencoder = ae_recipe.build_autoencoder(dropout=config.autoencoder_dropout)
     trainer = _with_augmentation(autoencoder, shift, config.seed)
-    remaining = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - stage_started)
     ae_budget = BudgetedBest(config.autoencoder_patience, None if remaining is None else max(remaining, 30.0))
     trainer.compile(optimizer=keras.optimizers.Adam(_decaying(config.autoencoder_learning_rate, config.autoencoder_lr_decay_per_epoch,
                                                               len(ae_fit), config.autoencoder_batch_size, min_steps=200)),
