@@ -53,3 +53,24 @@ def test_build_records_the_calibration_table(fresh_build):
     assert table["model"] == "lenet" and [r["samples"] for r in table["rows"]][0] == 10
     assert all(0 < r["int8_accuracy"] <= 1 for r in table["rows"])
     assert "How many calibration images" in (fresh_build / "report" / "index.html").read_text()
+
+
+def test_sizes_trains_and_times_each_size_and_the_report_plots_them(fresh_build, mnist_dir, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cbnet_tl.toolchain.cli import app
+
+    build = tmp_path / "build"
+    shutil.copytree(fresh_build, build)
+    result = CliRunner().invoke(app, ["sizes", str(build), "--data-dir", str(mnist_dir), "--size", "small",
+                                      "--size", "default", "--no-progress", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output[result.output.index("{"):])
+    assert set(record["sizes"]) == {"small", "default"} and record["machine"]
+    small, default = record["sizes"]["small"], record["sizes"]["default"]
+    assert small["macs"] < default["macs"] and small["us_per_image"] > 0 and 0 < small["int8_accuracy"] <= 1
+    report = CliRunner().invoke(app, ["report", str(build), "--data-dir", str(mnist_dir)])
+    assert report.exit_code == 0, report.output
+    assert (build / "report" / "pareto.png").is_file()

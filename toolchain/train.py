@@ -126,11 +126,14 @@ def autoencoder_pairs(split: EasyHardSplit, config: TrainConfig, seed: int) -> n
     return rng.permutation(np.concatenate([hard, easy]))
 
 
+SMALL_DATASET = 20000  # fewer training images than this: augment (B-LeNet shifts; the fast recipe SMALL_DATA)
+
+
 def augmentation_shift(config: TrainConfig, num_images: int) -> float:
     """Small sets gain much from random shifts; large ones (e.g. 60k FMNIST) mostly pay in epochs."""
     if config.augment_shift_pixels is not None:
         return float(config.augment_shift_pixels)
-    return 2.0 if num_images < 20000 else 0.0
+    return 2.0 if num_images < SMALL_DATASET else 0.0
 
 
 def _with_augmentation(model, shift: float, seed: int):
@@ -228,20 +231,25 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         autoencoder = _train_paper_autoencoder(_Data(x, y, canonical, val_index), split, shift, remaining, config, record)
         autoencoder.save(keras_dir / "autoencoder.keras")
     else:
-        from cbnet_tl.recipes.fast import SIZES
+        from cbnet_tl.recipes.fast import SIZES, small_data
         from cbnet_tl.toolchain.train_fast import train_fast
 
         started = time.perf_counter()
-        fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes,
-                                          shift_pixels=int(round(shift)))
+        fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes)
+        if len(fit_index) < SMALL_DATASET:  # small sets: augmentation, more epochs (recipes/fast.py SMALL_DATA)
+            fast_config = small_data(fast_config)
+        # without early stopping the recipe also trains on the images that stopped B-LeNet; the held-out half
+        # (cbnet-fallback's threshold) stays unseen
+        train_index = np.sort(np.concatenate([fit_index, val_index])) if fast_config.patience == 0 else fit_index
         fast_ae, fast_classifier, history = train_fast(
-            train.images[fit_index], y[fit_index], train.images[val_index], y[val_index],
+            train.images[train_index], y[train_index], train.images[val_index], y[val_index],
             train.images[split.canonical_indices], fast_config, seed=config.seed, progress=config.progress)
         fast_ae.save(keras_dir / "fast_autoencoder.keras")
         fast_classifier.save(keras_dir / "fast_classifier.keras")
         record["fast"] = {"size": config.fast_size, "config": fast_config.to_dict(), "macs": fast_config.macs(),
                           "seconds": round(time.perf_counter() - started, 2),
-                          "val_accuracy": history.get("best_val_acc"), "best_epoch": history.get("best_epoch"),
+                          "monitor_accuracy_best": history.get("best_val_acc"), "best_epoch": history.get("best_epoch"),
+                          "trained_on_monitor_images": bool(fast_config.patience == 0),
                           "paper_style_val_accuracy": history.get("paper_style_val_acc")}
     record["recipe"] = config.recipe.value
     record["validation_indices"] = held_out.tolist()  # cbnet-fallback's threshold is chosen on these

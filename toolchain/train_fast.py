@@ -11,7 +11,8 @@ Three phases, all Adam, batch ``config.batch_size``:
    the weights of the epoch with the best validation accuracy kept (early stop after
    ``config.patience`` epochs without improvement).
 
-``config.shift_pixels`` > 0 adds random translation of the input in phases 1 and 3 (small data).
+``config.shift_pixels`` / ``rotate_degrees`` / ``zoom`` add random augmentation of the input in
+phases 1 and 3 (small data sets).
 """
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ import time
 import keras
 import numpy as np
 
-from cbnet_tl.recipes.fast import FastConfig, build_autoencoder, build_classifier, build_joint_trainer
+from cbnet_tl.recipes.fast import (
+    FastConfig,
+    build_autoencoder,
+    build_autoencoder_trainer,
+    build_classifier,
+    build_joint_trainer,
+)
 from cbnet_tl.toolchain.progress import EpochBar
 
 
@@ -53,7 +60,9 @@ class _BestOnVal(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.best_weights is not None:
+        # with early stopping, keep the best epoch; without (patience 0), the schedule's end: the monitoring
+        # images were trained on, so picking an epoch by them would be a biased choice
+        if self.patience and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
 
@@ -82,12 +91,7 @@ def train_fast(x_fit_uint8, y_fit, x_val_uint8, y_val, canonical_uint8, config: 
 
     # 1. paper-style AE toward the canonical image
     if config.ae_epochs:
-        pixels = keras.Input((28, 28, 1))
-        x = pixels
-        if config.shift_pixels:
-            f = config.shift_pixels / 28
-            x = keras.layers.RandomTranslation(f, f, fill_mode="constant", fill_value=0.0)(x)
-        ae_trainer = keras.Model(pixels, ae(x))
+        ae_trainer = build_autoencoder_trainer(ae, config)
         ae_trainer.compile(keras.optimizers.Adam(config.learning_rate), bce)
         h = ae_trainer.fit(x_fit, target_fit, batch_size=bs, epochs=config.ae_epochs, verbose=0, shuffle=True,
                            callbacks=[EpochBar("train fast AE (paper-style)", config.ae_epochs, progress)])
@@ -110,7 +114,7 @@ def train_fast(x_fit_uint8, y_fit, x_val_uint8, y_val, canonical_uint8, config: 
 
     # 3. joint fine-tuning
     if config.joint_epochs:
-        joint = build_joint_trainer(ae, clf, shift_pixels=config.shift_pixels)
+        joint = build_joint_trainer(ae, clf, config)
         steps = config.joint_epochs * int(np.ceil(len(x_fit) / bs))
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
         joint.compile(
