@@ -177,3 +177,24 @@ def test_fused_cbnet_gives_the_classes_of_ae_then_classifier(tiny_build, mnist_s
     fed = pass_on(converted, ae.outputs[0], classifier.input, requantize_table(ae.outputs[0], classifier.input))
     apart = dequantize(classifier.invoke_quantized(fed)[0], classifier.outputs[0]).argmax(-1)
     assert np.array_equal(together, apart)
+
+
+def test_row_by_row_invokes_equal_a_real_batch(tiny_bundle, mnist_samples):
+    """The tflite-runtime path (its aarch64 int8 FULLY_CONNECTED crashes at batch > 1) runs a batch as rows."""
+    images = load_images(mnist_samples[0])
+    bundle = load_bundle(tiny_bundle, models=["cbnet"])
+    model = bundle.models["cbnet"]
+    batched = model.invoke_quantized(images[..., None])[0]
+    model._one_row_at_a_time, before = True, model.num_invokes
+    rows = model.invoke_quantized(images[..., None])[0]
+    assert np.array_equal(rows, batched) and model.num_invokes - before == len(images)
+
+
+def test_bundle_readme_says_where_it_was_checked(tiny_bundle):
+    from cbnet_tl.toolchain.bundle import device_checks
+
+    checks = device_checks()
+    readme = (tiny_bundle / "README.md").read_text()
+    assert checks["combos"] and f"On {checks['checked_at']}" in readme
+    for combo in checks["combos"]:
+        assert f"{combo['interpreter']} {combo['interpreter_version']}" in readme and combo["result"] in readme

@@ -70,6 +70,14 @@ def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
     return {"files": files, "expected": expected}
 
 
+def device_checks() -> dict:
+    """What scripts/arm64_check.py proved (bases, Pythons, interpreters, date), for the bundle README."""
+    from importlib import resources
+
+    source = resources.files("cbnet_tl.toolchain").joinpath("data/device_checks.json")
+    return json.loads(source.read_text()) if source.is_file() else {}
+
+
 def _render_files(staging: Path, target: Target, context: dict) -> None:
     outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
                "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
@@ -114,6 +122,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
             "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
             "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
+            "device_checks": device_checks(),
         }
         edgetpu = _edgetpu_stage(staging, models) if target.uses_edgetpu else None
         if edgetpu is not None:

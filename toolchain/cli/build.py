@@ -22,7 +22,7 @@ def build(
     target: Annotated[TargetChoice, typer.Option(help="Deployment target.")] = TargetChoice("rpi4"),
     threshold: Annotated[Optional[float], typer.Option(help="Entropy threshold T for easy/hard (default per dataset: mnist 0.05, fashion-mnist 0.5, kmnist 0.025).")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
-    blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 30,
+    blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 20,
     autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
     recipe: Annotated[RecipeChoice, typer.Option(help="fast: dense converting AE + dense classifier, trained paper-style then jointly, fused in one graph; paper: the authors' AE with the B-LeNet branch as classifier.")] = RecipeChoice("fast"),
     size: Annotated[SizeChoice, typer.Option(help="Size of the fast recipe (recipes/fast.py SIZES).")] = SizeChoice("default"),
