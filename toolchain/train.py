@@ -228,7 +228,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     keras_dir.mkdir(parents=True, exist_ok=True)
     if config.recipe == Recipe.PAPER:
         remaining = None if config.time_budget_s is None else config.time_budget_s - (time.perf_counter() - stage_started)
-        autoencoder = _train_paper_autoencoder(_Data(x, y, canonical, val_index), split, shift, remaining, config, record)
+        autoencoder = _train_paper_autoencoder(_Data(x, y, canonical, val_index, held_out), split, shift, remaining, config, record)
         autoencoder.save(keras_dir / "autoencoder.keras")
     else:
         from cbnet_tl.recipes.fast import SIZES, small_data
@@ -269,6 +269,7 @@ class _Data(NamedTuple):
     y: np.ndarray
     canonical: np.ndarray  # the canonical image of each class, float
     val_index: np.ndarray  # the validation images that stop training
+    held_out: np.ndarray  # never trained on: cbnet-fallback's threshold is chosen on them
 
 
 def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Optional[float], config, record):
@@ -279,8 +280,9 @@ def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Option
     from cbnet_tl.toolchain.progress import BudgetedBest, EpochBar
 
     started = time.perf_counter()
-    x, y, canonical, val_index = data
+    x, y, canonical, val_index, held_out = data
     pairs = autoencoder_pairs(split, config, config.seed)
+    pairs = pairs[~np.isin(pairs, held_out)]
     pair_val = np.isin(pairs, val_index)
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
     autoencoder = ae_recipe.build_autoencoder(dropout=config.autoencoder_dropout)
