@@ -159,18 +159,25 @@ def deploy(bundle_dir: Path, destination: Destination, *, python: str = "python3
         _remote_script(destination, f"rm -rf {q(incoming)}", "clean up the failed upload")
         raise
     previous = _remote_script(destination, f"readlink {q(base + '/current')} || true", "read current").strip()
-    switch = (f"mv {q(incoming)} {q(release)} && "
-              f"ln -sfn {q(release)} {q(base + '/.current.tmp')} && mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
+    switch = f"mv {q(incoming)} {q(release)} && " + _point(base, "current", release)
     if previous:
-        switch += f" && ln -sfn {q(previous)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+        switch += " && " + _point(base, "previous", previous)
     log(f"switching current to releases/{version}")
     _remote_script(destination, switch, "switch current")
-    restarted = False
+    _restart(destination, restart, log)
+    return {"host": destination.host, "release": release, "previous": previous or None, "restarted": bool(restart)}
+
+
+def _point(base: str, link: str, target: str) -> str:
+    """Shell to point BASE/LINK at TARGET atomically (a new symlink under a temporary name, then a rename)."""
+    q = shlex.quote
+    return f"ln -sfn {q(target)} {q(f'{base}/.{link}.tmp')} && mv -T {q(f'{base}/.{link}.tmp')} {q(f'{base}/{link}')}"
+
+
+def _restart(destination: Destination, restart: Optional[Sequence[str]], log: Callable[[str], None]) -> None:
     if restart:
         log(f"restarting the service ({shlex.join(restart)})")
         remote(destination, list(restart), "restart the service")
-        restarted = True
-    return {"host": destination.host, "release": release, "previous": previous or None, "restarted": restarted}
 
 
 def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = DEFAULT_RESTART,
@@ -183,13 +190,10 @@ def rollback(destination: Destination, *, restart: Optional[Sequence[str]] = DEF
     current, _, previous = (part.strip() for part in links.partition("---"))
     if not previous:
         raise DeployError(f"{destination.host}:{base} has no previous release to roll back to")
-    script = (f"test -d {q(previous)} && ln -sfn {q(previous)} {q(base + '/.current.tmp')} && "
-              f"mv -T {q(base + '/.current.tmp')} {q(base + '/current')}")
+    script = f"test -d {q(previous)} && " + _point(base, "current", previous)
     if current:
-        script += f" && ln -sfn {q(current)} {q(base + '/.previous.tmp')} && mv -T {q(base + '/.previous.tmp')} {q(base + '/previous')}"
+        script += " && " + _point(base, "previous", current)
     log(f"switching current back to {previous}")
     _remote_script(destination, script, "switch back")
-    if restart:
-        log(f"restarting the service ({shlex.join(restart)})")
-        remote(destination, list(restart), "restart the service")
+    _restart(destination, restart, log)
     return {"host": destination.host, "current": previous, "previous": current or None, "restarted": bool(restart)}
