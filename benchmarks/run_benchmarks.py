@@ -98,7 +98,10 @@ def main() -> int:
                 f"cbnet-tl build --dataset mnist --data-dir {args.mnist_data_dir} --out {args.mnist_build}",
                 *([f"cbnet-tl build --dataset fashion-mnist --recipe paper --out {args.fmnist_paper_build}"] if args.fmnist_paper_build else []),
                 *([f"cbnet-tl build --dataset mnist --recipe paper --data-dir {args.mnist_data_dir} --out {args.mnist_paper_build}"] if args.mnist_paper_build else []),
-                f"python benchmarks/run_benchmarks.py --fmnist-build {args.fmnist_build} --mnist-build {args.mnist_build}",
+                f"python benchmarks/run_benchmarks.py --fmnist-build {args.fmnist_build} --mnist-build {args.mnist_build}"
+                + (f" --fmnist-paper-build {args.fmnist_paper_build}" if args.fmnist_paper_build else "")
+                + (f" --mnist-paper-build {args.mnist_paper_build}" if args.mnist_paper_build else "")
+                + f" --mnist-data-dir {args.mnist_data_dir}",
                 "```", ""]
     claims = {}
     builds = [("Fashion-MNIST (full, 10k test), fast recipe", args.fmnist_build, None, "fashion-mnist"),
@@ -141,21 +144,24 @@ def main() -> int:
             sections.append("")
         claims[key] = bench
     fm = claims["fashion-mnist"]["runs"][0]["pipelines"]
-    best_speedup = max(run["pipelines"]["cbnet"]["speedup_vs_lenet"] for bench in claims.values() for run in bench["runs"])
-    paper_recipe = claims.get("fashion-mnist-paper")
-    if paper_recipe:
-        p = paper_recipe["runs"][0]["pipelines"]["cbnet"]
-        sections += [f"The paper's own recipe, timed the same way (Fashion-MNIST, tuned, batch 1): cbnet "
-                     f"{p['speedup_vs_lenet']:.2f}× LeNet at {p['accuracy'] * 100:.2f}%; the fast recipe "
-                     f"{fm['cbnet']['speedup_vs_lenet']:.2f}× at {fm['cbnet']['accuracy'] * 100:.2f}%.", ""]
+
+    def cbnet_ratio(key: str, batch: int) -> str:
+        runs = [r for r in claims[key]["runs"] if r["batch_size"] == batch and r["precision"] == claims[key]["runs"][0]["precision"]]
+        return f"{runs[0]['pipelines']['cbnet']['speedup_vs_lenet']:.2f}×" if runs else "n/a"
+
+    paper_key = "fashion-mnist-paper" if "fashion-mnist-paper" in claims else None
+    paper_line = (f"The paper's recipe (its AE with the B-LeNet branch as the classifier), timed the same way, runs at "
+                  f"{cbnet_ratio(paper_key, 1)} LeNet at batch 1 and {cbnet_ratio(paper_key, 32)} at batch 32 "
+                  f"(Fashion-MNIST, tuned): **not reproduced**. " if paper_key else "")
     sections += ["## The paper's claims", "",
-                 f"- **CBNet up to 4.8× faster** (CBNet abstract): {'reproduced' if best_speedup >= 4.8 else 'not reproduced'}. "
-                 f"Best ratio over all our settings: {best_speedup:.2f}× LeNet. Timed the same way, cbnet runs at "
-                 f"{fm['cbnet']['speedup_vs_lenet']:.2f}× LeNet and {fm['cbnet']['speedup_vs_branchynet']:.2f}× BranchyNet "
-                 f"(Fashion-MNIST, tuned, batch 1, fast recipe). By MACs the AE plus classifier ({fm['cbnet']['macs'] / 1e6:.2f} M) is only "
-                 f"{(1 - fm['cbnet']['macs'] / fm['lenet']['macs']) * 100:.0f}% cheaper than LeNet ({fm['lenet']['macs'] / 1e6:.2f} M), "
-                 "The paper's own recipe (AE plus a small convolutional branch) is not faster than LeNet when timed the same way; "
-                 "the paper's gap came from timing the parts with different frameworks and batch sizes.",
+                 f"- **CBNet up to 4.8× faster** (CBNet abstract): {paper_line}The paper's gap came from timing the parts "
+                 "with different frameworks and batch sizes. Our `fast` recipe (a dense AE and classifier fused into one "
+                 f"uint8-in graph) runs at {cbnet_ratio('fashion-mnist', 1)} LeNet at batch 1 and "
+                 f"{cbnet_ratio('fashion-mnist', 32)} at batch 32 at {fm['cbnet']['accuracy'] * 100:.2f}% (Fashion-MNIST, tuned); "
+                 f"by MACs it is {(1 - fm['cbnet']['macs'] / fm['lenet']['macs']) * 100:.0f}% cheaper than LeNet "
+                 f"({fm['cbnet']['macs'] / 1e6:.2f} M against {fm['lenet']['macs'] / 1e6:.2f} M). At batch 1 the fixed cost of "
+                 "one call through the pipeline (the floor column) is about half of cbnet's time, and this CPU runs "
+                 "LeNet's int8 convolutions fast (XNNPACK, AVX-512 VNNI), so the batch-1 ratio stays far below the batch-32 one.",
                  "- **CBNet −79% energy** (CBNet abstract): not reproducible here; it compares KMNIST runs on a K80 GPU modelled at a constant 79 W. "
                  "Our energy is modelled for a Pi 4 from the measured time (see the DVFS tables), and follows latency.",
                  f"- **Accuracy** (authors' notebook, Fashion-MNIST: CBNet 89.59%, LeNet 84.9%, BranchyNet 87.8%): ours int8 "
