@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # qemu-user-static, binfmt-support, debootstrap: the arm64 check (scripts/arm64_check.py) runs bundles on
 # Debian arm64 roots under qemu-user emulation.
 APT_PACKAGES=(dataset-fashion-mnist openssh-server openssh-client rsync ansible-core chromium python3-venv
-              qemu-user-static binfmt-support debootstrap)
+              qemu-user-static binfmt-support debootstrap systemd)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
