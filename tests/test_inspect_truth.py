@@ -1,4 +1,5 @@
-"""``inspect`` against what Coral's real edgetpu_compiler made of public models (../shared/edgetpu-models/).
+"""``inspect`` against what Coral's real edgetpu_compiler made of public models (tests/data/edgetpu-models/,
+a copy of the team's shared ground truth: google-coral/test_data, Apache-2.0).
 
 The truth comes from the compiled files themselves: every op the compiler mapped is folded into
 ``edgetpu-custom-op``, every other op is still there and runs on the CPU. Nothing is typed in here.
@@ -16,7 +17,7 @@ from cbnet_tl.toolchain.cli import app
 from cbnet_tl.toolchain.edgetpu_mapping import EDGETPU_CUSTOM_OP, inspect_model
 from cbnet_tl.toolchain.tflite_graph import read_graph
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "edgetpu-models"
+SHARED = Path(__file__).resolve().parent / "data" / "edgetpu-models"
 PAIRS = sorted(p for p in SHARED.glob("*.tflite") if not p.name.endswith("_edgetpu.tflite")
                and p.with_name(p.stem + "_edgetpu.tflite").is_file())
 runner = CliRunner()
