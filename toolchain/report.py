@@ -91,7 +91,7 @@ def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dic
     if bench:
         points = _pareto_points(bench, sizes)
         charts.scatter_chart(points, "Accuracy against time per image (one run; up and left is better)",
-                             "µs per image (median)", "accuracy %",
+                             "us per image (median)", "accuracy %",
                              footer=f"measured on {bench.get('machine', 'this machine')}, {bench['interpreter']}, "
                                     f"{bench['threads']} thread(s), batch {bench['primary']['batch_size']}"
                              ).save(out / "pareto.png")

@@ -9,7 +9,6 @@ graphs under ``BUILD/sizes/``), which ``cbnet-tl report`` plots beside the build
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,17 +20,31 @@ from cbnet_tl.runtime.files import write_bytes_atomic, write_json_atomic
 from cbnet_tl.runtime.interpreter import Model
 
 
-def _timed(models: dict, images: np.ndarray, rounds: int = 5) -> dict:
-    """Median µs per image at batch 1 (raw pixels in, argmax out), the models interleaved image by image."""
-    samples = {name: [] for name in models}
+def _timed(pipelines: dict, images: np.ndarray, rounds: int = 5) -> dict:
+    """Median µs per image at batch 1 through the pipeline code (as ``bench`` times), interleaved image by image."""
+    samples = {name: [] for name in pipelines}
     for _ in range(rounds):
         for image in images:
-            x = image[None, ..., None]
-            for name, model in models.items():
-                start = time.perf_counter()
-                int(model.invoke_quantized(x)[0].argmax())
-                samples[name].append(time.perf_counter() - start)
+            for name, pipeline in pipelines.items():
+                samples[name].append(pipeline.classify(image).seconds)
     return {name: float(np.median(values) * 1e6) for name, values in samples.items()}
+
+
+def _size_pipelines(build_dir: Path, manifest, models: dict) -> dict:
+    """Each size's fused graph as a one-model pipeline (like ``cbnet``), beside the build's cbnet and lenet."""
+    from cbnet_tl.runtime.bundle import Bundle, load_bundle
+    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, PipelineSpec
+
+    reference = load_bundle(build_dir, models=["cbnet", "lenet"])
+    names = {size: f"cbnet-{size}" for size in models}
+    entries = {**manifest.models, **{names[s]: manifest.models["cbnet"] for s in models}}  # same I/O contract
+    bundle = Bundle(reference.directory, manifest.replace(models=entries), "int8",
+                    {**reference.models, **{names[s]: m for s, m in models.items()}})
+    pipelines = {name: Pipeline(bundle, name) for name in ("cbnet", "lenet")}
+    for size, name in names.items():
+        spec = PipelineSpec(name, (name,), {(name,): "ae+classifier"}, PIPELINE_SPECS["cbnet"].runner, deployed=False)
+        pipelines[size] = Pipeline(bundle, spec)
+    return pipelines
 
 
 def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int = 0, progress: bool = True,
@@ -66,18 +79,23 @@ def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int =
                          "int8_accuracy": float((predicted == test.labels).mean()),
                          "val_accuracy": history.get("best_val_acc"), "train_seconds": history.get("train_seconds")}
         models[size] = model
-    for size, us in _timed(models, test.images[:num_timed]).items():
-        results[size]["us_per_image"] = us
+    timed = _timed(_size_pipelines(build_dir, manifest, models), test.images[:num_timed])
+    for size in results:
+        results[size]["us_per_image"] = timed[size]
+    reference = {name: timed[name] for name in ("cbnet", "lenet")}
     from cbnet_tl.toolchain.bench import cpu_model
 
-    record = {"dataset": manifest.dataset, "machine": cpu_model(), "method": "batch 1, 1 thread, raw pixels in, "
-              "invoke + argmax, sizes interleaved image by image, median", "sizes": results}
+    record = {"dataset": manifest.dataset, "machine": cpu_model(), "method": "batch 1, 1 thread, through the "
+              "pipeline code as bench times it, interleaved image by image with the build's cbnet and lenet, median",
+              "sizes": results, "reference_us_per_image": reference}
     write_json_atomic(build_dir / "sizes.json", record)
     return record
 
 
 def format_sizes(record: dict) -> str:
+    ref = record.get("reference_us_per_image", {})
     lines = [f"{record['dataset']} on {record['machine']} ({record['method']})",
+             "in the same run: " + ", ".join(f"{name} {us:.1f} µs/image" for name, us in ref.items()),
              f"{'size':<9}{'M MACs':>8}{'int8 acc':>10}{'µs/image':>10}"]
     for size, row in record["sizes"].items():
         lines.append(f"{size:<9}{row['macs'] / 1e6:>8.3f}{row['int8_accuracy'] * 100:>9.2f}%{row['us_per_image']:>10.1f}")
