@@ -31,7 +31,7 @@ def deploy(
     ssh_option: Annotated[Optional[List[str]], typer.Option("--ssh-option", "-o", help="Extra ssh -o KEY=VALUE, e.g. UserKnownHostsFile=FILE (repeatable).")] = None,
     json_output: JsonOutput = False,
 ):
-    """Deploy a bundle to a device (upload into releases/VERSION, verify every sha256 there, self-test, switch
+    """Deploy a bundle to a device (upload into releases/VERSION, verify every sha256 there, self-test, tune once per bundle version, switch
     current, restart the service), or --rollback to the previous release. A failed step keeps the running version."""
     from cbnet_tl.toolchain import deploy as deploying
 
