@@ -138,3 +138,13 @@ def test_run_writes_converted_images_and_takes_a_fallback_threshold(tiny_bundle,
     written = sorted((tmp_path / "conv").glob("*.png"))
     assert [p.name for p in written] == sorted(f"{Path(i).name}.png" for i in images)
     assert all(Image.open(p).size == (28, 28) and Image.open(p).mode == "L" for p in written)
+
+
+def test_bundle_readme_says_where_it_was_checked(tiny_bundle):
+    from cbnet_tl.toolchain.bundle import device_checks
+
+    checks = device_checks()
+    readme = (tiny_bundle / "README.md").read_text()
+    assert checks["combos"] and f"On {checks['checked_at']}" in readme
+    for combo in checks["combos"]:
+        assert f"{combo['interpreter']} {combo['interpreter_version']}" in readme and combo["result"] in readme

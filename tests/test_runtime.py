@@ -189,12 +189,3 @@ def test_row_by_row_invokes_equal_a_real_batch(tiny_bundle, mnist_samples):
     rows = model.invoke_quantized(images[..., None])[0]
     assert np.array_equal(rows, batched) and model.num_invokes - before == len(images)
 
-
-def test_bundle_readme_says_where_it_was_checked(tiny_bundle):
-    from cbnet_tl.toolchain.bundle import device_checks
-
-    checks = device_checks()
-    readme = (tiny_bundle / "README.md").read_text()
-    assert checks["combos"] and f"On {checks['checked_at']}" in readme
-    for combo in checks["combos"]:
-        assert f"{combo['interpreter']} {combo['interpreter_version']}" in readme and combo["result"] in readme
