@@ -148,3 +148,14 @@ def test_bundle_readme_says_where_it_was_checked(tiny_bundle):
     assert checks["combos"] and f"On {checks['checked_at']}" in readme
     for combo in checks["combos"]:
         assert f"{combo['interpreter']} {combo['interpreter_version']}" in readme and combo["result"] in readme
+
+
+def test_run_uses_the_tuning_file_and_reports_its_configuration(tiny_bundle, samples_dir, tmp_path, monkeypatch):
+    tuned = runner.invoke(app, ["tune", str(tiny_bundle), "--out", str(tmp_path / "tuning.json"), "--json"])
+    assert tuned.exit_code == 0, tuned.output
+    record = json.loads(tuned.output)
+    monkeypatch.setenv("CBNET_TL_STATE_DIR", str(tmp_path))
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--pipeline", "lenet",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["configuration"] == {"lenet": record["models"]["lenet"]["config"]}

@@ -54,15 +54,13 @@ def run(
     json_output: JsonOutput = False,
 ):
     """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy."""
-    from cbnet_tl.runtime.api import classify_paths
-    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.api import classify_paths, open_pipeline
     from cbnet_tl.runtime.dvfs.run import dvfs_session
     from cbnet_tl.runtime.images import collect_image_paths
-    from cbnet_tl.runtime.pipelines import Pipeline, models_for
     from cbnet_tl.toolchain.evaluation import format_dvfs_summary, write_converted
 
-    runner = Pipeline(load_bundle(bundle, num_threads=threads, models=models_for([pipeline.value])), pipeline.value,
-                      options=fallback_options(fallback_threshold))
+    # the device's tuning file (`cbnet-tl tune`) when there is one; it says so and what it runs
+    runner = open_pipeline(bundle, pipeline.value, num_threads=threads, options=fallback_options(fallback_threshold))
     paths = collect_image_paths(images)
     with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
                       target=power_model(target)) as session:
@@ -74,8 +72,10 @@ def run(
     if convert_image is not None:
         write_converted(bundle, paths, convert_image, resize=convert)
     if json_output:
-        typer.echo(json.dumps({"pipeline": pipeline.value, "results": records, "dvfs": summary}, indent=2))
+        typer.echo(json.dumps({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
+                               "dvfs": summary}, indent=2))
         return
+    typer.echo("configuration: " + ", ".join(f"{m} {c}" for m, c in runner.configuration.items()), err=True)
     for r in records:
         typer.echo(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
     typer.echo(format_dvfs_summary(summary))
