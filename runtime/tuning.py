@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.files import write_json_atomic
 from cbnet_tl.runtime.interpreter import DEFAULT_RESOLVER, RESOLVERS, find_interpreter, resolver_arguments
 from cbnet_tl.runtime.manifest import Manifest
@@ -99,7 +100,7 @@ def measure(bundle_dir: Path, images: np.ndarray, *, pipelines: Sequence[str], n
             try:
                 bundle = load_bundle(directory, precision=config.precision, num_threads=num_threads, models=[name],
                                      configs={name: config})
-            except Exception as error:  # noqa: BLE001 - a configuration this interpreter lacks is just not a candidate
+            except CbnetError as error:  # a configuration this interpreter lacks is just not a candidate
                 agrees[(name, config)] = f"cannot load: {str(error).splitlines()[0]}"
                 continue
             loaded[(name, config)] = bundle.models[name]
@@ -189,7 +190,7 @@ def read_tuning(path: Optional[Path], manifest: Manifest, models: Sequence[str])
         else:
             try:
                 resolver_arguments(backend, config.resolver)
-            except Exception as error:  # noqa: BLE001 - ModelError: the interpreter lacks this resolver
+            except CbnetError as error:  # ModelError: the interpreter lacks this resolver
                 messages.append(f"tuning: {name} {config.label}: {error}; running {DEFAULT_CONFIG.label}")
                 continue
             configs[name] = config

@@ -63,19 +63,10 @@ def _pipeline_params(manifest: Manifest, name: str) -> int:
 
 def cpu_model() -> str:
     """The CPU's name as the kernel reports it (ratios between pipelines depend on it), with its core count."""
-    import os
-    import platform
+    from cbnet_tl.runtime.tuning import machine
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores)"
+    described = machine()
+    return f"{described['cpu']} ({described['cores']} cores)"
 
 
 def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
