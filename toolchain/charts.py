@@ -112,11 +112,16 @@ def scatter_chart(points: Sequence[tuple], title: str, xlabel: str, ylabel: str,
         xv = x_top * i / 4
         draw.text((px(xv, y_low)[0] - 10, HEIGHT - MARGIN + 8), f"{xv:.3g}", fill="black", font=_font())
     groups = list(dict.fromkeys(p[3] for p in points))
+    placed: list = []
     for label, xv, yv, group in points:
         x, y = px(xv, yv)
         color = PALETTE[groups.index(group) % len(PALETTE)]
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
-        draw.text((x + 6, y - 6), label, fill="black", font=_font())
+        ty = y - 6
+        while any(abs(ty - py) < 12 and abs(x - px_) < 90 for px_, py in placed):  # keep labels apart
+            ty += 12
+        placed.append((x, ty))
+        draw.text((x + 6, ty), label, fill="black", font=_font())
     draw.text((4, MARGIN - 30), ylabel, fill="black", font=_font())
     draw.text((WIDTH // 2 - 60, HEIGHT - 30), xlabel, fill="black", font=_font())
     draw.text((MARGIN, HEIGHT - 4), footer, fill="#555555", font=_font())
