@@ -18,7 +18,7 @@ from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.images import load_image, load_images
 from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
-from cbnet_tl.runtime.tuning import ModelConfig, default_tuning_path, read_tuning
+from cbnet_tl.runtime.tuning import default_tuning_path, read_tuning
 
 SELFTEST_MIN_AGREEMENT = 0.9
 
@@ -52,9 +52,7 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
             print(f"warning: {message}", file=sys.stderr)
     bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=names,
                          delegates=delegates, device=used, configs=configs)
-    pipeline = Pipeline(bundle, name, options)
-    pipeline.configuration = {m: (configs.get(m) or ModelConfig(precision)).label for m in names}
-    return pipeline
+    return Pipeline(bundle, name, options)
 
 
 def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, resize: bool = False, batch_size: int = 1,

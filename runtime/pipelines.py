@@ -146,6 +146,12 @@ class Pipeline:
         self._links = {(link.source, link.output): (link.target, requantize_table(
             self.models[link.source].outputs[link.output], self.models[link.target].input)) for link in spec.links}
 
+    @property
+    def configuration(self) -> dict:
+        """What each model runs as: precision (from its input type) / op resolver, e.g. ``int8/default``."""
+        return {name: f"{'float32' if model.input.dtype == np.float32 else 'int8'}/{model.resolver}"
+                for name, model in self.models.items()}
+
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
         run = _Run(hook or _NoHook())
         start = time.perf_counter()
