@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
@@ -87,7 +87,7 @@ def build(config: BuildConfig, log=print) -> dict:
     from cbnet_tl.toolchain import checks as checks_stage
     from cbnet_tl.toolchain.bundle import new_version, write_bundle
     from cbnet_tl.toolchain.convert import convert_all, file_hashes
-    from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset
+    from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset, seeded_subset
     from cbnet_tl.toolchain.export import export_specs
     from cbnet_tl.toolchain.fallback import fallback_options
     from cbnet_tl.toolchain.targets import get_target
@@ -99,9 +99,8 @@ def build(config: BuildConfig, log=print) -> dict:
     timings: dict = {}
     train = load_dataset(config.dataset, Split.TRAIN, config.data_dir, config.allow_download)
     test = load_dataset(config.dataset, Split.TEST, config.data_dir, config.allow_download)
-    if config.max_train_images is not None and config.max_train_images < len(train):
-        keep = np.sort(np.random.default_rng(config.train.seed).permutation(len(train))[: config.max_train_images])
-        train = replace(train, images=train.images[keep], labels=train.labels[keep])
+    if config.max_train_images is not None:
+        train = seeded_subset(train, config.max_train_images, config.train.seed)
     custom = config.data_dir is not None and is_image_folder(Path(config.data_dir))
     threshold = config.entropy_threshold(custom)
     dataset_name = train.name if custom else config.dataset

@@ -12,7 +12,7 @@ import os
 import struct
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -248,6 +248,15 @@ def load_image_folder(data_dir: Path, split: Split) -> Dataset:
         class_names=tuple(d.name for d in class_dirs),
         source=str(root),
     )
+
+
+def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """The first ``size`` images of a seeded permutation, in their original order (the whole set if smaller).
+    ``build --max-train-images`` trains on it; later stages call it again to get the same images."""
+    if size >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size])
+    return replace(dataset, images=dataset.images[keep], labels=dataset.labels[keep])
 
 
 def load_dataset(

@@ -10,7 +10,7 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
-from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset
+from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset, seeded_subset
 from cbnet_tl.toolchain.scoring import evaluate
 
 
@@ -28,20 +28,14 @@ def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: 
     return manifest, test
 
 
-def load_train_split(build_dir: Path, data_dir: Optional[Path] = None) -> tuple:
+def load_train_split(build_dir: Path, data_dir: Optional[Path] = None, allow_download: bool = True) -> tuple:
     """(training split as the build used it, the build's seed): the same seeded subset when it trained on one."""
-    import dataclasses
     import json
 
     _, manifest = open_manifest(build_dir)
-    record = json.loads((Path(build_dir) / "train.json").read_text())
-    seed = int(record["config"]["seed"])
-    train = load_dataset((manifest.data or {}).get("name", manifest.dataset), Split.TRAIN, data_dir)
-    wanted = int((manifest.data or {}).get("num_train", len(train)))
-    if wanted < len(train):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:wanted])
-        train = dataclasses.replace(train, images=train.images[keep], labels=train.labels[keep])
-    return train, seed
+    seed = int(json.loads((Path(build_dir) / "train.json").read_text())["config"]["seed"])
+    train = load_dataset((manifest.data or {}).get("name", manifest.dataset), Split.TRAIN, data_dir, allow_download)
+    return seeded_subset(train, int((manifest.data or {}).get("num_train", len(train))), seed), seed
 
 
 def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path],

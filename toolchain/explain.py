@@ -127,18 +127,9 @@ def explain_model(model, representative: np.ndarray, samples: Optional[np.ndarra
 
 def build_training_images(build_dir: Path, data_dir: Optional[Path] = None) -> np.ndarray:
     """The training images the build calibrated from (the same seeded subset for a --max-train-images build)."""
-    import json
+    from cbnet_tl.toolchain.evaluation import load_train_split
 
-    from cbnet_tl.runtime.bundle import open_manifest
-    from cbnet_tl.toolchain.datasets import Split, load_dataset
-
-    _, manifest = open_manifest(Path(build_dir))
-    images = load_dataset(manifest.dataset, Split.TRAIN, data_dir, allow_download=False).images
-    num_train = int((manifest.data or {}).get("num_train", len(images)))
-    if num_train < len(images):
-        seed = json.loads((Path(build_dir) / "train.json").read_text())["config"]["seed"]
-        images = images[np.sort(np.random.default_rng(seed).permutation(len(images))[:num_train])]
-    return images
+    return load_train_split(Path(build_dir), data_dir, allow_download=False)[0].images
 
 
 def explain_build(build_dir: Path, train_images: np.ndarray, test_images: np.ndarray,
