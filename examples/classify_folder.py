@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     try:
         pipeline = open_pipeline(args.bundle, args.pipeline)
         paths = sorted(args.folder.glob(args.glob + ".png")) or collect_image_paths([args.folder])
-        records = classify_paths(pipeline, paths, resize=True)
+        records = classify_paths(pipeline, paths)
     except CbnetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

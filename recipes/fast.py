@@ -5,19 +5,23 @@ class's canonical easy image, and a light classifier reads the converted image),
 whole pipeline, quantized to full-integer int8 and run on XNNPACK, costs a fraction of LeNet:
 dense int8 layers use the CPU's vector units well, small-channel convolutions do not.
 
-Architecture (``SIZES["default"]``)::
+Architecture (``SIZES["default"]``), for an input spec of (height, width, channels), P values::
 
-    uint8-range pixels (28, 28, 1), float in [0, 255]
+    uint8-range pixels (height, width, channels), float in [0, 255]
       → Rescaling(1/255) → flatten (batch -1)                       (folded into encoder_0 on export)
       → Dense 512 relu → Dense 128 (linear code)                    encoder
-      → Dense 784 sigmoid → reshape (28, 28, 1)                     decoder: the converted image
-      → flatten → Dense 64 relu → Dense 10 (logits)                 light classifier
+      → Dense P sigmoid → reshape to the input shape                decoder: the converted image
+      → flatten → Dense 64 relu → Dense classes (logits)            light classifier
 
-MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``):
+MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``); at the MNIST family's size
+(P = 784, 10 classes):
 
-- ``small``   784→128→32→784, classifier 784→16→10:   0.142 M
-- ``default`` 784→512→128→784, classifier 784→64→10:  0.618 M
-- ``large``   784→768→128→784, classifier 784→128→10: 0.902 M
+- ``small``   P→128→32→P, classifier P→16→10:   0.142 M
+- ``default`` P→512→128→P, classifier P→64→10:  0.618 M
+- ``large``   P→768→128→P, classifier P→128→10: 0.902 M
+
+MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. The recipe stays dense up to
+``DENSE_MAX_VALUES`` input values; the build refuses larger inputs for the fast recipe and says so.
 
 (LeNet's main path is ≈1.14 M MACs; the paper's AE alone 0.76 M plus a conv branch 0.22 M.)
 
@@ -48,8 +52,11 @@ from keras import layers
 
 from cbnet_tl.recipes.layers import BatchReshape, batch_flatten
 
-IMAGE_SHAPE = (28, 28, 1)
-PIXELS = math.prod(IMAGE_SHAPE)
+from cbnet_tl.recipes.layers import check_image_shape
+
+# Largest input (height × width × channels) the dense recipe takes: 64×64 RGB. Beyond it the dense layers'
+# MACs (linear in the input values) exceed several times LeNet's at that size.
+DENSE_MAX_VALUES = 12288
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,11 @@ class FastConfig:
     rotate_degrees: float = 0.0
     zoom: float = 0.0
     patience: int = 6
+    input_shape: Optional[tuple] = None  # (height, width, channels) of the build's input spec; set by the trainer
 
     def __post_init__(self):
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", check_image_shape(self.input_shape))
         units = self.encoder_units
         if isinstance(units, list):
             units = tuple(units)
@@ -108,8 +118,9 @@ class FastConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"Expected {name} to be a non-negative int. Received: {name}={value!r}")
-        if self.shift_pixels > 13:
-            raise ValueError(f"Expected shift_pixels <= 13. Received: shift_pixels={self.shift_pixels}")
+        if self.input_shape is not None and self.shift_pixels * 2 >= min(self.input_shape[:2]):
+            raise ValueError(f"Expected shift_pixels below half the input side. Received: shift_pixels="
+                             f"{self.shift_pixels} for an input of {self.input_shape}")
         if not 0.0 <= self.rotate_degrees <= 45.0:
             raise ValueError(f"Expected 0 <= rotate_degrees <= 45. Received: rotate_degrees={self.rotate_degrees!r}")
         if not 0.0 <= self.zoom < 0.5:
@@ -138,11 +149,22 @@ class FastConfig:
         return sum(a * b for a, b in _dense_shapes(self))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["encoder_units"] = list(self.encoder_units)
+        out["input_shape"] = list(self.input_shape) if self.input_shape is not None else None
+        return out
+
+    @property
+    def shape(self) -> tuple:
+        """The input shape, which must be set (``replace(config, input_shape=...)``)."""
+        if self.input_shape is None:
+            raise ValueError("Expected FastConfig.input_shape (height, width, channels). Received: None")
+        return self.input_shape
 
 
 def _dense_shapes(config: FastConfig) -> list:
-    widths = [PIXELS, *config.encoder_units, config.code_units, PIXELS]
+    values = math.prod(config.shape)
+    widths = [values, *config.encoder_units, config.code_units, values]
     if config.classifier_units:
         widths += [config.classifier_units]
     widths += [config.num_classes]
@@ -178,30 +200,34 @@ def _check_batch(batch_size):
 def build_autoencoder(
     config: FastConfig = SIZES["default"], batch_size: Optional[int] = None, rescale: bool = True
 ) -> keras.Model:
-    """Pixels as float in [0, 255], shape (28, 28, 1) → converted image in [0, 1], same shape.
+    """Pixels as float in [0, 255], of the config's input shape → converted image in [0, 1], same shape.
 
     ``rescale=False`` leaves out the ``Rescaling(1/255)`` layer (same weights list): for export
     views whose first kernel has the 1/255 folded in (see ``build_fused``).
     """
     _check_batch(batch_size)
-    pixels = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="pixels")
+    shape = config.shape
+    if math.prod(shape) > DENSE_MAX_VALUES:
+        raise ValueError(f"Expected at most {DENSE_MAX_VALUES} input values for the dense fast recipe. "
+                         f"Received: {shape} ({math.prod(shape)}); choose a smaller --image-size or --recipe paper")
+    pixels = keras.Input(shape, batch_size=batch_size, name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(pixels) if rescale else pixels
-    x = batch_flatten(IMAGE_SHAPE, name="ae_flatten")(x)
+    x = batch_flatten(shape, name="ae_flatten")(x)
     for i, units in enumerate(config.encoder_units):
         x = layers.Dense(units, activation="relu", name=f"encoder_{i}")(x)
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"encoder_dropout_{i}")(x)
     x = layers.Dense(config.code_units, name="code")(x)
-    x = layers.Dense(PIXELS, activation="sigmoid", name="decoder")(x)
-    converted = BatchReshape(IMAGE_SHAPE, name="converted")(x)
+    x = layers.Dense(math.prod(shape), activation="sigmoid", name="decoder")(x)
+    converted = BatchReshape(shape, name="converted")(x)
     return keras.Model(pixels, converted, name="fast_autoencoder")
 
 
 def build_classifier(config: FastConfig = SIZES["default"], batch_size: Optional[int] = None) -> keras.Model:
-    """Converted image in [0, 1], shape (28, 28, 1) → class logits."""
+    """Converted image in [0, 1], of the config's input shape → class logits."""
     _check_batch(batch_size)
-    image = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="converted_image")
-    x = batch_flatten(IMAGE_SHAPE, name="classifier_flatten")(image)
+    image = keras.Input(config.shape, batch_size=batch_size, name="converted_image")
+    x = batch_flatten(config.shape, name="classifier_flatten")(image)
     if config.classifier_units:
         x = layers.Dense(config.classifier_units, activation="relu", name="classifier_hidden")(x)
         if config.dropout > 0:
@@ -219,14 +245,14 @@ def augmentation_layers(config: FastConfig) -> list:
     if config.zoom:
         out.append(layers.RandomZoom(config.zoom, config.zoom, **fill, name="zoom"))
     if config.shift_pixels:
-        factor = config.shift_pixels / IMAGE_SHAPE[0]
+        factor = config.shift_pixels / config.shape[0]
         out.append(layers.RandomTranslation(factor, factor, **fill, name="shift"))
     return out
 
 
 def build_autoencoder_trainer(autoencoder: keras.Model, config: FastConfig) -> keras.Model:
     """Pixels → converted image with the config's augmentation in front: the paper-style AE phase."""
-    pixels = keras.Input(IMAGE_SHAPE, name="pixels")
+    pixels = keras.Input(config.shape, name="pixels")
     x = pixels
     for layer in augmentation_layers(config):
         x = layer(x)
@@ -242,10 +268,10 @@ def build_joint_trainer(
     Without ``config``, only a random translation of ``shift_pixels`` (0 = none) is applied.
     """
     if config is None:
-        config = FastConfig(shift_pixels=shift_pixels)
+        config = FastConfig(shift_pixels=shift_pixels, input_shape=tuple(autoencoder.input_shape[1:]))
     elif shift_pixels:
         raise ValueError(f"Expected shift_pixels in config, not both. Received: shift_pixels={shift_pixels}")
-    pixels = keras.Input(IMAGE_SHAPE, name="pixels")
+    pixels = keras.Input(config.shape, name="pixels")
     x = pixels
     for layer in augmentation_layers(config):
         x = layer(x)
@@ -275,10 +301,10 @@ def build_fused(
     clf = build_classifier(config, batch_size=batch_size)
     weights = [w.copy() for w in autoencoder.get_weights()]
     if fold_rescale:
-        weights[0] = weights[0] / 255.0  # the first encoder kernel (784, units)
+        weights[0] = weights[0] / 255.0  # the first encoder kernel (input values, units)
     ae.set_weights(weights)
     clf.set_weights(classifier.get_weights())
-    pixels = keras.Input(IMAGE_SHAPE, batch_size=batch_size, name="pixels")
+    pixels = keras.Input(config.shape, batch_size=batch_size, name="pixels")
     logits = clf(ae(pixels))
     return keras.Model(pixels, logits, name="fast_cbnet")
 
@@ -292,7 +318,7 @@ def _config_of(autoencoder: keras.Model, classifier: keras.Model) -> FastConfig:
     hidden = classifier.get_layer("classifier_hidden").units if "classifier_hidden" in names else 0
     classes = classifier.get_layer("logits").units
     return FastConfig(encoder_units=encoder, code_units=code, classifier_units=hidden,
-                      dropout=0.0, num_classes=classes)
+                      dropout=0.0, num_classes=classes, input_shape=tuple(autoencoder.input_shape[1:]))
 
 
 def build_fused_autoencoder(autoencoder: keras.Model, batch_size: Optional[int] = 1) -> keras.Model:
@@ -308,4 +334,5 @@ def build_fused_autoencoder(autoencoder: keras.Model, batch_size: Optional[int] 
 def _config_of_autoencoder(autoencoder: keras.Model) -> FastConfig:
     dense = [layer for layer in autoencoder.layers if isinstance(layer, layers.Dense)]
     encoder = tuple(layer.units for layer in dense if layer.name.startswith("encoder_"))
-    return FastConfig(encoder_units=encoder, code_units=autoencoder.get_layer("code").units, dropout=0.0)
+    return FastConfig(encoder_units=encoder, code_units=autoencoder.get_layer("code").units, dropout=0.0,
+                      input_shape=tuple(autoencoder.input_shape[1:]))

@@ -34,7 +34,16 @@ def batch_flatten(input_shape, name: str) -> BatchReshape:
     return BatchReshape((math.prod(input_shape),), name=name)
 
 
-def build_noop(image_shape=(28, 28, 1), num_outputs: int = 10) -> keras.Model:
+def check_image_shape(image_shape) -> tuple:
+    """(height, width, channels) with channels 1 or 3, or a ValueError that says what was received."""
+    shape = tuple(image_shape) if isinstance(image_shape, (tuple, list)) else ()
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[2] not in (1, 3):
+        raise ValueError(f"Expected image_shape (height, width, channels) with 1 or 3 channels. "
+                         f"Received: {image_shape!r}")
+    return shape
+
+
+def build_noop(image_shape: tuple, num_outputs: int = 10) -> keras.Model:
     """A model that only reshapes its input and keeps ``num_outputs`` values (a class-score-sized output):
     timing it through a pipeline gives the fixed cost of one call with the same Python around it."""
     image = keras.Input(image_shape, batch_size=1, name="image")

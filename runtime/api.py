@@ -6,6 +6,7 @@ Used by the device CLI (``runtime/cli.py``, ``python3 run.py …`` in a bundle),
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,7 +16,7 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest, verify_files
 from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import BundleError
-from cbnet_tl.runtime.images import load_image, load_images
+from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, load_image, load_images
 from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
 from cbnet_tl.runtime.pipelines import Pipeline, models_for
 from cbnet_tl.runtime.tuning import default_tuning_path, read_tuning
@@ -55,19 +56,25 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
     return Pipeline(bundle, name, options)
 
 
-def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, resize: bool = False, batch_size: int = 1,
-                   hook=None) -> list:
-    """Classify image files; one dict per image with class, confidence, path taken and time."""
+def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int = 1, hook=None,
+                   max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False) -> list:
+    """Classify image files of any size and mode (each through the bundle's input spec); one dict per image
+    with class, confidence, path taken and time. ``input_digest`` adds the sha256 of each model input (the
+    bytes the models read), to compare pre-processing between machines."""
     records = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
-        result = pipeline.classify(load_images(chunk, resize=resize), hook=hook)
-        for path, prediction in zip(chunk, result.predictions(pipeline.bundle.class_names)):
-            records.append({
+        images = load_images(chunk, pipeline.input_spec, max_pixels=max_pixels)
+        result = pipeline.classify(images, hook=hook)
+        for index, (path, prediction) in enumerate(zip(chunk, result.predictions(pipeline.bundle.class_names))):
+            record = {
                 "file": str(path), "label": prediction.label, "class_name": prediction.class_name,
                 "confidence": round(prediction.confidence, 6), "path": prediction.path,
                 "ms": round(prediction.seconds * 1e3, 4), "device": pipeline.device,
-            })
+            }
+            if input_digest:
+                record["input_sha256"] = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes()).hexdigest()
+            records.append(record)
     return records
 
 
@@ -78,7 +85,8 @@ def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
     samples = manifest.selftest
     if not samples or not samples.get("files"):
         raise BundleError(f"{directory}/manifest.json has no selftest samples; rebuild the bundle")
-    images = np.stack([load_image(directory / f) for f in samples["files"]])
+    spec = manifest.input_spec
+    images = np.stack([load_image(directory / f, spec) for f in samples["files"]])
     report = {"bundle": str(directory), "version": manifest.version, "checksums": "ok", "pipelines": {}}
     failed = []
     for name, expected in samples["expected"].items():
@@ -115,7 +123,7 @@ def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: in
     samples = (open_manifest(sample_dir)[1].selftest or {}).get("files") if sample_dir.is_dir() else None
     if not samples:
         raise BundleError(f"{directory}/manifest.json has no sample images to tune on; rebuild the bundle")
-    images = np.stack([load_image(sample_dir / f) for f in samples])
+    images = np.stack([load_image(sample_dir / f, manifest.input_spec) for f in samples])
     pipelines = [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
     record = measure(directory, images, pipelines=pipelines, num_threads=num_threads)
     record["file"] = str(write_tuning(path, record))

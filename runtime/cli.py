@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, tune_bundle, watch
 from cbnet_tl.runtime.delegates import Device
-from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
 from cbnet_tl.runtime.inbox import InboxConfig
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES
@@ -30,8 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     classify = commands.add_parser("classify", help="classify image files or folders")
     classify.add_argument("images", nargs="+", type=Path)
     classify.add_argument("--pipeline", choices=PIPELINES, default="cbnet")
-    classify.add_argument("--convert", action="store_true", help="convert any image to 28x28 grayscale")
+    classify.add_argument("--convert", action="store_true",
+                          help="no longer needed: every image goes through the bundle's input spec (accepted, ignored)")
+    classify.add_argument("--batch-size", type=int, default=1, help="images per interpreter call (default 1)")
+    classify.add_argument("--max-pixels", type=int, default=MAX_PIXELS_DEFAULT,
+                          help=f"refuse larger images from their header (default {MAX_PIXELS_DEFAULT:,})")
     classify.add_argument("--json", action="store_true", help="print one JSON object")
+    classify.add_argument("--input-sha256", action="store_true",
+                          help="with --json: the sha256 of each model input, to compare pre-processing across machines")
     classify.add_argument("--device", choices=[d.value for d in Device], default=Device.CPU.value,
                           help="edgetpu: use the Coral delegate (falls back to the CPU with a warning)")
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
@@ -53,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS_DEFAULT,
                               help=f"refuse larger images from their header (default {MAX_PIXELS_DEFAULT:,})")
     watch_parser.add_argument("--delete-processed", action="store_true", help="delete classified inputs")
-    watch_parser.add_argument("--convert", action="store_true")
+    watch_parser.add_argument("--convert", action="store_true",
+                              help="no longer needed: every image goes through the bundle's input spec (ignored)")
     watch_parser.add_argument("--dvfs", default="off", help="off, performance, powersave, fixed:<MHz> or eenet")
     watch_parser.add_argument("--deadline-ms", type=float, default=None)
     watch_parser.add_argument("--target", default="rpi4", help="power model for modelled energy")
@@ -80,10 +87,16 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
             print(json.dumps(selftest(bundle_dir, args.threads), indent=2))
         elif args.command == "classify":
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
-            records = classify_paths(pipeline, collect_image_paths(args.images), resize=args.convert)
+            if args.convert:
+                print("note: --convert is no longer needed; every image goes through the bundle's input spec "
+                      f"({pipeline.input_spec.describe()})", file=sys.stderr)
+            if args.batch_size < 1:
+                raise ConfigError(f"Expected --batch-size >= 1. Received: {args.batch_size}")
+            records = classify_paths(pipeline, collect_image_paths(args.images), batch_size=args.batch_size,
+                                     max_pixels=args.max_pixels, input_digest=args.input_sha256)
             if args.json:
                 print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
-                                  "results": records}, indent=2))
+                                  "input": pipeline.input_spec.to_dict(), "results": records}, indent=2))
             else:
                 for r in records:
                     print(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
@@ -99,7 +112,7 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
             config = InboxConfig(args.inbox, args.outbox, args.done, args.failed, args.state_dir,
                                  delete_processed=args.delete_processed, poll_seconds=args.poll_seconds,
                                  settle_seconds=args.settle_seconds, batch_size=args.batch_size,
-                                 resize=args.convert, max_pixels=args.max_pixels, extra={"dvfs": args.dvfs})
+                                 max_pixels=args.max_pixels, extra={"dvfs": args.dvfs})
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
             with dvfs_session(args.dvfs, deadline_ms=args.deadline_ms, target=args.target) as session:
                 watch(pipeline, config, hook=session)

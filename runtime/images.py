@@ -1,50 +1,72 @@
-"""Read images into the uint8 (28, 28) arrays the pipelines take."""
+"""Read image files into the uint8 arrays the pipelines take, through the build's input spec.
+
+Pillow decodes (and applies a JPEG's EXIF orientation, an exact transpose); ``preprocess.to_model_input``
+does the rest. Any mode Pillow reads is taken: 1, L, LA, P (with or without transparency), PA, RGB,
+RGBA, CMYK, 16-bit and 32-bit grayscale, float.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cbnet_tl.runtime.errors import ImageError
+from cbnet_tl.runtime.preprocess import InputSpec, to_model_input
 
-IMAGE_SIZE = (28, 28)
-GRAYSCALE_MODES = ("L", "1")
 IMAGE_SUFFIXES_DEFAULT = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-# Our own limit, checked from the header before any pixel is decoded: far above a real camera frame
-# (a 12 MP sensor gives 4056x3040) and far below Pillow's decompression-bomb limit (about 179 MP).
-MAX_PIXELS_DEFAULT = 50_000_000
+# Our own limit, checked from the header before any pixel is decoded: above a 48 MP phone or camera frame
+# (8064x6048 is 48.8 MP) and below Pillow's decompression-bomb limit (about 179 MP).
+MAX_PIXELS_DEFAULT = 64_000_000
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SIXTEEN_BIT = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
-def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_SIZE,
-               max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
-    """Load one image as uint8 (H, W).
+def _arrays(image: Image.Image) -> tuple:
+    """A decoded image → (uint8 pixels (h, w, 1|3), uint8 alpha (h, w) or None), without resampling."""
+    mode = image.mode
+    if mode == "P" or mode == "PA":
+        has_alpha = mode == "PA" or "transparency" in image.info or image.palette.mode == "RGBA"
+        image, mode = image.convert("RGBA" if has_alpha else "RGB"), ("RGBA" if has_alpha else "RGB")
+    if mode in ("L", "RGB"):
+        array = np.asarray(image)
+        return (array[..., None] if array.ndim == 2 else array), None
+    if mode in ("LA", "RGBA"):
+        array = np.asarray(image)
+        return np.ascontiguousarray(array[..., :-1]), np.ascontiguousarray(array[..., -1])
+    if mode == "RGBX":
+        return np.ascontiguousarray(np.asarray(image)[..., :3]), None
+    if mode == "1":
+        return (np.asarray(image, dtype=np.uint8) * 255)[..., None], None
+    if mode == "CMYK":
+        cmyk = np.asarray(image).astype(np.int32)
+        white = 255 - cmyk[..., 3:4]
+        return (((255 - cmyk[..., :3]) * white + 127) // 255).astype(np.uint8), None
+    if mode in _SIXTEEN_BIT:  # 16-bit grayscale (Pillow opens it as I;16 or I): 0..65535 → 0..255
+        values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return ((values * 255 + 32767) // 65535).astype(np.uint8)[..., None], None
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        return np.clip(np.round(values), 0, 255).astype(np.uint8)[..., None], None
+    if mode in ("La", "RGBa", "PA"):
+        return _arrays(image.convert("RGBA"))
+    return _arrays(image.convert("RGB"))  # YCbCr, LAB, HSV: Pillow's own conversion
 
-    By default the image must already be grayscale and of the model's size, so that a wrong input
-    fails loudly instead of being silently changed. ``resize=True`` converts any mode Pillow reads to
-    grayscale (alpha composited onto black) and resizes it. An image of more than ``max_pixels``
-    pixels is refused from its header, before it is decoded.
-    """
+
+def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
+    """(pixels, alpha) of one file, oriented as its EXIF tag says; one ``ImageError`` line for any problem."""
     path = Path(path)
     try:
         with Image.open(path) as image:
-            _check_pixels(path, image.size, max_pixels)
-            image.load()
-            if resize:
-                return _convert(image, size)
-            if image.mode not in GRAYSCALE_MODES:
-                raise ImageError(
-                    f"{path}: expected a grayscale image (mode L). Received mode {image.mode}. "
-                    "Convert it, or pass --convert to convert and resize inputs"
-                )
-            if image.size != tuple(size):
-                raise ImageError(
-                    f"{path}: expected a {size[0]}x{size[1]} image. Received {image.size[0]}x{image.size[1]}. "
-                    "Pass --convert to resize inputs"
-                )
-            return np.asarray(image.convert("L"), dtype=np.uint8)
+            check_pixels(path, image.size, max_pixels)
+            with warnings.catch_warnings():  # our limit is checked above; Pillow's warning would only repeat it
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image.load()
+            oriented = ImageOps.exif_transpose(image)
+            return _arrays(oriented if oriented is not None else image)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -53,12 +75,56 @@ def load_image(path: Path, *, resize: bool = False, size: Sequence[int] = IMAGE_
         raise ImageError(f"{path}: permission denied") from None
     except Image.DecompressionBombError:
         raise ImageError(f"{path}: over the pixel limit of {max_pixels:,} pixels (Pillow refused it as a "
-                         "decompression bomb); a real camera frame is far smaller") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+                         "decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if _is_empty(path):
             raise ImageError(f"{path}: empty file (0 bytes), expected an image") from None
         raise ImageError(f"{path}: not an image Pillow can read, or truncated ({type(error).__name__}: "
                          f"{str(error)[:80]})") from None
+
+
+def load_image(path: Path, spec: InputSpec, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+    """One file as the model's input: uint8 (height, width, channels) of ``spec``."""
+    pixels, alpha = decode(path, max_pixels)
+    return to_model_input(pixels, spec, alpha)
+
+
+def load_images(paths: Sequence[Path], spec: InputSpec, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
+    if not paths:
+        raise ImageError("No input images given")
+    return np.stack([load_image(p, spec, max_pixels=max_pixels) for p in paths])
+
+
+def header(path: Path, max_pixels: Optional[int] = MAX_PIXELS_DEFAULT) -> tuple:
+    """(width, height, mode, colourful) from the header alone; ``ImageError`` if unreadable or too large.
+    ``colourful`` is False for the grayscale modes and for palettes whose entries are all gray."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if max_pixels is not None:
+                check_pixels(path, image.size, max_pixels)
+            colourful = image.mode not in GRAY_MODES
+            if image.mode in ("P", "PA") and image.palette is not None:
+                palette = np.frombuffer(image.palette.tobytes(), np.uint8)
+                width = len(image.palette.mode)
+                if width >= 3 and palette.size >= width:
+                    entries = palette[: palette.size // width * width].reshape(-1, width)
+                    colourful = bool(np.any(entries[:, 0] != entries[:, 1]) or np.any(entries[:, 1] != entries[:, 2]))
+            return image.size[0], image.size[1], image.mode, colourful
+    except ImageError:
+        raise
+    except OSError as error:
+        raise ImageError(f"{path}: not an image Pillow can read ({type(error).__name__}: {str(error)[:80]})") from None
+    except (SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: not an image Pillow can read ({type(error).__name__})") from None
+
+
+def as_pil(image: np.ndarray) -> Image.Image:
+    """A model-input array (H, W, 1|3) as a Pillow image (L or RGB), e.g. to save a sample or a conversion."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    return Image.fromarray(image, mode="L" if image.ndim == 2 else "RGB")
 
 
 def _is_empty(path: Path) -> bool:
@@ -68,27 +134,11 @@ def _is_empty(path: Path) -> bool:
         return False
 
 
-def _check_pixels(path: Path, size: Sequence[int], max_pixels: int) -> None:
+def check_pixels(path: Path, size: Sequence[int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
         raise ImageError(f"{path}: {width}x{height} is {width * height:,} pixels, over the pixel limit of "
                          f"{max_pixels:,} (--max-pixels); refused before decoding")
-
-
-def _convert(image: Image.Image, size: Sequence[int]) -> np.ndarray:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        span = values.max() - values.min()
-        values = (values - values.min()) / span * 255.0 if span > 0 else np.zeros_like(values)
-        image = Image.fromarray(values.astype(np.uint8), mode="L")
-    gray = image.convert("L")
-    if gray.size != tuple(size):
-        gray = gray.resize(tuple(size), Image.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
 
 
 def collect_image_paths(inputs: Iterable[Path]) -> list:
@@ -107,9 +157,3 @@ def collect_image_paths(inputs: Iterable[Path]) -> list:
         else:
             raise ImageError(f"{item}: no such file or directory")
     return paths
-
-
-def load_images(paths: Sequence[Path], *, resize: bool = False, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
-    if not paths:
-        raise ImageError("No input images given")
-    return np.stack([load_image(p, resize=resize, max_pixels=max_pixels) for p in paths])

@@ -52,7 +52,6 @@ class InboxConfig:
     poll_seconds: float = 0.2
     settle_seconds: float = 1.0
     batch_size: int = 32
-    resize: bool = False
     max_pixels: int = MAX_PIXELS_DEFAULT
     extra: dict = field(default_factory=dict)  # recorded in the state file (e.g. the DVFS policy)
 
@@ -178,7 +177,7 @@ class Inbox:
         if kind != "file":
             raise CbnetError(f"{name}: is a {kind}, expected a regular image file")
         try:
-            return load_image(path, resize=self.config.resize, max_pixels=self.config.max_pixels)
+            return load_image(path, self.pipeline.input_spec, max_pixels=self.config.max_pixels)
         except CbnetError as error:
             if not os.path.lexists(path):
                 raise CbnetError(f"{name}: vanished between listing and reading") from None

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from cbnet_tl.runtime.errors import BundleError
+from cbnet_tl.runtime.errors import BundleError, ConfigError
 from cbnet_tl.runtime.files import write_json_atomic
+from cbnet_tl.runtime.preprocess import InputSpec
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the input object is the build's InputSpec (size, channels, resize, background, resample)
 PRECISIONS = ("int8", "float32")
 REQUIRED_FIELDS = ("format_version", "dataset", "class_names", "input", "entropy_threshold", "models", "pipelines", "files")
 
@@ -131,7 +132,7 @@ class Manifest:
     version: str = ""
     built_at: str = ""
     tools: dict = field(default_factory=dict)
-    input: dict = field(default_factory=lambda: {"shape": [28, 28], "dtype": "uint8", "scaling": "value / 255"})
+    input: dict = field(default_factory=dict)  # InputSpec.to_dict(): what every model of the build takes
     format_version: int = FORMAT_VERSION
     data: Optional[dict] = None  # build directories: where the data came from
     target: Optional[str] = None  # bundles
@@ -176,6 +177,14 @@ class Manifest:
         write_json_atomic(path, self.to_dict())
         return path
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """The input spec the build decided: the one source of image geometry for the runtime."""
+        try:
+            return InputSpec.from_dict(self.input)
+        except ConfigError as error:
+            raise BundleError(f"manifest.json's input object is invalid ({error}); rebuild the bundle") from None
+
     def pipeline_option(self, pipeline: str, key: str, default=None):
         entry = self.pipelines.get(pipeline)
         return entry.options.get(key, default) if entry is not None else default
@@ -199,6 +208,8 @@ def read_manifest(directory: Path) -> Manifest:
         raise BundleError(f"{path} has format_version {raw['format_version']!r}; this runtime reads "
                           f"{FORMAT_VERSION}. Rebuild the bundle with this cbnet-tl")
     try:
-        return Manifest.from_dict(raw)
+        manifest = Manifest.from_dict(raw)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise BundleError(f"{path}: malformed manifest ({type(error).__name__}: {error}); rebuild the bundle") from None
+    manifest.input_spec  # noqa: B018 - validates the input object now, with the manifest's path in the error
+    return manifest

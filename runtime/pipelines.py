@@ -1,7 +1,7 @@
 """The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
 ``lenet`` and the truncated ``branch``.
 
-Every pipeline takes uint8 images (N, 28, 28), runs pre-processing, its models and post-processing
+Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs pre-processing, its models and post-processing
 (softmax, entropy gate), and returns an immutable ``BatchResult``. A spec names the pipeline's models in
 order, the links between them (which output feeds which model), the path label of each set of models
 an image can run through, and the runner that drives them. A stage hook (``StageHook``) hears about each
@@ -44,7 +44,7 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, uint8 images (N, 28, 28), run) -> (labels, confidences, path labels)
+    runner: Callable  # (pipeline, uint8 images (N, H, W, C), run) -> (labels, confidences, path labels)
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
@@ -87,23 +87,25 @@ class BatchResult:
         ]
 
 
-def check_images(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28), (28, 28) or (N, 28, 28, 1) → uint8 (N, 28, 28), or a clear error."""
+def check_images(images: np.ndarray, shape: tuple) -> np.ndarray:
+    """uint8 (N, H, W, C) or one image (H, W, C) of ``shape`` = (H, W, C); grayscale also as (N, H, W) or
+    (H, W) → uint8 (N, H, W, C), or a clear error."""
     images = np.asarray(images)
-    if images.ndim == 2:
+    if images.shape == tuple(shape):  # one image
         images = images[None]
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise ImageError(f"Expected uint8 images of shape (N, 28, 28). Received {images.shape}")
+    elif shape[-1] == 1 and images.ndim in (2, 3):  # grayscale without its channel axis
+        images = images[None, ..., None] if images.ndim == 2 else images[..., None]
+    if images.ndim != 4 or images.shape[1:] != tuple(shape):
+        raise ImageError(f"Expected uint8 images of shape (N, {', '.join(map(str, shape))}) (the bundle's input "
+                         f"spec). Received {images.shape}")
     if images.dtype != np.uint8:
         raise ImageError(f"Expected uint8 pixel values 0..255. Received dtype {images.dtype}")
     return images
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) or (28, 28) → float32 (N, 28, 28, 1) in [0, 1]."""
-    return (check_images(images).astype(np.float32) / 255.0)[..., None]
+    """uint8 (N, H, W, C) → float32 in [0, 1], same shape."""
+    return images.astype(np.float32) / np.float32(255.0)
 
 
 class _NoHook:
@@ -136,6 +138,8 @@ class Pipeline:
         self.spec, self.name, self.bundle = spec, name, bundle
         self.models = {m: bundle.models[m] for m in spec.models}
         self.threshold = bundle.entropy_threshold
+        self.input_spec = bundle.manifest.input_spec
+        self.input_shape = self.input_spec.shape
         self.device = next(iter(self.models.values())).device
         entry = bundle.manifest.pipelines.get(name)
         self.options = {**(entry.options if entry is not None else {}), **(options or {})}
@@ -156,20 +160,20 @@ class Pipeline:
         run = _Run(hook or _NoHook())
         start = time.perf_counter()
         run.hook.begin_inference(self.name)
-        labels, confidences, paths = self.spec.runner(self, check_images(images), run)
+        labels, confidences, paths = self.spec.runner(self, check_images(images, self.input_shape), run)
         seconds = time.perf_counter() - start
         run.hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
         return BatchResult(self.name, labels, confidences, tuple(paths), seconds, run.stage_seconds)
 
     def model_input(self, name: str, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, 28, 28) as model ``name``'s input storage values: the bytes themselves for raw-pixel
-        (uint8, scale 1) inputs, one table lookup for int8 inputs, [0, 1] floats for float models."""
+        """uint8 images (N, H, W, C) as model ``name``'s input storage values: the bytes themselves for raw-pixel
+        (uint8, scale 1) inputs, one table lookup for int8 inputs, floats for float models."""
         spec, input_range = self.models[name].input, self._ranges[name]
         if input_range == 255.0 and spec.dtype == np.uint8 and spec.scale == 1.0 and spec.zero_point == 0:
-            return images[..., None]
+            return images
         table = self._input_tables[name]
         if table is not None:
-            return table[images][..., None]
+            return table[images]
         return quantize(preprocess(images) * np.float32(input_range), spec)
 
     def stage(self, name: str, values: np.ndarray, run: _Run) -> list:
@@ -197,10 +201,11 @@ class Pipeline:
 
 
 def convert_images(autoencoder: Model, images: np.ndarray) -> np.ndarray:
-    """What a converting autoencoder (raw-pixel uint8 input) makes of uint8 images, as uint8 images."""
-    raw = autoencoder.invoke_quantized(check_images(images)[..., None])[0]
+    """What a converting autoencoder (raw-pixel uint8 input) makes of uint8 images (N, H, W, C), as uint8
+    images of the same shape."""
+    raw = autoencoder.invoke_quantized(check_images(images, autoencoder.input.shape[1:]))[0]
     out = dequantize(raw, autoencoder.outputs[0])
-    return np.clip(np.round(out[..., 0] * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
 # runners ------------------------------------------------------------------------------------------

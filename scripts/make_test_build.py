@@ -43,6 +43,12 @@ def main() -> int:
                     shutil.copytree(source, staging / name)
                 elif source.is_file():
                     shutil.copy2(source, staging / name)
+    from cbnet_tl.runtime.manifest import read_manifest
+
+    for folder in (DESTINATION, DESTINATION / "bundle"):  # no path of this machine in committed files
+        manifest = read_manifest(folder)
+        if manifest.data is not None:
+            manifest.replace(data={**manifest.data, "data_dir": None}).write(folder)
     for dropped in ("lib", "models"):
         shutil.rmtree(DESTINATION / "bundle" / dropped, ignore_errors=True)
     size = sum(p.stat().st_size for p in DESTINATION.rglob("*") if p.is_file())

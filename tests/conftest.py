@@ -108,11 +108,45 @@ def tiny_bundle(tiny_build) -> Path:
     return tiny_build / "bundle"
 
 
+STAMPS = Path("/usr/share/tuxpaint/stamps")  # Debian's tuxpaint-stamps-default: real RGBA/LA/P drawings
+STAMP_CLASSES = ("animals/birds", "food/fruit", "plants/flowers", "town/houses", "vehicles")
+
+
+def stamps_folder(destination: Path, per_class: int = 9, classes=STAMP_CLASSES) -> Path:
+    """Class folders of real drawings and photos (links to the Debian package's PNGs), ``per_class`` each."""
+    if not STAMPS.is_dir():
+        pytest.fail(f"{STAMPS} is missing: apt-get install tuxpaint-stamps-default (scripts/setup.sh --tests does)")
+    for category in classes:
+        folder = destination / category.split("/")[-1]
+        folder.mkdir(parents=True)
+        for source in sorted((STAMPS / category).rglob("*.png"))[:per_class]:
+            (folder / source.name).symlink_to(source)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def rgb_build(tmp_path_factory) -> Path:
+    """A real RGB build through the CLI, on 5 classes of tuxpaint drawings (one file unreadable), 16x16."""
+    from typer.testing import CliRunner
+
+    from cbnet_tl.toolchain.cli import app
+
+    data = stamps_folder(tmp_path_factory.mktemp("stamps") / "data")
+    (data / "fruit" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path_factory.mktemp("builds") / "rgb"
+    result = CliRunner().invoke(app, ["build", "--data-dir", str(data), "--image-size", "16", "--out", str(out),
+                                      "--blenet-epochs", "2", "--no-progress", "--no-report",
+                                      "--max-accuracy-drop", "100"])
+    assert result.exit_code == 0, result.output
+    (out / "build-output.txt").write_text(result.output)
+    return out
+
+
 # Which tests need the build stack (TensorFlow, Keras, typer, jinja2): marked `tf` automatically, from the
 # modules each test file imports (anywhere in it) and, transitively, what those cbnet_tl modules import.
 BUILD_STACK = ("tensorflow", "keras", "typer", "jinja2", "tqdm")
 PACKAGE_DIRS = {"runtime": ROOT / "runtime", "toolchain": ROOT / "toolchain", "recipes": ROOT / "recipes"}
-BUILD_FIXTURES = {"fresh_build", "ssh_server"}
+BUILD_FIXTURES = {"fresh_build", "ssh_server", "rgb_build"}
 
 
 def _imports(path: Path) -> set:

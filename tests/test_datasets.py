@@ -11,21 +11,22 @@ import pytest
 from PIL import Image
 
 from cbnet_tl.runtime.errors import DataError
-from cbnet_tl.toolchain.datasets import Split, load_dataset, parse_idx
+from cbnet_tl.toolchain.datasets import Split, load_build_data, load_dataset, parse_idx
+from cbnet_tl.toolchain.inputs import InputChoice
 
 
 def test_mnist_subset_loads_both_splits(mnist_dir):
     train = load_dataset("mnist", Split.TRAIN, mnist_dir, allow_download=False)
     test = load_dataset("mnist", Split.TEST, mnist_dir, allow_download=False)
-    assert train.images.shape == (6400, 28, 28) and train.images.dtype == np.uint8
-    assert test.images.shape == (1600, 28, 28)
+    assert train.images.shape == (6400, 28, 28, 1) and train.images.dtype == np.uint8
+    assert test.images.shape == (1600, 28, 28, 1)
     assert set(np.unique(train.labels)) == set(range(10))
     assert train.images.max() == 255
 
 
 def test_debian_fashion_mnist_test_split():
     test = load_dataset("fashion-mnist", Split.TEST, None, allow_download=False)
-    assert test.images.shape == (10000, 28, 28)
+    assert test.images.shape == (10000, 28, 28, 1)
     assert np.bincount(test.labels).tolist() == [1000] * 10
     assert test.class_names[9] == "Ankle boot"
 
@@ -95,27 +96,40 @@ def _image_folder(root, samples_dir):
     return root
 
 
+def _quiet(line):
+    pass
+
+
 def test_image_folder_is_a_custom_dataset(tmp_path, samples_dir):
     root = _image_folder(tmp_path / "digits", samples_dir)
-    train = load_dataset("ignored", Split.TRAIN, root)
-    test = load_dataset("ignored", Split.TEST, root)
-    assert train.images.shape[1:] == (28, 28) and train.images.dtype == np.uint8
+    train, test, spec, _ = load_build_data("ignored", root, InputChoice(), log=_quiet)
+    assert spec.shape == (28, 28, 3)  # the median image is 28 px; the JPEGs are RGB
+    assert train.images.shape[1:] == (28, 28, 3) and train.images.dtype == np.uint8
     assert len(train) + len(test) == 60
     assert train.class_names == tuple(sorted(p.name for p in root.iterdir()))
+    again = load_dataset("ignored", Split.TEST, root, spec=spec)  # later stages: the same test images
+    assert np.array_equal(again.images, test.images) and np.array_equal(again.labels, test.labels)
+    with pytest.raises(DataError, match="read through a build's input spec"):
+        load_dataset("ignored", Split.TEST, root)
 
 
 def test_image_folder_with_empty_class(tmp_path, samples_dir):
     root = _image_folder(tmp_path / "digits", samples_dir)
     (root / "zz_empty").mkdir()
-    with pytest.raises(DataError, match="zz_empty: class folder holds no images"):
-        load_dataset("ignored", Split.TRAIN, root)
+    with pytest.raises(DataError, match=r"class folder\(s\) \['zz_empty'\] hold no images"):
+        load_build_data("ignored", root, InputChoice(), log=_quiet)
 
 
-def test_image_folder_with_corrupt_image(tmp_path, samples_dir):
+def test_image_folder_with_corrupt_image_skips_it_or_refuses_strictly(tmp_path, samples_dir):
     root = _image_folder(tmp_path / "digits", samples_dir)
+    for image in list((root / "digit7").iterdir()):  # enough images that the skipped one leaves a test image
+        shutil.copy(image, root / "digit7" / f"copy_{image.name}")
     (root / "digit7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    lines = []
+    _, _, _, record = load_build_data("ignored", root, InputChoice(), log=lines.append)
+    assert record["num_skipped"] == 1 and any("broken.png: not an image Pillow can read" in l for l in lines)
     with pytest.raises(DataError, match="broken.png: not an image Pillow can read"):
-        load_dataset("ignored", Split.TRAIN, root)
+        load_build_data("ignored", root, InputChoice(strict=True), log=_quiet)
 
 
 def test_image_folder_with_one_class(tmp_path, samples_dir):
@@ -123,7 +137,7 @@ def test_image_folder_with_one_class(tmp_path, samples_dir):
     (root / "only").mkdir(parents=True)
     shutil.copy(next(samples_dir.glob("mnist_*.png")), root / "only" / "a.png")
     with pytest.raises(DataError, match="at least 2"):
-        load_dataset("ignored", Split.TRAIN, root)
+        load_build_data("ignored", root, InputChoice(), log=_quiet)
 
 
 def test_unknown_dataset_name():

@@ -12,9 +12,12 @@ pytestmark = pytest.mark.tf
 def views():
     from cbnet_tl.recipes import blenet
 
-    parts = blenet.make_layers(10)
-    randomize(blenet.build_training_model(parts))
-    return blenet.build_views(parts)
+    parts = blenet.make_layers(MNIST_SHAPE, 10)
+    randomize(blenet.build_training_model(parts, MNIST_SHAPE))
+    return blenet.build_views(parts, MNIST_SHAPE)
+
+
+MNIST_SHAPE = (28, 28, 1)
 
 
 def randomize(model):
@@ -29,8 +32,8 @@ def test_branchynet_shapes_follow_the_original(views):
 
     from cbnet_tl.recipes import blenet
 
-    parts = blenet.make_layers(10)
-    image = keras.Input((28, 28, 1), batch_size=1)
+    parts = blenet.make_layers(MNIST_SHAPE, 10)
+    image = keras.Input(MNIST_SHAPE, batch_size=1)
     x = image
     shapes = []
     for layer in parts.trunk + parts.main:
@@ -46,9 +49,11 @@ def test_branchynet_shapes_follow_the_original(views):
 def test_autoencoder_shape():
     from cbnet_tl.recipes.autoencoder import build_autoencoder
 
-    model = build_autoencoder()
+    model = build_autoencoder(MNIST_SHAPE)
     out = model(np.zeros((3, 28, 28, 1), np.float32))
     assert tuple(out.shape) == (3, 28, 28, 1)
+    rgb = build_autoencoder((20, 24, 3))(np.zeros((2, 20, 24, 3), np.float32))
+    assert tuple(rgb.shape) == (2, 20, 24, 3)
     assert float(np.min(out)) >= 0.0 and float(np.max(out)) <= 1.0
 
 
@@ -65,10 +70,34 @@ def test_mac_counts_match_the_papers_figures(tmp_path, views):
 
     branch_macs, _ = macs(views["branch"], "branch")
     lenet_macs, lenet_params = macs(views["lenet"], "lenet")
-    ae_macs, ae_params = macs(randomize(build_autoencoder(batch_size=1)), "ae")
+    ae_macs, ae_params = macs(randomize(build_autoencoder(MNIST_SHAPE, batch_size=1)), "ae")
     assert branch_macs == 112_500 + 101_250 + 6_400          # ≈0.22 M (DESIGN §2)
     assert lenet_macs == 112_500 + 361_250 + 605_000 + 60_480 + 840  # ≈1.14 M
     assert ae_macs == 784 * 512 + 512 * 384 + 384 * 256 + 256 * 64 + 64 * 784  # ≈0.76 M
     # The linear code layer's bias folds into the decoder's bias in the converted graph.
     assert ae_params == ae_macs + 512 + 384 + 256 + 784
     assert lenet_params == 5 * 25 + 5 + 10 * 125 + 10 + 20 * 250 + 20 + 720 * 84 + 84 + 84 * 10 + 10
+
+
+def test_layer_sizes_follow_the_input_spec(tmp_path):
+    """At 32x32 RGB every flatten and the trunk come from the input: trunk 17, branch 9, main 6."""
+    from cbnet_tl.recipes import blenet, fast
+    from cbnet_tl.runtime.files import write_bytes_atomic
+    from cbnet_tl.toolchain.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+
+    shape = (32, 32, 3)
+    parts = blenet.make_layers(shape, 5)
+    randomize(blenet.build_training_model(parts, shape))
+    views = blenet.build_views(parts, shape)
+    assert blenet.trunk_shape(shape) == (17, 17, 5)
+    assert tuple(views["trunk_branch"].outputs[1].shape) == (1, 17, 17, 5)
+    assert tuple(views["lenet"].outputs[0].shape) == (1, 5)
+    path = tmp_path / "branch.tflite"
+    write_bytes_atomic(path, to_tflite(views["branch"], Precision.FLOAT32))
+    branch_macs, _ = count_macs_and_params(path)
+    assert branch_macs == 34 * 34 * 5 * 75 + 17 * 17 * 10 * 45 + 9 * 9 * 10 * 5
+    config = fast.FastConfig(num_classes=5, input_shape=shape)
+    assert config.macs() == 3072 * 512 + 512 * 128 + 128 * 3072 + 3072 * 64 + 64 * 5
+    with pytest.raises(ValueError, match="at most 12288 input values"):
+        fast.build_autoencoder(fast.FastConfig(input_shape=(96, 96, 3)))

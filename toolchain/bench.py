@@ -116,7 +116,7 @@ def footprint(bundle_dir: Path) -> dict:
         "imported = time.perf_counter() - start\n"
         "import numpy as np\n"
         f"pipeline = api.open_pipeline({str(bundle_dir)!r}, 'cbnet')\n"
-        "pipeline.classify(np.zeros((1, 28, 28), np.uint8))\n"
+        "pipeline.classify(np.zeros((1, *pipeline.input_shape), np.uint8))\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "try:\n"  # VmHWM belongs to this address space; ru_maxrss survives exec from a big parent
         "    peak = [int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"

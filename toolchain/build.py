@@ -20,6 +20,7 @@ import numpy as np
 from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationCheckError
 from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.toolchain.checks import CheckConfig
+from cbnet_tl.toolchain.inputs import InputChoice
 from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
 
 
@@ -37,6 +38,7 @@ class BuildConfig:
     calibration_samples: int = 500  # int8 calibration images (see export.DEFAULT_CALIBRATION_SAMPLES)
     train: TrainConfig = field(default_factory=TrainConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
+    inputs: InputChoice = field(default_factory=InputChoice)  # size, colour, resize, background; None: from the data
 
     def entropy_threshold(self, custom: bool) -> float:
         if self.threshold is not None:
@@ -87,7 +89,7 @@ def build(config: BuildConfig, log=print) -> dict:
     from cbnet_tl.toolchain import checks as checks_stage
     from cbnet_tl.toolchain.bundle import new_version, write_bundle
     from cbnet_tl.toolchain.convert import convert_all, file_hashes
-    from cbnet_tl.toolchain.datasets import Split, is_image_folder, load_dataset, seeded_subset
+    from cbnet_tl.toolchain.datasets import load_build_data, seeded_subset
     from cbnet_tl.toolchain.export import export_specs
     from cbnet_tl.toolchain.fallback import fallback_options
     from cbnet_tl.toolchain.targets import get_target
@@ -97,11 +99,11 @@ def build(config: BuildConfig, log=print) -> dict:
     progress = _progress(config.train.progress)
     started = time.perf_counter()
     timings: dict = {}
-    train = load_dataset(config.dataset, Split.TRAIN, config.data_dir, config.allow_download)
-    test = load_dataset(config.dataset, Split.TEST, config.data_dir, config.allow_download)
+    train, test, spec, data_record = load_build_data(config.dataset, config.data_dir, config.inputs,
+                                                     allow_download=config.allow_download, log=log, progress=progress)
     if config.max_train_images is not None:
         train = seeded_subset(train, config.max_train_images, config.train.seed)
-    custom = config.data_dir is not None and is_image_folder(Path(config.data_dir))
+    custom = bool(data_record["custom"])
     threshold = config.entropy_threshold(custom)
     dataset_name = train.name if custom else config.dataset
     log(f"data: {dataset_name}: {len(train)} training and {len(test)} test images from {train.source}")
@@ -115,13 +117,16 @@ def build(config: BuildConfig, log=print) -> dict:
         specs = export_specs(work, train.images, config.calibration_samples)
         models = convert_all(specs, work / "models", progress=progress)
         timings["convert_s"] = time.perf_counter() - stage
+        log(f"MACs per image at {spec.width}x{spec.height}x{spec.channels}: " + ", ".join(
+            f"{name} {entry.macs / 1e6:.3f} M" for name, entry in models.items() if entry.macs is not None))
         hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
         manifest = Manifest(
             dataset=dataset_name, class_names=tuple(train.class_names), entropy_threshold=threshold,
             models=models, pipelines={name: PipelineEntry(spec.models) for name, spec in PIPELINE_SPECS.items()},
             files=hashes, kind="build", version=new_version(list(hashes.values())),
             built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tools=tool_versions(),
-            data={"name": config.dataset, "custom": custom, "source": train.source,
+            input=spec.to_dict(),
+            data={**data_record, "name": dataset_name if custom else config.dataset, "source": train.source,
                   "num_train": len(train), "num_test": len(test)},
         )
         manifest.write(work)
@@ -165,6 +170,7 @@ def build(config: BuildConfig, log=print) -> dict:
         build_record = {
             "dataset": dataset_name, "target": target.name, "version": manifest.version,
             "threshold": threshold, "timings": {k: round(v, 2) for k, v in timings.items()},
+            "input": spec.to_dict(), "num_skipped_images": data_record["num_skipped"],
             "train": train_record, "tarball": tarball.name,
             "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"]}
                          for name, r in record["pipelines"].items()},

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 import cbnet_tl.runtime as runtime_package
 from cbnet_tl.runtime.bundle import sha256_of
@@ -58,13 +57,18 @@ def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
     """Selftest samples and the int8 predictions the build made for them."""
     from cbnet_tl.runtime.bundle import load_bundle
 
+    from cbnet_tl.runtime.images import as_pil, load_image
+    from cbnet_tl.runtime.manifest import read_manifest
+
+    spec = read_manifest(build_dir).input_spec
     (staging / "samples").mkdir()
     files = []
     for i, image in enumerate(images[:NUM_SELFTEST_SAMPLES]):
         relative = f"samples/{i:02d}.png"
-        Image.fromarray(image, mode="L").save(staging / relative)
+        as_pil(image).save(staging / relative)
         files.append(relative)
-    stacked = np.stack([np.asarray(Image.open(staging / f)) for f in files])
+    # read back the way the device will (run.py selftest), through the input spec
+    stacked = np.stack([load_image(staging / f, spec) for f in files])
     bundle = load_bundle(build_dir, precision="int8", models=models_for(DEPLOYED_PIPELINES))
     expected = {p: Pipeline(bundle, p).classify(stacked).labels.tolist() for p in DEPLOYED_PIPELINES}
     return {"files": files, "expected": expected}
@@ -122,7 +126,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
             "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
             "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
-            "device_checks": device_checks(),
+            "device_checks": device_checks(), "input_text": build_manifest.input_spec.describe(),
         }
         edgetpu = _edgetpu_stage(staging, models) if target.uses_edgetpu else None
         if edgetpu is not None:

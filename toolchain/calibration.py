@@ -18,12 +18,12 @@ from cbnet_tl.runtime.errors import ConfigError
 DEFAULT_SIZES = (10, 50, 100, 500)
 
 
-def _as_inputs(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) images as the float (N, H, W, 1) inputs the models take; float inputs pass through."""
+def _as_inputs(images: np.ndarray, raw_pixels: bool) -> np.ndarray:
+    """uint8 (N, H, W, C) images as the float inputs the model takes (pixel values for a raw-pixel model,
+    [0, 1] otherwise); float inputs pass through."""
     images = np.asarray(images)
     if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-        return images[..., None] if images.ndim == 3 else images
+        return images.astype(np.float32) if raw_pixels else images.astype(np.float32) / np.float32(255.0)
     return images.astype(np.float32)
 
 
@@ -41,9 +41,10 @@ def calibration_sweep(spec_or_model, images: np.ndarray, labels: np.ndarray,
     from cbnet_tl.runtime.interpreter import Model
     from cbnet_tl.toolchain.convert import ModelSpec, Precision, to_tflite
 
+    input_type = "int8"
     if isinstance(spec_or_model, ModelSpec):
         model, pool = spec_or_model.model, spec_or_model.representative if calibration is None else calibration
-        names = spec_or_model.output_names
+        names, input_type = spec_or_model.output_names, spec_or_model.input_type
     else:
         model, pool, names = spec_or_model, calibration, tuple(o.name for o in spec_or_model.outputs)
     if pool is None or len(pool) == 0:
@@ -53,12 +54,13 @@ def calibration_sweep(spec_or_model, images: np.ndarray, labels: np.ndarray,
     wanted = output_name or ("logits" if "logits" in names else names[0])
     shapes = [tuple(int(d) for d in o.shape) for o in model.outputs]
     shape = shapes[list(names).index(wanted)] if wanted in names else shapes[0]
-    inputs, labels = _as_inputs(images), np.asarray(labels)
+    inputs, labels = _as_inputs(images, input_type == "uint8"), np.asarray(labels)
     results = []
     with tempfile.TemporaryDirectory(prefix="cbnet-calibration-") as folder:
         for size in sorted({min(int(s), len(pool)) for s in sizes}):
             path = Path(folder) / f"{model.name}_{size}.tflite"
-            write_bytes_atomic(path, to_tflite(model, Precision.INT8, np.asarray(pool[:size], dtype=np.float32)))
+            write_bytes_atomic(path, to_tflite(model, Precision.INT8, np.asarray(pool[:size], dtype=np.float32),
+                                                 input_type))
             runner = Model(path, output_indices=[shape])
             correct = 0
             for start in range(0, len(inputs), batch_size):

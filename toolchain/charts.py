@@ -130,12 +130,17 @@ def scatter_chart(points: Sequence[tuple], title: str, xlabel: str, ylabel: str,
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 3, gap: int = 4) -> Image.Image:
-    """uint8 28×28 images laid out in rows (e.g. input, converted), enlarged ``scale`` times."""
+    """uint8 images (H, W, C), grayscale or RGB, laid out in rows (e.g. input, converted), enlarged
+    ``scale`` times; RGB images stay in colour."""
     num_rows, num_cols = len(rows), max(len(r) for r in rows)
-    cell = 28 * scale
-    image = Image.new("L", (num_cols * (cell + gap) + gap, num_rows * (cell + gap) + gap), 255)
+    first = np.asarray(rows[0][0])
+    height, width = first.shape[0] * scale, first.shape[1] * scale
+    mode = "RGB" if first.ndim == 3 and first.shape[-1] == 3 else "L"
+    image = Image.new(mode, (num_cols * (width + gap) + gap, num_rows * (height + gap) + gap), "white")
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
-            picture = Image.fromarray(np.asarray(tile, dtype=np.uint8), mode="L").resize((cell, cell), Image.NEAREST)
-            image.paste(picture, (gap + c * (cell + gap), gap + r * (cell + gap)))
+            tile = np.asarray(tile, dtype=np.uint8)
+            tile = tile[..., 0] if mode == "L" and tile.ndim == 3 else tile
+            picture = Image.fromarray(tile, mode=mode).resize((width, height), Image.NEAREST)
+            image.paste(picture, (gap + c * (width + gap), gap + r * (height + gap)))
     return image

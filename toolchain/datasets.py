@@ -1,4 +1,5 @@
-"""Dataset loaders: canonical IDX ``.gz`` files (MNIST, Fashion-MNIST, KMNIST) and image folders.
+"""Dataset loaders: canonical IDX ``.gz`` files (MNIST, Fashion-MNIST, KMNIST) and image folders
+(``folders.py``), both as uint8 images (N, height, width, channels) of the build's input spec.
 
 Search order for the IDX sets: ``--data-dir``, then the Debian package's folder (Fashion-MNIST), then
 the per-user cache, then (only when the machine is online) the official mirror, verified by MD5.
@@ -19,10 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import DataError, ImageError
+from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.files import write_bytes_atomic
-from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT as IMAGE_SUFFIXES
-from cbnet_tl.runtime.images import load_image
+from cbnet_tl.runtime.preprocess import InputSpec, to_model_inputs
+from cbnet_tl.toolchain import folders
+from cbnet_tl.toolchain.inputs import InputChoice, choose_for_headers, choose_for_idx
 
 
 class DatasetName(str, Enum):
@@ -91,13 +93,17 @@ SOURCES = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """uint8 images (N, 28, 28), int64 labels (N,), and the class names."""
+    """uint8 images (N, height, width, channels), int64 labels (N,), and the class names.
+
+    ``validation_indices``: images of the training split that a ``val/`` folder gave for validation
+    (None: the trainer takes its own seeded share)."""
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple
     source: str
+    validation_indices: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -206,49 +212,7 @@ def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path], allow_
     )
 
 
-# --- image folders ---------------------------------------------------------------------------------
-
-def is_image_folder(data_dir: Path) -> bool:
-    return data_dir.is_dir() and any(p.is_dir() for p in data_dir.iterdir()) and not any(
-        p.name.endswith("-ubyte.gz") for p in data_dir.iterdir()
-    )
-
-
-def load_image_folder(data_dir: Path, split: Split) -> Dataset:
-    """One sub-folder per class. If ``train/`` and ``test/`` exist, they are the splits; otherwise a
-    fixed, seeded 80/20 split of every class."""
-    data_dir = Path(data_dir)
-    split_dir = data_dir / ("train" if split is Split.TRAIN else "test")
-    root = split_dir if split_dir.is_dir() else data_dir
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < 2:
-        raise DataError(f"{root}: expected one sub-folder of images per class (at least 2). Received {len(class_dirs)}")
-    images, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{class_dir}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        if root is data_dir:
-            order = np.random.default_rng(label).permutation(len(files))
-            cut = max(1, int(round(0.8 * len(files)))) if len(files) > 1 else 1
-            chosen = order[:cut] if split is Split.TRAIN else order[cut:]
-            files = [files[i] for i in sorted(chosen)]
-        for path in files:
-            try:
-                images.append(load_image(path, resize=True))
-            except ImageError as error:
-                raise DataError(str(error)) from None
-            labels.append(label)
-    if not images:
-        raise DataError(f"{root}: no images for the {split.value} split")
-    return Dataset(
-        name=data_dir.name,
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        class_names=tuple(d.name for d in class_dirs),
-        source=str(root),
-    )
-
+# --- image folders: toolchain/folders.py ----------------------------------------------------------
 
 def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     """The first ``size`` images of a seeded permutation, in their original order (the whole set if smaller).
@@ -256,19 +220,80 @@ def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     if size >= len(dataset):
         return dataset
     keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:size])
-    return replace(dataset, images=dataset.images[keep], labels=dataset.labels[keep])
+    validation = None
+    if dataset.validation_indices is not None:
+        validation = np.flatnonzero(np.isin(keep, dataset.validation_indices))
+    return replace(dataset, images=dataset.images[keep], labels=dataset.labels[keep], validation_indices=validation)
+
+
+is_image_folder = folders.is_image_folder
+
+
+def _folder_split(layout, split: Split, spec: InputSpec, choice: InputChoice, report, log, progress) -> Dataset:
+    name = "train" if split is Split.TRAIN else "test"
+    images, labels = folders.load_split(layout, name, spec, strict=choice.strict, max_pixels=choice.max_pixels,
+                                        report=report, log=log, progress=progress)
+    validation = None
+    if split is Split.TRAIN and layout.splits.get("val"):
+        val_images, val_labels = folders.load_split(layout, "val", spec, strict=choice.strict,
+                                                    max_pixels=choice.max_pixels, report=report, log=log,
+                                                    progress=progress)
+        validation = np.arange(len(images), len(images) + len(val_images))
+        images, labels = np.concatenate([images, val_images]), np.concatenate([labels, val_labels])
+    return Dataset(layout.root.name, images, labels, layout.class_names, str(layout.root), validation)
+
+
+def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *, allow_download: bool = True,
+                    log=print, progress=lambda iterable, **_: iterable) -> tuple:
+    """(train, test, spec, record) for a build: the input spec decided from ``choice`` and the data (said in
+    one line), both splits through it, the class counts and skipped files said and kept in ``record``."""
+    if data_dir is not None and not Path(data_dir).exists():
+        raise DataError(f"--data-dir {data_dir} does not exist")
+    if data_dir is not None and is_image_folder(Path(data_dir)):
+        layout = folders.scan(Path(data_dir))
+        report = folders.LoadReport()
+        headers = folders.scan_headers(layout.splits["train"], choice.max_pixels, choice.strict, report, log)
+        spec, reason = choose_for_headers(headers, choice)
+        log(reason)
+        train = _folder_split(layout, Split.TRAIN, spec, choice, report, log, progress)
+        test = _folder_split(layout, Split.TEST, spec, choice, report, log, progress)
+        counts = layout.class_counts()
+        log(f"classes ({len(layout.class_names)}): " + ", ".join(
+            f"{cls} {sum(row.values())}" for cls, row in counts.items())
+            + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else "")
+            + (f"; ignored {layout.num_ignored} non-image file(s)" if layout.num_ignored else ""))
+        record = {"name": layout.root.name, "custom": True, "data_dir": str(layout.root.absolute()),
+                  "layout": layout.layout, "class_counts": counts, "num_skipped": len(report.skipped),
+                  "skipped": [{"file": f, "reason": r} for f, r in report.skipped],
+                  "num_ignored": layout.num_ignored}
+        return train, test, spec, record
+    train = load_dataset(name, Split.TRAIN, data_dir, allow_download)
+    spec, reason = choose_for_idx(train.images.shape[1:3], choice)
+    log(reason)
+    test = load_dataset(name, Split.TEST, data_dir, allow_download, spec)
+    train = replace(train, images=to_model_inputs(train.images, spec))
+    record = {"name": train.name, "custom": False, "num_skipped": 0,
+              "data_dir": None if data_dir is None else str(Path(data_dir).absolute())}
+    return train, test, spec, record
 
 
 def load_dataset(
-    name: str, split: Split, data_dir: Optional[Path] = None, allow_download: bool = True
+    name: str, split: Split, data_dir: Optional[Path] = None, allow_download: bool = True,
+    spec: Optional[InputSpec] = None, max_pixels: Optional[int] = None,
 ) -> Dataset:
-    """Load one split. ``data_dir`` holding class sub-folders makes it a custom dataset."""
+    """Load one split through ``spec`` (an IDX set without one keeps its own size, one channel).
+    ``data_dir`` holding class sub-folders makes it a custom dataset, which needs the build's ``spec``."""
     if data_dir is not None:
         data_dir = Path(data_dir)
         if not data_dir.exists():
             raise DataError(f"--data-dir {data_dir} does not exist")
         if is_image_folder(data_dir):
-            return load_image_folder(data_dir, split)
+            if spec is None:
+                raise DataError(f"{data_dir}: an image folder is read through a build's input spec; none given")
+            choice = InputChoice(**({} if max_pixels is None else {"max_pixels": max_pixels}))
+            layout = folders.scan(data_dir)
+            return _folder_split(layout, split, spec, choice, folders.LoadReport(), lambda line: None,
+                                 lambda iterable, **_: iterable)
     try:
         dataset = DatasetName(name)
     except ValueError:
@@ -279,4 +304,7 @@ def load_dataset(
     folder = locate_idx(dataset, split, data_dir, allow_download)
     images_name, labels_name = FILES[split]
     images, labels = read_idx_pair(folder / images_name, folder / labels_name, len(SOURCES[dataset].labels))
+    images = images[..., None]  # (N, H, W, 1)
+    if spec is not None:
+        images = to_model_inputs(images, spec)
     return Dataset(dataset.value, images, labels, SOURCES[dataset].labels, str(folder))

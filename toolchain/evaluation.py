@@ -8,19 +8,45 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
-from cbnet_tl.runtime.errors import DataError
+from cbnet_tl.runtime.errors import CbnetError, DataError
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
 from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset, seeded_subset
 from cbnet_tl.toolchain.scoring import evaluate
 
 
+def _recorded_data(directory: Path, manifest) -> dict:
+    """Where the build's data came from: its manifest's record, or for a bundle inside a build directory
+    (bundles carry no host paths), the build's."""
+    if manifest.data is not None:
+        return manifest.data
+    parent = Path(directory).resolve().parent
+    if (parent / "manifest.json").is_file():
+        try:
+            return open_manifest(parent)[1].data or {}
+        except CbnetError:
+            return {}
+    return {}
+
+
+def data_dir_of(directory: Path, manifest, data_dir: Optional[Path] = None) -> Optional[Path]:
+    """``data_dir`` if given, else the folder the build read (recorded in its manifest), if it still exists."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = _recorded_data(directory, manifest).get("data_dir")
+    return Path(recorded) if recorded and Path(recorded).exists() else None
+
+
 def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: Optional[str] = None):
-    """The manifest and the test split of the bundle's dataset (only ``t10k-*`` files are read)."""
+    """The manifest and the test split of the bundle's dataset, through the bundle's input spec (only
+    ``t10k-*`` files are read). Without ``data_dir``, the folder the build read."""
     _, manifest = open_manifest(bundle_dir)
     name = dataset or manifest.dataset
+    data_dir = data_dir_of(bundle_dir, manifest, data_dir)
     if name not in {d.value for d in DatasetName} and data_dir is None:
-        raise DataError(f"The bundle was built on a custom dataset ({name}); pass --data-dir with its images")
-    test = load_dataset(name, Split.TEST, data_dir)
+        recorded = _recorded_data(bundle_dir, manifest).get("data_dir")
+        raise DataError(f"The bundle was built on a custom dataset ({name}) read from {recorded or 'a folder'}, "
+                        "which is not here; pass --data-dir with its images")
+    test = load_dataset(name, Split.TEST, data_dir, spec=manifest.input_spec)
     if len(test.class_names) != len(manifest.class_names):
         raise DataError(
             f"The test data has {len(test.class_names)} classes but the bundle has {len(manifest.class_names)}"
@@ -34,7 +60,9 @@ def load_train_split(build_dir: Path, data_dir: Optional[Path] = None, allow_dow
 
     _, manifest = open_manifest(build_dir)
     seed = int(json.loads((Path(build_dir) / "train.json").read_text())["config"]["seed"])
-    train = load_dataset((manifest.data or {}).get("name", manifest.dataset), Split.TRAIN, data_dir, allow_download)
+    name = manifest.dataset if (manifest.data or {}).get("custom") else (manifest.data or {}).get("name", manifest.dataset)
+    train = load_dataset(name, Split.TRAIN, data_dir_of(build_dir, manifest, data_dir), allow_download,
+                         spec=manifest.input_spec)
     return seeded_subset(train, int((manifest.data or {}).get("num_train", len(train))), seed), seed
 
 
@@ -108,21 +136,20 @@ def format_dvfs_summary(summary: dict) -> str:
             f"({summary['energy_source']}); time at {frequencies}")
 
 
-def write_converted(bundle_dir: Path, paths: list, out_dir: Path, resize: bool = False) -> list:
+def write_converted(bundle_dir: Path, paths: list, out_dir: Path) -> list:
     """What the bundle's converting autoencoder makes of each image file, written as OUT/<name>.png."""
     import io
 
-    from PIL import Image
-
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.runtime.images import load_images
+    from cbnet_tl.runtime.images import as_pil, load_images
     from cbnet_tl.runtime.pipelines import convert_images
 
-    autoencoder = load_bundle(bundle_dir, models=["autoencoder"]).models["autoencoder"]
+    bundle = load_bundle(bundle_dir, models=["autoencoder"])
     written = []
-    for path, image in zip(paths, convert_images(autoencoder, load_images(paths, resize=resize))):
+    images = load_images(paths, bundle.manifest.input_spec)
+    for path, image in zip(paths, convert_images(bundle.models["autoencoder"], images)):
         buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG")
+        as_pil(image).save(buffer, format="PNG")
         target = Path(out_dir) / f"{Path(path).name}.png"
         write_bytes_atomic(target, buffer.getvalue())
         written.append(target)

@@ -143,7 +143,7 @@ def explain_build(build_dir: Path, train_images: np.ndarray, test_images: np.nda
         raise BundleError(f"{build_dir} has no Keras models in keras/; --explain compares them with the int8 models. "
                           "Run it on the build directory `cbnet-tl build` wrote, not a bundle or a stripped copy")
     specs = [s for s in export_specs(Path(build_dir), train_images) if models is None or s.name in models]
-    samples = (np.asarray(test_images[:num_samples], dtype=np.float32) / 255.0)[..., None]
+    samples = np.asarray(test_images[:num_samples], dtype=np.float32) / np.float32(255.0)
     result = {}
     for spec in specs:
         if spec.name == "main_tail":  # its inputs are trunk features, not images: measure on calibration data

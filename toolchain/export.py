@@ -1,8 +1,10 @@
 """Build the list of models to convert from the trained Keras files in a build directory.
 
-Models whose spec says ``input_type="uint8"`` take raw pixels (the 1/255 scaling is folded into their
-first layer), so the runtime feeds image bytes as they are: ``cbnet`` (the converting AE and its
-classifier fused into one graph) and ``autoencoder`` (the AE alone, for reports and ``--convert-image``).
+Every model that reads an image takes raw pixels of the build's input spec (``input_type="uint8"``; the
+1/255 scaling is folded into its first layer), so the runtime feeds image bytes as they are: ``cbnet``
+(the converting AE and its classifier fused into one graph), ``autoencoder`` (the AE alone, for reports
+and ``--convert-image``), ``lenet``, ``branch``, ``trunk_branch`` and ``noop``. ``main_tail`` reads the
+trunk's int8 features, and the build-only ``classifier`` reads a converted image in [0, 1].
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from cbnet_tl.toolchain.convert import ModelSpec
 def _calibration_pixels(train_images: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Float pixels in [0, 255] for raw-pixel models, with one ramp image so 0 and 255 both occur: the
     uint8 input then quantizes with scale 1 and zero point 0, i.e. the bytes are the values."""
-    pixels = train_images[indices].astype(np.float32)[..., None]
-    ramp = np.linspace(0, 255, 28 * 28, dtype=np.float32).reshape(1, 28, 28, 1)
+    pixels = train_images[indices].astype(np.float32)
+    shape = pixels.shape[1:]
+    ramp = np.linspace(0, 255, int(np.prod(shape)), dtype=np.float32).reshape(1, *shape)
     return np.concatenate([ramp, pixels])
 
 
@@ -30,11 +33,12 @@ def _paper_fused(autoencoder, branch):
 
     from cbnet_tl.recipes import autoencoder as ae_recipe
 
-    view = ae_recipe.build_autoencoder(batch_size=1)
+    shape = tuple(autoencoder.input_shape[1:])
+    view = ae_recipe.build_autoencoder(shape, batch_size=1)
     weights = [w.copy() for w in autoencoder.get_weights()]
     weights[0] = weights[0] / 255.0
     view.set_weights(weights)
-    pixels = keras.Input((28, 28, 1), batch_size=1, name="pixels")
+    pixels = keras.Input(shape, batch_size=1, name="pixels")
     return keras.Model(pixels, branch(view(pixels)), name="cbnet"), view
 
 
@@ -54,16 +58,17 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
     if calibration_samples < 1:
         raise ConfigError(f"Expected num_calibration_samples > 0. Received: {calibration_samples}")
     indices = np.load(keras_dir / "representative_indices.npy")[:calibration_samples]
-    images = (train_images[indices].astype(np.float32) / 255.0)[..., None]
+    image_shape = tuple(train_images.shape[1:])
+    images = train_images[indices].astype(np.float32) / np.float32(255.0)
     pixels = _calibration_pixels(train_images, indices)
 
     parts = blenet.layers_of(trained)
-    views = blenet.build_views(parts)
-    features = np.asarray(blenet.build_trunk_model(parts).predict(images, batch_size=256, verbose=0))
+    views = blenet.build_views(parts, image_shape)
+    features = np.asarray(blenet.build_trunk_model(parts, image_shape).predict(images, batch_size=256, verbose=0))
     if recipe == "paper":
         autoencoder = keras.models.load_model(keras_dir / "autoencoder.keras", compile=False)
-        fused, ae_view = _paper_fused(autoencoder, views["branch"])
-        classifier = views["branch"]
+        classifier = blenet.build_branch_on_unit(parts, image_shape)
+        fused, ae_view = _paper_fused(autoencoder, classifier)
     else:
         from cbnet_tl.recipes import fast
 
@@ -77,9 +82,9 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
         ModelSpec("cbnet", fused, ("logits",), pixels, input_type="uint8"),
         ModelSpec("autoencoder", ae_view, ("converted",), pixels, input_type="uint8"),
         ModelSpec("classifier", classifier, ("logits",), images),  # build dir only: the fused graph's second half
-        ModelSpec("branch", views["branch"], ("logits",), images),
-        ModelSpec("trunk_branch", views["trunk_branch"], ("logits", "features"), images),
+        ModelSpec("branch", views["branch"], ("logits",), pixels, input_type="uint8"),
+        ModelSpec("trunk_branch", views["trunk_branch"], ("logits", "features"), pixels, input_type="uint8"),
         ModelSpec("main_tail", views["main_tail"], ("logits",), features),
-        ModelSpec("lenet", views["lenet"], ("logits",), images),
-        ModelSpec("noop", build_noop(), ("output",), pixels, input_type="uint8"),
+        ModelSpec("lenet", views["lenet"], ("logits",), pixels, input_type="uint8"),
+        ModelSpec("noop", build_noop(image_shape), ("output",), pixels, input_type="uint8"),
     ]

@@ -64,7 +64,8 @@ def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int =
     calibration = _calibration_pixels(train.images, np.random.default_rng(seed).permutation(fit)[:500])
     results, models = {}, {}
     for size in sizes:
-        config = dataclasses.replace(fast.SIZES[size], num_classes=len(manifest.class_names))
+        config = dataclasses.replace(fast.SIZES[size], num_classes=len(manifest.class_names),
+                                     input_shape=manifest.input_spec.shape)
         log(f"size {size}: {config.macs() / 1e6:.3f} M MACs, training")
         ae, classifier, history = train_fast(train.images[fit], train.labels[fit], train.images[val],
                                              train.labels[val], canonical, config, seed=seed, progress=progress)
@@ -73,7 +74,7 @@ def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int =
         model = Model(path)
         check_raw_pixel_input(path, {"dtype": model.input.dtype.name, "scale": model.input.scale,
                                      "zero_point": model.input.zero_point})
-        predicted = np.concatenate([model.invoke_quantized(test.images[i:i + 500, ..., None])[0].argmax(-1)
+        predicted = np.concatenate([model.invoke_quantized(test.images[i:i + 500])[0].argmax(-1)
                                     for i in range(0, len(test), 500)])
         results[size] = {"macs": config.macs(), "config": config.to_dict(), "file": str(path.relative_to(build_dir)),
                          "int8_accuracy": float((predicted == test.labels).mean()),

@@ -137,13 +137,14 @@ def augmentation_shift(config: TrainConfig, num_images: int) -> float:
 
 
 def _with_augmentation(model, shift: float, seed: int):
-    """Wrap a model with a random shift of its input that is active only while training."""
+    """Wrap a model with a random shift of its input (``shift`` pixels) that is active only while training."""
     import keras
 
     if shift <= 0:
         return model
-    fraction = shift / 28.0
-    image = keras.Input((28, 28, 1), name="image")
+    shape = tuple(model.input_shape[1:])
+    fraction = shift / shape[0]
+    image = keras.Input(shape, name="image")
     shifted = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
                                              name="augment_shift")(image)
     outputs = model(shifted)
@@ -163,7 +164,8 @@ def _decaying(rate: float, decay_per_epoch: float, num_samples: int, batch_size:
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0)[..., None]
+    """uint8 (N, H, W, C) → float32 in [0, 1]."""
+    return images.astype(np.float32) / np.float32(255.0)
 
 
 def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainConfig) -> dict:
@@ -175,7 +177,11 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
     keras.utils.set_random_seed(config.seed)
     num_classes = len(train.class_names)
-    fit_index, validation = split_validation(len(train), config.validation_fraction, config.seed)
+    if train.validation_indices is not None and len(train.validation_indices):  # a val/ folder
+        validation = np.asarray(train.validation_indices, dtype=np.int64)
+        fit_index = np.setdiff1d(np.arange(len(train)), validation)
+    else:
+        fit_index, validation = split_validation(len(train), config.validation_fraction, config.seed)
     # half the validation split stops training (early stopping, best epoch); the other half is never seen by
     # training or model selection, so cbnet-fallback's threshold is chosen on unbiased accuracies
     val_index, held_out = _halves(validation, config.seed)
@@ -183,8 +189,9 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index))}
 
     started = stage_started = time.perf_counter()
-    parts = blenet.make_layers(num_classes)
-    b_lenet = blenet.build_training_model(parts)
+    image_shape = tuple(train.images.shape[1:])
+    parts = blenet.make_layers(image_shape, num_classes)
+    b_lenet = blenet.build_training_model(parts, image_shape)
     shift = augmentation_shift(config, len(fit_index))
     model = _with_augmentation(b_lenet, shift, config.seed)
     budget = BudgetedBest(config.patience, None if config.time_budget_s is None else config.time_budget_s * 2 / 3)
@@ -235,7 +242,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         from cbnet_tl.toolchain.train_fast import train_fast
 
         started = time.perf_counter()
-        fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes)
+        fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes, input_shape=image_shape)
         if len(fit_index) < SMALL_DATASET:  # small sets: augmentation, more epochs (recipes/fast.py SMALL_DATA)
             fast_config = small_data(fast_config)
         # without early stopping the recipe also trains on the images that stopped B-LeNet; the held-out half
@@ -285,7 +292,7 @@ def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Option
     pairs = pairs[~np.isin(pairs, held_out)]
     pair_val = np.isin(pairs, val_index)
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
-    autoencoder = ae_recipe.build_autoencoder(dropout=config.autoencoder_dropout)
+    autoencoder = ae_recipe.build_autoencoder(tuple(x.shape[1:]), dropout=config.autoencoder_dropout)
     trainer = _with_augmentation(autoencoder, shift, config.seed)
     ae_budget = BudgetedBest(config.autoencoder_patience, None if remaining is None else max(remaining, 30.0))
     trainer.compile(optimizer=keras.optimizers.Adam(_decaying(config.autoencoder_learning_rate, config.autoencoder_lr_decay_per_epoch,

@@ -70,17 +70,18 @@ def train_fast(x_fit_uint8, y_fit, x_val_uint8, y_val, canonical_uint8, config: 
                progress: bool = True):
     """Train the fast recipe. Returns (autoencoder, classifier, history).
 
-    x_*: (N, 28, 28, 1) or (N, 28, 28) uint8 pixels; y_*: int labels; canonical_uint8:
-    (num_classes, 28, 28) uint8. The models take float pixels in [0, 255]; build the shipped graph
-    with ``build_fused(autoencoder, classifier)``.
+    x_*: uint8 pixels (N, height, width, channels) of ``config.input_shape``; y_*: int labels;
+    canonical_uint8: (num_classes, height, width, channels) uint8. The models take float pixels in
+    [0, 255]; build the shipped graph with ``build_fused(autoencoder, classifier)``.
     """
     keras.utils.set_random_seed(seed)
     t0 = time.perf_counter()
-    x_fit = np.asarray(x_fit_uint8, np.float32).reshape(-1, 28, 28, 1)
-    x_val = np.asarray(x_val_uint8, np.float32).reshape(-1, 28, 28, 1)
+    shape = config.shape
+    x_fit = np.asarray(x_fit_uint8, np.float32).reshape(-1, *shape)
+    x_val = np.asarray(x_val_uint8, np.float32).reshape(-1, *shape)
     y_fit = np.asarray(y_fit, np.int64)
     y_val = np.asarray(y_val, np.int64)
-    canon = np.asarray(canonical_uint8, np.float32).reshape(-1, 28, 28, 1) / 255.0
+    canon = np.asarray(canonical_uint8, np.float32).reshape(-1, *shape) / 255.0
     target_fit = canon[y_fit]
     history = {}
     bs = config.batch_size

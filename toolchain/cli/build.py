@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,6 +13,9 @@ from typing_extensions import Annotated
 from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, RecipeChoice, SizeChoice, TargetChoice
 
 app = typer.Typer()
+ColourChoice = Enum("ColourChoice", [(c, c) for c in ("auto", "rgb", "grayscale")], type=str)
+ResizeChoice = Enum("ResizeChoice", [(c, c) for c in ("crop", "squash", "pad")], type=str)
+ResampleChoice = Enum("ResampleChoice", [(c, c) for c in ("bilinear", "box")], type=str)
 
 
 @app.command()
@@ -25,7 +29,14 @@ def build(
     blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 20,
     autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
     recipe: Annotated[RecipeChoice, typer.Option(help="fast: dense converting AE + dense classifier, trained paper-style then jointly, fused in one graph; paper: the authors' AE with the B-LeNet branch as classifier.")] = RecipeChoice("fast"),
-    size: Annotated[SizeChoice, typer.Option(help="Size of the fast recipe (recipes/fast.py SIZES).")] = SizeChoice("default"),
+    size: Annotated[SizeChoice, typer.Option(help="Size of the fast recipe's layers (recipes/fast.py SIZES); not the image size, see --image-size.")] = SizeChoice("default"),
+    image_size: Annotated[Optional[str], typer.Option(help="Model input size: N (square) or HxW, e.g. 32 or 48x64. Default: an IDX dataset's own size; for an image folder the median shorter side, capped at 32.")] = None,
+    color: Annotated[ColourChoice, typer.Option(help="Input channels: rgb, grayscale, or auto (rgb when any image of the data is in colour).")] = ColourChoice("auto"),
+    resize: Annotated[Optional[ResizeChoice], typer.Option(help="How an image of another aspect ratio fits the input: crop (centre crop, then resize), squash (stretch) or pad (letterbox onto --background). Default: pad.")] = None,
+    background: Annotated[Optional[str], typer.Option(help="What transparent pixels are composited onto, and pad's bars: white, black, #rrggbb or R,G,B. Default: white.")] = None,
+    resample: Annotated[ResampleChoice, typer.Option(help="Resampling filter (antialiased; computed by cbnet-tl itself, so the device gives the same bytes).")] = ResampleChoice("bilinear"),
+    strict: Annotated[bool, typer.Option(help="Refuse the dataset if any image cannot be read or is over --max-pixels (default: skip it with a notice).")] = False,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Largest image accepted, in pixels, checked from the header before decoding.")] = 64_000_000,
     seed: Annotated[int, typer.Option(help="Random seed for splits and weights.")] = 0,
     time_budget_minutes: Annotated[float, typer.Option(min=0, help="Wall-clock limit for training (2/3 B-LeNet, 1/3 AE); training keeps the best epoch so far. 0: no limit.")] = 12.0,
     max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
@@ -43,15 +54,19 @@ def build(
     from cbnet_tl.toolchain.build import BuildConfig
     from cbnet_tl.toolchain.build import build as run_build
     from cbnet_tl.toolchain.checks import CheckConfig
+    from cbnet_tl.toolchain.inputs import InputChoice, parse_image_size
     from cbnet_tl.toolchain.train import Recipe, TrainConfig
 
+    inputs = InputChoice(image_size=parse_image_size(image_size), colour=color.value,
+                         resize=resize.value if resize else None, background=background, resample=resample.value,
+                         strict=strict, max_pixels=max_pixels)
     config = BuildConfig(
         dataset=dataset.value, out=out, data_dir=data_dir, target=target.value, threshold=threshold, force=force,
         allow_download=not offline, write_report=report, max_train_images=max_train_images,
         calibration_samples=calibration_samples,
         train=TrainConfig(seed=seed, recipe=Recipe(recipe.value), fast_size=size.value, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
                           time_budget_s=time_budget_minutes * 60 or None),
-        check=CheckConfig(max_accuracy_drop=max_accuracy_drop),
+        check=CheckConfig(max_accuracy_drop=max_accuracy_drop), inputs=inputs,
     )
     record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
     if json_output:

@@ -28,7 +28,7 @@ SizeChoice = _choices("SizeChoice", ("small", "default", "large"))  # recipes.fa
 
 DataDir = Annotated[
     Optional[Path],
-    typer.Option(help="Folder with the four IDX .gz files, or one sub-folder of images per class (a custom dataset)."),
+    typer.Option(help="Folder with the four IDX .gz files, or an image folder: one sub-folder per class, or train/ (val/, test/) each with class sub-folders. Later commands on a build default to the folder it read."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 Dvfs = Annotated[str, typer.Option(help="CPU frequency policy: off, performance, powersave, fixed:<MHz> or eenet.")]

@@ -42,7 +42,7 @@ def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
     pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice("cbnet"),
-    convert: Annotated[bool, typer.Option(help="Convert any size/mode to 28x28 grayscale instead of refusing it.")] = False,
+    convert: Annotated[bool, typer.Option(help="No longer needed: every image goes through the bundle's input spec (accepted and ignored).")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
     fallback_threshold: FallbackThreshold = None,
     convert_image: Annotated[Optional[Path], typer.Option(help="Also write what the converting autoencoder makes of each image, as DIR/<name>.png (not timed).")] = None,
@@ -61,16 +61,19 @@ def run(
 
     # the device's tuning file (`cbnet-tl tune`) when there is one; it says so and what it runs
     runner = open_pipeline(bundle, pipeline.value, num_threads=threads, options=fallback_options(fallback_threshold))
+    if convert:
+        typer.echo(f"note: --convert is no longer needed; every image goes through the bundle's input spec "
+                   f"({runner.input_spec.describe()})", err=True)
     paths = collect_image_paths(images)
     with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
                       target=power_model(target)) as session:
         records = []
         for path in paths:
             session.wait_for_arrival()
-            records.extend(classify_paths(runner, [path], resize=convert, hook=session))
+            records.extend(classify_paths(runner, [path], hook=session))
     summary = session.summary()
     if convert_image is not None:
-        write_converted(bundle, paths, convert_image, resize=convert)
+        write_converted(bundle, paths, convert_image)
     if json_output:
         typer.echo(json.dumps({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
                                "dvfs": summary}, indent=2))

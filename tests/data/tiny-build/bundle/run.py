@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run this cbnet-tl bundle (mnist, target rpi4, version 20261124T213404-8a217645).
+"""Run this cbnet-tl bundle (mnist, target rpi4, version 20261130T214533-0735f741).
 
     python3 run.py selftest
     python3 run.py classify IMAGE_OR_DIR... [--pipeline cbnet|branchynet|lenet] [--json]
