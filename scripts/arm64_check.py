@@ -42,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
-DEFAULT_MIRROR = os.environ.get("CBNET_ARM64_MIRROR", "http://deb.debian.org/debian")
+MIRROR_ENV = "CBNET_ARM64_MIRROR"  # overrides the Debian mirror read from apt sources (debian_mirror)
 ROOT_PACKAGES = ("python3", "python3-venv", "python3-pip")
 SUITES = {"bookworm": "Debian 12 (bookworm)", "bullseye": "Debian 11 (bullseye)"}
 # The alternative interpreter the rpi4 bundle README offers: tflite-runtime's last release, which needs numpy<2.
@@ -97,6 +97,115 @@ class Outcome:
 
 class CheckError(Exception):
     """A reason the check cannot run at all: printed as one line, exit 1."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the Debian mirror: this machine's own apt sources (or $CBNET_ARM64_MIRROR), never a host named here
+
+# The main archive's source names a plain suite (not -security, -updates). Codenames are Debian's own; the
+# generic names are also used by other vendors' repositories ("stable main"), so they count only when apt's
+# cached Release file says Origin Debian.
+DEBIAN_CODENAMES = frozenset({"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid"})
+DEBIAN_GENERIC_SUITES = frozenset({"oldoldstable", "oldstable", "stable", "testing", "unstable"})
+
+
+@dataclass(frozen=True)
+class AptSource:
+    types: tuple  # "deb", "deb-src"
+    uris: tuple
+    suites: tuple
+    components: tuple
+    where: str  # the file it came from
+
+
+def _one_line_sources(text: str, where: str) -> list:
+    """``deb [option=value ...] URI SUITE COMPONENT...`` lines (sources.list, sources.list.d/*.list)."""
+    sources = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[1:2] and words[1].startswith("["):  # options: up to the word that ends with "]"
+            end = next((i for i, w in enumerate(words) if w.endswith("]")), len(words) - 1)
+            words = words[:1] + words[end + 1:]
+        if len(words) >= 3 and words[0] in ("deb", "deb-src"):
+            sources.append(AptSource((words[0],), (words[1],), (words[2],), tuple(words[3:]), where))
+    return sources
+
+
+def _deb822_sources(text: str, where: str) -> list:
+    """Stanzas of ``Types:``, ``URIs:``, ``Suites:``, ``Components:`` fields (sources.list.d/*.sources)."""
+    stanzas, fields, key = [], {}, None
+    for line in text.splitlines() + [""]:
+        if not line.strip():  # a blank line ends a stanza
+            if fields:
+                stanzas.append(fields)
+            fields, key = {}, None
+        elif line.startswith("#"):
+            continue
+        elif line[0] in " \t" and key:  # a continuation line
+            fields[key] += " " + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().lower()
+            fields[key] = value.strip()
+    return [AptSource(*(tuple(fields.get(k, "").split()) for k in ("types", "uris", "suites", "components")), where)
+            for fields in stanzas if fields.get("enabled", "yes").lower() != "no"]
+
+
+def apt_sources(root: Path = Path("/")) -> list:
+    """Every source in ``root``'s /etc/apt: sources.list, sources.list.d/*.list and sources.list.d/*.sources."""
+    apt = root / "etc" / "apt"
+    files = [apt / "sources.list"] + sorted((apt / "sources.list.d").glob("*.list")) \
+        + sorted((apt / "sources.list.d").glob("*.sources"))
+    sources = []
+    for path in files:
+        if path.is_file():
+            parse = _deb822_sources if path.suffix == ".sources" else _one_line_sources
+            sources += parse(path.read_text(errors="replace"), str(path))
+    return sources
+
+
+def _cached_release(root: Path, uri: str, suite: str) -> str | None:
+    """The Release file apt last fetched for URI and SUITE (/var/lib/apt/lists), if there is one."""
+    path = uri.split("://", 1)[-1].split("@", 1)[-1].rstrip("/") + f"/dists/{suite}/"
+    name = "".join(f"%{ord(c):02x}" if c in '\\|{}[]<>"^~_=!@#$%&*' else c for c in path).replace("/", "_")
+    for release in ("InRelease", "Release"):
+        cached = root / "var" / "lib" / "apt" / "lists" / (name + release)
+        if cached.is_file():
+            return cached.read_text(errors="replace")
+    return None
+
+
+def _release_field(release: str, name: str) -> str:
+    return next((line.split(":", 1)[1].strip() for line in release.splitlines() if line.startswith(name + ":")), "")
+
+
+def debian_mirror(environ=os.environ, root: Path = Path("/")) -> str:
+    """The Debian mirror debootstrap fetches arm64 roots from: $CBNET_ARM64_MIRROR, else the machine's own.
+
+    The first ``deb`` source of the main archive (a Debian suite such as bookworm, component main) served over
+    http(s) or from a file. When apt has fetched its Release file, that must say Origin Debian and list arm64.
+    """
+    if environ.get(MIRROR_ENV, "").strip():
+        return environ[MIRROR_ENV].strip()
+    sources = apt_sources(root)
+    for source in sources:
+        suites = [s for s in source.suites if s in DEBIAN_CODENAMES | DEBIAN_GENERIC_SUITES]
+        if "deb" not in source.types or "main" not in source.components or not suites:
+            continue
+        for uri in source.uris:
+            if not uri.startswith(("http://", "https://", "file:/")):
+                continue  # cdrom:, mirror+file:, tor+http: and the like are not for debootstrap
+            release = _cached_release(root, uri, suites[0])
+            if release is None and suites[0] in DEBIAN_CODENAMES:
+                return uri.rstrip("/")
+            if release is not None and _release_field(release, "Origin") == "Debian" \
+                    and "arm64" in _release_field(release, "Architectures").split():
+                return uri.rstrip("/")
+    seen = "; ".join(sorted({f"{u} {' '.join(s.suites)}" for s in sources if "deb" in s.types for u in s.uris}))
+    raise CheckError(
+        f"no Debian archive that serves arm64 in this machine's apt sources ({root / 'etc/apt'}/sources.list, "
+        f"sources.list.d/*.list, *.sources); found: {seen or 'none'}. An Ubuntu archive has no Debian suites; set "
+        f"{MIRROR_ENV} (or --mirror) to a Debian mirror with arm64")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -508,7 +617,8 @@ def build_bundle(cbnet_tl: Path, out: Path, target: str, log_dir: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=f"roots and pip cache ({DEFAULT_CACHE})")
-    parser.add_argument("--mirror", default=DEFAULT_MIRROR, help="Debian mirror for debootstrap")
+    parser.add_argument("--mirror", help=f"Debian mirror for debootstrap (default: ${MIRROR_ENV}, else the "
+                        "Debian archive in this machine's apt sources)")
     parser.add_argument("--cbnet-tl", type=Path, default=REPO / ".venv" / "bin" / "cbnet-tl")
     parser.add_argument("--bundle", type=Path, help="use this rpi4 bundle instead of building one")
     parser.add_argument("--coral-bundle", type=Path, help="use this coral-usb bundle instead of building one")
@@ -529,6 +639,7 @@ def main(argv=None) -> int:
     log_dir = work / "logs"
     log_dir.mkdir()
     try:
+        args.mirror = args.mirror or debian_mirror()
         if os.geteuid() != 0:
             raise CheckError("needs root (debootstrap, mount, chroot): run it with sudo")
         missing = [t for t in ("debootstrap", "chroot", "mount") if not shutil.which(t)]
