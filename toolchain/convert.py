@@ -21,6 +21,7 @@ from cbnet_tl.runtime.errors import ConversionError
 from cbnet_tl.runtime.files import write_bytes_atomic
 from cbnet_tl.runtime.interpreter import Model
 from cbnet_tl.runtime.manifest import ModelEntry, ModelFile
+from cbnet_tl.toolchain.quiet import captured_stderr
 
 
 class Precision(str, Enum):
@@ -59,7 +60,7 @@ def to_tflite(model, precision: Precision, representative: Optional[np.ndarray] 
         converter.inference_output_type = tf.int8
     chatter = io.StringIO()  # Keras's export prints every saved signature to stdout
     try:
-        with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+        with contextlib.redirect_stdout(chatter), warnings.catch_warnings(), captured_stderr():
             # int8 I/O takes its scale from the representative data; TF warns that none was given by hand
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
             return converter.convert()

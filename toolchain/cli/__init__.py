@@ -2,13 +2,15 @@
 
 Heavy modules are imported inside each command, so ``--help`` is fast. Every ``CbnetError`` (a failure
 the user can fix) becomes one line on stderr and exit code 1, in one place (``_Commands.invoke``);
-any other exception is a bug and keeps its traceback.
+any other exception is a bug and keeps its traceback. Library logs (TensorFlow, absl, CUDA, the TFLite
+converter) are kept off the terminal unless ``--verbose`` is given (``_options``, before any command runs).
 """
 
 from __future__ import annotations
 
 import typer
 from typer.core import TyperGroup
+from typing_extensions import Annotated
 
 from cbnet_tl.runtime.errors import CbnetError
 
@@ -31,6 +33,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", envvar="CBNET_TL_VERBOSE",
+                                          help="Also show the libraries' logs (TensorFlow, absl, the TFLite converter).")] = False,
+) -> None:
+    from cbnet_tl.toolchain.quiet import configure
+
+    configure(verbose)
 
 
 def _join() -> None:
