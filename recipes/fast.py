@@ -14,14 +14,14 @@ Architecture (``SIZES["default"]``), for an input spec of (height, width, channe
       → flatten → Dense 64 relu → Dense classes (logits)            light classifier
 
 MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``); at the MNIST family's size
-(P = 784, 10 classes):
+(one channel, 10 classes):
 
 - ``small``   P→128→32→P, classifier P→16→10:   0.142 M
 - ``default`` P→512→128→P, classifier P→64→10:  0.618 M
 - ``large``   P→768→128→P, classifier P→128→10: 0.902 M
 
 MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. The recipe stays dense up to
-``DENSE_MAX_VALUES`` input values; the build refuses larger inputs for the fast recipe and says so.
+``DENSE_MAX_VALUES`` input values (64×64 RGB) and is convolutional above (``fast_conv.py``).
 
 (LeNet's main path is ≈1.14 M MACs; the paper's AE alone 0.76 M plus a conv branch 0.22 M.)
 
@@ -144,8 +144,17 @@ class FastConfig:
                 f"Received: ae_epochs={self.ae_epochs}, joint_epochs={self.joint_epochs}"
             )
 
+    @property
+    def convolutional(self) -> bool:
+        """Above ``DENSE_MAX_VALUES`` input values the AE and classifier are convolutional (``fast_conv``)."""
+        return math.prod(self.shape) > DENSE_MAX_VALUES
+
     def macs(self) -> int:
-        """Multiply-accumulates per image of the fused pipeline (dense layers only)."""
+        """Multiply-accumulates per image of the fused pipeline."""
+        if self.convolutional:
+            from cbnet_tl.recipes import fast_conv
+
+            return fast_conv.macs(self.shape, self.code_units, self.classifier_units, self.num_classes)
         return sum(a * b for a, b in _dense_shapes(self))
 
     def to_dict(self) -> dict:
@@ -207,9 +216,10 @@ def build_autoencoder(
     """
     _check_batch(batch_size)
     shape = config.shape
-    if math.prod(shape) > DENSE_MAX_VALUES:
-        raise ValueError(f"Expected at most {DENSE_MAX_VALUES} input values for the dense fast recipe. "
-                         f"Received: {shape} ({math.prod(shape)}); choose a smaller --image-size or --recipe paper")
+    if config.convolutional:
+        from cbnet_tl.recipes import fast_conv
+
+        return fast_conv.build_autoencoder(shape, config.code_units, config.dropout, batch_size, rescale)
     pixels = keras.Input(shape, batch_size=batch_size, name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(pixels) if rescale else pixels
     x = batch_flatten(shape, name="ae_flatten")(x)
@@ -226,6 +236,11 @@ def build_autoencoder(
 def build_classifier(config: FastConfig = SIZES["default"], batch_size: Optional[int] = None) -> keras.Model:
     """Converted image in [0, 1], of the config's input shape → class logits."""
     _check_batch(batch_size)
+    if config.convolutional:
+        from cbnet_tl.recipes import fast_conv
+
+        return fast_conv.build_classifier(config.shape, config.classifier_units, config.num_classes, config.dropout,
+                                          batch_size)
     image = keras.Input(config.shape, batch_size=batch_size, name="converted_image")
     x = batch_flatten(config.shape, name="classifier_flatten")(image)
     if config.classifier_units:

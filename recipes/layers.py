@@ -29,6 +29,26 @@ class BatchReshape(layers.Layer):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
 
 
+@keras.saving.register_keras_serializable(package="cbnet_tl")
+class NearestUpsample(layers.Layer):
+    """Nearest-neighbour up-sampling by a whole factor that converts to one RESIZE_NEAREST_NEIGHBOR op
+    (Keras's ``UpSampling2D`` becomes RESHAPE/TILE ops whose TILE version edgetpu_compiler 16 refuses)."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, inputs):
+        height, width = inputs.shape[1], inputs.shape[2]
+        return ops.image.resize(inputs, (height * self.factor, width * self.factor), interpolation="nearest")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] * self.factor, input_shape[2] * self.factor, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 def batch_flatten(input_shape, name: str) -> BatchReshape:
     """A flatten for inputs of per-sample shape ``input_shape``."""
     return BatchReshape((math.prod(input_shape),), name=name)

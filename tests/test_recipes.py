@@ -99,5 +99,28 @@ def test_layer_sizes_follow_the_input_spec(tmp_path):
     assert branch_macs == 34 * 34 * 5 * 75 + 17 * 17 * 10 * 45 + 9 * 9 * 10 * 5
     config = fast.FastConfig(num_classes=5, input_shape=shape)
     assert config.macs() == 3072 * 512 + 512 * 128 + 128 * 3072 + 3072 * 64 + 64 * 5
-    with pytest.raises(ValueError, match="at most 12288 input values"):
-        fast.build_autoencoder(fast.FastConfig(input_shape=(96, 96, 3)))
+    assert not config.convolutional
+
+
+def test_fast_recipe_turns_convolutional_above_the_dense_limit_and_maps_to_the_edge_tpu(tmp_path):
+    """Above 64x64 RGB the fast AE is convolutional (UpSampling2D + Conv2D), its output the input's shape,
+    its MACs as counted from the converted graph, and every op of the int8 graph maps to the Edge TPU."""
+    from cbnet_tl.recipes import fast
+    from cbnet_tl.runtime.files import write_bytes_atomic
+    from cbnet_tl.toolchain.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
+    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+
+    config = fast.FastConfig(num_classes=4, input_shape=(70, 90, 3), dropout=0.0)
+    assert config.convolutional and fast.FastConfig(input_shape=(64, 64, 3)).convolutional is False
+    ae, classifier = randomize(fast.build_autoencoder(config)), randomize(fast.build_classifier(config))
+    assert tuple(ae(np.zeros((2, 70, 90, 3), np.float32)).shape) == (2, 70, 90, 3)
+    fused = fast.build_fused(ae, classifier)
+    assert fast._config_of(ae, classifier).convolutional
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 70, 90, 3)).astype(np.float32)
+    pixels[0] = np.linspace(0, 255, 70 * 90 * 3).reshape(70, 90, 3)
+    path = tmp_path / "conv_cbnet.tflite"
+    write_bytes_atomic(path, to_tflite(fused, Precision.INT8, pixels, "uint8"))
+    assert count_macs_and_params(path)[0] == config.macs()
+    report = inspect_model(path)
+    assert report["fully_mapped"], [(op["op_name"], op["reason"]) for op in report["ops"] if not op["on_edgetpu"]]
