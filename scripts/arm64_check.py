@@ -5,7 +5,9 @@
 
 1. Checks this machine can execute aarch64 binaries (mounts binfmt_misc and enables qemu-aarch64 if needed);
    if it cannot, prints one line and exits 1.
-2. Builds two tiny real bundles with the CLI (targets rpi4 and coral-usb).
+2. Builds three tiny real bundles with the CLI: targets rpi4 and coral-usb on MNIST, and an RGB rpi4 bundle from
+   real drawings with transparency (tuxpaint-stamps-default), whose combination also classifies images of every
+   mode (tests/edge_images.py) in the root and on the host and requires the same model-input bytes and classes.
 3. Makes Debian arm64 roots with ``debootstrap --arch=arm64 --variant=minbase`` plus python3, python3-venv and
    python3-pip (bookworm: Python 3.11; bullseye: Python 3.9), cached in ``--cache-dir`` and rebuilt only when
    missing. pip downloads are cached there too (bind-mounted into each root).
@@ -50,6 +52,11 @@ TFLITE_RUNTIME_REQUIREMENTS = ("tflite-runtime==2.14.*", "numpy<2")
 BUILD_ARGS = ("--dataset", "mnist", "--data-dir", str(REPO / "tests" / "data" / "mnist-8k"),
               "--max-train-images", "1000", "--blenet-epochs", "2", "--autoencoder-epochs", "3",
               "--time-budget-minutes", "2", "--max-accuracy-drop", "100", "--force")
+# The RGB bundle: real drawings with transparency (Debian's tuxpaint-stamps-default) through the input spec.
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+STAMP_CLASSES = ("animals/birds", "food/fruit", "plants/flowers", "town/houses", "vehicles")
+RGB_BUILD_ARGS = ("--image-size", "16", "--blenet-epochs", "2", "--time-budget-minutes", "2",
+                  "--max-accuracy-drop", "100", "--force")
 IN_ROOT = "/opt/cbnet-check"  # everything this check puts into a root lives here (removed before and after)
 PIP_TIMEOUT, RUN_TIMEOUT = 900, 600
 
@@ -58,12 +65,13 @@ PIP_TIMEOUT, RUN_TIMEOUT = 900, 600
 class Combo:
     name: str
     suite: str
-    target: str  # which bundle: rpi4 or coral-usb
+    target: str  # which bundle: rpi4, coral-usb or rpi4-rgb (an RGB image-folder build for the Pi 4)
     requirements: str  # "bundle" (its requirements.txt as shipped) or "tflite-runtime"
     classify_args: tuple = ()
     may_refuse: bool = False  # a one-line refusal with exit 1 is an accepted outcome
     expect_stderr: str | None = None  # classify must print this (the CPU fallback warning)
     cpu: str = "cortex-a72"  # the qemu CPU model: the board's (Raspberry Pi 4, also under the Coral USB Accelerator)
+    parity: bool = False  # also classify images of every mode here and on the host: same input bytes, same classes
 
 
 COMBOS = (
@@ -72,6 +80,7 @@ COMBOS = (
     Combo("bookworm-tflite-runtime", "bookworm", "rpi4", "tflite-runtime", may_refuse=True),
     Combo("bookworm-coral-usb", "bookworm", "coral-usb", "bundle", classify_args=("--device", "edgetpu"),
           expect_stderr="running on the CPU"),
+    Combo("bookworm-litert-rgb", "bookworm", "rpi4-rgb", "bundle", parity=True),
 )
 
 
@@ -523,6 +532,9 @@ def run_combo(combo: Combo, root: Path, bundle: Path, env: dict, log_dir: Path) 
             else:
                 warning = next((line for line in err.splitlines() if line.startswith("warning:")), "")
                 step.detail = f"{len(rows)} images" + (f"; {warning[:90]}..." if warning else "")
+    if combo.parity and step.status == "ok":
+        step = _parity_step(chroot, host_dir, in_root, venv_py, log_dir / f"{combo.name}-parity-host.log")
+        outcome.steps.append(step)
     statuses = {s.status for s in outcome.steps}
     if statuses == {"ok"}:
         outcome.result = "pass"
@@ -533,6 +545,41 @@ def run_combo(combo: Combo, root: Path, bundle: Path, env: dict, log_dir: Path) 
     outcome.seconds = time.monotonic() - start
     shutil.rmtree(host_dir, ignore_errors=True)
     return outcome
+
+
+def _digests(stdout: str) -> dict:
+    """file name -> (input sha256, label) from ``run.py classify --json --input-sha256``."""
+    try:
+        results = json.loads(stdout)["results"]
+        return {Path(r["file"]).name: (r["input_sha256"], r["label"]) for r in results}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _parity_step(chroot, host_dir: Path, in_root: str, venv_py: str, host_log: Path) -> "Step":
+    """Images of every mode users have (tests/edge_images.py) classified here and in the root: the model
+    input bytes (sha256) and the classes must be the same."""
+    edge = host_dir / "edge"
+    python = str(REPO / ".venv" / "bin" / "python")
+    rc, _, err = run([python, str(REPO / "tests" / "edge_images.py"), str(edge)], timeout=RUN_TIMEOUT, log=host_log)
+    if rc != 0:
+        return Step("parity", "fail", f"could not make the test images: {err.strip()[-120:]}")
+    rc, host_out, err = run([python, str(host_dir / "bundle" / "run.py"), "classify", str(edge), "--json",
+                             "--input-sha256"], timeout=RUN_TIMEOUT, log=host_log)
+    host = _digests(host_out)
+    if rc != 0 or not host:
+        return Step("parity", "fail", f"host classify failed: {err.strip()[-120:]}")
+    step, out, _ = chroot("parity", [venv_py, "run.py", "classify", f"{in_root}/edge", "--json", "--input-sha256"],
+                          RUN_TIMEOUT)
+    if step.status != "ok":
+        return step
+    device = _digests(out)
+    differ = sorted(name for name in host if device.get(name) != host[name])
+    if differ or set(device) != set(host):
+        step.status, step.detail = "fail", f"input bytes or class differ from the host's for {differ or 'the file set'}"
+    else:
+        step.detail = f"{len(host)} images of every mode: same input bytes and classes as the host"
+    return step
 
 
 def _quote(arg: str) -> str:
@@ -604,9 +651,24 @@ def device_checks(outcomes: list, checked_at: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _stamps(folder: Path) -> Path:
+    if not STAMPS.is_dir():
+        raise CheckError(f"{STAMPS} is missing: apt-get install tuxpaint-stamps-default (scripts/setup.sh --tests)")
+    for category in STAMP_CLASSES:
+        target = folder / category.split("/")[-1]
+        target.mkdir(parents=True, exist_ok=True)
+        for source in sorted((STAMPS / category).rglob("*.png"))[:9]:
+            (target / source.name).unlink(missing_ok=True)
+            (target / source.name).symlink_to(source)
+    return folder
+
+
 def build_bundle(cbnet_tl: Path, out: Path, target: str, log_dir: Path) -> Path:
-    rc, _, err = run([cbnet_tl, "build", *BUILD_ARGS, "--target", target, "--out", out], timeout=1800,
-                     log=log_dir / f"build-{target}.log")
+    if target == "rpi4-rgb":
+        args = ["--data-dir", str(_stamps(out.parent / "stamps")), *RGB_BUILD_ARGS, "--target", "rpi4"]
+    else:
+        args = [*BUILD_ARGS, "--target", target]
+    rc, _, err = run([cbnet_tl, "build", *args, "--out", out], timeout=1800, log=log_dir / f"build-{target}.log")
     bundle = out / "bundle"
     if rc != 0 or not (bundle / "run.py").is_file():
         last = err.strip().splitlines()[-1] if err.strip() else f"exit {rc}"
@@ -622,6 +684,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cbnet-tl", type=Path, default=REPO / ".venv" / "bin" / "cbnet-tl")
     parser.add_argument("--bundle", type=Path, help="use this rpi4 bundle instead of building one")
     parser.add_argument("--coral-bundle", type=Path, help="use this coral-usb bundle instead of building one")
+    parser.add_argument("--rgb-bundle", type=Path, help="use this RGB rpi4 bundle instead of building one")
     parser.add_argument("--only", nargs="+", choices=[c.name for c in COMBOS], help="run only these combinations")
     parser.add_argument("--cpu", help="qemu CPU model for every combination (default: the target board's, cortex-a72)")
     parser.add_argument("--jobs", type=int, default=2, help="combinations run at once (default 2)")
@@ -658,7 +721,7 @@ def main(argv=None) -> int:
 
         suites = sorted({c.suite for c in combos})
         targets = sorted({c.target for c in combos})
-        given = {"rpi4": args.bundle, "coral-usb": args.coral_bundle}
+        given = {"rpi4": args.bundle, "coral-usb": args.coral_bundle, "rpi4-rgb": args.rgb_bundle}
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             root_jobs = {s: pool.submit(ensure_root, args.cache_dir, s, args.mirror, log_dir, args.rebuild_roots)
                          for s in suites}
@@ -705,6 +768,7 @@ def main(argv=None) -> int:
         if passed:
             shutil.rmtree(work / "rpi4", ignore_errors=True)
             shutil.rmtree(work / "coral-usb", ignore_errors=True)
+            shutil.rmtree(work / "rpi4-rgb", ignore_errors=True)
         else:
             print(f"arm64 check: logs of every command are in {log_dir}", file=sys.stderr)
         return 0 if passed else 1

@@ -31,7 +31,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as work:
         out = Path(work) / "build"
-        build(BuildConfig(dataset="mnist", out=out, data_dir=ROOT / "tests" / "data" / "mnist-8k", allow_download=False,
+        build(BuildConfig(dataset="mnist", out=out, data_dir=ROOT / "tests" / "data" / "mnist-8k",
                           max_train_images=2000,
                           train=TrainConfig(blenet_epochs=4, autoencoder_epochs=20, progress=False,
                                             min_autoencoder_pairs=0, augment_shift_pixels=0, time_budget_s=None),

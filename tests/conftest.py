@@ -56,7 +56,7 @@ def tiny_build(tmp_path_factory) -> Path:
 
         from cbnet_tl.toolchain.report import write_report
 
-        test = load_dataset("mnist", Split.TEST, MNIST_8K, allow_download=False)
+        test = load_dataset("mnist", Split.TEST, MNIST_8K)
         write_bundle(out, get_target("rpi4"), test.images)
         write_report(out, test.images, test.labels)
     else:
@@ -92,7 +92,7 @@ def fresh_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("builds") / "fresh"
     build(
         BuildConfig(
-            dataset="mnist", out=out, data_dir=MNIST_8K, allow_download=False, max_train_images=1000,
+            dataset="mnist", out=out, data_dir=MNIST_8K, max_train_images=1000,
             train=TrainConfig(blenet_epochs=3, autoencoder_epochs=6, progress=False, min_autoencoder_pairs=0,
                               augment_shift_pixels=0),
             check=CheckConfig(max_accuracy_drop=10.0),

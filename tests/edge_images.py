@@ -97,3 +97,9 @@ MAKERS = {
 def make_all(folder: Path) -> list:
     folder.mkdir(parents=True, exist_ok=True)
     return [maker(folder / name) for name, maker in MAKERS.items()]
+
+
+if __name__ == "__main__":  # scripts/arm64_check.py makes them for its parity step: python edge_images.py OUT
+    import sys
+
+    make_all(Path(sys.argv[1]))

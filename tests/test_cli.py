@@ -30,7 +30,7 @@ def test_build_refuses_existing_output(tmp_path, mnist_dir):
 
 
 def test_build_with_missing_data_leaves_nothing_behind(tmp_path):
-    result = runner.invoke(app, ["build", "--dataset", "kmnist", "--data-dir", str(tmp_path), "--offline",
+    result = runner.invoke(app, ["build", "--dataset", "kmnist", "--data-dir", str(tmp_path),
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "error: kmnist train files not found; put train-images-idx3-ubyte.gz" in result.output

@@ -173,7 +173,7 @@ def coral_bundle(tiny_build, tmp_path_factory):
 
     build = tmp_path_factory.mktemp("coral") / "build"
     shutil.copytree(tiny_build, build)
-    test = load_dataset("mnist", Split.TEST, Path(__file__).parent / "data" / "mnist-8k", allow_download=False)
+    test = load_dataset("mnist", Split.TEST, Path(__file__).parent / "data" / "mnist-8k")
     write_bundle(build, get_target("coral-usb"), test.images)
     return build / "bundle"
 

@@ -16,8 +16,8 @@ from cbnet_tl.toolchain.inputs import InputChoice
 
 
 def test_mnist_subset_loads_both_splits(mnist_dir):
-    train = load_dataset("mnist", Split.TRAIN, mnist_dir, allow_download=False)
-    test = load_dataset("mnist", Split.TEST, mnist_dir, allow_download=False)
+    train = load_dataset("mnist", Split.TRAIN, mnist_dir)
+    test = load_dataset("mnist", Split.TEST, mnist_dir)
     assert train.images.shape == (6400, 28, 28, 1) and train.images.dtype == np.uint8
     assert test.images.shape == (1600, 28, 28, 1)
     assert set(np.unique(train.labels)) == set(range(10))
@@ -25,7 +25,7 @@ def test_mnist_subset_loads_both_splits(mnist_dir):
 
 
 def test_debian_fashion_mnist_test_split():
-    test = load_dataset("fashion-mnist", Split.TEST, None, allow_download=False)
+    test = load_dataset("fashion-mnist", Split.TEST, None)
     assert test.images.shape == (10000, 28, 28, 1)
     assert np.bincount(test.labels).tolist() == [1000] * 10
     assert test.class_names[9] == "Ankle boot"
@@ -46,36 +46,36 @@ def idx_copy(tmp_path, mnist_dir):
 def test_truncated_idx_is_reported(idx_copy):
     _write_idx(idx_copy / "t10k-images-idx3-ubyte.gz", 8, (10, 28, 28), b"\0" * (10 * 784 - 5))
     with pytest.raises(DataError, match="truncated or padded"):
-        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+        load_dataset("mnist", Split.TEST, idx_copy)
 
 
 def test_bad_magic_is_reported(idx_copy):
     _write_idx(idx_copy / "t10k-labels-idx1-ubyte.gz", 0x0D, (10,), b"\0" * 40)
     with pytest.raises(DataError, match="not an unsigned-byte IDX"):
-        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+        load_dataset("mnist", Split.TEST, idx_copy)
 
 
 def test_not_gzip_is_reported(idx_copy):
     (idx_copy / "t10k-images-idx3-ubyte.gz").write_bytes(b"this is not gzip at all")
     with pytest.raises(DataError, match="not a readable gzip"):
-        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+        load_dataset("mnist", Split.TEST, idx_copy)
 
 
 def test_count_mismatch_is_reported(idx_copy):
     _write_idx(idx_copy / "t10k-labels-idx1-ubyte.gz", 8, (7,), b"\1" * 7)
     with pytest.raises(DataError, match="1600 images but t10k-labels-idx1-ubyte.gz has 7 labels"):
-        load_dataset("mnist", Split.TEST, idx_copy, allow_download=False)
+        load_dataset("mnist", Split.TEST, idx_copy)
 
 
 def test_missing_files_say_where_to_put_them(tmp_path):
     with pytest.raises(DataError, match="put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz in"):
-        load_dataset("kmnist", Split.TRAIN, tmp_path, allow_download=False)
+        load_dataset("kmnist", Split.TRAIN, tmp_path)
 
 
 def test_evaluation_reads_only_test_split(tmp_path, mnist_dir):
     for f in mnist_dir.glob("t10k-*"):
         shutil.copy(f, tmp_path / f.name)
-    assert len(load_dataset("mnist", Split.TEST, tmp_path, allow_download=False)) == 1600
+    assert len(load_dataset("mnist", Split.TEST, tmp_path)) == 1600
 
 
 def test_parse_idx_rejects_tiny_input():
@@ -142,4 +142,4 @@ def test_image_folder_with_one_class(tmp_path, samples_dir):
 
 def test_unknown_dataset_name():
     with pytest.raises(DataError, match="Unknown dataset 'cifar'"):
-        load_dataset("cifar", Split.TEST, None, allow_download=False)
+        load_dataset("cifar", Split.TEST, None)

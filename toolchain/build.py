@@ -32,7 +32,6 @@ class BuildConfig:
     target: str = "rpi4"
     threshold: Optional[float] = None
     force: bool = False
-    allow_download: bool = True
     write_report: bool = False
     max_train_images: Optional[int] = None  # a seeded subset, for quick smoke builds
     calibration_samples: int = 500  # int8 calibration images (see export.DEFAULT_CALIBRATION_SAMPLES)
@@ -100,7 +99,7 @@ def build(config: BuildConfig, log=print) -> dict:
     started = time.perf_counter()
     timings: dict = {}
     train, test, spec, data_record = load_build_data(config.dataset, config.data_dir, config.inputs,
-                                                     allow_download=config.allow_download, log=log, progress=progress)
+                                                     log=log, progress=progress)
     if config.max_train_images is not None:
         train = seeded_subset(train, config.max_train_images, config.train.seed)
     custom = bool(data_record["custom"])

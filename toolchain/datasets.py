@@ -2,17 +2,15 @@
 (``folders.py``), both as uint8 images (N, height, width, channels) of the build's input spec.
 
 Search order for the IDX sets: ``--data-dir``, then the Debian package's folder (Fashion-MNIST), then
-the per-user cache, then (only when the machine is online) the official mirror, verified by MD5.
+the per-user cache (``~/.cache/cbnet-tl/datasets/NAME``). Nothing is downloaded: the toolchain never uses
+the network.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Optional
 import numpy as np
 
 from cbnet_tl.runtime.errors import DataError
-from cbnet_tl.runtime.files import write_bytes_atomic
 from cbnet_tl.runtime.preprocess import InputSpec, to_model_inputs
 from cbnet_tl.toolchain import folders
 from cbnet_tl.toolchain.inputs import InputChoice, choose_for_headers, choose_for_idx
@@ -41,9 +38,7 @@ class Split(str, Enum):
 @dataclass(frozen=True)
 class DatasetSource:
     labels: tuple
-    mirror: Optional[str]
     system_dir: Optional[str]
-    md5: dict  # file name -> published MD5 of the .gz file; downloads are verified against it
 
 
 FILES = {
@@ -54,39 +49,18 @@ FILES = {
 SOURCES = {
     DatasetName.MNIST: DatasetSource(
         labels=tuple(str(i) for i in range(10)),
-        mirror="https://ossci-datasets.s3.amazonaws.com/mnist/",
         system_dir=None,
-        md5={
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
     ),
     DatasetName.FASHION_MNIST: DatasetSource(
         labels=(
             "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         ),
-        mirror="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         system_dir="/usr/share/datasets/fashion-mnist",
-        md5={  # of the .gz files, as published in zalandoresearch/fashion-mnist's README
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
     ),
     DatasetName.KMNIST: DatasetSource(
         labels=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-        mirror="http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
         system_dir=None,
-        md5={
-            "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-            "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-            "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-            "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
-        },
     ),
 }
 
@@ -157,28 +131,13 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int) -> tup
     return images.copy(), labels.astype(np.int64)
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cbnet-tl" / "datasets"
 
 
-def _download(url: str, destination: Path, expected_md5: Optional[str]) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (fixed https/http mirror)
-            data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise DataError(f"Download of {url} failed: {error}") from None
-    if expected_md5 and _md5(data) != expected_md5:
-        raise DataError(f"Download of {url} has MD5 {_md5(data)}; expected {expected_md5}. Not cached.")
-    write_bytes_atomic(destination, data)
-
-
-def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path], allow_download: bool = True) -> tuple:
-    """Return the directory holding this split's two files, downloading them when online."""
+def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path]) -> Path:
+    """Return the directory holding this split's two files."""
     source = SOURCES[name]
     candidates = []
     if data_dir is not None:
@@ -195,21 +154,9 @@ def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path], allow_
         raise DataError(
             f"{data_dir} holds IDX files {present} but not {', '.join(FILES[split])}"
         )
-    if allow_download and source.mirror:
-        try:
-            for file_name in FILES[split]:
-                _download(source.mirror + file_name, cache / file_name, source.md5.get(file_name))
-            return cache
-        except DataError as error:
-            reason = str(error)
-    else:
-        reason = "downloads are disabled"
     where = " or ".join(str(c) for c in candidates)
-    hint = " (apt-get install dataset-fashion-mnist)" if source.system_dir else ""
-    raise DataError(
-        f"{name.value} {split.value} files not found; put {', '.join(FILES[split])} in {where}{hint}. "
-        f"Last attempt: {reason}"
-    )
+    hint = " (apt-get install dataset-fashion-mnist)" if source.system_dir else " (as published by the dataset's authors)"
+    raise DataError(f"{name.value} {split.value} files not found; put {', '.join(FILES[split])} in {where}{hint}")
 
 
 # --- image folders: toolchain/folders.py ----------------------------------------------------------
@@ -243,8 +190,8 @@ def _folder_split(layout, split: Split, spec: InputSpec, choice: InputChoice, re
     return Dataset(layout.root.name, images, labels, layout.class_names, str(layout.root), validation)
 
 
-def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *, allow_download: bool = True,
-                    log=print, progress=lambda iterable, **_: iterable) -> tuple:
+def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *, log=print,
+                    progress=lambda iterable, **_: iterable) -> tuple:
     """(train, test, spec, record) for a build: the input spec decided from ``choice`` and the data (said in
     one line), both splits through it, the class counts and skipped files said and kept in ``record``."""
     if data_dir is not None and not Path(data_dir).exists():
@@ -267,10 +214,10 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
                   "skipped": [{"file": f, "reason": r} for f, r in report.skipped],
                   "num_ignored": layout.num_ignored}
         return train, test, spec, record
-    train = load_dataset(name, Split.TRAIN, data_dir, allow_download)
+    train = load_dataset(name, Split.TRAIN, data_dir)
     spec, reason = choose_for_idx(train.images.shape[1:3], choice)
     log(reason)
-    test = load_dataset(name, Split.TEST, data_dir, allow_download, spec)
+    test = load_dataset(name, Split.TEST, data_dir, spec)
     train = replace(train, images=to_model_inputs(train.images, spec))
     record = {"name": train.name, "custom": False, "num_skipped": 0,
               "data_dir": None if data_dir is None else str(Path(data_dir).absolute())}
@@ -278,8 +225,8 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
 
 
 def load_dataset(
-    name: str, split: Split, data_dir: Optional[Path] = None, allow_download: bool = True,
-    spec: Optional[InputSpec] = None, max_pixels: Optional[int] = None,
+    name: str, split: Split, data_dir: Optional[Path] = None, spec: Optional[InputSpec] = None,
+    max_pixels: Optional[int] = None,
 ) -> Dataset:
     """Load one split through ``spec`` (an IDX set without one keeps its own size, one channel).
     ``data_dir`` holding class sub-folders makes it a custom dataset, which needs the build's ``spec``."""
@@ -301,7 +248,7 @@ def load_dataset(
             f"Unknown dataset {name!r}. Expected one of {[d.value for d in DatasetName]}, "
             "or --data-dir with one sub-folder of images per class"
         ) from None
-    folder = locate_idx(dataset, split, data_dir, allow_download)
+    folder = locate_idx(dataset, split, data_dir)
     images_name, labels_name = FILES[split]
     images, labels = read_idx_pair(folder / images_name, folder / labels_name, len(SOURCES[dataset].labels))
     images = images[..., None]  # (N, H, W, 1)

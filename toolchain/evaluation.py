@@ -54,15 +54,14 @@ def load_test_split(bundle_dir: Path, data_dir: Optional[Path] = None, dataset: 
     return manifest, test
 
 
-def load_train_split(build_dir: Path, data_dir: Optional[Path] = None, allow_download: bool = True) -> tuple:
+def load_train_split(build_dir: Path, data_dir: Optional[Path] = None) -> tuple:
     """(training split as the build used it, the build's seed): the same seeded subset when it trained on one."""
     import json
 
     _, manifest = open_manifest(build_dir)
     seed = int(json.loads((Path(build_dir) / "train.json").read_text())["config"]["seed"])
     name = manifest.dataset if (manifest.data or {}).get("custom") else (manifest.data or {}).get("name", manifest.dataset)
-    train = load_dataset(name, Split.TRAIN, data_dir_of(build_dir, manifest, data_dir), allow_download,
-                         spec=manifest.input_spec)
+    train = load_dataset(name, Split.TRAIN, data_dir_of(build_dir, manifest, data_dir), spec=manifest.input_spec)
     return seeded_subset(train, int((manifest.data or {}).get("num_train", len(train))), seed), seed
 
 

@@ -129,7 +129,7 @@ def build_training_images(build_dir: Path, data_dir: Optional[Path] = None) -> n
     """The training images the build calibrated from (the same seeded subset for a --max-train-images build)."""
     from cbnet_tl.toolchain.evaluation import load_train_split
 
-    return load_train_split(Path(build_dir), data_dir, allow_download=False)[0].images
+    return load_train_split(Path(build_dir), data_dir)[0].images
 
 
 def explain_build(build_dir: Path, train_images: np.ndarray, test_images: np.ndarray,

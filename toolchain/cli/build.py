@@ -42,7 +42,6 @@ def build(
     max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
     calibration_samples: Annotated[int, typer.Option(min=1, max=4000, help="Training images that calibrate the int8 ranges. Default 500: on our builds LeNet's int8 accuracy is flat from about 100 up (the report's calibration table shows it for each build), and 500 leaves margin for the dense models at about 1 s more per conversion.")] = 500,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
-    offline: Annotated[bool, typer.Option(help="Never download datasets.")] = False,
     report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the build record as JSON.")] = False,
@@ -62,7 +61,7 @@ def build(
                          strict=strict, max_pixels=max_pixels)
     config = BuildConfig(
         dataset=dataset.value, out=out, data_dir=data_dir, target=target.value, threshold=threshold, force=force,
-        allow_download=not offline, write_report=report, max_train_images=max_train_images,
+        write_report=report, max_train_images=max_train_images,
         calibration_samples=calibration_samples,
         train=TrainConfig(seed=seed, recipe=Recipe(recipe.value), fast_size=size.value, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
                           time_budget_s=time_budget_minutes * 60 or None),
