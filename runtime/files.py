@@ -36,10 +36,6 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
     move_file_into_place(Path(tmp.name), path)
 
 
-def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
-    write_bytes_atomic(path, text.encode(), durable=durable)
-
-
 def write_json_atomic(path: Path, payload, *, durable: bool = False) -> None:
     write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode(), durable=durable)
 

@@ -185,10 +185,6 @@ class Manifest:
         except ConfigError as error:
             raise BundleError(f"manifest.json's input object is invalid ({error}); rebuild the bundle") from None
 
-    def pipeline_option(self, pipeline: str, key: str, default=None):
-        entry = self.pipelines.get(pipeline)
-        return entry.options.get(key, default) if entry is not None else default
-
 
 def read_manifest(directory: Path) -> Manifest:
     """Read and validate ``directory/manifest.json``; every problem is one ``BundleError`` line."""

@@ -68,8 +68,3 @@ def calibration_sweep(spec_or_model, images: np.ndarray, labels: np.ndarray,
                 correct += int(np.sum(np.argmax(logits, axis=-1) == labels[start:start + batch_size]))
             results.append({"samples": size, "int8_accuracy": correct / max(len(labels), 1)})
     return results
-
-
-def format_sweep(rows: list) -> str:
-    return "\n".join([f"{'calibration samples':>20}{'int8 accuracy':>15}"]
-                     + [f"{r['samples']:>20}{r['int8_accuracy'] * 100:>14.2f}%" for r in rows])

@@ -49,10 +49,6 @@ class EnergyModel:
         return self.frequencies_khz[-1]
 
     @property
-    def bottom_khz(self) -> int:
-        return self.frequencies_khz[0]
-
-    @property
     def idle_w(self) -> float:
         return self.table.idle_w
 
