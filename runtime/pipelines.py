@@ -272,6 +272,9 @@ PIPELINE_SPECS = {spec.name: spec for spec in (
 )}
 PIPELINES = tuple(PIPELINE_SPECS)
 DEPLOYED_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.deployed)
+# Models a bundle carries beside its pipelines' own:
+CONVERTER = "autoencoder"  # the converting AE alone: the report's grid and `--convert-image`
+INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call (bench's floor)
 
 
 def models_for(pipelines) -> list:

@@ -21,11 +21,10 @@ from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.interpreter import Model, find_interpreter
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, PipelineSpec, models_for
+from cbnet_tl.runtime.pipelines import INVOKE_PROBE, PIPELINE_SPECS, Pipeline, PipelineSpec, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
 BENCH_PIPELINES = tuple(PIPELINE_SPECS)
-INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call
 FLOOR = "floor"
 FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS["lenet"].runner,
                           deployed=False, description="an empty model through the same pipeline code")

@@ -22,13 +22,11 @@ from cbnet_tl.runtime.bundle import sha256_of
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.files import move_file_into_place, staged_directory
 from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINE_SPECS, Pipeline, models_for
+from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS, Pipeline, models_for
 from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 NUM_SELFTEST_SAMPLES = 20
-INVOKE_PROBE = "noop"
-CONVERTER = "autoencoder"  # the converting AE alone: reports and `run.py classify --convert-image`  # a reshape-only model, for measuring the cost of one interpreter call
 
 
 def _environment():

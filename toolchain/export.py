@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError
+from cbnet_tl.runtime.pipelines import CONVERTER, INVOKE_PROBE
 from cbnet_tl.toolchain.convert import ModelSpec
 
 
@@ -80,11 +81,11 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
         classifier.set_weights(fast_classifier.get_weights())
     return [
         ModelSpec("cbnet", fused, ("logits",), pixels, input_type="uint8"),
-        ModelSpec("autoencoder", ae_view, ("converted",), pixels, input_type="uint8"),
+        ModelSpec(CONVERTER, ae_view, ("converted",), pixels, input_type="uint8"),
         ModelSpec("classifier", classifier, ("logits",), images),  # build dir only: the fused graph's second half
         ModelSpec("branch", views["branch"], ("logits",), pixels, input_type="uint8"),
         ModelSpec("trunk_branch", views["trunk_branch"], ("logits", "features"), pixels, input_type="uint8"),
         ModelSpec("main_tail", views["main_tail"], ("logits",), features),
         ModelSpec("lenet", views["lenet"], ("logits",), pixels, input_type="uint8"),
-        ModelSpec("noop", build_noop(image_shape), ("output",), pixels, input_type="uint8"),
+        ModelSpec(INVOKE_PROBE, build_noop(image_shape), ("output",), pixels, input_type="uint8"),
     ]
