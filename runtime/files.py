@@ -59,16 +59,29 @@ def staged_directory(final: Path, *, replace: bool = True) -> Iterator[Path]:
 
 
 def move_into_place(staging: Path, final: Path, *, replace: bool = True) -> None:
-    """Rename ``staging`` to ``final``; an old ``final`` is moved aside first and removed after."""
-    backup = None
-    if final.exists() or final.is_symlink():
-        if not replace:
-            raise FileExistsError(f"{final} exists")
-        backup = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        final.rename(backup / final.name)
-    staging.rename(final)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    """Rename ``staging`` to ``final``; an old ``final`` is moved aside first and removed after.
+
+    If ``staging`` cannot take its place, the old ``final`` is put back before the error propagates.
+    """
+    staging, final = Path(staging), Path(final)
+    if not (final.exists() or final.is_symlink()):
+        os.rename(staging, final)
+        return
+    if not replace:
+        raise FileExistsError(f"{final} exists")
+    backup = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    os.rename(final, backup / final.name)
+    try:
+        os.rename(staging, final)
+    except BaseException:
+        try:
+            os.rename(backup / final.name, final)
+        except OSError as error:
+            raise OSError(f"Could not put {final} back after a failed swap ({error.strerror}); "
+                          f"the old copy is {backup / final.name}") from error
+        backup.rmdir()
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
 
 
 def move_file_into_place(tmp: Path, final: Path) -> None:
