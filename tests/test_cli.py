@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cbnet_tl.toolchain.cli import app
@@ -89,6 +90,23 @@ def test_check_rewrites_checks_and_passes(tiny_build, mnist_dir, tmp_path):
     result = runner.invoke(app, ["check", str(copy), "--data-dir", str(mnist_dir)])
     assert result.exit_code == 0, result.output
     assert "cbnet" in result.output and "agree" in result.output
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"max_accuracy_drop": 1.0, "pipel', "checks.json is not valid JSON"),
+    ("[1, 2]", "checks.json is not a checks record"),
+    ('{"max_accuracy_drop": "big", "pipelines": {}}', "checks.json is not a checks record"),
+])
+def test_check_on_a_corrupt_checks_json_is_one_line(tiny_build, mnist_dir, tmp_path, text, expected):
+    copy = tmp_path / "build"
+    shutil.copytree(tiny_build, copy)
+    (copy / "checks.json").write_text(text)
+    result = runner.invoke(app, ["check", str(copy), "--data-dir", str(mnist_dir)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert "--max-accuracy-drop" in lines[0]  # says how to fix it
+    assert (copy / "checks.json").read_text() == text  # nothing was overwritten
 
 
 def _constant_int8_model(path):

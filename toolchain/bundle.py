@@ -23,6 +23,7 @@ from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.files import move_file_into_place, staged_directory
 from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
 from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS, Pipeline, models_for
+from cbnet_tl.toolchain.checks import read_checks
 from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -100,7 +101,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
     if not SAFE_PATH.match(target.install_dir):
         raise BundleError(f"Install dir {target.install_dir!r} must be an absolute path of [A-Za-z0-9._/-]")
     build_manifest = read_manifest(build_dir)
-    checks = json.loads((build_dir / "checks.json").read_text())
+    checks = read_checks(build_dir)
     with staged_directory(build_dir / "bundle") as staging:
         (staging / "models").mkdir()
         models = {}

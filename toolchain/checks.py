@@ -5,6 +5,7 @@ Collects every pipeline's figures, then fails once naming each pipeline that los
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -12,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.errors import ConfigError, QuantizationCheckError
+from cbnet_tl.runtime.errors import BundleError, ConfigError, QuantizationCheckError
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
@@ -49,6 +50,32 @@ def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: 
             "top1_agreement": float(np.mean(fp32["predictions"] == int8["predictions"])),
             "passed": drop <= config.max_accuracy_drop,
         }
+    return record
+
+
+CHECKS_NAME = "checks.json"
+
+
+def read_checks(build_dir: Path, required: bool = True) -> Optional[dict]:
+    """``build_dir/checks.json``, the record ``run_checks`` made; every problem is one ``BundleError`` line.
+    ``required=False``: None when the build has none yet."""
+    path = Path(build_dir) / CHECKS_NAME
+    if not path.is_file():
+        if required:
+            raise BundleError(f"{path} is missing; run `cbnet-tl check {build_dir}` to make it")
+        return None
+    fix = f"run `cbnet-tl check {build_dir} --max-accuracy-drop POINTS` to write it again"
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{path} is not valid JSON ({error}); {fix}") from None
+    except OSError as error:
+        raise BundleError(f"Cannot read {path}: {error.strerror}") from None
+    drop = record.get("max_accuracy_drop") if isinstance(record, dict) else None
+    if (not isinstance(drop, (int, float)) or isinstance(drop, bool) or drop < 0
+            or not isinstance(record.get("pipelines"), dict)):
+        raise BundleError(f"{path} is not a checks record (expected an object with max_accuracy_drop >= 0 and "
+                          f"pipelines); {fix}")
     return record
 
 

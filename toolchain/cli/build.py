@@ -87,14 +87,14 @@ def check(
     from cbnet_tl.toolchain import checks as checks_stage
     from cbnet_tl.toolchain.evaluation import load_test_split
 
-    manifest, test = load_test_split(build_dir, data_dir)
-    previous = build_dir / "checks.json"
     allowed = max_accuracy_drop
-    if allowed is None:
-        allowed = json.loads(previous.read_text())["max_accuracy_drop"] if previous.is_file() else 1.0
+    if allowed is None:  # the build's own, from its last checks
+        previous = checks_stage.read_checks(build_dir, required=False)
+        allowed = previous["max_accuracy_drop"] if previous is not None else 1.0
+    manifest, test = load_test_split(build_dir, data_dir)
     record = checks_stage.run_checks(build_dir, test.images, test.labels,
                                      checks_stage.CheckConfig(max_accuracy_drop=allowed))
-    write_json_atomic(build_dir / "checks.json", record)
+    write_json_atomic(build_dir / checks_stage.CHECKS_NAME, record)
     if explain:
         from cbnet_tl.toolchain.explain import build_training_images, explain_build, format_explanation
 
