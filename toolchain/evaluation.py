@@ -125,7 +125,7 @@ def classify_each(pipeline, images, session) -> tuple:
 
 
 def format_dvfs_summary(summary: dict) -> str:
-    misses = "" if summary["deadline_ms"] == float("inf") else (
+    misses = "" if summary["deadline_ms"] is None else (
         f", deadline {summary['deadline_ms']:.3f} ms missed {summary['deadline_misses']}/{summary['num_inferences']}")
     frequencies = ", ".join(f"{k} MHz {v * 1e3:.1f} ms" if k != "uncontrolled" else f"uncontrolled {v * 1e3:.1f} ms"
                             for k, v in summary["time_at_frequency"].items())

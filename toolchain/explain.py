@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import math
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -152,8 +153,18 @@ def explain_build(build_dir: Path, train_images: np.ndarray, test_images: np.nda
             measured = samples * np.float32(255.0)
         else:
             measured = samples
-        result[spec.name] = [asdict(e) for e in explain_model(spec.model, spec.representative, measured, num_samples)]
+        result[spec.name] = [_record(e) for e in explain_model(spec.model, spec.representative, measured, num_samples)]
     return result
+
+
+def _record(error: LayerError) -> dict:
+    """One layer's figures as standard JSON: an unbounded ratio (no scale, or no signal) is None."""
+    return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in asdict(error).items()}
+
+
+def _ratio(value) -> str:
+    return "inf" if value is None else f"{value:.3f}"
 
 
 def format_explanation(result: dict, top: int = 5) -> str:
@@ -161,5 +172,5 @@ def format_explanation(result: dict, top: int = 5) -> str:
     for name, layers in result.items():
         for entry in layers[:top]:
             lines.append(f"{name:<14}{entry['layer'][:25]:<26}{entry['op_name'][:17]:<18}"
-                         f"{entry['rmse_over_scale']:>11.3f}{entry['noise_to_signal']:>13.3f}  {entry['suggestion']}")
+                         f"{_ratio(entry['rmse_over_scale']):>11}{_ratio(entry['noise_to_signal']):>13}  {entry['suggestion']}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Optional
 
@@ -141,7 +142,7 @@ class DvfsSession:
             "dvfs": self.policy.name if self.policy is not None else "off",
             "method": getattr(getattr(self.controller, "method", None), "value", None),
             "num_inferences": count,
-            "deadline_ms": self.deadline_s * 1e3,
+            "deadline_ms": self.deadline_s * 1e3 if math.isfinite(self.deadline_s) else None,  # None: no deadline
             "period_ms": None if self.period_s is None else self.period_s * 1e3,
             "deadline_misses": misses,
             "miss_rate": misses / count if count else 0.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +14,7 @@ from cbnet_tl.toolchain.cli.common import (
     DatasetChoice,
     JsonOutput,
     PowerTarget,
+    echo_json,
     parse_batches,
     power_model,
 )
@@ -49,7 +49,10 @@ def bench(
                        progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, **kw)))
     if save:
         write_json_atomic(bundle / "bench.json", report)
-    typer.echo(json.dumps(report, indent=2) if json_output else format_bench(report))
+    if json_output:
+        echo_json(report)
+    else:
+        typer.echo(format_bench(report))
 
 
 @app.command()

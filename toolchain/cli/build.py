@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, RecipeChoice, SizeChoice, TargetChoice
+from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, RecipeChoice, SizeChoice, TargetChoice, echo_json
 
 app = typer.Typer()
 ColourChoice = Enum("ColourChoice", [(c, c) for c in ("auto", "rgb", "grayscale")], type=str)
@@ -69,7 +68,7 @@ def build(
     )
     record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
     if json_output:
-        typer.echo(json.dumps(record, indent=2))
+        echo_json(record)
     else:
         typer.echo(f"bundle: {out / 'bundle'}  ({record['tarball']})  in {record['timings']['total_s']:.0f} s")
 
@@ -99,7 +98,10 @@ def check(
         from cbnet_tl.toolchain.explain import build_training_images, explain_build, format_explanation
 
         record["explain"] = explain_build(build_dir, build_training_images(build_dir, data_dir), test.images)
-    typer.echo(json.dumps(record) if json_output else checks_stage.format_table(record, list(manifest.class_names)))
+    if json_output:
+        echo_json(record)
+    else:
+        typer.echo(checks_stage.format_table(record, list(manifest.class_names)))
     if explain and not json_output:
         typer.echo("\nworst layers per int8 model (int8 vs float, each layer on its own inputs):")
         typer.echo(format_explanation(record["explain"]))
@@ -127,5 +129,8 @@ def sizes(
     _, test = load_test_split(build_dir, data_dir)
     record = run_sizes(build_dir, train, test, size or list(SIZES), seed=seed, progress=progress,
                        log=(lambda m: typer.echo(m, err=True)))
-    typer.echo(json.dumps(record, indent=2) if json_output else format_sizes(record))
+    if json_output:
+        echo_json(record)
+    else:
+        typer.echo(format_sizes(record))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,11 @@ PeriodMs = Annotated[Optional[float], typer.Option(help="Inferences arrive every
 SysfsRoot = Annotated[Path, typer.Option(help="Root of the sysfs tree holding cpufreq (tests pass a copy).")]
 PowerTarget = Annotated[TargetChoice, typer.Option(help="Target whose power model gives modelled energy.")]
 DEFAULT_TARGET = TargetChoice("rpi4")
+
+
+def echo_json(payload) -> None:
+    """Print a ``--json`` result as standard JSON: a NaN or an infinity is a bug in the record, not output."""
+    typer.echo(json.dumps(payload, indent=2, allow_nan=False))
 
 
 def power_model(target) -> str:

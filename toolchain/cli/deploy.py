@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.toolchain.cli.common import JsonOutput
+from cbnet_tl.toolchain.cli.common import JsonOutput, echo_json
 
 app = typer.Typer()
 
@@ -50,4 +49,7 @@ def deploy(
         record = deploying.deploy(Path(arguments[0]), destination, python=python or deploying.default_python(destination),
                                   restart=restart_command, log=log)
         summary = f"deployed: current -> {record['release']}"
-    typer.echo(json.dumps(record, indent=2) if json_output else summary)
+    if json_output:
+        echo_json(record)
+    else:
+        typer.echo(summary)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List
 
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.toolchain.cli.common import JsonOutput, TargetChoice
+from cbnet_tl.toolchain.cli.common import JsonOutput, TargetChoice, echo_json
 
 app = typer.Typer()
 
@@ -28,5 +27,7 @@ def inspect(
     if not get_target(target.value).uses_edgetpu:
         raise CbnetError(f"Target {target.value} has no Edge TPU; expected coral-usb or coral-devboard")
     reports = {path.stem: inspect_model(path) for path in collect_models(models)}
-    typer.echo(json.dumps({"target": target.value, "models": reports}, indent=2) if json_output
-               else format_inspection(reports))
+    if json_output:
+        echo_json({"target": target.value, "models": reports})
+    else:
+        typer.echo(format_inspection(reports))

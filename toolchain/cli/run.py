@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +20,7 @@ from cbnet_tl.toolchain.cli.common import (
     PowerTarget,
     PrecisionChoice,
     SysfsRoot,
+    echo_json,
     power_model,
 )
 
@@ -75,8 +75,8 @@ def run(
     if convert_image is not None:
         write_converted(bundle, paths, convert_image)
     if json_output:
-        typer.echo(json.dumps({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
-                               "dvfs": summary}, indent=2))
+        echo_json({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
+                   "dvfs": summary})
         return
     typer.echo("configuration: " + ", ".join(f"{m} {c}" for m, c in runner.configuration.items()), err=True)
     for r in records:
@@ -116,7 +116,10 @@ def evaluate_command(
     result = evaluate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
                              precision=precision.value, batch_size=batch_size, limit=limit, dvfs=dvfs_options,
                              options=fallback_options(fallback_threshold))
-    typer.echo(json.dumps(result, indent=2) if json_output else format_evaluation(result))
+    if json_output:
+        echo_json(result)
+    else:
+        typer.echo(format_evaluation(result))
 
 
 @app.command()
@@ -132,4 +135,7 @@ def tune(
     from cbnet_tl.runtime.tuning import format_tuning
 
     record = tune_bundle(bundle, out, num_threads=threads)
-    typer.echo(json.dumps(record, indent=2) if json_output else format_tuning(record) + f"\nwritten to {record['file']}")
+    if json_output:
+        echo_json(record)
+    else:
+        typer.echo(format_tuning(record) + f"\nwritten to {record['file']}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,6 +16,7 @@ from cbnet_tl.toolchain.cli.common import (
     PeriodMs,
     PipelineChoice,
     PowerTarget,
+    echo_json,
     parse_frequencies_khz,
     power_model,
 )
@@ -55,4 +55,7 @@ def simulate(
                              frequencies_khz=frequencies_khz)
     if save:
         write_json_atomic(bundle / "simulate.json", result)
-    typer.echo(json.dumps(result, indent=2) if json_output else format_simulation(result))
+    if json_output:
+        echo_json(result)
+    else:
+        typer.echo(format_simulation(result))
