@@ -15,13 +15,14 @@ from pathlib import Path
 from cbnet_tl.runtime.api import classify_paths, open_pipeline
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.images import collect_image_paths
+from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, PIPELINES
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Classify a folder of images with a bundle.")
     parser.add_argument("bundle", type=Path)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--pipeline", default="cbnet", choices=["cbnet", "branchynet", "lenet", "branch"])
+    parser.add_argument("--pipeline", default=DEFAULT_PIPELINE, choices=PIPELINES)
     parser.add_argument("--glob", default="mnist_*", help="file name pattern inside the folder")
     args = parser.parse_args(argv)
     try:

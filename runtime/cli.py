@@ -17,7 +17,7 @@ from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
 from cbnet_tl.runtime.inbox import InboxConfig
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES
+from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, DEPLOYED_PIPELINES, PIPELINES
 from cbnet_tl.runtime.service import grant_cpufreq, status
 from cbnet_tl.runtime.tuning import format_tuning
 
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="classify image files or folders")
     classify.add_argument("images", nargs="+", type=Path)
-    classify.add_argument("--pipeline", choices=PIPELINES, default="cbnet")
+    classify.add_argument("--pipeline", choices=PIPELINES, default=DEFAULT_PIPELINE)
     classify.add_argument("--convert", action="store_true",
                           help="no longer needed: every image goes through the bundle's input spec (accepted, ignored)")
     classify.add_argument("--batch-size", type=int, default=1, help="images per interpreter call (default 1)")
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser = commands.add_parser("watch", help="classify images dropped into a folder (the service)")
     _folders(watch_parser)
     watch_parser.add_argument("--outbox", type=Path, required=True)
-    watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default="cbnet")
+    watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default=DEFAULT_PIPELINE)
     watch_parser.add_argument("--poll-seconds", type=float, default=0.2, help="scan the inbox this often")
     watch_parser.add_argument("--settle-seconds", type=float, default=1.0,
                               help="take a file once its size and mtime held still this long (default 1)")

@@ -55,6 +55,11 @@ class PipelineSpec:
         return self.paths.get(ran, "mixed")
 
     @property
+    def full_path(self) -> str:
+        """The path label of an image that ran through every model (branchynet: ``branch+main``)."""
+        return self.paths[self.models]
+
+    @property
     def tail(self) -> tuple:
         """Models only some images run (an early exit's later stages)."""
         always = set.intersection(*(set(models) for models in self.paths))
@@ -256,17 +261,22 @@ def _run_early_exit(pipeline: Pipeline, images, run):
 
 
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
+# The pipelines other code refers to by their role; everything else about them is in their spec.
+DEFAULT_PIPELINE = "cbnet"  # CBNet itself: the default of every command and the bundle's service
+FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its CONFIDENCE_THRESHOLD
+EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images from hard ones
+BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
 
 PIPELINE_SPECS = {spec.name: spec for spec in (
-    PipelineSpec("cbnet", ("cbnet",), {("cbnet",): "ae+classifier"}, _run_chain,
+    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, _run_chain,
                  description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
-    PipelineSpec("cbnet-fallback", ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
+    PipelineSpec(FALLBACK_PIPELINE, ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
                  _run_fallback, description="cbnet; LeNet too where cbnet's confidence is below the threshold"),
-    PipelineSpec("branchynet", ("trunk_branch", "main_tail"),
+    PipelineSpec(EARLY_EXIT_PIPELINE, ("trunk_branch", "main_tail"),
                  {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, _run_early_exit,
                  links=(Link("trunk_branch", 1, "main_tail"),),
                  description="B-LeNet: exits at the branch when its entropy is below the threshold"),
-    PipelineSpec("lenet", ("lenet",), {("lenet",): "main"}, _run_chain, description="the LeNet baseline"),
+    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, _run_chain, description="the LeNet baseline"),
     PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, _run_chain, deployed=False,
                  description="the B-LeNet branch alone (truncated)"),
 )}

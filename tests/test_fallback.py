@@ -50,7 +50,7 @@ def test_threshold_in_the_manifest_comes_from_the_validation_split(tiny_build, m
 
 
 def test_fallback_sends_unsure_images_to_lenet(tiny_bundle, samples_dir):
-    images = load_images(sorted(samples_dir.glob("mnist_*.png")))
+    images = load_images(sorted(samples_dir.glob("mnist_*.png")), read_manifest(tiny_bundle).input_spec)
     bundle = load_bundle(tiny_bundle, models=["cbnet", "lenet"])
     cbnet, lenet = (Pipeline(bundle, name).classify(images) for name in ("cbnet", "lenet"))
     never = Pipeline(bundle, "cbnet-fallback", options={CONFIDENCE_THRESHOLD: 0.0}).classify(images)

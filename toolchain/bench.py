@@ -21,12 +21,22 @@ from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.interpreter import Model, find_interpreter
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import INVOKE_PROBE, PIPELINE_SPECS, Pipeline, PipelineSpec, models_for
+from cbnet_tl.runtime.pipelines import (
+    BASELINE_PIPELINE,
+    DEFAULT_PIPELINE,
+    EARLY_EXIT_PIPELINE,
+    INVOKE_PROBE,
+    PIPELINE_SPECS,
+    Pipeline,
+    PipelineSpec,
+    models_for,
+)
 from cbnet_tl.toolchain.scoring import evaluate
 
 BENCH_PIPELINES = tuple(PIPELINE_SPECS)
+SPEEDUP_BASES = (BASELINE_PIPELINE, EARLY_EXIT_PIPELINE)  # each row's speedup_vs_<base>
 FLOOR = "floor"
-FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS["lenet"].runner,
+FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS[BASELINE_PIPELINE].runner,
                           deployed=False, description="an empty model through the same pipeline code")
 
 
@@ -114,7 +124,7 @@ def footprint(bundle_dir: Path) -> dict:
         "find_interpreter()\n"
         "imported = time.perf_counter() - start\n"
         "import numpy as np\n"
-        f"pipeline = api.open_pipeline({str(bundle_dir)!r}, 'cbnet')\n"
+        f"pipeline = api.open_pipeline({str(bundle_dir)!r}, {DEFAULT_PIPELINE!r})\n"
         "pipeline.classify(np.zeros((1, *pipeline.input_shape), np.uint8))\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "try:\n"  # VmHWM belongs to this address space; ru_maxrss survives exec from a big parent
@@ -194,7 +204,7 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
                 if run["floor_ms_median"]:
                     row["multiple_of_floor"] = row["latency_ms_median"] / run["floor_ms_median"]
                 run["pipelines"][name] = row
-            for base in ("lenet", "branchynet"):
+            for base in SPEEDUP_BASES:
                 base_latency = run["pipelines"][base]["latency_ms_median"]
                 for row in run["pipelines"].values():
                     row[f"speedup_vs_{base}"] = base_latency / row["latency_ms_median"]
@@ -216,11 +226,13 @@ def format_bench(report: dict) -> str:
         floor = run.get("floor_ms_median")
         lines.append(f"\n{run['precision']}, batch {run['batch_size']}" + (f"  (one empty invoke: {overhead:.1f} µs)" if overhead else "")
                      + (f"  floor (empty model through a pipeline): {floor * 1e3:.1f} µs/image" if floor else ""))
-        lines.append(f"{'pipeline':<15}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}{'vs lenet':>10}{'vs branchy':>11}{'x floor':>9}")
+        lines.append(f"{'pipeline':<15}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}"
+                     + "".join(f"{'vs ' + base[:7]:>11}" for base in SPEEDUP_BASES) + f"{'x floor':>9}")
         for name, r in run["pipelines"].items():
             lines.append(f"{name:<15}{r['latency_ms_median']:>9.4f}{r['latency_ms_p95']:>9.4f}{r['images_per_s']:>10.0f}"
-                         f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}{r['speedup_vs_lenet']:>9.2f}x{r['speedup_vs_branchynet']:>10.2f}x"
-                         f"{r.get('multiple_of_floor', float('nan')):>8.1f}x")
+                         f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}"
+                         + "".join(f"{r['speedup_vs_' + base]:>10.2f}x" for base in SPEEDUP_BASES)
+                         + f"{r.get('multiple_of_floor', float('nan')):>8.1f}x")
     if report.get("tuning"):
         from cbnet_tl.runtime.tuning import format_tuning
 

@@ -22,7 +22,15 @@ from cbnet_tl.runtime.bundle import sha256_of
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.files import move_file_into_place, staged_directory
 from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
-from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS, Pipeline, models_for
+from cbnet_tl.runtime.pipelines import (
+    CONVERTER,
+    DEFAULT_PIPELINE,
+    DEPLOYED_PIPELINES,
+    INVOKE_PROBE,
+    PIPELINE_SPECS,
+    Pipeline,
+    models_for,
+)
 from cbnet_tl.toolchain.checks import read_checks
 from cbnet_tl.toolchain.targets import Target
 
@@ -122,8 +130,8 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "version": build_manifest.version, "built_at": build_manifest.built_at,
             "tool_version": build_manifest.tools.get("cbnet-tl", "?"), "threshold": build_manifest.entropy_threshold,
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
-            "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": "cbnet",
-            "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
+            "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": DEFAULT_PIPELINE,
+            "pipelines": [name for name in DEPLOYED_PIPELINES if name in accuracy], "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
             "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
             "device_checks": device_checks(), "input_text": build_manifest.input_spec.describe(),
         }

@@ -141,12 +141,12 @@ def write_converted(bundle_dir: Path, paths: list, out_dir: Path) -> list:
 
     from cbnet_tl.runtime.files import write_bytes_atomic
     from cbnet_tl.runtime.images import as_pil, load_images
-    from cbnet_tl.runtime.pipelines import convert_images
+    from cbnet_tl.runtime.pipelines import CONVERTER, convert_images
 
-    bundle = load_bundle(bundle_dir, models=["autoencoder"])
+    bundle = load_bundle(bundle_dir, models=[CONVERTER])
     written = []
     images = load_images(paths, bundle.manifest.input_spec)
-    for path, image in zip(paths, convert_images(bundle.models["autoencoder"], images)):
+    for path, image in zip(paths, convert_images(bundle.models[CONVERTER], images)):
         buffer = io.BytesIO()
         as_pil(image).save(buffer, format="PNG")
         target = Path(out_dir) / f"{Path(path).name}.png"

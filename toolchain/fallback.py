@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, Pipeline
+from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS, Pipeline
 
 
 def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.ndarray,
@@ -40,8 +40,10 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
 
 
 def fallback_options(build_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Run int8 cbnet and lenet of a build on validation images; return cbnet-fallback's options."""
-    bundle = load_bundle(build_dir, precision="int8", models=["cbnet", "lenet"])
-    cbnet = Pipeline(bundle, "cbnet").classify(images)
-    lenet = Pipeline(bundle, "lenet").classify(images)
-    return choose_threshold(np.asarray(cbnet.confidences), cbnet.labels == labels, lenet.labels == labels)
+    """Run int8 cbnet-fallback of a build on validation images, with no image and with every image sent to its
+    second model; return its options (the threshold chosen from both)."""
+    spec = PIPELINE_SPECS[FALLBACK_PIPELINE]
+    bundle = load_bundle(build_dir, precision="int8", models=list(spec.models))
+    first = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 0.0}).classify(images)  # nothing is unsure
+    second = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 2.0}).classify(images)  # everything is
+    return choose_threshold(np.asarray(first.confidences), first.labels == labels, second.labels == labels)

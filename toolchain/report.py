@@ -15,7 +15,17 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.files import staged_directory
-from cbnet_tl.runtime.pipelines import Pipeline, convert_images
+from cbnet_tl.runtime.pipelines import (
+    BASELINE_PIPELINE,
+    CONVERTER,
+    DEFAULT_PIPELINE,
+    DEPLOYED_PIPELINES,
+    EARLY_EXIT_PIPELINE,
+    PIPELINE_SPECS,
+    Pipeline,
+    convert_images,
+    models_for,
+)
 from cbnet_tl.toolchain import charts
 
 NUM_GRID_IMAGES = 12
@@ -39,19 +49,20 @@ def _confusion_rows(confusion: list) -> list:
 
 
 def _grid(build_dir: Path, images: np.ndarray, labels: Optional[np.ndarray], threshold: float, out: Path) -> Optional[dict]:
-    """Hard test images (branch entropy ≥ T) above what the converting AE made of them."""
-    bundle = load_bundle(build_dir, models=["autoencoder", "cbnet", "trunk_branch", "main_tail"])
-    branchynet = Pipeline(bundle, "branchynet").classify(images[:2000])
-    hard = [i for i, path in enumerate(branchynet.paths) if path == "branch+main"][:NUM_GRID_IMAGES]
+    """Hard test images (branch entropy ≥ T) above what the converting AE made of them, and the default
+    pipeline's answer for each."""
+    bundle = load_bundle(build_dir, models=[CONVERTER, *models_for([EARLY_EXIT_PIPELINE, DEFAULT_PIPELINE])])
+    gate = Pipeline(bundle, EARLY_EXIT_PIPELINE).classify(images[:2000])
+    hard = [i for i, path in enumerate(gate.paths) if path == PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path][:NUM_GRID_IMAGES]
     if not hard:
         return None
     originals = images[hard]
-    converted = convert_images(bundle.models["autoencoder"], originals)
+    converted = convert_images(bundle.models[CONVERTER], originals)
     charts.image_grid([list(originals), list(converted)]).save(out / "hard_vs_converted.png")
     names = bundle.class_names
-    predicted = Pipeline(bundle, "cbnet").classify(originals).labels
-    return {"file": "hard_vs_converted.png",
-            "captions": [{"true": names[int(labels[i])] if labels is not None else "?", "cbnet": names[int(p)]}
+    predicted = Pipeline(bundle, DEFAULT_PIPELINE).classify(originals).labels
+    return {"file": "hard_vs_converted.png", "pipeline": DEFAULT_PIPELINE,
+            "captions": [{"true": names[int(labels[i])] if labels is not None else "?", "predicted": names[int(p)]}
                          for i, p in zip(hard, predicted)]}
 
 
@@ -65,22 +76,38 @@ def _pareto_points(bench: dict, sizes: Optional[dict]) -> list:
     return points
 
 
+def _chart_order(recorded: dict) -> list:
+    """The deployed pipelines a record holds, the baseline first (the table's order reversed)."""
+    return [name for name in reversed(DEPLOYED_PIPELINES) if name in recorded]
+
+
+def _hard_share(checks: Optional[dict]) -> Optional[float]:
+    """Share of test images the early-exit pipeline (int8) sent down its full path."""
+    entry = (checks or {}).get("pipelines", {}).get(EARLY_EXIT_PIPELINE)
+    if entry is None:
+        return None
+    return entry["int8"]["path_shares"].get(PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path, 0.0)
+
+
 def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dict], simulate: Optional[dict],
             sizes: Optional[dict] = None) -> dict:
     made = {}
     paper = paper_figures()
-    order = ["lenet", "branchynet", "cbnet"]
     if bench:
         ours = bench["pipelines"]
+        order = _chart_order(ours)
         paper_latency = paper["latency_ms_per_image_rpi4"]
+        base = paper_latency.get(BASELINE_PIPELINE)
         series = {
             f"ours ({bench['primary']['precision']}, batch {bench['primary']['batch_size']}, this machine)":
-                [ours[p]["speedup_vs_lenet"] for p in order],
-            "paper (Pi 4, mixed frameworks)": [paper_latency["lenet"] / paper_latency[p] for p in order],
+                [ours[p][f"speedup_vs_{BASELINE_PIPELINE}"] for p in order],
+            "paper (Pi 4, mixed frameworks)": [base / paper_latency[p] if base and p in paper_latency else None
+                                               for p in order],
         }
         charts.bar_chart(order, series, "Speed-up over LeNet (higher is faster)", "x LeNet").save(out / "speedup.png")
         made["speedup"] = "speedup.png"
     if checks:
+        order = _chart_order(checks["pipelines"])
         paper_accuracy = paper["accuracy_percent"].get(dataset, {})
         series = {"ours int8": [checks["pipelines"][p]["int8"]["accuracy"] * 100 for p in order],
                   "ours float32": [checks["pipelines"][p]["float32"]["accuracy"] * 100 for p in order]}
@@ -107,6 +134,7 @@ def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dic
 def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
                  test_labels: Optional[np.ndarray] = None) -> Path:
     """Render ``build_dir/report/index.html``; return its path."""
+    from cbnet_tl.toolchain.bench import SPEEDUP_BASES
     from cbnet_tl.toolchain.bundle import render
 
     build_dir, manifest = open_manifest(build_dir)
@@ -123,7 +151,9 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
         context = {
             "manifest": manifest, "checks": checks, "train": train, "bench": bench, "simulate": simulate,
             "calibration": calibration,
-            "charts": made, "grid": grid, "paper": paper_figures(),
+            "charts": made, "grid": grid, "paper": paper_figures(), "speedup_bases": SPEEDUP_BASES,
+            "early_exit": {"name": EARLY_EXIT_PIPELINE, "full_path": PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path,
+                           "hard_share_test": _hard_share(checks)},
             "confusions": {name: _confusion_rows(r["int8"]["confusion"]) for name, r in (checks or {}).get("pipelines", {}).items()},
         }
         (staging / "index.html").write_text(render("report/index.html.j2", **context))

@@ -18,6 +18,7 @@ from cbnet_tl.runtime.bundle import open_manifest
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.files import write_bytes_atomic, write_json_atomic
 from cbnet_tl.runtime.interpreter import Model
+from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE, DEFAULT_PIPELINE, PIPELINE_SPECS
 
 
 def _timed(pipelines: dict, images: np.ndarray, rounds: int = 5) -> dict:
@@ -30,19 +31,24 @@ def _timed(pipelines: dict, images: np.ndarray, rounds: int = 5) -> dict:
     return {name: float(np.median(values) * 1e6) for name, values in samples.items()}
 
 
-def _size_pipelines(build_dir: Path, manifest, models: dict) -> dict:
-    """Each size's fused graph as a one-model pipeline (like ``cbnet``), beside the build's cbnet and lenet."""
-    from cbnet_tl.runtime.bundle import Bundle, load_bundle
-    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, PipelineSpec
+REFERENCE_PIPELINES = (DEFAULT_PIPELINE, BASELINE_PIPELINE)  # the build's own, timed in the same run
 
-    reference = load_bundle(build_dir, models=["cbnet", "lenet"])
-    names = {size: f"cbnet-{size}" for size in models}
-    entries = {**manifest.models, **{names[s]: manifest.models["cbnet"] for s in models}}  # same I/O contract
+
+def _size_pipelines(build_dir: Path, manifest, models: dict) -> dict:
+    """Each size's fused graph as a one-model pipeline like the default one, beside the reference pipelines."""
+    from cbnet_tl.runtime.bundle import Bundle, load_bundle
+    from cbnet_tl.runtime.pipelines import Pipeline, PipelineSpec, models_for
+
+    reference = load_bundle(build_dir, models=models_for(REFERENCE_PIPELINES))
+    default = PIPELINE_SPECS[DEFAULT_PIPELINE]
+    (fused,) = default.models  # every size's graph has its I/O contract
+    names = {size: f"{fused}-{size}" for size in models}
+    entries = {**manifest.models, **{names[s]: manifest.models[fused] for s in models}}
     bundle = Bundle(reference.directory, manifest.replace(models=entries), "int8",
                     {**reference.models, **{names[s]: m for s, m in models.items()}})
-    pipelines = {name: Pipeline(bundle, name) for name in ("cbnet", "lenet")}
+    pipelines = {name: Pipeline(bundle, name) for name in REFERENCE_PIPELINES}
     for size, name in names.items():
-        spec = PipelineSpec(name, (name,), {(name,): "ae+classifier"}, PIPELINE_SPECS["cbnet"].runner, deployed=False)
+        spec = PipelineSpec(name, (name,), {(name,): default.full_path}, default.runner, deployed=False)
         pipelines[size] = Pipeline(bundle, spec)
     return pipelines
 
@@ -83,11 +89,12 @@ def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int =
     timed = _timed(_size_pipelines(build_dir, manifest, models), test.images[:num_timed])
     for size in results:
         results[size]["us_per_image"] = timed[size]
-    reference = {name: timed[name] for name in ("cbnet", "lenet")}
+    reference = {name: timed[name] for name in REFERENCE_PIPELINES}
     from cbnet_tl.toolchain.bench import cpu_model
 
-    record = {"dataset": manifest.dataset, "machine": cpu_model(), "method": "batch 1, 1 thread, through the "
-              "pipeline code as bench times it, interleaved image by image with the build's cbnet and lenet, median",
+    method = ("batch 1, 1 thread, through the pipeline code as bench times it, interleaved image by image with "
+              f"the build's {' and '.join(reference)}, median")
+    record = {"dataset": manifest.dataset, "machine": cpu_model(), "method": method,
               "sizes": results, "reference_us_per_image": reference}
     write_json_atomic(build_dir / "sizes.json", record)
     return record

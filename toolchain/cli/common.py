@@ -14,6 +14,7 @@ from cbnet_tl.runtime.manifest import PRECISIONS
 from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
 from cbnet_tl.toolchain.datasets import DatasetName
 from cbnet_tl.toolchain.targets import TARGETS
+from cbnet_tl.toolchain.train import Recipe
 
 
 def _choices(name: str, values) -> type:
@@ -24,8 +25,9 @@ PipelineChoice = _choices("PipelineChoice", PIPELINE_SPECS)
 TargetChoice = _choices("TargetChoice", TARGETS)
 PrecisionChoice = _choices("PrecisionChoice", PRECISIONS)
 DatasetChoice = DatasetName
-RecipeChoice = _choices("RecipeChoice", ("fast", "paper"))  # toolchain.train.Recipe (kept light: no keras here)
-SizeChoice = _choices("SizeChoice", ("small", "default", "large"))  # recipes.fast.SIZES
+RecipeChoice = Recipe
+# recipes.fast.SIZES' keys, restated because recipes/ imports Keras and --help must stay fast; a test keeps them equal
+SizeChoice = _choices("SizeChoice", ("small", "default", "large"))
 
 DataDir = Annotated[
     Optional[Path],

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -41,7 +42,7 @@ def fallback_options(threshold: Optional[float]) -> Optional[dict]:
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
-    pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice("cbnet"),
+    pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice(DEFAULT_PIPELINE),
     convert: Annotated[bool, typer.Option(help="No longer needed: every image goes through the bundle's input spec (accepted and ignored).")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
     fallback_threshold: FallbackThreshold = None,

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, EARLY_EXIT_PIPELINE
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -29,7 +30,7 @@ def simulate(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
     data_dir: DataDir = None,
-    pipeline: Annotated[List[PipelineChoice], typer.Option(help="Pipeline(s) to replay.")] = [PipelineChoice("branchynet"), PipelineChoice("cbnet")],
+    pipeline: Annotated[List[PipelineChoice], typer.Option(help="Pipeline(s) to replay.")] = [PipelineChoice(EARLY_EXIT_PIPELINE), PipelineChoice(DEFAULT_PIPELINE)],
     target: PowerTarget = DEFAULT_TARGET,
     deadline_ms: Annotated[Optional[float], typer.Option(help="Deadline per inference (default: 2x the median top-frequency latency of the pipeline's slowest path, e.g. branchynet's branch+main).")] = None,
     period_ms: PeriodMs = None,
