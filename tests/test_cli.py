@@ -69,14 +69,16 @@ def test_run_on_sample_pngs(tiny_bundle, samples_dir):
     assert record["path"] in ("branch", "branch+main") and record["class_name"] in [str(i) for i in range(10)]
 
 
-def test_run_rejects_rgb_without_convert(tiny_bundle, tmp_path, samples_dir):
+def test_run_takes_any_image_and_convert_is_a_no_op(tiny_bundle, tmp_path, samples_dir):
     from PIL import Image
 
     path = tmp_path / "color.png"
-    Image.open(samples_dir / "mnist_00_7.png").convert("RGB").save(path)
-    result = runner.invoke(app, ["run", str(tiny_bundle), str(path)])
-    assert result.exit_code == 1 and "Received mode RGB" in result.output
-    assert runner.invoke(app, ["run", str(tiny_bundle), str(path), "--convert"]).exit_code == 0
+    Image.open(samples_dir / "mnist_00_7.png").convert("RGBA").resize((90, 60)).save(path)
+    result = runner.invoke(app, ["run", str(tiny_bundle), str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["results"][0]["label"] == 7
+    noted = runner.invoke(app, ["run", str(tiny_bundle), str(path), "--convert"])
+    assert noted.exit_code == 0 and "--convert is no longer needed" in noted.output
 
 
 def test_run_on_missing_bundle(tmp_path, samples_dir):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import edge_images
 from cbnet_tl.runtime.api import open_pipeline
@@ -29,7 +30,9 @@ def edge_folder(tmp_path_factory) -> Path:
         (root / "train" / label).mkdir(parents=True)
         shutil.copy2(files[0], root / "train" / label / files[0].name)
     (root / "test" / "b").mkdir()
-    shutil.copy2(files[1], root / "test" / "b" / files[1].name)
+    edge_images.exif_rotated_jpeg(root / "test" / "b" / "plain.jpg")
+    Image.open(root / "test" / "b" / "plain.jpg").transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(
+        root / "test" / "b" / "plain.jpg")  # no EXIF tag any more, and other pixels
     return root
 
 

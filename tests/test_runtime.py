@@ -13,7 +13,10 @@ from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ChecksumError, ImageError, ModelError
 from cbnet_tl.runtime.images import load_image, load_images
+from cbnet_tl.runtime.manifest import read_manifest
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINES, Pipeline
+
+from conftest import TINY_BUILD
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,11 @@ def mnist_samples(samples_dir):
     paths = sorted(samples_dir.glob("mnist_*.png"))
     labels = np.array([int(p.stem.split("_")[-1]) for p in paths])
     return paths, labels
+
+
+def _load(paths):
+    """The sample PNGs through the tiny build's input spec (28x28, one channel): (N, 28, 28, 1) uint8."""
+    return load_images(paths, read_manifest(TINY_BUILD).input_spec)
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -39,15 +47,15 @@ def test_branchynet_paths_follow_the_entropy_gate(tiny_bundle, mnist_samples):
     from cbnet_tl.runtime.gate import entropy, softmax
 
     bundle = load_bundle(tiny_bundle.parent, models=["trunk_branch", "main_tail", "branch"])
-    images = load_images(mnist_samples[0])
+    images = _load(mnist_samples[0])
     result = Pipeline(bundle, "branchynet").classify(images)
-    branch_logits = bundle.models["branch"](images[..., None].astype(np.float32) / 255.0)[0]
+    branch_logits = bundle.models["branch"](images.astype(np.float32))[0]
     early = entropy(softmax(branch_logits)) < bundle.entropy_threshold
     assert [p == "branch" for p in result.paths] == early.tolist()
 
 
 def test_batches_match_single_images(tiny_bundle, mnist_samples):
-    images = load_images(mnist_samples[0])
+    images = _load(mnist_samples[0])
     for name in ("cbnet", "branchynet", "lenet"):
         pipeline = open_pipeline(tiny_bundle, name)
         batched = pipeline.classify(images)
@@ -62,31 +70,30 @@ def test_selftest_passes_on_a_fresh_bundle(tiny_bundle):
     assert set(DEPLOYED_PIPELINES) == {"cbnet", "cbnet-fallback", "branchynet", "lenet"}
 
 
-def test_wrong_image_size(tmp_path, samples_dir):
+def test_any_size_and_mode_goes_through_the_spec(tmp_path, samples_dir, tiny_bundle):
+    """A 32x32 RGB copy of a sample becomes the spec's 28x28 gray input and gets the original's class."""
+    original = next(samples_dir.glob("mnist_*.png"))
     path = tmp_path / "big.png"
-    Image.open(next(samples_dir.glob("mnist_*.png"))).resize((32, 32)).save(path)
-    with pytest.raises(ImageError, match="expected a 28x28 image. Received 32x32. Pass --convert"):
-        load_image(path)
-    assert load_image(path, resize=True).shape == (28, 28)
-
-
-def test_wrong_image_mode(tmp_path, samples_dir):
-    path = tmp_path / "rgb.png"
-    Image.open(next(samples_dir.glob("mnist_*.png"))).convert("RGB").save(path)
-    with pytest.raises(ImageError, match="expected a grayscale image \\(mode L\\). Received mode RGB"):
-        load_image(path)
+    Image.open(original).convert("RGB").resize((32, 32)).save(path)
+    spec = read_manifest(TINY_BUILD).input_spec
+    assert load_image(path, spec).shape == (28, 28, 1)
+    pipeline = open_pipeline(tiny_bundle, "lenet")
+    assert pipeline.classify(load_image(path, spec)).labels[0] == pipeline.classify(load_image(original, spec)).labels[0]
 
 
 def test_not_an_image(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("hello")
     with pytest.raises(ImageError, match="notes.png: not an image Pillow can read"):
-        load_image(path)
+        load_image(path, read_manifest(TINY_BUILD).input_spec)
 
 
 def test_wrong_array_shape(tiny_bundle):
-    with pytest.raises(ImageError, match=r"Expected uint8 images of shape \(N, 28, 28\). Received \(2, 32, 32\)"):
+    with pytest.raises(ImageError, match=r"Expected uint8 images of shape \(N, 28, 28, 1\) \(the bundle's input spec\). "
+                                         r"Received \(2, 32, 32, 1\)"):
         open_pipeline(tiny_bundle, "lenet").classify(np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(ImageError, match=r"Received \(2, 28, 28, 3\)"):
+        open_pipeline(tiny_bundle, "lenet").classify(np.zeros((2, 28, 28, 3), np.uint8))
 
 
 @pytest.fixture()
@@ -138,9 +145,9 @@ def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zer
     from cbnet_tl.runtime.tables import dequantize_table, input_table, requantize_table
 
     spec = TensorSpec("x", 0, (1, 28, 28, 1), np.dtype(dtype), scale, zero_point)
-    pixels = np.arange(256, dtype=np.uint8).repeat(4)[:784].reshape(1, 28, 28)
+    pixels = np.arange(256, dtype=np.uint8).repeat(4)[:784].reshape(1, 28, 28, 1)
     table = input_table(spec)
-    assert np.array_equal(table[pixels][..., None], quantize(preprocess(pixels), spec))
+    assert np.array_equal(table[pixels], quantize(preprocess(pixels), spec))
 
     nxt = TensorSpec("y", 0, (1, 28, 28, 1), np.dtype(np.int8), 1 / 255, -128)
     codes = np.arange(256, dtype=np.uint8).view(dtype)
@@ -153,11 +160,11 @@ def test_lookup_tables_give_the_same_numbers_as_the_float_path(dtype, scale, zer
 def test_int8_pipelines_match_the_float_path_on_real_images(tiny_bundle, mnist_samples):
     from cbnet_tl.runtime.interpreter import dequantize
 
-    images = load_images(mnist_samples[0])
+    images = _load(mnist_samples[0])
     pipeline = Pipeline(load_bundle(tiny_bundle), "cbnet")
     fused = pipeline.models["cbnet"]
     assert fused.input.dtype == np.uint8 and (fused.input.scale, fused.input.zero_point) == (1.0, 0)
-    expected = dequantize(fused.invoke_quantized(images[..., None])[0], fused.outputs[0])  # raw bytes in
+    expected = dequantize(fused.invoke_quantized(images)[0], fused.outputs[0])  # raw bytes in
     result = pipeline.classify(images)
     assert np.array_equal(result.labels, expected.argmax(-1))
     probabilities = np.exp(expected - expected.max(-1, keepdims=True))
@@ -169,11 +176,11 @@ def test_fused_cbnet_gives_the_classes_of_ae_then_classifier(tiny_build, mnist_s
     from cbnet_tl.runtime.interpreter import dequantize
     from cbnet_tl.runtime.tables import pass_on, requantize_table
 
-    images = load_images(mnist_samples[0])
+    images = _load(mnist_samples[0])
     bundle = load_bundle(tiny_build, models=["cbnet", "autoencoder", "classifier"])
     fused, ae, classifier = (bundle.models[m] for m in ("cbnet", "autoencoder", "classifier"))
-    together = dequantize(fused.invoke_quantized(images[..., None])[0], fused.outputs[0]).argmax(-1)
-    converted = ae.invoke_quantized(images[..., None])[0]
+    together = dequantize(fused.invoke_quantized(images)[0], fused.outputs[0]).argmax(-1)
+    converted = ae.invoke_quantized(images)[0]
     fed = pass_on(converted, ae.outputs[0], classifier.input, requantize_table(ae.outputs[0], classifier.input))
     apart = dequantize(classifier.invoke_quantized(fed)[0], classifier.outputs[0]).argmax(-1)
     assert np.array_equal(together, apart)
@@ -181,11 +188,11 @@ def test_fused_cbnet_gives_the_classes_of_ae_then_classifier(tiny_build, mnist_s
 
 def test_row_by_row_invokes_equal_a_real_batch(tiny_bundle, mnist_samples):
     """The tflite-runtime path (its aarch64 int8 FULLY_CONNECTED crashes at batch > 1) runs a batch as rows."""
-    images = load_images(mnist_samples[0])
+    images = _load(mnist_samples[0])
     bundle = load_bundle(tiny_bundle, models=["cbnet"])
     model = bundle.models["cbnet"]
-    batched = model.invoke_quantized(images[..., None])[0]
+    batched = model.invoke_quantized(images)[0]
     model._one_row_at_a_time, before = True, model.num_invokes
-    rows = model.invoke_quantized(images[..., None])[0]
+    rows = model.invoke_quantized(images)[0]
     assert np.array_equal(rows, batched) and model.num_invokes - before == len(images)
 

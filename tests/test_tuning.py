@@ -36,7 +36,7 @@ def test_pipelines_read_the_tuning_file_and_say_what_they_run(tiny_build, sample
     record = json.loads(path.read_text()) if path.is_file() else _tuned(tiny_build)
     record["models"]["lenet"] = {"config": "float32/builtin", "us": 1.0, "agrees": True}
     path.write_text(json.dumps(record))
-    images = load_images(sorted(samples_dir.glob("mnist_*.png")))
+    images = load_images(sorted(samples_dir.glob("mnist_*.png")), read_manifest(tiny_build).input_spec)
     tuned = open_pipeline(tiny_build, "lenet", tuning=path)
     plain = open_pipeline(tiny_build, "lenet", tuning=None)
     assert tuned.configuration == {"lenet": "float32/builtin"} and plain.configuration == {"lenet": "int8/default"}

@@ -101,8 +101,8 @@ def test_every_failure_kind_affects_only_its_input(watcher, samples_dir, tmp_pat
     (w.inbox / "empty.png").write_bytes(b"")
     (w.inbox / "truncated.png").write_bytes(good.read_bytes()[:120])
     (w.inbox / "notes.png").write_text("not an image")
-    Image.open(good).convert("RGB").save(tmp_path / "rgb.png")
-    drop(tmp_path / "rgb.png", w.inbox, "rgb.png")
+    Image.open(good).convert("RGB").resize((40, 40)).save(tmp_path / "rgb.png")
+    drop(tmp_path / "rgb.png", w.inbox, "rgb.png")  # any size and mode: through the bundle's input spec
     (w.inbox / "folder").mkdir()
     drop(good, w.inbox, "secret.png").chmod(0o000)
     write_bomb(tmp_path / "bomb.png")
@@ -110,9 +110,9 @@ def test_every_failure_kind_affects_only_its_input(watcher, samples_dir, tmp_pat
     (w.inbox / ".hidden.png").write_bytes(good.read_bytes())
     (w.inbox / "upload.png.part").write_bytes(good.read_bytes())
     failures = {"empty.png": "empty file (0 bytes)", "truncated.png": "truncated",
-                "notes.png": "not an image Pillow can read", "rgb.png": "expected a grayscale image",
+                "notes.png": "not an image Pillow can read",
                 "folder": "is a directory", "secret.png": "permission denied",
-                "bomb.png": "over the pixel limit of 50,000,000"}
+                "bomb.png": "over the pixel limit of 64,000,000"}
     results = wait_for(lambda: r if len(r := w.results()) == 9 else None, what="nine results")
     drop(good, w.inbox, "after-bomb.png")  # the service keeps going
     wait_for(lambda: "after-bomb.png.json" in w.results(), what="the image after the bomb")
@@ -120,7 +120,7 @@ def test_every_failure_kind_affects_only_its_input(watcher, samples_dir, tmp_pat
     for name, message in failures.items():
         assert results[f"{name}.json"]["status"] == "failed" and message in results[f"{name}.json"]["error"], name
         assert os.path.lexists(tmp_path / "failed" / name) and results[f"{name}.json"]["moved_to"] == str(tmp_path / "failed" / name)
-    for name in ("a.png", "a.jpg"):
+    for name in ("a.png", "a.jpg", "rgb.png"):
         assert results[f"{name}.json"]["status"] == "done" and results[f"{name}.json"]["label"] == 7
         assert (tmp_path / "done" / name).is_file()
     assert sorted(p.name for p in w.inbox.iterdir()) == [".hidden.png", "upload.png.part"]

@@ -215,7 +215,7 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
                   "num_ignored": layout.num_ignored}
         return train, test, spec, record
     train = load_dataset(name, Split.TRAIN, data_dir)
-    spec, reason = choose_for_idx(train.images.shape[1:3], choice)
+    spec, reason = choose_for_idx(train.images, choice)
     log(reason)
     test = load_dataset(name, Split.TEST, data_dir, spec)
     train = replace(train, images=to_model_inputs(train.images, spec))

@@ -5,8 +5,10 @@ Defaults (the README's "Input spec" section says why):
 - size: an IDX dataset's own size; for an image folder, the median shorter side of its images, capped at
   ``FOLDER_SIDE_CAP`` (the dense recipes' cost grows with every input value) and at least ``FOLDER_SIDE_MIN``;
 - colour: RGB when any image is in a colour mode (a palette counts only if it holds a colour), else grayscale;
-- resize ``pad`` (letterbox: the whole object stays in view, undistorted), background white (what
-  drawings and clip art with transparency are made to be seen on), filter ``bilinear`` (antialiased).
+- resize ``pad`` (letterbox: the whole object stays in view, undistorted), filter ``bilinear`` (antialiased);
+- background: for an IDX dataset, the colour of its images' borders (black for the MNIST family, so a
+  padded digit looks like the training digits); for a folder, white (what drawings and clip art with
+  transparency are made to be seen on).
 """
 
 from __future__ import annotations
@@ -59,24 +61,37 @@ def parse_image_size(text: Optional[str]) -> Optional[tuple]:
     return (sides[0], sides[-1])
 
 
-def _spec(choice: InputChoice, size: tuple, channels: int) -> InputSpec:
-    return InputSpec(size[0], size[1], channels, choice.resize or DEFAULT_RESIZE,
-                     choice.background or DEFAULT_BACKGROUND, choice.resample)
+def _spec(choice: InputChoice, size: tuple, channels: int, background: str = DEFAULT_BACKGROUND) -> InputSpec:
+    return InputSpec(size[0], size[1], channels, choice.resize or DEFAULT_RESIZE, choice.background or background,
+                     choice.resample)
 
 
-def _tail(choice: InputChoice, spec: InputSpec) -> str:
-    defaults = [name for name, value in (("resize", choice.resize), ("background", choice.background)) if value is None]
-    return f"{' and '.join(defaults)}: the defaults, README 'Input spec'" if defaults else ""
+def _tail(choice: InputChoice, background_why: str) -> str:
+    parts = []
+    if choice.resize is None:
+        parts.append("resize pad: the default, README 'Input spec'")
+    if choice.background is None:
+        parts.append(f"background: {background_why}")
+    return "; ".join(parts)
 
 
-def choose_for_idx(native: tuple, choice: InputChoice) -> tuple:
-    """(spec, one-line reason) for an IDX dataset of grayscale images of size ``native`` (height, width)."""
-    size = choice.image_size or tuple(native)
+def border_colour(images: np.ndarray) -> str:
+    """The median colour of the images' outermost pixels, as #rrggbb (uint8 (N, H, W, C) images)."""
+    edges = np.concatenate([images[:, 0].reshape(-1, images.shape[-1]), images[:, -1].reshape(-1, images.shape[-1]),
+                            images[:, :, 0].reshape(-1, images.shape[-1]), images[:, :, -1].reshape(-1, images.shape[-1])])
+    level = np.median(edges, axis=0).astype(int)
+    red, green, blue = (int(level[0]),) * 3 if len(level) == 1 else (int(v) for v in level[:3])
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def choose_for_idx(images: np.ndarray, choice: InputChoice) -> tuple:
+    """(spec, one-line reason) for an IDX dataset of grayscale images (N, height, width, 1)."""
+    size = choice.image_size or tuple(images.shape[1:3])
     channels = 3 if choice.colour == "rgb" else 1
-    spec = _spec(choice, size, channels)
+    spec = _spec(choice, size, channels, border_colour(images[:2000]))
     why = ["size given" if choice.image_size else "the dataset's own size",
            "colour given" if choice.colour != "auto" else "the dataset is grayscale"]
-    tail = _tail(choice, spec)
+    tail = _tail(choice, "the images' border colour")
     return spec, f"input: {spec.describe()} ({', '.join(why)}{'; ' + tail if tail else ''})"
 
 
@@ -107,5 +122,5 @@ def choose_for_headers(headers: list, choice: InputChoice) -> tuple:
         channels = 3 if choice.colour == "rgb" else 1
         why.append("colour given")
     spec = _spec(choice, size, channels)
-    tail = _tail(choice, spec)
+    tail = _tail(choice, "white, what transparent drawings are made to be seen on")
     return spec, f"input: {spec.describe()} ({'; '.join(why)}{'; ' + tail if tail else ''})"
