@@ -82,13 +82,18 @@ def load_bundle(
     device: str = "cpu",
     verify: bool = True,
     configs: Optional[dict] = None,
+    manifest: Optional[Manifest] = None,
 ) -> Bundle:
     """Load the models of one precision, verifying each file's sha256 against the manifest first.
 
-    ``configs`` (model -> ``tuning.ModelConfig``) runs chosen models in another precision or op resolver."""
+    ``configs`` (model -> ``tuning.ModelConfig``) runs chosen models in another precision or op resolver.
+    ``manifest``: use this one instead of ``path/manifest.json`` (a build whose manifest is not written yet)."""
     if precision not in PRECISIONS:
         raise BundleError(f"Expected precision in {PRECISIONS}. Received: {precision!r}")
-    directory, manifest = open_manifest(path)
+    if manifest is None:
+        directory, manifest = open_manifest(path)
+    else:
+        directory = Path(path)
     names = list(models) if models is not None else sorted(manifest.models)
     loaded = {}
     for name in names:

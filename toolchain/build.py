@@ -19,6 +19,7 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationCheckError
 from cbnet_tl.runtime.files import staged_directory
+from cbnet_tl.runtime.manifest import Manifest
 from cbnet_tl.toolchain.checks import CheckConfig
 from cbnet_tl.toolchain.inputs import InputChoice
 from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
@@ -70,34 +71,165 @@ def check_output(out: Path, force: bool) -> Path:
     return out
 
 
-def calibration_table(specs: list, test, chosen: int, model: str = "lenet", num_images: int = 2000) -> dict:
-    """int8 accuracy of one model at a few calibration sizes (the report shows how many are needed)."""
+def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) -> dict:
+    """int8 accuracy of every image model the deployed pipelines ship, at a few calibration sizes (the report
+    shows how many are needed)."""
+    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, models_for
     from cbnet_tl.toolchain.calibration import calibration_sweep
 
-    spec = next(s for s in specs if s.name == model)
+    shipped = models_for(DEPLOYED_PIPELINES)
     sizes = sorted({10, 50, 100, chosen})
-    rows = calibration_sweep(spec, test.images[:num_images], test.labels[:num_images], sizes=sizes)
-    return {"model": model, "num_test_images": int(min(num_images, len(test))), "chosen": chosen, "rows": rows}
+    images, labels = test.images[:num_images], test.labels[:num_images]
+    models = {spec.name: calibration_sweep(spec, images, labels, sizes=sizes)
+              for spec in sorted((s for s in specs if s.name in shipped and s.input_type == "uint8"),
+                                 key=lambda s: shipped.index(s.name))}
+    return {"models": models, "num_test_images": int(min(num_images, len(test))), "chosen": chosen}
+
+
+# stages: each reads what the stages before it wrote from the build directory -----------------------------
+
+def train_stage(work: Path, train, threshold: float, config: BuildConfig) -> dict:
+    """Train the Keras models into ``work/keras`` and write ``work/train.json``; return that record."""
+    from cbnet_tl.toolchain.train import train_all
+
+    return train_all(train, work, threshold, config.train)
+
+
+def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, progress) -> dict:
+    """Convert ``work/keras``'s models to float32 and int8 ``work/models/*.tflite``; return the manifest's models."""
+    from cbnet_tl.toolchain.convert import convert_all
+    from cbnet_tl.toolchain.export import export_specs
+
+    specs = export_specs(work, train_images, config.calibration_samples)
+    return convert_all(specs, work / "models", progress=progress)
+
+
+def fallback_stage(work: Path, train, manifest) -> dict:
+    """cbnet-fallback's options, chosen on the validation split ``work/train.json`` names, through the model files
+    of ``work/models`` (``manifest``: the build's, before it is written)."""
+    from cbnet_tl.toolchain.fallback import fallback_options
+
+    validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
+    return fallback_options(work, train.images[validation], train.labels[validation], manifest=manifest)
+
+
+def manifest_stage(work: Path, draft: Manifest, train, log) -> Manifest:
+    """Add cbnet-fallback's options to the draft manifest and write ``work/manifest.json``, once."""
+    from cbnet_tl.runtime.manifest import PipelineEntry
+    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS
+
+    options = fallback_stage(work, train, draft)
+    manifest = draft.replace(pipelines={**draft.pipelines, FALLBACK_PIPELINE: PipelineEntry(
+        PIPELINE_SPECS[FALLBACK_PIPELINE].models, options=options)})
+    manifest.write(work)
+    log(f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (validation: "
+        f"{options['validation_fallback_share']:.1%} of images to LeNet, accuracy "
+        f"{options['validation_accuracy']:.2%} vs LeNet {options['validation_lenet_accuracy']:.2%})")
+    return manifest
+
+
+def check_stage(work: Path, train, test, config: BuildConfig, log, progress) -> dict:
+    """Score both precisions of every pipeline in ``work``, write ``work/checks.json``; on a failure, say which
+    layers lost the accuracy (``explain_stage``) and raise."""
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.toolchain import checks
+
+    record = checks.run_checks(work, test.images, test.labels, config.check, progress=progress)
+    write_json_atomic(work / checks.CHECKS_NAME, record)
+    log(checks.format_table(record, list(train.class_names)))
+    try:
+        checks.raise_on_failures(record)
+    except QuantizationCheckError:
+        explain_stage(work, train.images, test.images, log)
+        raise
+    return record
+
+
+def explain_stage(work: Path, train_images: np.ndarray, test_images: np.ndarray, log) -> None:
+    from cbnet_tl.toolchain.explain import explain_build, format_explanation
+
+    log("which layers lost the accuracy (int8 against float, per layer, worst first):")
+    log(format_explanation(explain_build(work, train_images, test_images)))
+
+
+def calibration_stage(work: Path, train_images: np.ndarray, test, chosen: int) -> dict:
+    """``work/calibration.json``: the shipped image models (from ``work/keras``) at a few calibration sizes."""
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.toolchain.export import export_specs
+
+    record = calibration_table(export_specs(work, train_images, chosen), test, chosen)
+    write_json_atomic(work / "calibration.json", record)
+    return record
+
+
+def bundle_stage(work: Path, target, test_images: np.ndarray, log) -> Path:
+    """Render ``work/bundle`` and its tarball from ``work``'s manifest, models and checks; return the tarball."""
+    from cbnet_tl.toolchain.bundle import write_bundle
+
+    tarball = write_bundle(work, target, test_images)
+    if target.uses_edgetpu:
+        coral_stage(work, log)
+    return tarball
+
+
+def coral_stage(work: Path, log) -> None:
+    """Say what ``work/bundle/edgetpu_report.json`` holds: the Edge TPU mapping and whether the compiler ran."""
+    from cbnet_tl.toolchain.coral import format_inspection
+
+    edgetpu = json.loads((work / "bundle" / "edgetpu_report.json").read_text())
+    log("\n".join(line for line in format_inspection(edgetpu["inspect"]).splitlines() if not line.startswith("  ")))
+    compile_result = edgetpu["compile"]
+    log("edgetpu_compiler: " + ("compiled " + ", ".join(compile_result["models"]) if compile_result["compiled"]
+                                else "NOT run: " + compile_result["reason"]))
+
+
+def report_stage(work: Path, test, target) -> None:
+    """A quick ``work/bench.json`` and ``work/report/`` from everything the build wrote."""
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.toolchain.bench import BenchConfig, run_bench
+    from cbnet_tl.toolchain.report import write_report
+
+    quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), power_model=target.power_model)
+    write_json_atomic(work / "bench.json", run_bench(work, test.images, test.labels, quick))
+    write_report(work, test_images=test.images, test_labels=test.labels)
+
+
+def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: dict, dataset: str,
+                    threshold: float) -> Manifest:
+    """The build's manifest before cbnet-fallback's options are known (``manifest_stage`` adds them)."""
+    from cbnet_tl.runtime.manifest import PipelineEntry
+    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
+    from cbnet_tl.toolchain.bundle import new_version
+    from cbnet_tl.toolchain.convert import file_hashes
+
+    hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
+    return Manifest(
+        dataset=dataset, class_names=tuple(train.class_names), entropy_threshold=threshold,
+        models=models, pipelines={name: PipelineEntry(s.models) for name, s in PIPELINE_SPECS.items()},
+        files=hashes, kind="build", version=new_version(list(hashes.values())),
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tools=tool_versions(),
+        input=spec.to_dict(),
+        data={**data_record, "name": dataset, "source": train.source, "num_train": len(train), "num_test": len(test)},
+    )
 
 
 def build(config: BuildConfig, log=print) -> dict:
     """Run every stage; return the build record (also written to ``OUT/build.json``)."""
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.runtime.manifest import Manifest, PipelineEntry
-    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
-    from cbnet_tl.toolchain import checks as checks_stage
-    from cbnet_tl.toolchain.bundle import new_version, write_bundle
-    from cbnet_tl.toolchain.convert import convert_all, file_hashes
     from cbnet_tl.toolchain.datasets import load_build_data, seeded_subset
-    from cbnet_tl.toolchain.export import export_specs
-    from cbnet_tl.toolchain.fallback import fallback_options
     from cbnet_tl.toolchain.targets import get_target
-    from cbnet_tl.toolchain.train import train_all
 
     target = get_target(config.target)
     progress = _progress(config.train.progress)
     started = time.perf_counter()
     timings: dict = {}
+
+    def timed(key: str, stage, *args):
+        begin = time.perf_counter()
+        result = stage(*args)
+        timings[key] = time.perf_counter() - begin
+        return result
+
     train, test, spec, data_record = load_build_data(config.dataset, config.data_dir, config.inputs,
                                                      log=log, progress=progress)
     if config.max_train_images is not None:
@@ -108,63 +240,15 @@ def build(config: BuildConfig, log=print) -> dict:
     log(f"data: {dataset_name}: {len(train)} training and {len(test)} test images from {train.source}")
 
     with staged_directory(check_output(config.out, config.force)) as work:
-        stage = time.perf_counter()
-        train_record = train_all(train, work, threshold, config.train)
-        timings["train_s"] = time.perf_counter() - stage
-
-        stage = time.perf_counter()
-        specs = export_specs(work, train.images, config.calibration_samples)
-        models = convert_all(specs, work / "models", progress=progress)
-        timings["convert_s"] = time.perf_counter() - stage
+        train_record = timed("train_s", train_stage, work, train, threshold, config)
+        models = timed("convert_s", convert_stage, work, train.images, config, progress)
         log(f"MACs per image at {spec.width}x{spec.height}x{spec.channels}: " + ", ".join(
             f"{name} {entry.macs / 1e6:.3f} M" for name, entry in models.items() if entry.macs is not None))
-        hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
-        manifest = Manifest(
-            dataset=dataset_name, class_names=tuple(train.class_names), entropy_threshold=threshold,
-            models=models, pipelines={name: PipelineEntry(spec.models) for name, spec in PIPELINE_SPECS.items()},
-            files=hashes, kind="build", version=new_version(list(hashes.values())),
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tools=tool_versions(),
-            input=spec.to_dict(),
-            data={**data_record, "name": dataset_name if custom else config.dataset, "source": train.source,
-                  "num_train": len(train), "num_test": len(test)},
-        )
-        manifest.write(work)
-        validation = np.asarray(train_record["validation_indices"], dtype=np.int64)
-        options = fallback_options(work, train.images[validation], train.labels[validation])
-        pipelines = {**manifest.pipelines, "cbnet-fallback": PipelineEntry(PIPELINE_SPECS["cbnet-fallback"].models,
-                                                                            options=options)}
-        manifest = manifest.replace(pipelines=pipelines)
-        manifest.write(work)
-        log(f"cbnet-fallback: confidence threshold {options['confidence_threshold']:.4f} (validation: "
-            f"{options['validation_fallback_share']:.1%} of images to LeNet, accuracy "
-            f"{options['validation_accuracy']:.2%} vs LeNet {options['validation_lenet_accuracy']:.2%})")
-
-        stage = time.perf_counter()
-        record = checks_stage.run_checks(work, test.images, test.labels, config.check, progress=progress)
-        timings["check_s"] = time.perf_counter() - stage
-        write_json_atomic(work / "checks.json", record)
-        log(checks_stage.format_table(record, list(train.class_names)))
-        try:
-            checks_stage.raise_on_failures(record)
-        except QuantizationCheckError:
-            from cbnet_tl.toolchain.explain import explain_build, format_explanation
-
-            log("which layers lost the accuracy (int8 against float, per layer, worst first):")
-            log(format_explanation(explain_build(work, train.images, test.images)))
-            raise
-        write_json_atomic(work / "calibration.json", calibration_table(specs, test, config.calibration_samples))
-
-        stage = time.perf_counter()
-        tarball = write_bundle(work, target, test.images)
-        timings["bundle_s"] = time.perf_counter() - stage
-        if target.uses_edgetpu:
-            from cbnet_tl.toolchain.coral import format_inspection
-
-            edgetpu = json.loads((work / "bundle" / "edgetpu_report.json").read_text())
-            log("\n".join(line for line in format_inspection(edgetpu["inspect"]).splitlines() if not line.startswith("  ")))
-            compile_result = edgetpu["compile"]
-            log("edgetpu_compiler: " + ("compiled " + ", ".join(compile_result["models"]) if compile_result["compiled"]
-                                        else "NOT run: " + compile_result["reason"]))
+        draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, threshold)
+        manifest = manifest_stage(work, draft, train, log)
+        record = timed("check_s", check_stage, work, train, test, config, log, progress)
+        timed("calibration_s", calibration_stage, work, train.images, test, config.calibration_samples)
+        tarball = timed("bundle_s", bundle_stage, work, target, test.images, log)
         timings["total_s"] = time.perf_counter() - started
         build_record = {
             "dataset": dataset_name, "target": target.name, "version": manifest.version,
@@ -176,13 +260,8 @@ def build(config: BuildConfig, log=print) -> dict:
         }
         write_json_atomic(work / "build.json", build_record)
         if config.write_report:
-            from cbnet_tl.toolchain.bench import BenchConfig, run_bench
-            from cbnet_tl.toolchain.report import write_report
-
-            stage = time.perf_counter()
-            quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), power_model=target.power_model)
-            write_json_atomic(work / "bench.json", run_bench(work, test.images, test.labels, quick))
-            write_report(work, test_images=test.images, test_labels=test.labels)
-            build_record["timings"]["report_s"] = round(time.perf_counter() - stage, 2)
+            begin = time.perf_counter()
+            report_stage(work, test, target)
+            build_record["timings"]["report_s"] = round(time.perf_counter() - begin, 2)
             write_json_atomic(work / "build.json", build_record)
     return build_record

@@ -9,10 +9,12 @@ standard error (both int8, through the runtime).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
+from cbnet_tl.runtime.manifest import Manifest
 from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS, Pipeline
 
 
@@ -39,11 +41,13 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
             "validation_fallback_share": k / n, "num_validation": int(n)}
 
 
-def fallback_options(build_dir: Path, images: np.ndarray, labels: np.ndarray) -> dict:
+def fallback_options(build_dir: Path, images: np.ndarray, labels: np.ndarray,
+                     manifest: Optional[Manifest] = None) -> dict:
     """Run int8 cbnet-fallback of a build on validation images, with no image and with every image sent to its
-    second model; return its options (the threshold chosen from both)."""
+    second model; return its options (the threshold chosen from both). ``manifest``: the build's, before it is
+    written (the model files are read from ``build_dir``)."""
     spec = PIPELINE_SPECS[FALLBACK_PIPELINE]
-    bundle = load_bundle(build_dir, precision="int8", models=list(spec.models))
+    bundle = load_bundle(build_dir, precision="int8", models=list(spec.models), manifest=manifest)
     first = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 0.0}).classify(images)  # nothing is unsure
     second = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 2.0}).classify(images)  # everything is
     return choose_threshold(np.asarray(first.confidences), first.labels == labels, second.labels == labels)

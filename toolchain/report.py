@@ -89,6 +89,17 @@ def _hard_share(checks: Optional[dict]) -> Optional[float]:
     return entry["int8"]["path_shares"].get(PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path, 0.0)
 
 
+def _calibration(record: Optional[dict]) -> Optional[dict]:
+    """calibration.json as one row per calibration size and one column per model (older builds: one model)."""
+    if not record:
+        return None
+    models = record["models"] if "models" in record else {record["model"]: record["rows"]}
+    sizes = sorted({row["samples"] for rows in models.values() for row in rows})
+    accuracy = {name: {row["samples"]: row["int8_accuracy"] for row in rows} for name, rows in models.items()}
+    return {"models": list(models), "num_test_images": record["num_test_images"], "chosen": record["chosen"],
+            "rows": [{"samples": size, "accuracy": [accuracy[name].get(size) for name in models]} for size in sizes]}
+
+
 def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dict], simulate: Optional[dict],
             sizes: Optional[dict] = None) -> dict:
     made = {}
@@ -142,7 +153,7 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
     train = _read_json(build_dir / "train.json")
     bench = _read_json(build_dir / "bench.json")
     simulate = _read_json(build_dir / "simulate.json")
-    calibration = _read_json(build_dir / "calibration.json")
+    calibration = _calibration(_read_json(build_dir / "calibration.json"))
     with staged_directory(build_dir / "report") as staging:
         made = _charts(staging, manifest.dataset, bench, checks, simulate, _read_json(build_dir / "sizes.json"))
         grid = None

@@ -1,0 +1,72 @@
+"""cbnet-tl build as stages that read the build directory: the orchestration, on the committed tiny build's
+trained and converted models (training and conversion are replaced by copies; every later stage runs)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cbnet_tl.runtime.manifest import Manifest, read_manifest
+
+TINY = Path(__file__).parent / "data" / "tiny-build"
+
+
+def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monkeypatch, mnist_dir):
+    from cbnet_tl.toolchain import build as building
+    from cbnet_tl.toolchain.checks import CheckConfig
+    from cbnet_tl.toolchain.train import TrainConfig
+
+    def train_stage(work, train, threshold, config):
+        shutil.copy2(TINY / "train.json", work / "train.json")
+        return json.loads((work / "train.json").read_text())
+
+    def convert_stage(work, train_images, config, progress):
+        shutil.copytree(TINY / "models", work / "models")
+        return read_manifest(TINY).models
+
+    def calibration_stage(work, train_images, test, chosen):  # converts Keras models, which the tiny build lacks
+        shutil.copy2(TINY / "calibration.json", work / "calibration.json")
+
+    monkeypatch.setattr(building, "train_stage", train_stage)
+    monkeypatch.setattr(building, "convert_stage", convert_stage)
+    monkeypatch.setattr(building, "calibration_stage", calibration_stage)
+    written, write = [], Manifest.write
+    monkeypatch.setattr(Manifest, "write", lambda self, directory: written.append(Path(directory)) or write(self, directory))
+    lines = []
+    out = tmp_path / "out"
+    record = building.build(building.BuildConfig(
+        dataset="mnist", out=out, data_dir=mnist_dir, max_train_images=2000, write_report=True,
+        train=TrainConfig(progress=False), check=CheckConfig(max_accuracy_drop=100.0)), log=lines.append)
+
+    build_writes = [d for d in written if d.name.startswith(".out.partial-")]
+    assert len(build_writes) == 1  # once, with cbnet-fallback's options already in it
+    assert [d.name for d in written if d not in build_writes] == [d.name for d in written if d.name.startswith(".bundle.")]
+    manifest = read_manifest(out)
+    assert manifest.pipelines["cbnet-fallback"].options == read_manifest(TINY).pipelines["cbnet-fallback"].options
+    assert manifest.pipelines["cbnet-fallback"].models == ("cbnet", "lenet")
+    prefixes = [line.split(":")[0] for line in lines]
+    first = prefixes.index("data")  # after the data loader's own lines
+    assert prefixes[first:first + 3] == ["data", "MACs per image at 28x28x1", "cbnet-fallback"]
+    assert lines[first + 3].startswith("pipeline")  # the checks table
+    for name in ("checks.json", "build.json", "bench.json", "report/index.html", "bundle/manifest.json",
+                 record["tarball"]):
+        assert (out / name).is_file(), name
+    assert set(record["timings"]) >= {"train_s", "convert_s", "check_s", "calibration_s", "bundle_s", "report_s"}
+    assert json.loads((out / "build.json").read_text()) == record
+    assert "How many calibration images" in (out / "report" / "index.html").read_text()  # an older calibration.json
+
+
+def test_fallback_options_from_a_manifest_not_yet_written(tiny_build, mnist_dir, tmp_path):
+    import numpy as np
+
+    from cbnet_tl.toolchain.evaluation import load_train_split
+    from cbnet_tl.toolchain.fallback import fallback_options
+
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build / "models", build / "models")  # the model files, and no manifest.json
+    manifest = read_manifest(tiny_build)
+    validation = np.asarray(json.loads((tiny_build / "train.json").read_text())["validation_indices"])
+    train, _ = load_train_split(tiny_build, mnist_dir)
+    options = fallback_options(build, train.images[validation], train.labels[validation], manifest=manifest)
+    assert options == manifest.pipelines["cbnet-fallback"].options
