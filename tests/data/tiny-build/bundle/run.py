@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Run this cbnet-tl bundle (mnist, target rpi4, version 20261130T214533-0735f741).
+"""Run this cbnet-tl bundle (mnist, target rpi4, version 20261130T222354-0735f741).
 
     python3 run.py selftest
-    python3 run.py classify IMAGE_OR_DIR... [--pipeline cbnet|branchynet|lenet] [--json]
+    python3 run.py classify IMAGE_OR_DIR... [--pipeline cbnet|cbnet-fallback|branchynet|lenet] [--json]
     python3 run.py watch --inbox DIR --outbox DIR       (the service; see README.md)
     python3 run.py status --inbox DIR
 
