@@ -24,6 +24,9 @@ KEEP = ("manifest.json", "checks.json", "train.json", "build.json", "bench.json"
 
 
 def main() -> int:
+    from cbnet_tl.toolchain.quiet import prefer_onednn
+
+    prefer_onednn()  # as the CLI does, before TensorFlow is imported
     from cbnet_tl.runtime.files import staged_directory
     from cbnet_tl.toolchain.build import BuildConfig, build
     from cbnet_tl.toolchain.checks import CheckConfig

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the CLI does (toolchain/quiet.py prefer_onednn)
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 MNIST_8K = DATA / "mnist-8k"

@@ -88,11 +88,18 @@ def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) ->
 
 # stages: each reads what the stages before it wrote from the build directory -----------------------------
 
-def train_stage(work: Path, train, threshold: float, config: BuildConfig) -> dict:
-    """Train the Keras models into ``work/keras`` and write ``work/train.json``; return that record."""
+def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=print) -> dict:
+    """Train the Keras models into ``work/keras`` and write ``work/train.json``; return that record. A stage
+    the user's --time-budget-minutes cut short is said in one line."""
     from cbnet_tl.toolchain.train import train_all
 
-    return train_all(train, work, threshold, config.train)
+    record = train_all(train, work, threshold, config.train)
+    for stage, label, planned in (("blenet", "B-LeNet", config.train.blenet_epochs),
+                                  ("autoencoder", "the converting AE", config.train.autoencoder_epochs)):
+        if record.get(stage, {}).get("stopped_by") == "time budget":
+            log(f"time budget: {label} stopped after {record[stage]['epochs_run']} of {planned} epochs "
+                f"(--time-budget-minutes); the best epoch so far is kept")
+    return record
 
 
 def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, progress) -> dict:
@@ -240,7 +247,7 @@ def build(config: BuildConfig, log=print) -> dict:
     log(f"data: {dataset_name}: {len(train)} training and {len(test)} test images from {train.source}")
 
     with staged_directory(check_output(config.out, config.force)) as work:
-        train_record = timed("train_s", train_stage, work, train, threshold, config)
+        train_record = timed("train_s", train_stage, work, train, threshold, config, log)
         models = timed("convert_s", convert_stage, work, train.images, config, progress)
         log(f"MACs per image at {spec.width}x{spec.height}x{spec.channels}: " + ", ".join(
             f"{name} {entry.macs / 1e6:.3f} M" for name, entry in models.items() if entry.macs is not None))

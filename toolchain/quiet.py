@@ -100,6 +100,20 @@ class _QuietImports(importlib.abc.MetaPathFinder):
         return None
 
 
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def prefer_onednn() -> None:
+    """Let TensorFlow use its oneDNN kernels on every x86 CPU, unless the user chose otherwise.
+
+    TensorFlow's x86 wheels turn oneDNN on by themselves only on CPUs with AVX-512 VNNI or newer. On an
+    AVX2-only AMD EPYC, B-LeNet's training steps took 2.9x more CPU time without it (the weight gradients
+    of its 1- and 5-channel convolutions: 25.8 ms against 2.2 ms per step); the same seed still gives the
+    same weights run after run. Read once, when TensorFlow is imported: call this before.
+    """
+    os.environ.setdefault(ONEDNN_ENV, "1")
+
+
 def configure(verbose: bool) -> None:
     """Quiet the libraries for this process (and its children), or, when ``verbose``, let them speak.
 

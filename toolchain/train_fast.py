@@ -47,11 +47,13 @@ class _BestOnVal(keras.callbacks.Callback):
         self.best, self.best_weights, self.wait = -1.0, None, 0
 
     def on_epoch_end(self, epoch, logs=None):
+        for k, v in (logs or {}).items():
+            self.history.setdefault(f"joint_{k}", []).append(float(v))
+        if not self.patience and epoch + 1 < self.params.get("epochs", 0):
+            return  # no early stopping: nothing chooses an epoch, so only the last one is scored
         out = self.model.predict(self.x_val, batch_size=1024, verbose=0)
         acc = float((np.argmax(out["logits"], 1) == self.y_val).mean())
         self.history.setdefault("joint_val_acc", []).append(acc)
-        for k, v in (logs or {}).items():
-            self.history.setdefault(f"joint_{k}", []).append(float(v))
         if acc > self.best:
             self.best, self.best_weights, self.wait = acc, self.model.get_weights(), 0
         else:
@@ -128,6 +130,7 @@ def train_fast(x_fit_uint8, y_fit, x_val_uint8, y_val, canonical_uint8, config: 
                   epochs=config.joint_epochs, verbose=0, shuffle=True,
                   callbacks=[cb, EpochBar("fine-tune AE + classifier jointly", config.joint_epochs, progress)])
         history["best_val_acc"] = cb.best
-        history["best_epoch"] = int(np.argmax(history["joint_val_acc"])) + 1
+        history["best_epoch"] = (int(np.argmax(history["joint_val_acc"])) + 1 if config.patience
+                                 else len(history.get("joint_loss", [])))  # without early stopping: the last
     history["train_seconds"] = time.perf_counter() - t0
     return ae, clf, history

@@ -40,9 +40,10 @@ def _options(
     verbose: Annotated[bool, typer.Option("--verbose", envvar="CBNET_TL_VERBOSE",
                                           help="Also show the libraries' logs (TensorFlow, absl, the TFLite converter).")] = False,
 ) -> None:
-    from cbnet_tl.toolchain.quiet import configure
+    from cbnet_tl.toolchain.quiet import configure, prefer_onednn
 
     configure(verbose)
+    prefer_onednn()
 
 
 def _join() -> None:
