@@ -116,8 +116,10 @@ def test_rgb_build_end_to_end(rgb_build, tmp_path):
     assert check.exit_code == 0, check.output
     report = runner.invoke(app, ["report", str(rgb_build)])
     assert report.exit_code == 0, report.output
-    inspect = runner.invoke(app, ["inspect", str(rgb_build / "bundle" / "models"), "--json"])
+    inspect = runner.invoke(app, ["inspect", str(rgb_build / "bundle"), "--json"])
     assert inspect.exit_code == 0, inspect.output
+    mapped = {name: report["fully_mapped"] for name, report in json.loads(inspect.output)["models"].items()}
+    assert all(mapped.values()) and "lenet_int8" in mapped, mapped  # every RGB model maps whole
     run = runner.invoke(app, ["run", str(rgb_build / "bundle"), str(edge_images.cmyk_jpeg(tmp_path / "c.jpg")),
                               "--json"])
     assert run.exit_code == 0, run.output
