@@ -35,10 +35,3 @@ def build_autoencoder(image_shape: tuple, batch_size: Optional[int] = None, drop
     x = layers.Dense(math.prod(image_shape), activation="sigmoid", name="decoder")(x)
     converted = BatchReshape(image_shape, name="converted")(x)
     return keras.Model(image, converted, name="autoencoder")
-
-
-def export_view(trained: keras.Model) -> keras.Model:
-    """A batch-1 copy of a trained autoencoder, for conversion with static shapes."""
-    view = build_autoencoder(tuple(trained.input_shape[1:]), batch_size=1)
-    view.set_weights(trained.get_weights())
-    return view
