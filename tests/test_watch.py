@@ -129,7 +129,7 @@ def test_every_failure_kind_affects_only_its_input(watcher, samples_dir, tmp_pat
     status = subprocess.run([sys.executable, run_py, "status", "--inbox", str(w.inbox)],
                             capture_output=True, text=True, check=True)
     report = json.loads(status.stdout)
-    assert report["running"] and report["processed"] == 3 and report["failed"] == 7 and report["queued"] == 0
+    assert report["running"] and report["processed"] == 4 and report["failed"] == 6 and report["queued"] == 0
     assert report["uptime_s"] > 0 and report["last_error"]["file"] in failures
 
 
