@@ -17,7 +17,7 @@ def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monk
     from cbnet_tl.toolchain.checks import CheckConfig
     from cbnet_tl.toolchain.train import TrainConfig
 
-    def train_stage(work, train, threshold, config):
+    def train_stage(work, train, threshold, config, log=print):
         shutil.copy2(TINY / "train.json", work / "train.json")
         return json.loads((work / "train.json").read_text())
 
