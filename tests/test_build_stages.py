@@ -70,3 +70,21 @@ def test_fallback_options_from_a_manifest_not_yet_written(tiny_build, mnist_dir,
     train, _ = load_train_split(tiny_build, mnist_dir)
     options = fallback_options(build, train.images[validation], train.labels[validation], manifest=manifest)
     assert options == manifest.pipelines["cbnet-fallback"].options
+
+
+def test_training_runs_its_fixed_schedule_unless_a_budget_is_asked_and_a_cut_is_said(monkeypatch, tmp_path):
+    import cbnet_tl.toolchain.train as train_module
+    from cbnet_tl.toolchain.build import BuildConfig, train_stage
+    from cbnet_tl.toolchain.train import TrainConfig
+
+    assert TrainConfig().time_budget_s is None  # the default schedule does not depend on the machine's speed
+    records = iter([{"blenet": {"stopped_by": "time budget", "epochs_run": 7}},
+                    {"blenet": {"stopped_by": "epochs", "epochs_run": 20}}])
+    monkeypatch.setattr(train_module, "train_all", lambda *args: next(records))
+    config = BuildConfig(dataset="mnist", out=tmp_path, train=TrainConfig(blenet_epochs=20, time_budget_s=60.0))
+    lines = []
+    train_stage(tmp_path, None, 0.5, config, lines.append)
+    assert lines == ["time budget: B-LeNet stopped after 7 of 20 epochs (--time-budget-minutes); "
+                     "the best epoch so far is kept"]
+    train_stage(tmp_path, None, 0.5, config, lines.append)
+    assert len(lines) == 1
