@@ -632,7 +632,9 @@ def device_checks(outcomes: list, checked_at: str) -> dict:
             "debian_version": o.debian_version, "python": o.versions.get("python"), "interpreter": package,
             "interpreter_version": version, "numpy": o.versions.get("numpy"), "pillow": o.versions.get("pillow"),
             "qemu_cpu": o.cpu, "xnnpack_delegate_reported": o.xnnpack, "target": o.combo.target, "commands": ["run.py selftest",
-                                                   " ".join(["run.py classify samples/", *o.combo.classify_args])],
+                                                   " ".join(["run.py classify samples/", *o.combo.classify_args])]
+            + (["run.py classify EDGE_IMAGES --json --input-sha256 (same bytes and classes as on the host)"]
+               if o.combo.parity else []),
             "result": o.result,
             "note": "; ".join(f"{s.name}: {s.detail}" for s in o.steps if s.status != "ok" and s.detail)
                     or ("no Edge TPU under emulation: the delegate failed to load and the CPU fallback ran, "
