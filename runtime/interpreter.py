@@ -6,6 +6,7 @@ One place decides which interpreter package is used: ``ai_edge_litert`` first, t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 from dataclasses import dataclass
@@ -132,6 +133,16 @@ def _spec(detail: dict) -> TensorSpec:
     )
 
 
+_load_context: Callable[[], Any] = contextlib.nullcontext
+
+
+def set_load_context(factory: Callable[[], Any]) -> None:
+    """What loading a model runs inside. The host CLI passes one that keeps the interpreter's C++ INFO line
+    ("Created TensorFlow Lite XNNPACK delegate") off the terminal; the device keeps the default (nothing)."""
+    global _load_context
+    _load_context = factory
+
+
 class Model:
     """A loaded ``.tflite`` model with one input, fed and read in real units.
 
@@ -159,13 +170,14 @@ class Model:
         if not self.path.is_file():
             raise ModelError(f"Model file not found: {self.path}")
         try:
-            self._interpreter = backend.interpreter_class(
-                model_path=str(self.path),
-                num_threads=num_threads,
-                experimental_delegates=list(delegates) or None,
-                **extra,
-            )
-            self._interpreter.allocate_tensors()
+            with _load_context():
+                self._interpreter = backend.interpreter_class(
+                    model_path=str(self.path),
+                    num_threads=num_threads,
+                    experimental_delegates=list(delegates) or None,
+                    **extra,
+                )
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(f"Cannot load {self.path.name} as a TFLite model: {first_line}") from None

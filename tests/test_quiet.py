@@ -26,6 +26,7 @@ LIBRARY_LINES = {
     "converter": re.compile(r"fully_quantize: \d|inference_type: \d"),
     "retracing": re.compile(r"triggered tf\.function retracing"),
     "python logs and warnings": re.compile(r"^(WARNING|INFO|ERROR):(tensorflow|absl)|/(tensorflow|keras)/\S+\.py:\d+: \w*Warning"),
+    "interpreter": re.compile(r"Created TensorFlow Lite XNNPACK delegate"),
 }
 
 
@@ -157,3 +158,16 @@ def test_cli_build_prints_only_our_lines(mnist_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert library_lines(result.stdout + result.stderr) == []
     assert "bundle:" in result.stdout
+
+
+def test_runtime_commands_keep_the_interpreter_info_line_off_unless_verbose(tiny_build, mnist_dir):
+    """`eval` loads interpreters, whose C++ INFO line the CLI keeps off the terminal; --verbose shows it."""
+    quiet = subprocess.run(cli() + ["eval", str(tiny_build), "--data-dir", str(mnist_dir), "--limit", "5",
+                                    "--pipeline", "lenet"],
+                           capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert library_lines(quiet.stdout + quiet.stderr) == [] and "lenet" in quiet.stdout
+    loud = subprocess.run(cli() + ["--verbose", "eval", str(tiny_build), "--data-dir", str(mnist_dir), "--limit",
+                                   "5", "--pipeline", "lenet"],
+                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert "Created TensorFlow Lite XNNPACK delegate" in loud.stderr

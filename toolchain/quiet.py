@@ -126,6 +126,9 @@ def configure(verbose: bool) -> None:
         return
     os.environ[VERBOSE_ENV] = "0"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # 3: also the cuInit error of a machine without a GPU
+    from cbnet_tl.runtime.interpreter import set_load_context
+
+    set_load_context(captured_stderr)  # the interpreter's "Created ... XNNPACK delegate" INFO line
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)  # tf.function retracing warnings, absl, Keras
     warnings.filterwarnings("ignore", module=LIBRARY_MODULES)
