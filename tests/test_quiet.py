@@ -160,6 +160,7 @@ def test_cli_build_prints_only_our_lines(mnist_dir, tmp_path):
     assert "bundle:" in result.stdout
 
 
+@pytest.mark.tf  # runs the cbnet-tl CLI (typer) in a child process
 def test_runtime_commands_keep_the_interpreter_info_line_off_unless_verbose(tiny_build, mnist_dir):
     """`eval` loads interpreters, whose C++ INFO line the CLI keeps off the terminal; --verbose shows it."""
     quiet = subprocess.run(cli() + ["eval", str(tiny_build), "--data-dir", str(mnist_dir), "--limit", "5",
