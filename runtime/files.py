@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from cbnet_tl.runtime.errors import BundleError
+
 
 def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary sibling and a rename.
@@ -34,6 +36,17 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
             os.unlink(tmp.name)
             raise
     move_file_into_place(Path(tmp.name), path)
+
+
+def read_json(path: Path, fix: str):
+    """The JSON value in ``path``; unreadable or invalid JSON is one ``BundleError`` line ending in ``fix``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{path} is not valid JSON ({error}); {fix}") from None
+    except OSError as error:
+        raise BundleError(f"Cannot read {path}: {error.strerror}") from None
 
 
 def write_json_atomic(path: Path, payload, *, durable: bool = False) -> None:

@@ -9,13 +9,12 @@ checked accuracy and options), and the sha256 of every file. The toolchain write
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from cbnet_tl.runtime.errors import BundleError, ConfigError
-from cbnet_tl.runtime.files import write_json_atomic
+from cbnet_tl.runtime.files import read_json, write_json_atomic
 from cbnet_tl.runtime.preprocess import InputSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -189,12 +188,7 @@ class Manifest:
 def read_manifest(directory: Path) -> Manifest:
     """Read and validate ``directory/manifest.json``; every problem is one ``BundleError`` line."""
     path = Path(directory) / MANIFEST_NAME
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{path} is not valid JSON: {error}") from None
-    except OSError as error:
-        raise BundleError(f"Cannot read {path}: {error.strerror}") from None
+    raw = read_json(path, "rebuild the bundle")
     if not isinstance(raw, dict):
         raise BundleError(f"{path}: expected a JSON object")
     missing = [f for f in REQUIRED_FIELDS if f not in raw]

@@ -5,7 +5,6 @@ Collects every pipeline's figures, then fails once naming each pipeline that los
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -14,6 +13,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ConfigError, QuantizationCheckError
+from cbnet_tl.runtime.files import read_json
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
@@ -65,12 +65,7 @@ def read_checks(build_dir: Path, required: bool = True) -> Optional[dict]:
             raise BundleError(f"{path} is missing; run `cbnet-tl check {build_dir}` to make it")
         return None
     fix = f"run `cbnet-tl check {build_dir} --max-accuracy-drop POINTS` to write it again"
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{path} is not valid JSON ({error}); {fix}") from None
-    except OSError as error:
-        raise BundleError(f"Cannot read {path}: {error.strerror}") from None
+    record = read_json(path, fix)
     drop = record.get("max_accuracy_drop") if isinstance(record, dict) else None
     if (not isinstance(drop, (int, float)) or isinstance(drop, bool) or drop < 0
             or not isinstance(record.get("pipelines"), dict)):
