@@ -7,9 +7,10 @@ RGBA, CMYK, 16-bit and 32-bit grayscale, float.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,22 +52,20 @@ def _arrays(image: Image.Image) -> tuple:
     if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
         return np.clip(np.round(values), 0, 255).astype(np.uint8)[..., None], None
-    if mode in ("La", "RGBa", "PA"):
+    if mode in ("La", "RGBa"):  # premultiplied alpha
         return _arrays(image.convert("RGBA"))
     return _arrays(image.convert("RGB"))  # YCbCr, LAB, HSV: Pillow's own conversion
 
 
-def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
-    """(pixels, alpha) of one file, oriented as its EXIF tag says; one ``ImageError`` line for any problem."""
-    path = Path(path)
+@contextlib.contextmanager
+def _opened(path: Path, max_pixels: Optional[int]) -> Iterator[Image.Image]:
+    """The opened image, its size checked against ``max_pixels`` from the header; any problem with the file,
+    in the block too (decoding, a truncated stream), is one ``ImageError`` line naming it."""
     try:
         with Image.open(path) as image:
-            check_pixels(path, image.size, max_pixels)
-            with warnings.catch_warnings():  # our limit is checked above; Pillow's warning would only repeat it
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return _arrays(oriented if oriented is not None else image)
+            if max_pixels is not None:
+                check_pixels(path, image.size, max_pixels)
+            yield image
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -81,6 +80,17 @@ def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
             raise ImageError(f"{path}: empty file (0 bytes), expected an image") from None
         raise ImageError(f"{path}: not an image Pillow can read, or truncated ({type(error).__name__}: "
                          f"{str(error)[:80]})") from None
+
+
+def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
+    """(pixels, alpha) of one file, oriented as its EXIF tag says; one ``ImageError`` line for any problem."""
+    path = Path(path)
+    with _opened(path, max_pixels) as image:
+        with warnings.catch_warnings():  # our limit is checked from the header; Pillow's warning would repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return _arrays(oriented if oriented is not None else image)
 
 
 def load_image(path: Path, spec: InputSpec, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
@@ -99,24 +109,15 @@ def header(path: Path, max_pixels: Optional[int] = MAX_PIXELS_DEFAULT) -> tuple:
     """(width, height, mode, colourful) from the header alone; ``ImageError`` if unreadable or too large.
     ``colourful`` is False for the grayscale modes and for palettes whose entries are all gray."""
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            if max_pixels is not None:
-                check_pixels(path, image.size, max_pixels)
-            colourful = image.mode not in GRAY_MODES
-            if image.mode in ("P", "PA") and image.palette is not None:
-                palette = np.frombuffer(image.palette.tobytes(), np.uint8)
-                width = len(image.palette.mode)
-                if width >= 3 and palette.size >= width:
-                    entries = palette[: palette.size // width * width].reshape(-1, width)
-                    colourful = bool(np.any(entries[:, 0] != entries[:, 1]) or np.any(entries[:, 1] != entries[:, 2]))
-            return image.size[0], image.size[1], image.mode, colourful
-    except ImageError:
-        raise
-    except OSError as error:
-        raise ImageError(f"{path}: not an image Pillow can read ({type(error).__name__}: {str(error)[:80]})") from None
-    except (SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: not an image Pillow can read ({type(error).__name__})") from None
+    with _opened(path, max_pixels) as image:
+        colourful = image.mode not in GRAY_MODES
+        if image.mode in ("P", "PA") and image.palette is not None:
+            palette = np.frombuffer(image.palette.tobytes(), np.uint8)
+            width = len(image.palette.mode)
+            if width >= 3 and palette.size >= width:
+                entries = palette[: palette.size // width * width].reshape(-1, width)
+                colourful = bool(np.any(entries[:, 0] != entries[:, 1]) or np.any(entries[:, 1] != entries[:, 2]))
+        return image.size[0], image.size[1], image.mode, colourful
 
 
 def as_pil(image: np.ndarray) -> Image.Image:
