@@ -93,14 +93,14 @@ class BatchResult:
 
 
 def check_images(images: np.ndarray, shape: tuple) -> np.ndarray:
-    """uint8 (N, H, W, C) or one image (H, W, C) of ``shape`` = (H, W, C); grayscale also as (N, H, W) or
-    (H, W) → uint8 (N, H, W, C), or a clear error."""
+    """uint8 (N, H, W, C) or one image (H, W, C) of ``shape`` = (H, W, C), a tuple; grayscale also as (N, H, W)
+    or (H, W) → uint8 (N, H, W, C), or a clear error. On every call: no allocation beyond the views."""
     images = np.asarray(images)
-    if images.shape == tuple(shape):  # one image
+    if images.shape == shape:  # one image
         images = images[None]
     elif shape[-1] == 1 and images.ndim in (2, 3):  # grayscale without its channel axis
         images = images[None, ..., None] if images.ndim == 2 else images[..., None]
-    if images.ndim != 4 or images.shape[1:] != tuple(shape):
+    if images.ndim != 4 or images.shape[1:] != shape:
         raise ImageError(f"Expected uint8 images of shape (N, {', '.join(map(str, shape))}) (the bundle's input "
                          f"spec). Received {images.shape}")
     if images.dtype != np.uint8:

@@ -120,6 +120,14 @@ def test_rgb_build_end_to_end(rgb_build, tmp_path):
     assert inspect.exit_code == 0, inspect.output
     mapped = {name: report["fully_mapped"] for name, report in json.loads(inspect.output)["models"].items()}
     assert all(mapped.values()) and "lenet_int8" in mapped, mapped  # every RGB model maps whole
+    bench = runner.invoke(app, ["bench", str(rgb_build), "--batch", "1", "--num-images", "32", "--untuned",
+                                "--no-save", "--json"])
+    assert bench.exit_code == 0, bench.output
+    assert json.loads(bench.output)["num_timed_images"] == 10  # the folder's test split, read without --data-dir
+    tune = runner.invoke(app, ["tune", str(rgb_build / "bundle"), "--out", str(tmp_path / "tuning.json"), "--json"])
+    assert tune.exit_code == 0, tune.output
+    simulate = runner.invoke(app, ["simulate", str(rgb_build), "--pipeline", "branchynet", "--no-save", "--json"])
+    assert simulate.exit_code == 0, simulate.output
     run = runner.invoke(app, ["run", str(rgb_build / "bundle"), str(edge_images.cmyk_jpeg(tmp_path / "c.jpg")),
                               "--json"])
     assert run.exit_code == 0, run.output

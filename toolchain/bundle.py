@@ -60,14 +60,11 @@ def _copy_runtime(destination: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _write_samples(staging: Path, build_dir: Path, images: np.ndarray) -> dict:
-    """Selftest samples and the int8 predictions the build made for them."""
+def _write_samples(staging: Path, build_dir: Path, images: np.ndarray, spec) -> dict:
+    """Selftest samples (as PNGs of the input spec ``spec``) and the int8 predictions the build made for them."""
     from cbnet_tl.runtime.bundle import load_bundle
-
     from cbnet_tl.runtime.images import as_pil, load_image
-    from cbnet_tl.runtime.manifest import read_manifest
 
-    spec = read_manifest(build_dir).input_spec
     (staging / "samples").mkdir()
     files = []
     for i, image in enumerate(images[:NUM_SELFTEST_SAMPLES]):
@@ -120,7 +117,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
                 shutil.copy2(build_dir / model_file.file, staging / model_file.file)
             models[name] = entry
         _copy_runtime(staging)
-        selftest = _write_samples(staging, build_dir, test_images)
+        selftest = _write_samples(staging, build_dir, test_images, build_manifest.input_spec)
         accuracy = {
             name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"], "agreement": r["top1_agreement"]}
             for name, r in checks["pipelines"].items()

@@ -159,8 +159,6 @@ def locate_idx(name: DatasetName, split: Split, data_dir: Optional[Path]) -> Pat
     raise DataError(f"{name.value} {split.value} files not found; put {', '.join(FILES[split])} in {where}{hint}")
 
 
-# --- image folders: toolchain/folders.py ----------------------------------------------------------
-
 def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     """The first ``size`` images of a seeded permutation, in their original order (the whole set if smaller).
     ``build --max-train-images`` trains on it; later stages call it again to get the same images."""
@@ -171,9 +169,6 @@ def seeded_subset(dataset: Dataset, size: int, seed: int) -> Dataset:
     if dataset.validation_indices is not None:
         validation = np.flatnonzero(np.isin(keep, dataset.validation_indices))
     return replace(dataset, images=dataset.images[keep], labels=dataset.labels[keep], validation_indices=validation)
-
-
-is_image_folder = folders.is_image_folder
 
 
 def _folder_split(layout, split: Split, spec: InputSpec, choice: InputChoice, report, log, progress) -> Dataset:
@@ -196,7 +191,7 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
     one line), both splits through it, the class counts and skipped files said and kept in ``record``."""
     if data_dir is not None and not Path(data_dir).exists():
         raise DataError(f"--data-dir {data_dir} does not exist")
-    if data_dir is not None and is_image_folder(Path(data_dir)):
+    if data_dir is not None and folders.is_image_folder(Path(data_dir)):
         layout = folders.scan(Path(data_dir))
         report = folders.LoadReport()
         headers = folders.scan_headers(layout.splits["train"], choice.max_pixels, choice.strict, report, log)
@@ -234,7 +229,7 @@ def load_dataset(
         data_dir = Path(data_dir)
         if not data_dir.exists():
             raise DataError(f"--data-dir {data_dir} does not exist")
-        if is_image_folder(data_dir):
+        if folders.is_image_folder(data_dir):
             if spec is None:
                 raise DataError(f"{data_dir}: an image folder is read through a build's input spec; none given")
             choice = InputChoice(**({} if max_pixels is None else {"max_pixels": max_pixels}))

@@ -131,7 +131,11 @@ class LoadReport:
 
     skipped: list = field(default_factory=list)  # (path, reason)
 
-    def notice(self, path: Path, reason: str, log: Callable[[str], None]) -> None:
+    def skip(self, error: ImageError, path: Path, strict: bool, log: Callable[[str], None]) -> None:
+        """Skip ``path`` with a one-line notice, or with ``strict``, refuse the dataset."""
+        if strict:
+            raise DataError(f"{error} (--strict refuses a dataset with an unreadable image)") from None
+        reason = str(error).replace(f"{path}: ", "", 1)
         self.skipped.append((str(path), reason))
         log(f"skipped {path}: {reason}")
 
@@ -143,9 +147,7 @@ def scan_headers(items: list, max_pixels: int, strict: bool, report: LoadReport,
         try:
             width, height, mode, colourful = header(path, max_pixels)
         except ImageError as error:
-            if strict:
-                raise DataError(f"{error} (--strict refuses a dataset with an unreadable image)") from None
-            report.notice(path, str(error).replace(f"{path}: ", "", 1), log)
+            report.skip(error, path, strict, log)
             continue
         out.append((path, label, width, height, mode, colourful))
     return out
@@ -165,9 +167,7 @@ def load_split(layout: FolderLayout, split: str, spec: InputSpec, *, strict: boo
         try:
             images.append(load_image(path, spec, max_pixels=max_pixels))
         except ImageError as error:
-            if strict:
-                raise DataError(f"{error} (--strict refuses a dataset with an unreadable image)") from None
-            report.notice(path, str(error).replace(f"{path}: ", "", 1), log)
+            report.skip(error, path, strict, log)
             continue
         labels.append(label)
     missing = sorted(set(range(len(layout.class_names))) - set(labels))
