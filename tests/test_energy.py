@@ -54,7 +54,7 @@ def test_energy_of_a_run():
 
 
 def test_every_table_documents_its_assumptions():
-    assert set(TABLES) == {"rpi4", "coral-usb", "coral-devboard"}
+    assert set(TABLES) == {"rpi4", "rpi5", "coral-usb", "coral-devboard"}
     for target, table in TABLES.items():
         assert table.target == target and len(table.notes) >= 3
         described = model_for(target).describe()

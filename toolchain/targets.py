@@ -26,6 +26,7 @@ class Target:
     accelerator: Optional[str] = None  # EDGETPU for Coral targets
     install_dir: str = "/opt/cbnet-tl"
     extra_templates: tuple = field(default_factory=tuple)  # (template name, output name)
+    qemu_cpu: str = "cortex-a72"  # the board's core as qemu-aarch64 names it (arm64 check, bench --arm64)
 
     @property
     def uses_edgetpu(self) -> bool:
@@ -42,6 +43,18 @@ RPI4 = Target(
         "tflite-runtime instead (Python 3.11 only, last release 2.14), pin `numpy<2`, because "
         "tflite-runtime 2.14 crashes with numpy 2."
     ),
+)
+
+RPI5 = Target(
+    name="rpi5",
+    title="Raspberry Pi 5 (64-bit Raspberry Pi OS, Python 3.9+)",
+    power_model="rpi5",
+    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    install_notes=(
+        "Use the 64-bit (aarch64) OS: ai-edge-litert has no 32-bit armv7 wheel. The Pi 5's Cortex-A76 has the int8 "
+        "dot-product instructions the Pi 4's Cortex-A72 lacks, so the interpreter runs other (faster) int8 kernels here."
+    ),
+    qemu_cpu="cortex-a76",
 )
 
 CORAL_EXTRA_TEMPLATES = (("coral/README.md.j2", "README.md"), ("coral/compile_edgetpu.sh.j2", "compile_edgetpu.sh"))
@@ -65,9 +78,10 @@ CORAL_DEVBOARD = Target(
     install_notes="Mendel Linux ships libedgetpu; keep it current with `sudo apt-get update && sudo apt-get dist-upgrade`.",
     accelerator=EDGETPU,
     extra_templates=CORAL_EXTRA_TEMPLATES,
+    qemu_cpu="cortex-a53",  # NXP i.MX 8M
 )
 
-TARGETS = {target.name: target for target in (RPI4, CORAL_USB, CORAL_DEVBOARD)}
+TARGETS = {target.name: target for target in (RPI4, RPI5, CORAL_USB, CORAL_DEVBOARD)}
 
 
 def get_target(name: str) -> Target:

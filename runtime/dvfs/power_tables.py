@@ -53,6 +53,22 @@ _PI4_NOTES = (
     "Firmware throttling (temperature, under-voltage) can override the kernel's choice; `vcgencmd get_throttled` tells.",
 )
 
+_PI5_NOTES = (
+    "OPPs: read from the device (scaling_available_frequencies). Raspberry Pi's config.txt documentation gives the Pi 5 "
+    "arm_freq 2400 MHz and arm_freq_min 1500 MHz (as recalled, UNVERIFIED here); the raspberrypi-cpufreq driver steps "
+    "by 100 MHz (RASPBERRYPI_FREQ_INTERVAL), so 1500-2400 MHz in 100 MHz steps is only the default when no list is given.",
+    "V(f): ASSUMED linear from 0.75 V at 1500 MHz to 0.90 V at 2400 MHz (no published per-step voltage; the firmware "
+    "sets it; `vcgencmd measure_volts core` reads it on the board).",
+    "Board power: idle 2.7 W and 7.0 W with 4 cores loaded at 2.4 GHz are ASSUMED, of the order published reviews "
+    "report for a Pi 5 with no peripherals (no figure from Raspberry Pi; not verified here). Use a meter for real figures.",
+    "One busy core: ASSUMED a quarter of the 4-core increase, (7.0 - 2.7) / 4 = 1.075 W at 2.4 GHz. Idle power "
+    "ASSUMED independent of the frequency set.",
+    "Frequency switch: 355 us, ASSUMED equal to the Pi 4's (a firmware mailbox call on both); pass the device's "
+    "cpuinfo_transition_latency when it has one.",
+    "CPU: Broadcom BCM2712, 4x Cortex-A76 at up to 2.4 GHz (Raspberry Pi 5 product brief); the A76 has the int8 "
+    "dot-product instructions (Armv8.2 DotProd) the Pi 4's A72 lacks.",
+)
+
 _EDGE_TPU_NOTE = (
     "Edge TPU: 4 TOPS int8 at 0.5 W per TOPS, i.e. about 2 W at full throughput (Coral product documentation). "
     "Counted for the whole active time of every inference, as an upper bound: the trace does not say which stage "
@@ -71,6 +87,18 @@ TABLES = {
         loaded_mhz=1500,
         switch_seconds=355e-6,
         notes=_PI4_NOTES,
+    ),
+    "rpi5": PowerTable(
+        target="rpi5",
+        cpu="Broadcom BCM2712, 4x Cortex-A76 sharing one cpufreq policy",
+        default_frequencies_mhz=tuple(range(1500, 2401, 100)),
+        volt_points=((1500, 0.75), (2400, 0.90)),
+        idle_w=2.7,
+        loaded_w=7.0,
+        loaded_cores=4,
+        loaded_mhz=2400,
+        switch_seconds=355e-6,
+        notes=_PI5_NOTES,
     ),
     "coral-usb": PowerTable(
         target="coral-usb",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,12 @@ from cbnet_tl.toolchain.cli.common import (
 
 app = typer.Typer()
 
+# qemu-aarch64 7.2's models of the cores our targets have (toolchain/targets.py qemu_cpu) and neoverse-n1. Not its
+# default "max", which has SVE/SME that no target has (and there XNNPACK's int8 results are wrong).
+Arm64Cpu = Enum("Arm64Cpu", [(name, name) for name in ("cortex-a53", "cortex-a72", "cortex-a76", "neoverse-n1")],
+                type=str)
+ARM64_KEYS = ("arm64", "arm64_setup", "arm64_vs_lenet", "arm64_bare", "arm64_beyond_bare")
+
 
 @app.command()
 def bench(
@@ -33,26 +40,81 @@ def bench(
     target: PowerTarget = DEFAULT_TARGET,
     untuned: Annotated[bool, typer.Option(help="Only the fixed configurations (int8 and float32 on the default resolver), as before tuning existed.")] = False,
     save: Annotated[bool, typer.Option(help="Also write BUNDLE/bench.json (used by `cbnet-tl report`).")] = True,
+    arm64: Annotated[bool, typer.Option(
+        "--arm64", help="Instead of timing here, count arm64 instructions per image of every pipeline under qemu "
+        "emulation of the target's core, in the arm64 check's Debian root (needs root; sets itself up once). "
+        "A proxy for time on the board, not a time.")] = False,
+    arm64_cpu: Annotated[Optional[Arm64Cpu], typer.Option(
+        help="With --arm64: count on this core instead of the bundle target's (rpi4: cortex-a72, rpi5: cortex-a76).")] = None,
+    arm64_root: Annotated[Optional[Path], typer.Option(
+        help="With --arm64: the Debian arm64 root (default: the arm64 check's bookworm root in $CBNET_ARM64_CACHE "
+        "or /var/cache/cbnet-tl/arm64).")] = None,
     json_output: JsonOutput = False,
 ):
-    """Time every pipeline the same way, at its tuned configuration and at the fixed ones; ratios, MACs, floor, footprint."""
+    """Time every pipeline the same way, at its tuned configuration and at the fixed ones; ratios, MACs, floor, footprint.
+
+    With --arm64: instructions per image on the board's instruction set instead (deterministic, unlike times)."""
     from tqdm.auto import tqdm
 
     from cbnet_tl.runtime.files import write_json_atomic
     from cbnet_tl.toolchain.bench import BenchConfig, format_bench, run_bench
     from cbnet_tl.toolchain.evaluation import load_test_split
 
+    if not arm64 and (arm64_cpu or arm64_root):
+        raise typer.BadParameter("--arm64-cpu and --arm64-root go with --arm64. Add --arm64 to count instructions.")
+    if arm64 and threads != 1:
+        raise typer.BadParameter(f"--arm64 counts with one interpreter thread. Received: --threads {threads}")
     _, test = load_test_split(bundle, data_dir, dataset.value if dataset else None)
+    if arm64:
+        _count_arm64(bundle, test, parse_batches(batch), num_images, arm64_cpu, arm64_root, save, json_output)
+        return
     config = BenchConfig(threads=threads, batch_sizes=parse_batches(batch), num_images=num_images,
                          power_model=power_model(target), tuned=not untuned)
     report = run_bench(bundle, test.images, test.labels, config,
                        progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, **kw)))
     if save:
-        write_json_atomic(bundle / "bench.json", report)
+        write_json_atomic(bundle / "bench.json", {**_saved_arm64(bundle), **report})
     if json_output:
         echo_json(report)
     else:
         typer.echo(format_bench(report))
+
+
+def _saved_arm64(bundle: Path) -> dict:
+    """The arm64 counts an earlier `bench --arm64` saved in BUNDLE/bench.json (kept beside new host timings)."""
+    import json
+
+    try:
+        saved = json.loads((bundle / "bench.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: saved[key] for key in ARM64_KEYS if isinstance(saved, dict) and key in saved}
+
+
+def _count_arm64(bundle: Path, test, batch_sizes: tuple, num_images: int, cpu, root: Optional[Path], save: bool,
+                 json_output: bool) -> None:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from cbnet_tl.runtime.files import write_json_atomic
+    from cbnet_tl.toolchain.arm64_cost import CountConfig, count_pipelines, format_counts
+
+    config = CountConfig(cpu=cpu.value if cpu else None, batch_sizes=batch_sizes, num_images=num_images,
+                         **({"root": root} if root else {}))
+    report = count_pipelines(bundle, test.images, test.labels, config,
+                             progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, desc="arm64 runs", **kw)))
+    if save:
+        try:
+            saved = json.loads((bundle / "bench.json").read_text())
+        except (OSError, ValueError):
+            saved = {}
+        saved = {k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k not in ARM64_KEYS}
+        write_json_atomic(bundle / "bench.json", {**saved, **report})
+    if json_output:
+        echo_json(report)
+    else:
+        typer.echo(format_counts(report))
 
 
 @app.command()

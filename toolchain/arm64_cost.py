@@ -1,0 +1,358 @@
+"""``cbnet-tl bench --arm64``: instructions per image of every pipeline on the board's instruction set.
+
+Each pipeline of a bundle runs inside the Debian arm64 root the arm64 check builds (scripts/arm64_check.py),
+under the dynamic ``qemu-aarch64`` emulating the target's core (``-cpu cortex-a72`` for a Raspberry Pi 4), with
+a small TCG plugin (``data/insncount.c``, compiled here) counting the guest instructions executed. Two runs
+per pipeline and batch size, on N images and on 0 (``arm64_probe.py``), so interpreter start-up, loading and
+the warm-up cancel: (count(N) - count(0)) / N is the instructions per image. It is an instruction count under
+emulation, from the same aarch64 kernels the board runs: a proxy for time on the board, not a time (no
+caches, no memory stalls, every instruction weighs one).
+
+Set-up (once, as root, with network: ``prepare``): the dynamic qemu-aarch64 with its loader and libraries and
+the compiled plugin are copied into ROOT/opt/cbnet-tl-count/host (qemu-user-static loads no plugins, and under
+``-L ROOT`` the host's /sys leaks in and the interpreter's CPU detection crashes), and a venv with the target's
+requirements is made in ROOT/opt/cbnet-tl-count/venv. Counting needs no network.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.errors import CbnetError
+
+DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
+DEFAULT_SUITE = "bookworm"
+IN_ROOT = "/opt/cbnet-tl-count"  # what counting keeps in a root: host/ (qemu, plugin), venv/, work/
+QEMU = Path("/usr/bin/qemu-aarch64")  # Debian's qemu-user: dynamic, loads plugins
+PLUGIN_SOURCE = Path(__file__).parent / "data" / "insncount.c"
+PROBE_SOURCE = Path(__file__).parent / "arm64_probe.py"
+RUN_TIMEOUT = 3600
+BASELINE = "lenet"  # ratios are to it (runtime.pipelines.BASELINE_PIPELINE)
+METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count with N images - count "
+          "with 0) / N: a proxy for time on the board, not a time")
+
+
+class Arm64CountError(CbnetError):
+    """Instructions cannot be counted: no arm64 root, no set-up, not root, or a counting run failed."""
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    cpu: Optional[str] = None  # qemu's -cpu; None: the core of the bundle's target (toolchain/targets.py)
+    batch_sizes: tuple = (1, 32)
+    num_images: int = 1024
+    root: Path = DEFAULT_CACHE / DEFAULT_SUITE
+    jobs: int = 2  # counting runs at once (counts do not depend on load)
+    bare: bool = True  # also each model's bare call at batch 1
+
+    def __post_init__(self):
+        if self.num_images < max(self.batch_sizes, default=1) or min(self.batch_sizes, default=0) < 1 or self.jobs < 1:
+            raise Arm64CountError(f"Expected batch sizes >= 1, num_images >= the largest batch and jobs >= 1. Received "
+                                  f"batch_sizes={self.batch_sizes}, num_images={self.num_images}, jobs={self.jobs}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running in the root
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def in_root(root: Path, argv: list, *, env: dict, cwd: str = "/", binds: tuple = (),
+            timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``argv`` chrooted in ``root`` with /proc, /dev and a minimal /sys, in a private mount namespace."""
+    require_root(root)
+    command = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "cbnet_tl.toolchain.arm64_jail",
+               str(root), cwd]
+    for source, dest in binds:
+        command += ["--bind", f"{source}:{dest}"]
+    try:
+        return subprocess.run([*command, "--", *argv], capture_output=True, text=True, errors="replace", env=env,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise Arm64CountError(f"`{' '.join(argv[:6])} ...` in {root} timed out after {timeout:.0f} s") from None
+
+
+def _guest_env(extra: Optional[dict] = None) -> dict:
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+            "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", **(extra or {})}
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    """One set-up of a root at a time (two `bench --arm64` at once share it once it is made)."""
+    lock_path = root / IN_ROOT.lstrip("/") / ".." / "cbnet-tl-count.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------------------
+# set-up
+
+
+def _host_libraries(binary: Path) -> tuple:
+    """(loader, [libraries]) the dynamic binary needs, from ldd."""
+    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise Arm64CountError(f"ldd {binary} failed: {_tail(result.stderr)}")
+    loader, libraries = None, []
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if "=>" in words and len(words) >= 3 and words[2].startswith("/"):
+            libraries.append(Path(words[2]))
+        elif words and words[0].startswith("/"):
+            loader = Path(words[0])
+    if loader is None:
+        raise Arm64CountError(f"ldd {binary} names no loader")
+    return loader, libraries
+
+
+def build_plugin(out: Path) -> Path:
+    """Compile the counting plugin (data/insncount.c) to ``out``."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise Arm64CountError("no C compiler to build the counting plugin: apt-get install gcc libc6-dev")
+    result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall", "-o", str(out),
+                             str(PLUGIN_SOURCE)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise Arm64CountError(f"compiling {PLUGIN_SOURCE.name} failed: {_tail(result.stderr)}")
+    return out
+
+
+def qemu_version() -> str:
+    result = subprocess.run([str(QEMU), "--version"], capture_output=True, text=True, check=False)
+    return result.stdout.split("\n", 1)[0].strip() if result.returncode == 0 else "?"
+
+
+def _stamp(requirements: str) -> str:
+    return json.dumps({"requirements": sorted(line.strip() for line in requirements.splitlines()
+                                              if line.strip() and not line.lstrip().startswith("#")),
+                       "qemu": qemu_version(), "plugin": PLUGIN_SOURCE.read_text()})
+
+
+def is_prepared(root: Path, requirements: str) -> bool:
+    stamp = root / IN_ROOT.lstrip("/") / "stamp.json"
+    return stamp.is_file() and stamp.read_text() == _stamp(requirements)
+
+
+def require_root(root: Path) -> None:
+    """Refuse in one line unless this process may chroot and ``root`` is a Debian arm64 root."""
+    if os.geteuid() != 0:
+        raise Arm64CountError("counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo")
+    if not (root / "usr/bin/python3").exists() or not (root / "opt").is_dir():
+        raise Arm64CountError(f"no Debian arm64 root at {root}: make it with `sudo python3 scripts/arm64_check.py "
+                              "--only bookworm-litert` (it caches its roots in /var/cache/cbnet-tl/arm64)")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log: Callable = _stderr) -> None:
+    """Put qemu, its libraries, the plugin and a venv with ``requirements`` into ``root`` (network for pip)."""
+    require_root(root)
+    if not QEMU.is_file():
+        raise Arm64CountError(f"{QEMU} is missing: apt-get install qemu-user (scripts/setup.sh --tests)")
+    base = root / IN_ROOT.lstrip("/")
+    log(f"arm64 count: setting up {base} (once): qemu, the counting plugin and a venv with the interpreter")
+    if base.exists():
+        shutil.rmtree(base)
+    host = base / "host"
+    (host / "lib").mkdir(parents=True)
+    loader, libraries = _host_libraries(QEMU)
+    shutil.copy2(loader, host / "ld.so")
+    for library in libraries:
+        shutil.copy2(library, host / "lib" / library.name)
+    shutil.copy2(QEMU, host / "qemu-aarch64")
+    build_plugin(host / "insncount.so")
+    (base / "requirements.txt").write_text(requirements)
+    extra = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
+    ca = next((Path(c) for c in (os.environ.get("PIP_CERT"), ssl.get_default_verify_paths().cafile,
+                                 "/etc/ssl/certs/ca-certificates.crt") if c and Path(c).is_file()), None)
+    if ca is not None:
+        shutil.copy(ca, base / "ca.crt")
+        extra["PIP_CERT"] = f"{IN_ROOT}/ca.crt"
+    if Path("/etc/resolv.conf").is_file():
+        (root / "etc/resolv.conf").unlink(missing_ok=True)
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    env = _guest_env({**extra, "QEMU_CPU": "cortex-a72", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                      "PIP_ROOT_USER_ACTION": "ignore"})
+    binds = ((str(pip_cache), "/root/.cache/pip"),) if pip_cache else ()
+    for argv in (["/usr/bin/python3", "-m", "venv", f"{IN_ROOT}/venv"],
+                 [f"{IN_ROOT}/venv/bin/python", "-m", "pip", "install", "-q", "-r", f"{IN_ROOT}/requirements.txt"]):
+        result = in_root(root, argv, env=env, binds=binds)
+        if result.returncode != 0:
+            raise Arm64CountError(f"`{' '.join(argv)}` in {root} failed: {_tail(result.stderr)}")
+    (base / "stamp.json").write_text(_stamp(requirements))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# counting
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "pipeline" or "bare"
+    name: str
+    batch_size: int
+    num_images: int
+
+
+def _count(root: Path, work: str, job: Job, cpu: str) -> tuple:
+    """(instructions, the probe's JSON line) of one run."""
+    out = f"{work}/{job.kind}-{job.name}-{job.batch_size}-{job.num_images}.count"
+    host = f"{IN_ROOT}/host"
+    argv = [f"{host}/ld.so", "--library-path", f"{host}/lib", f"{host}/qemu-aarch64", "-cpu", cpu,
+            "-plugin", f"{host}/insncount.so,out={out}", f"{IN_ROOT}/venv/bin/python", f"{work}/arm64_probe.py",
+            f"{work}/bundle", f"{work}/images.npy", job.kind, job.name, str(job.batch_size), str(job.num_images)]
+    result = in_root(root, argv, env=_guest_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=work)
+    count_file = root / out.lstrip("/")
+    if result.returncode != 0 or not count_file.is_file():
+        raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size} on {cpu} failed "
+                              f"(exit {result.returncode}): {_tail(result.stderr)}")
+    return int(count_file.read_text().strip()), result.stdout.strip().splitlines()[-1]
+
+
+def _copy_bundle(bundle: Path, dest: Path, models: list) -> None:
+    """The bundle's runtime, manifest and the int8 files of ``models`` (enough to load them)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shutil.copytree(bundle / "lib", dest / "lib")
+    shutil.copy2(bundle / "manifest.json", dest / "manifest.json")
+    for model in models:
+        relative = manifest["models"][model]["int8"]["file"]
+        (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle / relative, dest / relative)
+
+
+def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: CountConfig,
+                 progress: Optional[Callable] = None, extra_models: tuple = ()) -> dict:
+    """Instructions per image of each pipeline at each batch size (and of each model's bare call at batch 1).
+
+    ``pipelines``: name -> the models it loads. ``images``: uint8 images as the pipelines take them.
+    ``extra_models``: also counted bare (the empty model)."""
+    requirements = (bundle / "requirements.txt").read_text()
+    require_root(config.root)
+    with _locked(config.root):
+        if not is_prepared(config.root, requirements):
+            prepare(config.root, requirements, pip_cache=config.root.parent / "pip")
+    models = sorted({m for names in pipelines.values() for m in names} | set(extra_models))
+    jobs = [Job("pipeline", name, b, n) for name in pipelines for b in config.batch_sizes
+            for n in ((config.num_images // b) * b, 0)]
+    if config.bare:
+        jobs += [Job("bare", model, 1, n) for model in models for n in (config.num_images, 0)]
+    (config.root / IN_ROOT.lstrip("/") / "work").mkdir(parents=True, exist_ok=True)
+    host_work = Path(tempfile.mkdtemp(prefix="run-", dir=config.root / IN_ROOT.lstrip("/") / "work"))
+    work = f"{IN_ROOT}/work/{host_work.name}"
+    try:
+        _copy_bundle(bundle, host_work / "bundle", models)
+        np.save(host_work / "images.npy", np.ascontiguousarray(images[: config.num_images]))
+        shutil.copy2(PROBE_SOURCE, host_work / "arm64_probe.py")
+        counts, versions = {}, {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=config.jobs) as pool:
+            futures = {pool.submit(_count, config.root, work, job, config.cpu or "cortex-a72"): job for job in jobs}
+            done = concurrent.futures.as_completed(futures)
+            for future in progress(done, total=len(futures)) if progress else done:
+                counts[futures[future]], line = future.result()
+                versions = json.loads(line)
+    finally:
+        shutil.rmtree(host_work, ignore_errors=True)
+    return _report(counts, versions, pipelines, config, models)
+
+
+def count_pipelines(path: Path, images: np.ndarray, labels: np.ndarray, config: CountConfig,
+                    progress: Optional[Callable] = None) -> dict:
+    """Every deployed pipeline of a bundle (or a build's bundle): instructions per image at each batch size, the
+    ratios to LeNet, each model's bare call, and each pipeline's count beyond the bare calls of the models it ran."""
+    from cbnet_tl.runtime.api import open_pipeline
+    from cbnet_tl.runtime.bundle import open_manifest
+    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
+    from cbnet_tl.toolchain.scoring import run_pipeline
+    from cbnet_tl.toolchain.targets import TARGETS
+
+    directory, manifest = open_manifest(path)
+    bundle = directory / "bundle" if (directory / "bundle" / "run.py").is_file() else directory
+    if not (bundle / "lib").is_dir() or not (bundle / "requirements.txt").is_file():
+        raise Arm64CountError(f"{bundle} is not a deployment bundle (no lib/ or requirements.txt): pass a bundle "
+                              "or a build directory from `cbnet-tl build`")
+    target = TARGETS.get(manifest.target or "")
+    config = replace(config, cpu=config.cpu or (target.qemu_cpu if target else "cortex-a72"))
+    names = [n for n in DEPLOYED_PIPELINES if all(m in manifest.models for m in PIPELINE_SPECS[n].models)]
+    images = images[: config.num_images]
+    if len(images) < config.num_images:
+        raise Arm64CountError(f"Expected at least {config.num_images} test images. Received: {len(images)}")
+    report = count_bundle(bundle, images, {n: PIPELINE_SPECS[n].models for n in names}, config, progress,
+                          extra_models=tuple(m for m in (INVOKE_PROBE,) if m in manifest.models))
+    report["arm64_setup"]["target"] = manifest.target
+    if config.bare and 1 in config.batch_sizes:
+        beyond = {}
+        for name in names:  # which models each image ran, on this machine's interpreter (the same int8 decisions)
+            ran = run_pipeline(open_pipeline(bundle, name, tuning=None), images, batch_size=256)["paths"]
+            by_label = {label: models for models, label in PIPELINE_SPECS[name].paths.items()}
+            bare = sum(sum(report["arm64_bare"][m] for m in by_label[label]) for label in ran) / len(ran)
+            beyond[name] = round(report["arm64"][name]["1"] - bare)
+        report["arm64_beyond_bare"] = beyond
+    return report
+
+
+def _per_image(counts: dict, kind: str, name: str, batch_size: int, num_images: int) -> int:
+    full = (num_images // batch_size) * batch_size
+    return round((counts[Job(kind, name, batch_size, full)] - counts[Job(kind, name, batch_size, 0)]) / full)
+
+
+def _report(counts: dict, versions: dict, pipelines: dict, config: CountConfig, models: list) -> dict:
+    per_pipeline = {name: {str(b): _per_image(counts, "pipeline", name, b, config.num_images)
+                           for b in config.batch_sizes} for name in pipelines}
+    report = {"arm64": per_pipeline,
+              "arm64_setup": {"cpu": config.cpu, "qemu": qemu_version(), "num_images": config.num_images,
+                              "root": str(config.root), **versions, "method": METHOD}}
+    if BASELINE in per_pipeline:
+        report["arm64_vs_lenet"] = {name: {b: per_pipeline[BASELINE][b] / n for b, n in row.items() if n > 0}
+                                    for name, row in per_pipeline.items()}
+    if config.bare:
+        report["arm64_bare"] = {m: _per_image(counts, "bare", m, 1, config.num_images) for m in models}
+    return report
+
+
+def _version_word(text: str) -> str:
+    """'qemu-aarch64 version 7.2.22 (Debian ...)' -> '7.2.22'."""
+    words = text.split()
+    return words[words.index("version") + 1] if "version" in words[:-1] else text
+
+
+def format_counts(report: dict) -> str:
+    setup = report["arm64_setup"]
+    batches = list(next(iter(report["arm64"].values())))
+    lines = [f"arm64 instruction count per image under emulation (qemu {_version_word(setup['qemu'])} -cpu {setup['cpu']}, {setup.get('interpreter', '?')} {setup.get('interpreter_version', '?')}, "
+             f"Python {setup.get('python', '?')}, {setup['num_images']} images): a proxy for time on the board, not a time",
+             f"{'pipeline':<16}" + "".join(f"{'batch ' + b:>14}{'vs lenet':>10}" for b in batches)]
+    ratios = report.get("arm64_vs_lenet", {})
+    for name, row in report["arm64"].items():
+        cells = ""
+        for b in batches:
+            ratio = ratios.get(name, {}).get(b)
+            cells += f"{row[b]:>14,}" + (f"{ratio:>9.2f}x" if ratio else f"{'-':>10}")
+        lines.append(f"{name:<16}{cells}")
+    if report.get("arm64_bare"):
+        lines.append("bare set_tensor + invoke + get_tensor, batch 1: "
+                     + ", ".join(f"{m} {n:,}" for m, n in report["arm64_bare"].items()))
+    if report.get("arm64_beyond_bare"):
+        lines.append("beyond the bare calls of the models each image ran, batch 1: "
+                     + ", ".join(f"{m} {n:,}" for m, n in report["arm64_beyond_bare"].items()))
+    return "\n".join(lines)
