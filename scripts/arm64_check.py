@@ -16,9 +16,14 @@
    with qemu emulating the board's CPU (``QEMU_CPU=cortex-a72``, the Raspberry Pi 4's). qemu's default ``max`` CPU
    has SVE/SME, which no target board has, and there ai-edge-litert 2.3.0's XNNPACK gives wrong int8 results
    (self-test agreement 10-40 %); with SME off, or on cortex-a72 / neoverse-n1, it is right.
-5. Prints a table and writes ``toolchain/data/device_checks.json``, which bundle READMEs render as "Checked on".
+5. Counts arm64 instructions per image of every pipeline of the rpi4 and rpi5 bundles on their cores
+   (``cbnet-tl bench --arm64``, scripts/arm64_counts.py), fails unless the counts look real (twice the MACs counts
+   clearly more, the empty model about one bare call), and prints them beside the last recorded ones.
+6. Prints a table and writes ``toolchain/data/device_checks.json``, which bundle READMEs render as "Checked on",
+   with the instruction counts (a change in any pipeline's cost shows in its diff).
 
-Exit 0 when every combination passes (tflite-runtime may also pass by refusing in one line with exit 1), else 1.
+Exit 0 when every combination passes (tflite-runtime may also pass by refusing in one line with exit 1) and the counts
+look real, else 1.
 Only the standard library is used; it needs root (debootstrap, mount, chroot).
 """
 
@@ -29,6 +34,7 @@ import concurrent.futures
 import contextlib
 import datetime as _dt
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -65,12 +71,12 @@ PIP_TIMEOUT, RUN_TIMEOUT = 900, 600
 class Combo:
     name: str
     suite: str
-    target: str  # which bundle: rpi4, coral-usb or rpi4-rgb (an RGB image-folder build for the Pi 4)
+    target: str  # which bundle: rpi4, rpi5, coral-usb or rpi4-rgb (an RGB image-folder build for the Pi 4)
     requirements: str  # "bundle" (its requirements.txt as shipped) or "tflite-runtime"
     classify_args: tuple = ()
     may_refuse: bool = False  # a one-line refusal with exit 1 is an accepted outcome
     expect_stderr: str | None = None  # classify must print this (the CPU fallback warning)
-    cpu: str = "cortex-a72"  # the qemu CPU model: the board's (Raspberry Pi 4, also under the Coral USB Accelerator)
+    cpu: str = "cortex-a72"  # the qemu CPU model: the board's (toolchain/targets.py qemu_cpu; a test keeps them equal)
     parity: bool = False  # also classify images of every mode here and on the host: same input bytes, same classes
 
 
@@ -81,6 +87,7 @@ COMBOS = (
     Combo("bookworm-coral-usb", "bookworm", "coral-usb", "bundle", classify_args=("--device", "edgetpu"),
           expect_stderr="running on the CPU"),
     Combo("bookworm-litert-rgb", "bookworm", "rpi4-rgb", "bundle", parity=True),
+    Combo("bookworm-litert-rpi5", "bookworm", "rpi5", "bundle", cpu="cortex-a76"),  # the Raspberry Pi 5's core
 )
 
 
@@ -623,7 +630,7 @@ def table(outcomes: list) -> str:
     return "\n".join(lines + notes)
 
 
-def device_checks(outcomes: list, checked_at: str) -> dict:
+def device_checks(outcomes: list, checked_at: str, counts: list = ()) -> dict:
     combos = []
     for o in outcomes:
         package, version = interpreter_of(o.versions)
@@ -647,6 +654,7 @@ def device_checks(outcomes: list, checked_at: str) -> dict:
                   "PyPI as aarch64 wheels. Not a physical board.",
         "script": "scripts/arm64_check.py",
         "combos": combos,
+        "instruction_counts": list(counts),
     }
 
 
@@ -663,6 +671,39 @@ def _stamps(folder: Path) -> Path:
             (target / source.name).unlink(missing_ok=True)
             (target / source.name).symlink_to(source)
     return folder
+
+
+def _load_counts():
+    spec = importlib.util.spec_from_file_location("arm64_counts", Path(__file__).with_name("arm64_counts.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COUNTS = _load_counts()
+
+
+def count_instructions(cbnet_tl: Path, bundles: dict, root: Path | None, log_dir: Path) -> tuple:
+    """(records, problems): every pipeline of each bundle counted on its target's core by `cbnet-tl bench --arm64`."""
+    records, found = [], []
+    for target, bundle in bundles.items():
+        start = time.monotonic()
+        rc, out, err = run(COUNTS.count_command(cbnet_tl, bundle, root), timeout=COUNTS.COUNT_TIMEOUT,
+                           log=log_dir / f"count-{target}.log")
+        try:
+            report = json.loads(out)
+        except ValueError:
+            report = None
+        if rc != 0 or not isinstance(report, dict) or "arm64" not in report:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit {rc}"
+            found.append(f"{target}: cbnet-tl bench --arm64 failed ({last}); see {log_dir}/count-{target}.log")
+            continue
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        found += [f"{target}: {problem}" for problem in COUNTS.problems(report, manifest)]
+        records.append(COUNTS.record(target, report))
+        print(f"arm64 check: counted the {target} bundle's pipelines on {report['arm64_setup']['cpu']} in "
+              f"{time.monotonic() - start:.0f} s", flush=True)
+    return records, found
 
 
 def build_bundle(cbnet_tl: Path, out: Path, target: str, log_dir: Path) -> Path:
@@ -687,6 +728,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", type=Path, help="use this rpi4 bundle instead of building one")
     parser.add_argument("--coral-bundle", type=Path, help="use this coral-usb bundle instead of building one")
     parser.add_argument("--rgb-bundle", type=Path, help="use this RGB rpi4 bundle instead of building one")
+    parser.add_argument("--rpi5-bundle", type=Path, help="use this rpi5 bundle instead of building one")
+    parser.add_argument("--no-count", action="store_true", help="skip the instruction counts (bench --arm64)")
     parser.add_argument("--only", nargs="+", choices=[c.name for c in COMBOS], help="run only these combinations")
     parser.add_argument("--cpu", help="qemu CPU model for every combination (default: the target board's, cortex-a72)")
     parser.add_argument("--jobs", type=int, default=2, help="combinations run at once (default 2)")
@@ -723,7 +766,8 @@ def main(argv=None) -> int:
 
         suites = sorted({c.suite for c in combos})
         targets = sorted({c.target for c in combos})
-        given = {"rpi4": args.bundle, "coral-usb": args.coral_bundle, "rpi4-rgb": args.rgb_bundle}
+        given = {"rpi4": args.bundle, "coral-usb": args.coral_bundle, "rpi4-rgb": args.rgb_bundle,
+                 "rpi5": args.rpi5_bundle}
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             root_jobs = {s: pool.submit(ensure_root, args.cache_dir, s, args.mirror, log_dir, args.rebuild_roots)
                          for s in suites}
@@ -757,20 +801,28 @@ def main(argv=None) -> int:
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
                 jobs = [pool.submit(run_combo, c, roots[c.suite], bundles[c.target], env, log_dir) for c in combos]
                 outcomes = [job.result() for job in jobs]
+        counted = {t: bundles[t] for t in COUNTS.COUNT_TARGETS if t in bundles and COUNTS.COUNT_SUITE in roots}
+        records, count_problems = ([], []) if args.no_count else count_instructions(
+            args.cbnet_tl, counted, roots.get(COUNTS.COUNT_SUITE), log_dir)
         total = time.monotonic() - started
         checked_at = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
         print(table(outcomes))
-        passed = all(o.result in ("pass", "refused") for o in outcomes)
+        if records:
+            print(COUNTS.table(records, COUNTS.previous_counts(args.json_out)))
+        for problem in count_problems:
+            print(f"arm64 check: instruction count: {problem}")
+        passed = all(o.result in ("pass", "refused") for o in outcomes) and not count_problems
         print(f"arm64 check: {'passed' if passed else 'FAILED'} in {total:.0f} s "
               f"({'cold: ' + made_note if any(made.values()) else 'warm: roots cached'})")
         if not args.no_json and not args.only:
             args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            args.json_out.write_text(json.dumps(device_checks(outcomes, checked_at), indent=2) + "\n")
+            args.json_out.write_text(json.dumps(device_checks(outcomes, checked_at, records), indent=2) + "\n")
             print(f"arm64 check: wrote {args.json_out}")
         if passed:
             shutil.rmtree(work / "rpi4", ignore_errors=True)
             shutil.rmtree(work / "coral-usb", ignore_errors=True)
             shutil.rmtree(work / "rpi4-rgb", ignore_errors=True)
+            shutil.rmtree(work / "rpi5", ignore_errors=True)
         else:
             print(f"arm64 check: logs of every command are in {log_dir}", file=sys.stderr)
         return 0 if passed else 1

@@ -22,9 +22,10 @@ if ((tests)); then
     # playbook's syntax check; systemd: systemd-analyze scores the bundle's unit; chromium: opening the report (no test drives it yet);
     # tuxpaint-stamps-default: RGB drawings for the image tests; qemu-user-static, binfmt-support, debootstrap:
     # the arm64 check (scripts/arm64_check.py) runs bundles on Debian arm64 roots under qemu-user emulation;
-    # qemu-user: the dynamic qemu-aarch64, for instruction counts.
+    # qemu-user: the dynamic qemu-aarch64, which loads the instruction-counting plugin (bench --arm64);
+    # gcc, libc6-dev: build that plugin from source (toolchain/data/insncount.c).
     APT_PACKAGES+=(openssh-server openssh-client rsync ansible-core systemd chromium tuxpaint-stamps-default
-                   qemu-user qemu-user-static binfmt-support debootstrap)
+                   qemu-user qemu-user-static binfmt-support debootstrap gcc libc6-dev)
     EXTRAS="build,dev"
 fi
 

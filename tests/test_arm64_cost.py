@@ -1,0 +1,151 @@
+"""`cbnet-tl bench --arm64` through the CLI (what it refuses, and how), its arithmetic and printout, the proof
+the arm64 check applies to real counts (scripts/arm64_counts.py), and the Raspberry Pi 5 target.
+
+The counting itself needs root and the arm64 check's Debian root, so it runs in the arm64 check
+(scripts/arm64_check.py, as root in CI), which also applies ``problems`` to real counts of two bundles;
+tests/test_arm64_plugin.py proves the plugin counts exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cbnet_tl.toolchain import arm64_cost
+from cbnet_tl.toolchain.arm64_cost import CountConfig, Job, format_counts
+from cbnet_tl.toolchain.cli import app
+from cbnet_tl.toolchain.targets import TARGETS
+
+runner = CliRunner()
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def invoke(args: list):
+    return runner.invoke(app, args, env={"COLUMNS": "220"})  # one line per message, as the tests read them
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_offers_the_arm64_count():
+    result = invoke(["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--arm64", "--arm64-cpu", "--arm64-root", "cortex-a76", "not a time"):
+        assert option in result.output
+
+
+def test_arm64_options_are_refused_when_they_cannot_apply(tiny_bundle, mnist_dir):
+    result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64-cpu", "cortex-a76"])
+    assert result.exit_code != 0 and "--arm64-cpu and --arm64-root go with --arm64" in result.output
+    result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64", "--threads", "2"])
+    assert result.exit_code != 0 and "one interpreter thread. Received: --threads 2" in result.output
+    result = invoke(["bench", str(tiny_bundle), "--arm64", "--arm64-cpu", "max"])
+    assert result.exit_code != 0 and "cortex-a72" in result.output  # qemu's max has SVE/SME no board has
+
+
+def test_arm64_count_says_what_it_needs(tiny_bundle, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(arm64_cost.os, "geteuid", lambda: 1000)
+    result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64"])
+    assert result.exit_code == 1
+    assert "counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo" in result.output
+    monkeypatch.setattr(arm64_cost.os, "geteuid", lambda: 0)
+    result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64",
+                                 "--arm64-root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"no Debian arm64 root at {tmp_path}: make it with `sudo python3 scripts/arm64_check.py" in result.output
+
+
+def _counts(per_image: dict, batches=(1, 32), num_images=64, start=5_000_000) -> dict:
+    """Counts of the N and 0 runs that give ``per_image`` (name -> {batch: instructions}) exactly."""
+    counts = {}
+    for (kind, name), row in per_image.items():
+        for batch in batches if kind == "pipeline" else (1,):
+            full = (num_images // batch) * batch
+            counts[Job(kind, name, batch, 0)] = start
+            counts[Job(kind, name, batch, full)] = start + row[batch] * full
+    return counts
+
+
+def test_per_image_counts_ratios_and_printout():
+    per_image = {("pipeline", "cbnet"): {1: 200_000, 32: 150_000}, ("pipeline", "lenet"): {1: 1_400_000, 32: 1_350_000},
+                 ("bare", "cbnet"): {1: 180_000}, ("bare", "lenet"): {1: 1_380_000}, ("bare", "noop"): {1: 21_000}}
+    config = CountConfig(cpu="cortex-a72", num_images=64)
+    versions = {"interpreter": "ai-edge-litert", "interpreter_version": "2.3.0", "python": "3.11.2"}
+    report = arm64_cost._report(_counts(per_image), versions, {"cbnet": ("cbnet",), "lenet": ("lenet",)}, config,
+                                ["cbnet", "lenet", "noop"])
+    assert report["arm64"] == {"cbnet": {"1": 200_000, "32": 150_000}, "lenet": {"1": 1_400_000, "32": 1_350_000}}
+    assert report["arm64_vs_lenet"]["cbnet"] == {"1": 7.0, "32": 9.0}
+    assert report["arm64_bare"] == {"cbnet": 180_000, "lenet": 1_380_000, "noop": 21_000}
+    assert report["arm64_setup"]["cpu"] == "cortex-a72" and report["arm64_setup"]["interpreter_version"] == "2.3.0"
+    json.dumps(report, allow_nan=False)
+    text = format_counts(report)
+    assert "-cpu cortex-a72, ai-edge-litert 2.3.0" in text and "not a time" in text
+    assert "200,000     7.00x" in text and "noop 21,000" in text
+
+
+def test_config_is_checked():
+    with pytest.raises(arm64_cost.Arm64CountError, match="Received batch_sizes=\\(64,\\), num_images=32"):
+        CountConfig(batch_sizes=(64,), num_images=32)
+
+
+def test_the_check_proves_counts_real_and_refuses_fake_ones():
+    counts = _script("arm64_counts")
+    manifest = {"models": {"cbnet": {"macs": 618_112}, "lenet": {"macs": 1_140_070}, "noop": {"macs": 0}}}
+    real = {"arm64": {"cbnet": {"1": 250_000}}, "arm64_bare": {"cbnet": 180_000, "lenet": 1_400_000, "noop": 21_000}}
+    assert counts.problems(real, manifest) == []
+    flat = {**real, "arm64_bare": {"cbnet": 180_000, "lenet": 190_000, "noop": 21_000}}  # MACs ignored
+    assert any("1.84x the MACs of cbnet but counts 190,000" in p for p in counts.problems(flat, manifest))
+    startup = {**real, "arm64_bare": {"cbnet": 9_180_000, "lenet": 10_400_000, "noop": 9_000_000}}  # start-up left in
+    assert any("the empty model counts 9,000,000" in p for p in counts.problems(startup, manifest))
+    no_pair = {"models": {"cbnet": {"macs": 618_112}, "noop": {"macs": 0}}}
+    assert any("cannot be checked against MACs" in p for p in counts.problems(real, no_pair))
+
+
+def test_the_check_records_counts_and_shows_changes():
+    counts = _script("arm64_counts")
+    report = {"arm64": {"cbnet": {"1": 220_000}}, "arm64_bare": {}, "arm64_vs_lenet": {"cbnet": {"1": 6.5}},
+              "arm64_setup": {"cpu": "cortex-a76", "qemu": "qemu-aarch64 version 7.2.22", "num_images": 1024,
+                              "method": "m", "interpreter": "ai-edge-litert", "interpreter_version": "2.3.0"}}
+    record = counts.record("rpi5", report)
+    assert record["qemu_cpu"] == "cortex-a76" and record["instructions_per_image"] == {"cbnet": {"1": 220_000}}
+    assert "cbnet" in counts.table([record], {"rpi5": {"cbnet": {"1": 200_000}}})
+    assert "(+10.0%)" in counts.table([record], {"rpi5": {"cbnet": {"1": 200_000}}})
+
+
+def test_the_arm64_check_runs_each_bundle_on_its_targets_core():
+    check = _script("arm64_check")
+    for combo in check.COMBOS:
+        target = "rpi4" if combo.target == "rpi4-rgb" else combo.target
+        assert combo.cpu == TARGETS[target].qemu_cpu, combo
+    assert {"rpi4", "rpi5"} <= {c.target for c in check.COMBOS}
+    assert TARGETS["rpi5"].qemu_cpu == "cortex-a76" and TARGETS["rpi4"].qemu_cpu == "cortex-a72"
+
+
+def test_rpi5_is_a_target_with_its_power_table(tiny_build, mnist_dir, tmp_path):
+    from cbnet_tl.toolchain.bundle import write_bundle
+    from cbnet_tl.toolchain.datasets import Split, load_dataset
+
+    help_text = invoke(["build", "--help"]).output
+    assert "rpi5" in help_text
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build, ignore=shutil.ignore_patterns("bundle", "*.tar.gz"))
+    write_bundle(build, TARGETS["rpi5"], load_dataset("mnist", Split.TEST, mnist_dir).images)
+    assert json.loads((build / "bundle" / "manifest.json").read_text())["target"] == "rpi5"
+    assert "Raspberry Pi 5" in (build / "bundle" / "README.md").read_text()
+    result = invoke(["simulate", str(build / "bundle"), "--data-dir", str(mnist_dir), "--limit", "20",
+                                 "--pipeline", "cbnet", "--repeats", "1", "--no-save", "--json", "--target", "rpi5"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    described = json.dumps(payload)
+    assert "2400" in described and "ASSUMED" in described
