@@ -137,7 +137,7 @@ def rgb_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("builds") / "rgb"
     result = CliRunner().invoke(app, ["build", "--data-dir", str(data), "--image-size", "16", "--out", str(out),
                                       "--blenet-epochs", "2", "--no-progress", "--no-report",
-                                      "--max-accuracy-drop", "100"])
+                                      "--max-accuracy-drop", "100", "--max-fallback-share", "0.5"])
     assert result.exit_code == 0, result.output
     (out / "build-output.txt").write_text(result.output)
     return out

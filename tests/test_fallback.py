@@ -13,28 +13,42 @@ from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, Pipeline
 from cbnet_tl.toolchain.fallback import choose_threshold
 
 
-def test_threshold_is_the_cheapest_that_reaches_lenet():
+def _accuracy(confidences, threshold, cbnet_ok, lenet_ok):
+    unsure = confidences < threshold
+    return np.mean(np.where(unsure, lenet_ok, cbnet_ok)), unsure.mean()
+
+
+def test_threshold_is_the_most_accurate_within_the_share_cap():
     rng = np.random.default_rng(0)
     n = 2000
     confidences = rng.random(n)
     cbnet_ok = rng.random(n) < 0.5 + 0.5 * confidences  # cbnet is right more often when it is sure
     lenet_ok = rng.random(n) < 0.85
-    chosen = choose_threshold(confidences, cbnet_ok, lenet_ok, margin_se=0.0)
-    k = round(chosen["validation_fallback_share"] * n)
-    unsure = confidences < chosen[CONFIDENCE_THRESHOLD]
-    assert unsure.sum() == k
-    assert np.mean(np.where(unsure, lenet_ok, cbnet_ok)) == chosen["validation_accuracy"] >= lenet_ok.mean()
-    # one image fewer to LeNet would not reach LeNet's accuracy
     order = np.argsort(confidences)
-    fewer = np.zeros(n, bool)
-    fewer[order[: k - 1]] = True
-    assert np.mean(np.where(fewer, lenet_ok, cbnet_ok)) < lenet_ok.mean()
-    # a margin of standard errors asks for more: never less LeNet work
-    assert choose_threshold(confidences, cbnet_ok, lenet_ok)["validation_fallback_share"] >= k / n
-    # a cbnet that is always right needs no fallback at all; one always wrong gives the best it can
-    assert choose_threshold(confidences, np.ones(n, bool), lenet_ok)["validation_fallback_share"] == 0.0
-    worst = choose_threshold(confidences, np.zeros(n, bool), lenet_ok)
-    assert worst["validation_fallback_share"] == 1.0 and worst["validation_accuracy"] == lenet_ok.mean()
+    for cap in (0.0, 0.04, 0.2, 1.0):
+        chosen = choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=cap)
+        accuracy, share = _accuracy(confidences, chosen[CONFIDENCE_THRESHOLD], cbnet_ok, lenet_ok)
+        assert accuracy == chosen["validation_accuracy"] and share == chosen["validation_fallback_share"] <= cap
+        # brute force over every cut the cap allows: none is more accurate, none as accurate with less LeNet work
+        cuts = [np.mean(np.where(np.isin(np.arange(n), order[:k]), lenet_ok, cbnet_ok)) for k in range(int(cap * n) + 1)]
+        assert accuracy == max(cuts) and round(share * n) == int(np.argmax(cuts))
+    # cbnet wrong on its least confident fifth: a wider cap buys accuracy, a zero cap sends nothing
+    cbnet_ok = confidences > 0.2
+    lenet_ok = np.ones(n, bool)
+    assert choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=0.0)["validation_fallback_share"] == 0.0
+    wide = choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=0.5)
+    assert wide["validation_accuracy"] == 1.0 and wide["validation_fallback_share"] == np.mean(confidences <= 0.2)
+    # a cbnet that is always right needs no fallback at all, whatever the cap
+    assert choose_threshold(confidences, np.ones(n, bool), lenet_ok, max_share=1.0)["validation_fallback_share"] == 0.0
+
+
+def test_share_cap_is_checked():
+    import pytest
+
+    from cbnet_tl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        choose_threshold(np.ones(3), np.ones(3, bool), np.ones(3, bool), max_share=1.5)
 
 
 def test_threshold_in_the_manifest_comes_from_the_validation_split(tiny_build, mnist_dir):

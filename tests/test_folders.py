@@ -105,6 +105,9 @@ def test_rgb_build_end_to_end(rgb_build, tmp_path):
     assert "skipped " in output and "broken.png" in output and "classes (5)" in output
     assert "MACs per image at 16x16x3" in output
     assert manifest.data["num_skipped"] == 1
+    fallback = manifest.pipelines["cbnet-fallback"].options  # --max-fallback-share reached the threshold choice
+    assert fallback["max_fallback_share"] == 0.5 and fallback["validation_fallback_share"] <= 0.5
+    assert "at most 50.0%" in output
     runner = CliRunner()
     # later commands read the folder the build recorded: no --data-dir
     evaluation = runner.invoke(app, ["eval", str(rgb_build), "--json"])

@@ -36,6 +36,7 @@ class BuildConfig:
     write_report: bool = False
     max_train_images: Optional[int] = None  # a seeded subset, for quick smoke builds
     calibration_samples: int = 500  # int8 calibration images (see export.DEFAULT_CALIBRATION_SAMPLES)
+    max_fallback_share: float = 0.04  # cbnet-fallback sends at most this share of images to LeNet (fallback.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     inputs: InputChoice = field(default_factory=InputChoice)  # size, colour, resize, background; None: from the data
@@ -111,27 +112,29 @@ def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, pro
     return convert_all(specs, work / "models", progress=progress)
 
 
-def fallback_stage(work: Path, train, manifest) -> dict:
+def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
     """cbnet-fallback's options, chosen on the validation split ``work/train.json`` names, through the model files
     of ``work/models`` (``manifest``: the build's, before it is written)."""
     from cbnet_tl.toolchain.fallback import fallback_options
 
     validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
-    return fallback_options(work, train.images[validation], train.labels[validation], manifest=manifest)
+    return fallback_options(work, train.images[validation], train.labels[validation], manifest=manifest,
+                            max_share=max_share)
 
 
-def manifest_stage(work: Path, draft: Manifest, train, log) -> Manifest:
+def manifest_stage(work: Path, draft: Manifest, train, log, max_share: float) -> Manifest:
     """Add cbnet-fallback's options to the draft manifest and write ``work/manifest.json``, once."""
     from cbnet_tl.runtime.manifest import PipelineEntry
     from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS
 
-    options = fallback_stage(work, train, draft)
+    options = fallback_stage(work, train, draft, max_share)
     manifest = draft.replace(pipelines={**draft.pipelines, FALLBACK_PIPELINE: PipelineEntry(
         PIPELINE_SPECS[FALLBACK_PIPELINE].models, options=options)})
     manifest.write(work)
     log(f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (validation: "
-        f"{options['validation_fallback_share']:.1%} of images to LeNet, accuracy "
-        f"{options['validation_accuracy']:.2%} vs LeNet {options['validation_lenet_accuracy']:.2%})")
+        f"{options['validation_fallback_share']:.1%} of held-out images to LeNet, at most "
+        f"{options['max_fallback_share']:.1%}; accuracy {options['validation_accuracy']:.2%} vs cbnet "
+        f"{options['validation_cbnet_accuracy']:.2%}, LeNet {options['validation_lenet_accuracy']:.2%})")
     return manifest
 
 
@@ -252,7 +255,7 @@ def build(config: BuildConfig, log=print) -> dict:
         log(f"MACs per image at {spec.width}x{spec.height}x{spec.channels}: " + ", ".join(
             f"{name} {entry.macs / 1e6:.3f} M" for name, entry in models.items() if entry.macs is not None))
         draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, threshold)
-        manifest = manifest_stage(work, draft, train, log)
+        manifest = manifest_stage(work, draft, train, log, config.max_fallback_share)
         record = timed("check_s", check_stage, work, train, test, config, log, progress)
         timed("calibration_s", calibration_stage, work, train.images, test, config.calibration_samples)
         tarball = timed("bundle_s", bundle_stage, work, target, test.images, log)
