@@ -28,6 +28,47 @@ def run_bench(build: Path, data_dir: str | None) -> tuple:
     return json.loads(out.stdout), command
 
 
+def run_arm64(build: Path, data_dir: str | None, cpu: str) -> tuple:
+    """`cbnet-tl bench --arm64` on one core (needs root and the arm64 check's root; see toolchain/arm64_cost.py)."""
+    command = CLI + ["bench", str(build), "--arm64", "--arm64-cpu", cpu, "--batch", "1,32", "--no-save", "--json"] \
+        + (["--data-dir", data_dir] if data_dir else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout), command
+
+
+def arm64_section(host: dict, counted: dict, commands: list) -> list:
+    """Markdown: each pipeline's arm64 instructions per image on each core beside its time here, as ratios to LeNet.
+
+    ``counted``: cpu -> a `bench --arm64 --json` report; ``host``: a `bench --json` report of the same build."""
+    from cbnet_tl.toolchain.arm64_cost import side_by_side
+
+    sides = {cpu: side_by_side({**host, **report}) for cpu, report in counted.items()}
+    first = next(iter(sides.values()))
+    setup = first["setup"]
+    lines = ["Instructions per image counted under qemu-aarch64 7.2 with a counting plugin in a Debian bookworm arm64 "
+             f"root ({setup['interpreter']} {setup['interpreter_version']}, Python {setup['python']}, "
+             f"{setup['num_images']} test images, (count with N images - count with 0) / N, the default configuration): "
+             "the board's own aarch64 kernels, counted. **An instruction count under emulation is a proxy for time on "
+             "the board, not a time.** Beside it, the same pipelines timed on this machine "
+             f"({first['host_precision']}, {first['host_machine']}).", "", "```", *commands, "```", "",
+             "| pipeline | batch | " + " | ".join(f"{cpu} instructions/image | × vs LeNet ({cpu})" for cpu in sides)
+             + " | × vs LeNet (time here) |", "|---|---|" + "---|---|" * len(sides) + "---|"]
+    for index, row in enumerate(first["rows"]):
+        cells = []
+        for side in sides.values():
+            other = side["rows"][index]
+            cells += [f"{other['instructions']:,}", f"{other['arm64_vs_lenet']:.2f}" if other["arm64_vs_lenet"] else "–"]
+        host_ratio = f"{row['host_vs_lenet']:.2f}" if row["host_vs_lenet"] else "–"
+        lines.append(f"| {row['pipeline']} | {row['batch']} | " + " | ".join(cells) + f" | {host_ratio} |")
+    for cpu, side in sides.items():
+        if side["bare"]:
+            lines += ["", f"{cpu}: bare `set_tensor` + `invoke` + `get_tensor` per image: "
+                      + ", ".join(f"{m} {n:,}" for m, n in side["bare"].items())
+                      + "; each pipeline beyond the bare calls of the models its images ran (our Python), batch 1: "
+                      + ", ".join(f"{m} {n:,}" for m, n in side["beyond_bare"].items()) + "."]
+    return lines + [""]
+
+
 def run_simulate(build: Path, data_dir: str | None) -> tuple:
     command = CLI + ["simulate", str(build), "--target", "rpi4", "--json"] + (["--data-dir", data_dir] if data_dir else [])
     out = subprocess.run(command, capture_output=True, text=True)
@@ -86,6 +127,8 @@ def main() -> int:
     parser.add_argument("--mnist-data-dir", default="tests/data/mnist-8k")
     parser.add_argument("--fmnist-paper-build", type=Path, default=None, help="a build made with --recipe paper")
     parser.add_argument("--mnist-paper-build", type=Path, default=None, help="a build made with --recipe paper")
+    parser.add_argument("--arm64", action="store_true", help="also count the Fashion-MNIST build's pipelines on "
+                        "arm64 (cortex-a72 and cortex-a76) with `cbnet-tl bench --arm64` (needs root)")
     args = parser.parse_args()
     paper = json.loads((HERE.parent / "toolchain" / "data" / "paper_figures.json").read_text())
     sections = ["# Benchmark results", "", f"Machine: {machine()}", "",
@@ -101,7 +144,7 @@ def main() -> int:
                 f"python benchmarks/run_benchmarks.py --fmnist-build {args.fmnist_build} --mnist-build {args.mnist_build}"
                 + (f" --fmnist-paper-build {args.fmnist_paper_build}" if args.fmnist_paper_build else "")
                 + (f" --mnist-paper-build {args.mnist_paper_build}" if args.mnist_paper_build else "")
-                + f" --mnist-data-dir {args.mnist_data_dir}",
+                + f" --mnist-data-dir {args.mnist_data_dir}" + (" --arm64" if args.arm64 else ""),
                 "```", ""]
     claims = {}
     builds = [("Fashion-MNIST (full, 10k test), fast recipe", args.fmnist_build, None, "fashion-mnist"),
@@ -142,6 +185,12 @@ def main() -> int:
                         sections.append(f"| {name} | {arrivals} | {entry['deadline_ms']:.3f} | {policy} | {r['energy_j'] * 1e3:.4f} | "
                                         f"{r.get('energy_vs_performance', 0):+.2%} | {r.get('energy_vs_oracle', 0):+.2%} | {r['miss_rate']:.2%} |")
             sections.append("")
+        if args.arm64 and key == "fashion-mnist":
+            counted, commands = {}, []
+            for cpu in ("cortex-a72", "cortex-a76"):
+                counted[cpu], command = run_arm64(build, data_dir, cpu)
+                commands.append(" ".join(["cbnet-tl"] + command[3:]))
+            sections += ["### On the board's instruction set", ""] + arm64_section(bench, counted, commands)
         claims[key] = bench
     fm = claims["fashion-mnist"]["runs"][0]["pipelines"]
 

@@ -149,3 +149,35 @@ def test_rpi5_is_a_target_with_its_power_table(tiny_build, mnist_dir, tmp_path):
     payload = json.loads(result.output)
     described = json.dumps(payload)
     assert "2400" in described and "ASSUMED" in described
+
+
+ARM64_SAVED = {
+    "arm64": {"cbnet": {"1": 215_000, "32": 150_000}, "lenet": {"1": 1_500_000, "32": 1_400_000}},
+    "arm64_vs_lenet": {"cbnet": {"1": 6.98, "32": 9.33}, "lenet": {"1": 1.0, "32": 1.0}},
+    "arm64_bare": {"cbnet": 175_000, "lenet": 1_450_000, "noop": 21_000},
+    "arm64_beyond_bare": {"cbnet": 40_000, "lenet": 50_000},
+    "arm64_setup": {"cpu": "cortex-a72", "qemu": "qemu-aarch64 version 7.2.22", "num_images": 1024, "method": "m",
+                    "interpreter": "ai-edge-litert", "interpreter_version": "2.3.0", "python": "3.11.2"},
+}
+
+
+def test_host_bench_keeps_the_saved_counts_and_the_report_shows_both(tiny_build, mnist_dir, tmp_path):
+    build = tmp_path / "build"
+    shutil.copytree(tiny_build, build)
+    (build / "bench.json").write_text(json.dumps(ARM64_SAVED))
+    page = invoke(["report", str(build), "--data-dir", str(mnist_dir)])
+    assert page.exit_code == 0, page.output  # counts alone, no host timings yet
+    html = (build / "report" / "index.html").read_text()
+    assert "Cost on the board&#39;s instruction set" in html or "Cost on the board's instruction set" in html
+    assert "1,500,000" in html and "not a time" in html and "No benchmark yet" in html
+    timed = invoke(["bench", str(build), "--data-dir", str(mnist_dir), "--batch", "1,32", "--num-images", "64",
+                    "--untuned"])
+    assert timed.exit_code == 0, timed.output
+    saved = json.loads((build / "bench.json").read_text())
+    assert saved["arm64"] == ARM64_SAVED["arm64"] and saved["runs"]  # both, side by side
+    assert invoke(["report", str(build), "--data-dir", str(mnist_dir)]).exit_code == 0
+    html = (build / "report" / "index.html").read_text()
+    side = arm64_cost.side_by_side(saved)
+    assert side["host_precision"] == "int8" and all(r["host_vs_lenet"] for r in side["rows"])
+    cbnet_host = next(r["host_vs_lenet"] for r in side["rows"] if r["pipeline"] == "cbnet" and r["batch"] == 32)
+    assert "9.33" in html and f"{cbnet_host:.2f}" in html and "No benchmark yet" not in html

@@ -356,3 +356,24 @@ def format_counts(report: dict) -> str:
         lines.append("beyond the bare calls of the models each image ran, batch 1: "
                      + ", ".join(f"{m} {n:,}" for m, n in report["arm64_beyond_bare"].items()))
     return "\n".join(lines)
+
+
+def side_by_side(bench: dict) -> Optional[dict]:
+    """The arm64 counts saved in a bench.json beside the host timings saved with them (same pipelines, batch sizes):
+    instructions per image, LeNet's count over each pipeline's, and LeNet's time here over each pipeline's (the
+    fixed int8 configuration, which the count also runs, when it was timed; else the first)."""
+    if not bench or not bench.get("arm64"):
+        return None
+    runs = bench.get("runs") or []
+    precision = "int8" if any(r["precision"] == "int8" for r in runs) else (runs[0]["precision"] if runs else None)
+    host = {r["batch_size"]: r["pipelines"] for r in runs if r["precision"] == precision}
+    rows = []
+    for name, row in bench["arm64"].items():
+        for batch, count in row.items():
+            timed = host.get(int(batch), {}).get(name, {})
+            rows.append({"pipeline": name, "batch": int(batch), "instructions": count,
+                         "arm64_vs_lenet": bench.get("arm64_vs_lenet", {}).get(name, {}).get(batch),
+                         "host_vs_lenet": timed.get(f"speedup_vs_{BASELINE}")})
+    return {"setup": bench["arm64_setup"], "rows": rows, "host_precision": precision,
+            "host_machine": bench.get("machine"), "bare": bench.get("arm64_bare") or {},
+            "beyond_bare": bench.get("arm64_beyond_bare") or {}}

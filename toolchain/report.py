@@ -145,13 +145,15 @@ def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dic
 def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
                  test_labels: Optional[np.ndarray] = None) -> Path:
     """Render ``build_dir/report/index.html``; return its path."""
+    from cbnet_tl.toolchain.arm64_cost import side_by_side
     from cbnet_tl.toolchain.bench import SPEEDUP_BASES
     from cbnet_tl.toolchain.bundle import render
 
     build_dir, manifest = open_manifest(build_dir)
     checks = _read_json(build_dir / "checks.json")
     train = _read_json(build_dir / "train.json")
-    bench = _read_json(build_dir / "bench.json")
+    saved_bench = _read_json(build_dir / "bench.json")
+    bench = saved_bench if saved_bench and saved_bench.get("runs") else None  # host timings (not only arm64 counts)
     simulate = _read_json(build_dir / "simulate.json")
     calibration = _calibration(_read_json(build_dir / "calibration.json"))
     with staged_directory(build_dir / "report") as staging:
@@ -161,7 +163,7 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
             grid = _grid(build_dir, test_images, test_labels, manifest.entropy_threshold, staging)
         context = {
             "manifest": manifest, "checks": checks, "train": train, "bench": bench, "simulate": simulate,
-            "calibration": calibration,
+            "calibration": calibration, "arm64": side_by_side(saved_bench),
             "charts": made, "grid": grid, "paper": paper_figures(), "speedup_bases": SPEEDUP_BASES,
             "early_exit": {"name": EARLY_EXIT_PIPELINE, "full_path": PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path,
                            "hard_share_test": _hard_share(checks)},
