@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,11 +204,13 @@ class Model:
         # whose bias the converter folds into the next layer). Batch 1 is safe, so that package runs
         # larger batches as a loop of batch-1 invokes; other interpreters resize as before.
         self._one_row_at_a_time = backend.package == "tflite-runtime"
-        self.num_invokes = 0
+        self.num_invokes = 0  # calls of invoke_quantized (bind's path counts nothing)
 
     def _ensure_batch(self, batch: int) -> None:
-        if batch == self._batch:
-            return
+        if batch != self._batch:
+            self._resize(batch)
+
+    def _resize(self, batch: int) -> None:
         self._interpreter.resize_tensor_input(self.input.index, [batch, *self.input.shape[1:]])
         self._interpreter.allocate_tensors()
         self._batch = batch
@@ -228,6 +231,31 @@ class Model:
         self._interpreter.invoke()
         self.num_invokes += 1
         return [self._interpreter.get_tensor(spec.index) for spec in self.outputs]
+
+    def bind(self) -> tuple:
+        """This model's per-call path, built once: ``(run, reads)``. ``run(values)`` sets the input and invokes,
+        for values the caller has already checked (the input's storage type, shape (N, *input shape[1:])); it
+        resizes only when N differs from the last call's. ``reads[i]()`` returns a copy of output ``i``, read
+        only by who needs it. Per call there is nothing else: no check, no count, no list."""
+        if self._one_row_at_a_time:
+            outputs: list = []
+
+            def run_rows(values: np.ndarray) -> None:
+                outputs[:] = self.invoke_quantized(values)
+
+            return run_rows, tuple(functools.partial(outputs.__getitem__, i) for i in range(len(self.outputs)))
+        index, interpreter = self.input.index, self._interpreter
+        set_tensor, invoke = interpreter.set_tensor, interpreter.invoke
+
+        def run(values: np.ndarray) -> None:
+            try:
+                set_tensor(index, values)
+            except ValueError:  # another batch size than the tensor's (anything else fails again below)
+                self._resize(values.shape[0])
+                set_tensor(index, values)
+            invoke()
+
+        return run, tuple(functools.partial(interpreter.get_tensor, spec.index) for spec in self.outputs)
 
     def __call__(self, values: np.ndarray) -> list:
         """Run on real-valued inputs; return real-valued outputs."""

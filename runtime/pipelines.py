@@ -1,27 +1,35 @@
 """The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
 ``lenet`` and the truncated ``branch``.
 
-Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs pre-processing, its models and post-processing
-(softmax, entropy gate), and returns an immutable ``BatchResult``. A spec names the pipeline's models in
-order, the links between them (which output feeds which model), the path label of each set of models
-an image can run through, and the runner that drives them. A stage hook (``StageHook``) hears about each
-stage, which is how a DVFS policy sets the frequency between stages.
+Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs its models and
+its decision (argmax and top probability, or BranchyNet's entropy gate), and returns an immutable
+``BatchResult``. A spec names the pipeline's models in order, the links between them (which output feeds which
+model), the path label of each set of models an image can run through, and the runner that drives them.
+
+The per-call path is built once, when a ``Pipeline`` is made: every model's feeder and output readers
+(``Model.bind``), the input tables, and a runner bound to them. A call checks the images once, runs the
+models, and takes the class as the argmax of the raw scores. The confidence (top softmax probability, the
+numbers ``gate.decide`` gives from dequantized logits) comes from a table of the raw bytes
+(``gate.top_probability_bytes``), when first read unless a gate needs it. Which path each image took is kept
+as a mask and spelt out only when ``paths`` is read. A stage hook (``StageHook``, e.g. a DVFS session) hears
+about each stage and gets each stage's time; without a hook no stage is timed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional, Protocol
 
 import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
-from cbnet_tl.runtime.gate import decide, exits_early, softmax, softmax_entropy
-from cbnet_tl.runtime.interpreter import Model, dequantize, quantize
-from cbnet_tl.runtime.tables import dequantize_table, input_table, lookup, pass_on, requantize_table
-
+from cbnet_tl.runtime.gate import decide, exit_gate, top_probability, top_probability_bytes
+from cbnet_tl.runtime.interpreter import dequantize, quantize
+from cbnet_tl.runtime.tables import dequantize_table, exp_difference_table, input_table, lookup, requantize_table
 
 class StageHook(Protocol):
     def begin_inference(self, pipeline: str) -> None: ...
@@ -44,7 +52,7 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, uint8 images (N, H, W, C), run) -> (labels, confidences, path labels)
+    runner: Callable  # (pipeline, {model: run}) -> classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
@@ -75,26 +83,80 @@ class Prediction:
     seconds: float
 
 
-@dataclass(frozen=True)
+class TimeStages:
+    """A stage hook that does nothing itself: pass it to ``classify`` to get each stage's time in
+    ``stage_seconds`` without a DVFS policy."""
+
+    def begin_inference(self, pipeline: str) -> None: pass
+    def before_stage(self, stage: str) -> None: pass
+    def after_stage(self, stage: str, seconds: float) -> None: pass
+    def end_inference(self, path: str) -> None: pass
+
+
+TIME_STAGES = TimeStages()
+NO_STAGES: Mapping = MappingProxyType({})  # stage_seconds of a call without a hook: no stage was timed
+
+
 class BatchResult:
-    pipeline: str
-    labels: np.ndarray
-    confidences: np.ndarray
-    paths: tuple
-    seconds: float
-    stage_seconds: dict
+    """One ``classify`` call, read-only. ``confidences`` (the top softmax probabilities) is computed when first
+    read where the pipeline's decision did not need it. ``route`` is the path every image took (a label), or
+    (mask, label where the mask is True, label where it is False); ``paths`` spells it out per image."""
+
+    __slots__ = ("_pipeline", "_labels", "_confidences", "_route", "_seconds", "_stage_seconds")
+
+    def __init__(self, pipeline: str, labels: np.ndarray, confidences, route, seconds: float,
+                 stage_seconds: Mapping = NO_STAGES):
+        """``confidences``: an array, or a function of nothing that makes it (called once, when first read)."""
+        self._pipeline, self._labels, self._confidences = pipeline, labels, confidences
+        self._route, self._seconds, self._stage_seconds = route, seconds, stage_seconds
+
+    pipeline = property(lambda self: self._pipeline)
+    labels = property(lambda self: self._labels)
+    route = property(lambda self: self._route)
+    seconds = property(lambda self: self._seconds)
+    stage_seconds = property(lambda self: self._stage_seconds)
+
+    @property
+    def confidences(self) -> np.ndarray:
+        if callable(self._confidences):
+            self._confidences = self._confidences()
+        return self._confidences
+
+    @property
+    def paths(self) -> tuple:
+        if isinstance(self._route, str):
+            return (self._route,) * len(self._labels)
+        mask, yes, no = self._route
+        return tuple(yes if taken else no for taken in mask.tolist())
+
+    @property
+    def path(self) -> str:
+        """The path of the whole batch: the one every image took, or "mixed"."""
+        if isinstance(self._route, str):
+            return self._route
+        mask, yes, no = self._route
+        return yes if mask.all() else no if not mask.any() else "mixed"
 
     def predictions(self, class_names: list) -> list:
-        per_image = self.seconds / max(1, len(self.labels))
+        per_image = self._seconds / max(1, len(self._labels))
         return [
             Prediction(int(label), class_names[int(label)], float(conf), path, per_image)
-            for label, conf, path in zip(self.labels, self.confidences, self.paths)
+            for label, conf, path in zip(self._labels.tolist(), self.confidences.tolist(), self.paths)
         ]
+
+    def __repr__(self) -> str:
+        return (f"BatchResult(pipeline={self._pipeline!r}, labels={self._labels!r}, path={self.path!r}, "
+                f"seconds={self._seconds!r})")
+
+
+_UINT8 = np.dtype(np.uint8)
 
 
 def check_images(images: np.ndarray, shape: tuple) -> np.ndarray:
     """uint8 (N, H, W, C) or one image (H, W, C) of ``shape`` = (H, W, C), a tuple; grayscale also as (N, H, W)
     or (H, W) → uint8 (N, H, W, C), or a clear error. On every call: no allocation beyond the views."""
+    if type(images) is np.ndarray and images.dtype is _UINT8 and images.ndim == 4 and images.shape[1:] == shape:
+        return images  # the usual case, decided in a few attribute reads
     images = np.asarray(images)
     if images.shape == shape:  # one image
         images = images[None]
@@ -113,23 +175,8 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(255.0)
 
 
-class _NoHook:
-    def begin_inference(self, pipeline): pass
-    def before_stage(self, stage): pass
-    def after_stage(self, stage, seconds): pass
-    def end_inference(self, path): pass
-
-
-@dataclass
-class _Run:
-    """One call of ``classify``: the hook and the time spent in each stage."""
-
-    hook: StageHook
-    stage_seconds: dict = field(default_factory=dict)
-
-
 class Pipeline:
-    """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly."""
+    """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly (not from two threads)."""
 
     def __init__(self, bundle: Bundle, name, options: Optional[dict] = None):
         """``name``: a pipeline of the table, or a ``PipelineSpec``. ``options`` override the manifest's."""
@@ -150,10 +197,12 @@ class Pipeline:
         self.options = {**(entry.options if entry is not None else {}), **(options or {})}
         self._ranges = {m: bundle.manifest.models[m].input_range for m in self.models}
         self._input_tables = {m: input_table(model.input, self._ranges[m]) for m, model in self.models.items()}
-        self._real = {(m, i): dequantize_table(out) for m, model in self.models.items()
-                      for i, out in enumerate(model.outputs)}
-        self._links = {(link.source, link.output): (link.target, requantize_table(
-            self.models[link.source].outputs[link.output], self.models[link.target].input)) for link in spec.links}
+        self._tables: dict = {}
+        bound = {m: model.bind() for m, model in self.models.items()}
+        self._runs = {m: run for m, (run, _) in bound.items()}
+        self.reads = {m: reads for m, (_, reads) in bound.items()}
+        self._classify = spec.runner(self, self._runs)
+        self._hook, self._hooked, self._stage_seconds = None, None, None
 
     @property
     def configuration(self) -> dict:
@@ -162,50 +211,85 @@ class Pipeline:
                 for name, model in self.models.items()}
 
     def classify(self, images: np.ndarray, hook: Optional[StageHook] = None) -> BatchResult:
-        run = _Run(hook or _NoHook())
+        images = check_images(images, self.input_shape)
+        if hook is None:
+            start = time.perf_counter()
+            labels, confidences, route = self._classify(images)
+            return BatchResult(self.name, labels, confidences, route, time.perf_counter() - start, NO_STAGES)
+        if hook is not self._hook:  # the same runner, each model's run wrapped in the hook and a timer
+            self._hooked = self.spec.runner(self, {m: self._timed(m, run, hook) for m, run in self._runs.items()})
+            self._hook = hook
+        self._stage_seconds = stage_seconds = {}
         start = time.perf_counter()
-        run.hook.begin_inference(self.name)
-        labels, confidences, paths = self.spec.runner(self, check_images(images, self.input_shape), run)
-        seconds = time.perf_counter() - start
-        run.hook.end_inference(paths[0] if len(set(paths)) == 1 else "mixed")
-        return BatchResult(self.name, labels, confidences, tuple(paths), seconds, run.stage_seconds)
+        hook.begin_inference(self.name)
+        labels, confidences, route = self._hooked(images)
+        result = BatchResult(self.name, labels, confidences, route, time.perf_counter() - start, stage_seconds)
+        hook.end_inference(result.path)
+        return result
+
+    def _timed(self, name: str, run: Callable, hook: StageHook) -> Callable:
+        def stage(values: np.ndarray) -> None:
+            hook.before_stage(name)
+            begin = time.perf_counter()
+            run(values)
+            elapsed = time.perf_counter() - begin
+            self._stage_seconds[name] = self._stage_seconds.get(name, 0.0) + elapsed
+            hook.after_stage(name, elapsed)
+
+        return stage
 
     def model_input(self, name: str, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, H, W, C) as model ``name``'s input storage values: the bytes themselves for raw-pixel
         (uint8, scale 1) inputs, one table lookup for int8 inputs, floats for float models."""
-        spec, input_range = self.models[name].input, self._ranges[name]
+        return self.from_pixels(name, lambda values: values)(images)
+
+    # the per-call path, put together once by the runners ---------------------------------------------
+    def from_pixels(self, name: str, run: Callable) -> Callable:
+        """``run`` (model ``name``'s) on uint8 images, through the model's input conversion, decided here."""
+        spec, input_range, table = self.models[name].input, self._ranges[name], self._input_tables[name]
         if input_range == 255.0 and spec.dtype == np.uint8 and spec.scale == 1.0 and spec.zero_point == 0:
-            return images
-        table = self._input_tables[name]
+            return run  # raw pixels in: the bytes themselves
+        if table is None:  # float inputs: the same float32 operations, done once per pixel value
+            table = quantize(preprocess(np.arange(256, dtype=np.uint8)) * np.float32(input_range), spec)
+        return lambda images: run(table[images])
+
+    def from_output(self, link: Link, run: Callable) -> Callable:
+        """``run`` (``link.target``'s) on ``link.source``'s raw output, requantized only where the scales differ."""
+        out, into = self.models[link.source].outputs[link.output], self.models[link.target].input
+        if (out.scale, out.zero_point, out.dtype) == (into.scale, into.zero_point, into.dtype):
+            return run
+        table = requantize_table(out, into)
         if table is not None:
-            return table[images]
-        return quantize(preprocess(images) * np.float32(input_range), spec)
+            return lambda raw: run(lookup(table, raw))
+        return lambda raw: run(quantize(dequantize(raw, out), into))
 
-    def stage(self, name: str, values: np.ndarray, run: _Run) -> list:
-        """Run model ``name`` as one stage on values in its input's storage type; return its raw outputs."""
-        model: Model = self.models[name]
-        run.hook.before_stage(name)
-        begin = time.perf_counter()
-        outputs = model.invoke_quantized(values)
-        elapsed = time.perf_counter() - begin
-        run.stage_seconds[name] = run.stage_seconds.get(name, 0.0) + elapsed
-        run.hook.after_stage(name, elapsed)
-        return outputs
+    def confidence(self, name: str, index: int = 0) -> Callable:
+        """raw output ``index`` of model ``name`` → top softmax probabilities, the numbers ``gate.decide`` gives
+        from its dequantized values. (The class is the raw scores' argmax: dequantizing is increasing.)"""
+        spec = self.models[name].outputs[index]
+        table = self._table(exp_difference_table, spec)
+        if table is not None:
+            return lambda raw: top_probability_bytes(raw, table)
+        return lambda raw: decide(dequantize(raw, spec))[1]
 
-    def logits(self, model_name: str, raw: list, index: int = 0) -> np.ndarray:
-        table = self._real[(model_name, index)]
-        if table is None:
-            return dequantize(raw[index], self.models[model_name].outputs[index])
-        return lookup(table, raw[index])
+    def logits64(self, name: str, index: int = 0) -> Callable:
+        """raw output ``index`` of model ``name`` → its dequantized values in float64."""
+        spec = self.models[name].outputs[index]
+        table = self._table(dequantize_table, spec)
+        if table is not None:
+            table64 = table.astype(np.float64)
+            return lambda raw: table64[raw.view(np.uint8)]
+        return lambda raw: np.asarray(raw, dtype=np.float64)
 
-    def feed(self, source: str, index: int, raw: np.ndarray) -> np.ndarray:
-        """``source``'s output ``index`` (raw) as the linked model's input."""
-        target, table = self._links[(source, index)]
-        return pass_on(raw, self.models[source].outputs[index], self.models[target].input, table)
+    def _table(self, make: Callable, spec) -> Optional[np.ndarray]:
+        """``make(spec)``, made once per pipeline (a hook's runner shares the tables of the plain one)."""
+        key = (make, spec)
+        if key not in self._tables:
+            self._tables[key] = make(spec)
+        return self._tables[key]
 
 
-
-def convert_images(autoencoder: Model, images: np.ndarray) -> np.ndarray:
+def convert_images(autoencoder, images: np.ndarray) -> np.ndarray:
     """What a converting autoencoder (raw-pixel uint8 input) makes of uint8 images (N, H, W, C), as uint8
     images of the same shape."""
     raw = autoencoder.invoke_quantized(check_images(images, autoencoder.input.shape[1:]))[0]
@@ -213,51 +297,83 @@ def convert_images(autoencoder: Model, images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
-# runners ------------------------------------------------------------------------------------------
+# runners: each puts one pipeline's per-call path together from its models' runs ------------------------
 
-def _run_chain(pipeline: Pipeline, images, run):
-    """Models one after another, each link feeding the next; the last model's logits decide."""
-    names = pipeline.spec.models
-    raw = pipeline.stage(names[0], pipeline.model_input(names[0], images), run)
-    for link in pipeline.spec.links:
-        raw = pipeline.stage(link.target, pipeline.feed(link.source, link.output, raw[link.output]), run)
-    labels, confidences = decide(pipeline.logits(names[-1], raw))
-    return labels, confidences, [pipeline.spec.paths[names]] * len(images)
+def _chain(pipeline: Pipeline, runs: dict) -> Callable:
+    """Models one after another, each link feeding the next; the last model's scores decide."""
+    spec = pipeline.spec
+    names, route = spec.models, spec.paths[spec.models]
+    first = pipeline.from_pixels(names[0], runs[names[0]])
+    hops = tuple((pipeline.reads[link.source][link.output], pipeline.from_output(link, runs[link.target]))
+                 for link in spec.links)
+    read, confidence = pipeline.reads[names[-1]][0], pipeline.confidence(names[-1])
+
+    def classify(images):
+        first(images)
+        for read_source, run_target in hops:
+            run_target(read_source())
+        scores = read()
+        return scores.argmax(axis=-1), partial(confidence, scores), route  # confidences: when read
+
+    return classify
 
 
-def _run_fallback(pipeline: Pipeline, images, run):
+def _fallback(pipeline: Pipeline, runs: dict) -> Callable:
     """CBNet first; images whose top-class probability is below the threshold go to LeNet as well."""
-    first, second = pipeline.spec.models
+    spec = pipeline.spec
+    first, second = spec.models
     threshold = pipeline.options.get(CONFIDENCE_THRESHOLD)
     if threshold is None:
         raise BundleError(f"Pipeline {pipeline.name} needs options.{CONFIDENCE_THRESHOLD} in the manifest; "
                           "rebuild the bundle")
-    labels, confidences = decide(pipeline.logits(first, pipeline.stage(first, pipeline.model_input(first, images), run)))
-    unsure = confidences < float(threshold)
-    short, full = pipeline.spec.paths[(first,)], pipeline.spec.paths[pipeline.spec.models]
-    paths = [full if u else short for u in unsure.tolist()]
-    if unsure.any():
-        hard = np.flatnonzero(unsure)
-        raw = pipeline.stage(second, pipeline.model_input(second, images[hard]), run)
-        labels[hard], confidences[hard] = decide(pipeline.logits(second, raw))
-    return labels, confidences, paths
+    threshold = float(threshold)
+    run_first, run_second = pipeline.from_pixels(first, runs[first]), pipeline.from_pixels(second, runs[second])
+    read_first, read_second = pipeline.reads[first][0], pipeline.reads[second][0]
+    confidence_first, confidence_second = pipeline.confidence(first), pipeline.confidence(second)
+    short, full = spec.paths[(first,)], spec.paths[spec.models]
+
+    def classify(images):
+        run_first(images)
+        scores = read_first()
+        confidences = confidence_first(scores)
+        unsure = confidences < threshold
+        if not unsure.any():
+            return scores.argmax(axis=-1), confidences, short
+        labels, hard = scores.argmax(axis=-1), np.flatnonzero(unsure)
+        run_second(images[hard])
+        scores = read_second()
+        labels[hard], confidences[hard] = scores.argmax(axis=-1), confidence_second(scores)
+        return labels, confidences, (unsure, full, short)
+
+    return classify
 
 
-def _run_early_exit(pipeline: Pipeline, images, run):
+def _early_exit(pipeline: Pipeline, runs: dict) -> Callable:
     """BranchyNet: the first model's branch logits decide, by entropy, who also runs the tail."""
     spec = pipeline.spec
     first, (link,) = spec.models[0], spec.links
-    raw = pipeline.stage(first, pipeline.model_input(first, images), run)
-    probabilities, entropies = softmax_entropy(pipeline.logits(first, raw))
-    early = exits_early(entropies, pipeline.threshold)
+    threshold = pipeline.threshold
+    run_first, run_tail = pipeline.from_pixels(first, runs[first]), pipeline.from_output(link, runs[link.target])
+    read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
+    read_tail = pipeline.reads[link.target][0]
+    branch_logits, tail_logits = pipeline.logits64(first), pipeline.logits64(link.target)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
-    paths = [short if leaves else full for leaves in early.tolist()]
-    if not early.all():
+
+    def classify(images):
+        run_first(images)
+        raw = read_branch()
+        early, confidences = exit_gate(branch_logits(raw), threshold)
+        labels = raw.argmax(axis=-1)  # the softmax's argmax: it is increasing in the logits
+        if early.all():
+            return labels, confidences, short
         hard = np.flatnonzero(~early)
-        features = pipeline.feed(first, link.output, raw[link.output][hard])
-        tail_raw = pipeline.stage(link.target, features, run)
-        probabilities[hard] = softmax(pipeline.logits(link.target, tail_raw))
-    return probabilities.argmax(axis=-1), probabilities.max(axis=-1), paths
+        features = read_features()
+        run_tail(features[hard] if early.any() else features)
+        tail = read_tail()
+        labels[hard], confidences[hard] = tail.argmax(axis=-1), top_probability(tail_logits(tail))
+        return labels, confidences, (early, short, full)
+
+    return classify
 
 
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
@@ -268,16 +384,16 @@ EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images fr
 BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
 
 PIPELINE_SPECS = {spec.name: spec for spec in (
-    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, _run_chain,
+    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, _chain,
                  description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
     PipelineSpec(FALLBACK_PIPELINE, ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
-                 _run_fallback, description="cbnet; LeNet too where cbnet's confidence is below the threshold"),
+                 _fallback, description="cbnet; LeNet too where cbnet's confidence is below the threshold"),
     PipelineSpec(EARLY_EXIT_PIPELINE, ("trunk_branch", "main_tail"),
-                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, _run_early_exit,
+                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, _early_exit,
                  links=(Link("trunk_branch", 1, "main_tail"),),
                  description="B-LeNet: exits at the branch when its entropy is below the threshold"),
-    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, _run_chain, description="the LeNet baseline"),
-    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, _run_chain, deployed=False,
+    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, _chain, description="the LeNet baseline"),
+    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, _chain, deployed=False,
                  description="the B-LeNet branch alone (truncated)"),
 )}
 PIPELINES = tuple(PIPELINE_SPECS)

@@ -43,6 +43,17 @@ def dequantize_table(spec) -> Optional[np.ndarray]:
     return dequantize(codes, spec) if spec.is_quantized and codes is not None else None
 
 
+def exp_difference_table(spec) -> Optional[np.ndarray]:
+    """[top byte, byte] → e^(z − top) in float32, z and top the dequantized values of the two bytes: the terms of
+    ``gate.decide``'s sum, made by the same float32 subtraction and exp, so ``gate.top_probability_bytes`` sums
+    the same numbers. 256 × 256 entries; None for float outputs."""
+    real = dequantize_table(spec)
+    if real is None:
+        return None
+    with np.errstate(over="ignore"):  # bytes above the top one overflow: never read, the top is the largest
+        return np.exp(real[None, :] - real[:, None])
+
+
 def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Apply a 256-entry table to a one-byte tensor."""
     return table[np.ascontiguousarray(raw).view(np.uint8)]

@@ -1,8 +1,14 @@
 """``cbnet-tl bench``: every pipeline timed the same way, side by side.
 
-Same interpreter, threads and batch size for every pipeline; pre-processing, the entropy gate and
-softmax are inside the timed region. Pipelines are interleaved batch by batch, so the machine's
-noise falls on all of them alike. Ratios are taken within one run.
+Same interpreter, threads and batch size for every pipeline; each ``classify`` call is timed from outside,
+so the check of the images, the gate and the decision are inside the timed region. Pipelines are
+interleaved batch by batch, so the machine's noise falls on all of them alike. Ratios are taken within one
+run. Each timed pipeline has interpreters of its own, so no pipeline resizes another's tensors.
+
+The floor, honestly: the bare call of an empty model (``set_tensor`` + ``invoke`` + ``get_tensor``,
+nothing else), the same model through the pipeline code (also with its confidences read), and for each
+pipeline its time beyond the bare
+calls of the models it ran (each model at the number of images it ran on in that batch).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from cbnet_tl.toolchain.scoring import evaluate
 BENCH_PIPELINES = tuple(PIPELINE_SPECS)
 SPEEDUP_BASES = (BASELINE_PIPELINE, EARLY_EXIT_PIPELINE)  # each row's speedup_vs_<base>
 FLOOR = "floor"
+FLOOR_READ = "floor, confidences read"
 FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS[BASELINE_PIPELINE].runner,
                           deployed=False, description="an empty model through the same pipeline code")
 
@@ -56,6 +63,33 @@ class BenchConfig:
                 f"Expected threads >= 1, num_images >= 1 and batch sizes >= 1. Received threads={self.threads}, "
                 f"num_images={self.num_images}, batch_sizes={self.batch_sizes}"
             )
+
+
+class ReadingConfidences:
+    """A pipeline whose every call also reads the confidences, which a chain pipeline computes when read."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline, self.spec = pipeline, pipeline.spec
+
+    def classify(self, images: np.ndarray):
+        result = self.pipeline.classify(images)
+        result.confidences
+        return result
+
+
+def _floor(timings: dict, batch_size: int) -> dict:
+    """The empty model's bare call, the same model through the pipeline code (per image and per call), the
+    ratio of their medians, and the same with the confidences read. Takes the floor's timings out of
+    ``timings``."""
+    timing, reading = timings.pop(FLOOR, None), timings.pop(FLOOR_READ, None)
+    if timing is None:
+        return {"floor_ms_median": None, "empty_call_us": None, "floor_call_us": None, "floor_vs_empty_call": None,
+                "floor_read_call_us": None, "floor_read_vs_empty_call": None}
+    through, read = float(np.median(timing.seconds)), float(np.median(reading.seconds))
+    empty = timing.stage_medians()[INVOKE_PROBE]
+    return {"floor_ms_median": through / batch_size * 1e3, "empty_call_us": empty * 1e6,
+            "floor_call_us": through * 1e6, "floor_vs_empty_call": through / empty,
+            "floor_read_call_us": read * 1e6, "floor_read_vs_empty_call": read / empty}
 
 
 def _pipeline_macs(manifest: Manifest, name: str, path_shares: dict) -> float:
@@ -90,28 +124,83 @@ def time_invoke_overhead(model: Model, num_repeats: int = 200) -> float:
     return float(np.median(times))
 
 
-def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int,
+class BareCalls:
+    """Times bare calls of models on interpreters of their own: ``set_tensor`` + ``invoke`` + ``get_tensor`` of
+    the first output (the scores), nothing else. The least any code calling a model can cost."""
+
+    def __init__(self, models: dict):
+        self.models, self._inputs = models, {}
+
+    def __call__(self, name: str, num_images: int) -> float:
+        """Seconds of one bare call of model ``name`` on ``num_images`` inputs."""
+        model = self.models[name]
+        values = self._inputs.get((name, num_images))
+        if values is None:
+            values = self._inputs[(name, num_images)] = np.zeros((num_images, *model.input.shape[1:]), model.input.dtype)
+        if model._batch != num_images:  # resize, and a first call at the new size, untimed
+            model.invoke_quantized(values)
+        interpreter, clock = model._interpreter, time.perf_counter
+        start = clock()
+        interpreter.set_tensor(model.input.index, values)
+        interpreter.invoke()
+        interpreter.get_tensor(model.outputs[0].index)
+        return clock() - start
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One pipeline at one batch size, per timed call: its seconds, and the seconds of a bare call of each model
+    it ran, at the number of images it ran on, timed right after it (so the machine's noise falls on both)."""
+
+    seconds: np.ndarray
+    bare: tuple  # per call: {model: seconds}
+
+    @property
+    def beyond(self) -> np.ndarray:
+        """Seconds of each call beyond the bare calls of the models it ran."""
+        return self.seconds - np.array([sum(ran.values()) for ran in self.bare])
+
+    def stage_medians(self) -> dict:
+        """Median seconds of each model's bare call, over the calls that ran it."""
+        stages: dict = {}
+        for ran in self.bare:
+            for model, seconds in ran.items():
+                stages.setdefault(model, []).append(seconds)
+        return {model: float(np.median(values)) for model, values in stages.items()}
+
+
+def _images_per_model(spec: PipelineSpec, paths: tuple) -> dict:
+    by_label = {label: models for models, label in spec.paths.items()}
+    counts: dict = {}
+    for label in paths:
+        for model in by_label[label]:
+            counts[model] = counts.get(model, 0) + 1
+    return counts
+
+
+def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int, bare: BareCalls,
                    progress: Optional[Callable] = None) -> dict:
-    """Per-image seconds of every batch, for each pipeline, interleaved round-robin."""
+    """A ``Timing`` of every pipeline, each call timed from outside ``classify``, interleaved round-robin."""
     batches = [images[i : i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)]
     if not batches:
         raise CbnetError(f"Need at least {batch_size} images to time batch size {batch_size}")
     for batch in batches[:warmup_batches]:
         for pipeline in pipelines.values():
             pipeline.classify(batch)
-    samples = {name: [] for name in pipelines}
-    stages = {name: {} for name in pipelines}
-    names = list(pipelines)
+    clock, names = time.perf_counter, list(pipelines)
+    seconds = {name: [] for name in names}
+    bare_seconds = {name: [] for name in names}
     rounds = range(len(batches))
     for round_index in progress(rounds) if progress else rounds:
-        order = names[round_index % len(names):] + names[: round_index % len(names)]
-        for name in order:
-            result = pipelines[name].classify(batches[round_index])
-            samples[name].append(result.seconds / len(batches[round_index]))
-            for stage, seconds in result.stage_seconds.items():
-                stages[name].setdefault(stage, []).append(seconds / len(batches[round_index]))
-    return {name: (np.asarray(samples[name]), {s: float(np.median(v)) for s, v in stages[name].items()})
-            for name in names}
+        batch = batches[round_index]
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            classify = pipelines[name].classify
+            start = clock()
+            result = classify(batch)
+            seconds[name].append(clock() - start)
+            ran = _images_per_model(pipelines[name].spec, result.paths)
+            bare_seconds[name].append({model: bare(model, num_images) for model, num_images in ran.items()})
+    return {name: Timing(np.asarray(seconds[name]), tuple(bare_seconds[name])) for name in names}
 
 
 def footprint(bundle_dir: Path) -> dict:
@@ -173,23 +262,30 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
     for precision_label, precision, configs in settings:
         bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names, configs=configs)
         report["interpreter"] = find_interpreter().package
-        pipelines = {name: Pipeline(bundle, name) for name in bench_pipelines}
-        scored = {name: evaluate(p, images, labels, batch_size=250) for name, p in pipelines.items()}
-        timed_pipelines = dict(pipelines)
+        scored = {name: evaluate(Pipeline(bundle, name), images, labels, batch_size=250) for name in bench_pipelines}
+        specs = {name: PIPELINE_SPECS[name] for name in bench_pipelines}
         if INVOKE_PROBE in bundle.models:  # the floor: an empty model with the same Python around it
-            timed_pipelines[FLOOR] = Pipeline(bundle, FLOOR_SPEC)
+            specs[FLOOR] = FLOOR_SPEC
+        timed_pipelines = {name: Pipeline(load_bundle(directory, precision=precision, num_threads=config.threads,
+                                                      models=list(spec.models), configs=configs), spec)
+                           for name, spec in specs.items()}
+        if FLOOR in timed_pipelines:
+            timed_pipelines[FLOOR_READ] = ReadingConfidences(Pipeline(load_bundle(
+                directory, precision=precision, num_threads=config.threads, models=[INVOKE_PROBE], configs=configs), FLOOR_SPEC))
         overhead = time_invoke_overhead(bundle.models[INVOKE_PROBE]) if INVOKE_PROBE in bundle.models else None
-        bare = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(bench_pipelines)}
+        bare_invoke = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(bench_pipelines)}
+        bare = BareCalls(load_bundle(directory, precision=precision, num_threads=config.threads, models=names,
+                                     configs=configs).models)
         for batch_size in config.batch_sizes:
             wrapped = (lambda it, d=f"bench {precision_label} batch {batch_size}": progress(it, desc=d)) if progress else None
-            timings = time_pipelines(timed_pipelines, timed, batch_size, config.warmup_batches, wrapped)
-            floor = timings.pop(FLOOR, None)
+            timings = time_pipelines(timed_pipelines, timed, batch_size, config.warmup_batches, bare, wrapped)
             run = {"precision": precision_label, "batch_size": batch_size,
                    "configuration": {m: (configs.get(m).label if m in configs else f"{precision}/default")
                                      for m in models_for(bench_pipelines)}, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
-                   "bare_invoke_us": {m: t * 1e6 for m, t in bare.items()}, "pipelines": {},
-                   "floor_ms_median": None if floor is None else float(np.median(floor[0]) * 1e3)}
-            for name, (per_image, stages) in timings.items():
+                   "bare_invoke_us": {m: t * 1e6 for m, t in bare_invoke.items()}, "pipelines": {},
+                   **_floor(timings, batch_size)}
+            for name, timing in timings.items():
+                per_image = timing.seconds / batch_size
                 row = {
                     "latency_ms_median": float(np.median(per_image) * 1e3),
                     "latency_ms_p95": float(np.percentile(per_image, 95) * 1e3),
@@ -198,7 +294,8 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
                     "path_shares": scored[name]["path_shares"],
                     "macs": _pipeline_macs(manifest, name, scored[name]["path_shares"]),
                     "params": _pipeline_params(manifest, name),
-                    "stage_ms_median": {s: v * 1e3 for s, v in stages.items()},
+                    "stage_ms_median": {m: t / batch_size * 1e3 for m, t in timing.stage_medians().items()},
+                    "beyond_bare_us_median": float(np.median(timing.beyond) / batch_size * 1e6),
                 }
                 row["energy_j_per_image"] = _energy_per_image(config.power_model, float(np.median(per_image)))
                 if run["floor_ms_median"]:
@@ -216,23 +313,31 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
     if "float32" not in precisions and "float32" in config.precisions:
         report["notes"].append("float32 models are only in build directories; this bundle was timed in int8 only")
     report["notes"].append("Times are on this machine, not on the target; energy is modelled for the target at its top frequency.")
+    report["notes"].append("beyond bare: a pipeline's time per image minus the bare calls (set_tensor + invoke + get_tensor "
+                           "of the scores) of the models it ran, each at the number of images it ran on; stage_ms_median "
+                           "is those bare calls per model.")
+    report["notes"].append("A call is timed until classify returns: classes, and confidences where a gate needs them "
+                           "(cbnet-fallback, branchynet); the other pipelines compute confidences when they are read, "
+                           "which the floor's 'confidences read' figure includes.")
     return report
 
 
 def format_bench(report: dict) -> str:
     lines = [f"{report['dataset']}: {report['num_timed_images']} timed images, {report['threads']} thread(s), {report['interpreter']}"]
     for run in report["runs"]:
-        overhead = run["invoke_overhead_us"]
-        floor = run.get("floor_ms_median")
-        lines.append(f"\n{run['precision']}, batch {run['batch_size']}" + (f"  (one empty invoke: {overhead:.1f} µs)" if overhead else "")
-                     + (f"  floor (empty model through a pipeline): {floor * 1e3:.1f} µs/image" if floor else ""))
+        lines.append(f"\n{run['precision']}, batch {run['batch_size']}")
+        if run.get("empty_call_us"):
+            lines.append(f"floor: an empty model's bare call (set_tensor + invoke + get_tensor) {run['empty_call_us']:.1f} µs; "
+                         f"through the pipeline code {run['floor_call_us']:.1f} µs ({run['floor_vs_empty_call']:.2f}x), "
+                         f"{run['floor_read_call_us']:.1f} µs with its confidences read ({run['floor_read_vs_empty_call']:.2f}x); "
+                         f"invoke alone {run['invoke_overhead_us']:.1f} µs")
         lines.append(f"{'pipeline':<15}{'ms/img':>9}{'p95':>9}{'img/s':>10}{'acc':>8}{'MMACs':>8}"
-                     + "".join(f"{'vs ' + base[:7]:>11}" for base in SPEEDUP_BASES) + f"{'x floor':>9}")
+                     + "".join(f"{'vs ' + base[:7]:>11}" for base in SPEEDUP_BASES) + f"{'x floor':>9}{'beyond bare':>13}")
         for name, r in run["pipelines"].items():
             lines.append(f"{name:<15}{r['latency_ms_median']:>9.4f}{r['latency_ms_p95']:>9.4f}{r['images_per_s']:>10.0f}"
                          f"{r['accuracy'] * 100:>7.2f}%{r['macs'] / 1e6:>8.3f}"
                          + "".join(f"{r['speedup_vs_' + base]:>10.2f}x" for base in SPEEDUP_BASES)
-                         + f"{r.get('multiple_of_floor', float('nan')):>8.1f}x")
+                         + f"{r.get('multiple_of_floor', float('nan')):>8.1f}x{r['beyond_bare_us_median']:>8.1f} µs/img")
     if report.get("tuning"):
         from cbnet_tl.runtime.tuning import format_tuning
 

@@ -10,7 +10,7 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
-from cbnet_tl.runtime.pipelines import Pipeline, models_for
+from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline, models_for
 from cbnet_tl.toolchain.evaluation import load_test_split
 from cbnet_tl.toolchain.simulate import HOST_STAGE, default_deadline_ms, simulate, top_frequency_latency
 
@@ -87,7 +87,7 @@ def trace_of(pipeline, images: np.ndarray, repeats: int = 3) -> list:
     for _ in range(repeats):
         runs = []
         for image in images:
-            result = pipeline.classify(image)
+            result = pipeline.classify(image, hook=TIME_STAGES)  # stages are timed only for a hook
             stages = list(result.stage_seconds.items())
             runs.append([(HOST_STAGE, max(0.0, result.seconds - sum(s for _, s in stages)))] + stages)
         passes.append(runs)
