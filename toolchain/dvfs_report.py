@@ -28,28 +28,33 @@ def frequency_curve(model: EnergyModel, top_latency_ms: dict) -> dict:
 def simulate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path], pipelines: Sequence[str], *,
                     target: str, deadline_ms: Optional[float], period_ms: Optional[float], policies: Sequence[str],
                     limit: Optional[int] = None, repeats: int = 3, frequencies_khz: Optional[Sequence[int]] = None,
-                    switch_us: Optional[float] = None) -> dict:
-    """``frequencies_khz``: the device's OPP list (default: the target table's); ``switch_us``: one switch."""
-    model = model_for(target, frequencies_khz, None if switch_us is None else switch_us / 1e6)  # fails fast
+                    switch_us: Optional[float] = None, threads: int = 1) -> dict:
+    """``target``: a power table's name or a ``PowerTable``; ``frequencies_khz``: the device's OPP list (default:
+    the table's); ``switch_us``: one switch; ``threads``: the interpreter's, and the busy cores of the model."""
+    model = model_for(target, frequencies_khz, None if switch_us is None else switch_us / 1e6, threads)  # fails fast
+    target = model.table
     _, test = load_test_split(bundle_dir, data_dir, dataset)
     images = test.images[:limit]
-    bundle = load_bundle(bundle_dir, models=models_for(pipelines))
-    result = {"target": target, "num_images": int(len(images)), "energy_source": "modelled", "pipelines": {},
-              "notes": [f"Stage times were measured on this machine and count as times at {target}'s top frequency, "
-                        "scaled by f_max/f; energy comes from the documented power model, not a meter."]}
+    bundle = load_bundle(bundle_dir, models=models_for(pipelines), num_threads=threads)
+    result = {"target": target.target, "num_images": int(len(images)), "energy_source": "modelled", "pipelines": {},
+              "threads": threads,
+              "notes": [f"Stage times shown: host times, unscaled: measured on this machine, they count as times at "
+                        f"{target.target}'s top frequency, scaled by f_max/f; energy comes from the documented power "
+                        "model, not a meter. (--workload scales them to the target and takes --trace.)"]}
     medians = {}
     for name in pipelines:
         trace = trace_of(Pipeline(bundle, name), images, repeats=repeats)
         latency = top_frequency_latency(trace, name)
         medians[name] = latency["median"]
-        deadline = deadline_ms if deadline_ms is not None else default_deadline_ms(latency)
+        deadline = deadline_ms if deadline_ms is not None else default_deadline_ms(latency, model.switch_seconds)
         runs = {}
         for arrivals, period in (("back-to-back", None), ("periodic", period_ms if period_ms else deadline)):
             runs[arrivals] = simulate(trace, target, deadline / 1e3, None if period is None else period / 1e3,
                                       policies, model.frequencies_khz, switch_seconds=model.switch_seconds,
                                       pipeline=name)
         result["pipelines"][name] = {"deadline_ms": deadline, "deadline_rule": "given" if deadline_ms else
-                                     "2x the slowest path's median top-frequency latency", "runs": runs}
+                                     "2x the slowest path's median top-frequency latency, at least two frequency switches",
+                                     "runs": runs}
     first = next(iter(result["pipelines"].values()))["runs"]["back-to-back"]
     result["policies"] = first["policies"]  # the first pipeline, back to back: the headline
     result["headline"] = {"pipeline": first["pipeline"], "arrivals": "back-to-back"}

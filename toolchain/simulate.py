@@ -27,11 +27,11 @@ import numpy as np
 
 from cbnet_tl.runtime.dvfs.energy import EnergySource, model_for
 from cbnet_tl.runtime.dvfs.policies import DvfsContext, Policy, parse_policy
+from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE  # a trace's time outside the model calls
 from cbnet_tl.runtime.errors import DataError, DvfsError
 from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, spec_for_stages
 
 ORACLE = "oracle"
-HOST_STAGE = "host"  # a trace's time outside the model calls (pre/post-processing, gate, softmax)
 
 
 def infer_pipeline(stage_names) -> str:
@@ -83,10 +83,11 @@ def top_frequency_latency(trace, pipeline: Optional[str] = None) -> dict:
             "median_by_path": {str(path): float(np.median(totals[paths == path])) for path in np.unique(paths)}}
 
 
-def default_deadline_ms(latency: dict) -> float:
+def default_deadline_ms(latency: dict, switch_seconds: float = 0.0) -> float:
     """Twice the top-frequency latency of the pipeline's slowest path (its median over the samples that
-    take it): every path has the same 2x slack, so what a policy saves or misses is its own doing."""
-    return 2 * max(latency["median_by_path"].values())
+    take it): every path has the same 2x slack, so what a policy saves or misses is its own doing. Never
+    less than two frequency switches: a shorter deadline leaves no policy a choice."""
+    return max(2 * max(latency["median_by_path"].values()), 2 * switch_seconds * 1e3)
 
 
 def replay(policy: Policy, samples: list, context: DvfsContext, pipeline: str) -> dict:
@@ -215,6 +216,24 @@ def oracle_schedule(samples: list, context: DvfsContext) -> tuple:
     return schedule, in_gap, bound
 
 
+def bound_policy(name: str, context: DvfsContext) -> Policy:
+    """The named policy, bound to ``context``; 'off' cannot be simulated."""
+    policy = parse_policy(name)
+    if policy is None:
+        raise DvfsError("DVFS 'off' leaves the frequency to the governor, which cannot be simulated. "
+                        "Expected performance, powersave, fixed:<MHz>, eenet or oracle")
+    policy.bind(context)
+    return policy
+
+
+def compare_to_references(results: dict) -> None:
+    """Add each policy's energy against performance's and the oracle's, where they ran."""
+    for reference in ("performance", ORACLE):
+        if reference in results:
+            for result in results.values():
+                result[f"energy_vs_{reference}"] = result["energy_j"] / results[reference]["energy_j"] - 1
+
+
 def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], policies: Sequence[str],
              frequencies_khz=None, *, switch_seconds: Optional[float] = None, pipeline: Optional[str] = None) -> dict:
     """Every policy in ``policies`` (``performance``, ``powersave``, ``fixed:<MHz>``, ``eenet``, ``oracle``) over
@@ -231,18 +250,11 @@ def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], p
             results[name] = replay(_Schedule(schedule, in_gap), samples, context, pipeline)
             results[name]["planned_energy_j"] = bound / len(samples)
             continue
-        policy = parse_policy(name)
-        if policy is None:
-            raise DvfsError("DVFS 'off' leaves the frequency to the governor, which cannot be simulated. "
-                            "Expected performance, powersave, fixed:<MHz>, eenet or oracle")
-        policy.bind(context)
+        policy = bound_policy(name, context)
         results[policy.name] = replay(policy, samples, context, pipeline)
-    for reference in ("performance", ORACLE):
-        if reference in results:
-            for result in results.values():
-                result[f"energy_vs_{reference}"] = result["energy_j"] / results[reference]["energy_j"] - 1
+    compare_to_references(results)
     return {
-        "target": target, "pipeline": pipeline, "num_inferences": len(samples),
+        "target": model.table.target, "pipeline": pipeline, "num_inferences": len(samples),
         "deadline_ms": deadline_s * 1e3, "period_ms": None if period_s is None else period_s * 1e3,
         "arrivals": "back-to-back" if period_s is None else "periodic",
         "frequencies_mhz": [f // 1000 if f % 1000 == 0 else f / 1000 for f in model.frequencies_khz],

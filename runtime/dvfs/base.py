@@ -9,6 +9,17 @@ file; every time it needs is passed in, in seconds:
     on_stage(stage, elapsed_s) -> kHz                 before a stage; elapsed_s since the arrival
     on_stage_done(stage, seconds, khz)                a stage (with the overhead that follows it) took seconds at khz
     on_end(path, latency_s) -> kHz                    the answer is out; the returned kHz holds until the next arrival
+
+A driver that runs images in batches (``simulate --batch-size``, a service draining an inbox) uses the batch
+events instead. Each defaults to its per-inference event above, so a policy that knows nothing of batches
+(the static ones) needs no change:
+
+    on_batch(pipeline, num_images, lateness_s, idle_s, queue) -> kHz
+        a batch of num_images starts; its oldest image arrived lateness_s ago (the batch's deadline counts from
+        it); ``queue`` lists the batches waiting behind it, oldest first, as (num_images, seconds_to_deadline)
+    on_batch_stage(stage, num_images, elapsed_s) -> kHz   before a stage that num_images of the batch run
+    on_batch_stage_done(stage, num_images, seconds, khz)  that stage took seconds at khz
+    on_batch_end(latency_s, queue) -> kHz                 the batch's answers are out (latency of its oldest image)
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Optional
 from cbnet_tl.runtime.dvfs.energy import EnergyModel
 from cbnet_tl.runtime.errors import DvfsError
 
+BATCH_PATH = "batch"  # the path a per-inference policy hears of at the end of a batch (its images' paths differ)
 PRE_STAGE = "_pre"  # the session's segment between begin_inference and the first stage (pre-processing)
 
 
@@ -69,3 +81,16 @@ class Policy:
 
     def on_end(self, path: str, latency_s: float) -> int:
         raise NotImplementedError
+
+    # batches: each event defaults to its per-inference one ------------------------------------------
+    def on_batch(self, pipeline: str, num_images: int, lateness_s: float, idle_s: float, queue: tuple) -> int:
+        return self.on_begin(pipeline, lateness_s, idle_s)
+
+    def on_batch_stage(self, stage: str, num_images: int, elapsed_s: float) -> int:
+        return self.on_stage(stage, elapsed_s)
+
+    def on_batch_stage_done(self, stage: str, num_images: int, seconds: float, khz: int) -> None:
+        self.on_stage_done(stage, seconds, khz)
+
+    def on_batch_end(self, latency_s: float, queue: tuple) -> int:
+        return self.on_end(BATCH_PATH, latency_s)

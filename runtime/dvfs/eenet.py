@@ -15,6 +15,9 @@ It follows the protocol of ``base.Policy``.
 - Energy of running slower: back to back, the board's idle power keeps running while the inference takes
   longer, so E(f) = P(f)·t(f). With idle gaps between arrivals, running slower only replaces idle time:
   E(f) = (P(f) − P_idle)·t(f) + constant. The power model says which frequency wins; nothing is assumed.
+- Batches (``on_batch`` and the other batch events): ``batch_plan.BatchPlanner`` sets the frequency for the rest
+  of the batch, and the batches queued behind it, from the images known to go on and every deadline.
+  ``learn`` gives it a stage's cost from a profile (a recorded trace) before the first batch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 from typing import NamedTuple, Optional
 
 from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy, PolicyKind
+from cbnet_tl.runtime.dvfs.batch_plan import BatchPlanner
 from cbnet_tl.runtime.errors import DvfsError
 
 
@@ -78,6 +82,24 @@ class EENetPolicy(Policy):
         self._current: Optional[int] = None
         self._idle: Optional[float] = None  # smoothed idle time before an inference
         self._latency: Optional[float] = None
+        self._batches = BatchPlanner(context, margin=self.min_margin)
+
+    def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
+        """A stage's cost for a batch of ``num_images`` from a profile, before the first batch (batches only)."""
+        self._batches.learn(pipeline, stage, num_images, seconds, khz)
+
+    # batches ------------------------------------------------------------------------------------
+    def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
+        return self._batches.start(pipeline, num_images, lateness_s, queue)
+
+    def on_batch_stage(self, stage, num_images, elapsed_s):
+        return self._batches.before_stage(stage, num_images, elapsed_s)
+
+    def on_batch_stage_done(self, stage, num_images, seconds, khz):
+        self._batches.stage_done(stage, num_images, seconds, khz)
+
+    def on_batch_end(self, latency_s, queue):
+        return self._batches.end(latency_s)
 
     # events -------------------------------------------------------------------------------------
     def on_begin(self, pipeline, lateness_s, idle_s):

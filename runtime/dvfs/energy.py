@@ -8,7 +8,7 @@ Everything this module returns is labelled ``modelled``; ``meters`` gives ``meas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -89,6 +89,7 @@ class EnergyModel:
     def describe(self) -> dict:
         return {
             "target": self.table.target,
+            "active_cores": self.table.active_cores,
             "energy_source": self.source,
             "idle_w": self.idle_w,
             "switch_us": self.switch_seconds * 1e6,
@@ -100,11 +101,16 @@ class EnergyModel:
         }
 
 
-def model_for(target: str, frequencies_khz: Optional[Iterable] = None,
-              switch_seconds: Optional[float] = None) -> EnergyModel:
-    """The energy model of ``target`` over the device's OPP list (kHz); the table's defaults when none is given."""
-    table = power_table(target)
+def model_for(target, frequencies_khz: Optional[Iterable] = None,
+              switch_seconds: Optional[float] = None, active_cores: Optional[int] = None) -> EnergyModel:
+    """The energy model of ``target`` (a table's name or a ``PowerTable``) over the device's OPP list (kHz); the
+    table's defaults when none is given. ``active_cores``: the cores the interpreter keeps busy (its threads)."""
+    table = target if isinstance(target, PowerTable) else power_table(target)
+    if active_cores is not None:
+        if not isinstance(active_cores, int) or active_cores < 1:
+            raise DvfsError(f"Expected active_cores (interpreter threads) >= 1. Received: {active_cores}")
+        table = replace(table, active_cores=active_cores)
     if frequencies_khz is None:
-        frequencies_khz = [mhz * 1000 for mhz in table.default_frequencies_mhz]
+        frequencies_khz = [int(round(mhz * 1000)) for mhz in table.default_frequencies_mhz]
     return EnergyModel(table, check_frequencies(frequencies_khz),
                        table.switch_seconds if switch_seconds is None else float(switch_seconds))

@@ -1,0 +1,218 @@
+"""EENet for batches: the frequency for the rest of a batch, and the batches queued behind it, from their deadlines.
+
+A batch runs its pipeline's stages one after another; after each stage the number of images that go on is
+known (an early exit's gate has decided), and the batches waiting behind it are known by their size and their
+deadline (counted from the arrival of each one's oldest image). The planner keeps, per pipeline and stage, the
+stage's cost in cycles (seconds × kHz) per number of images, and the share of images that go on to each stage.
+Before each stage it predicts the work left: this stage (its count known), the rest of the batch (counts
+predicted from the shares) and every queued batch, each with its deadline.
+
+The least-energy way to do a known amount of work W by a deadline T on a CPU whose energy per cycle above
+idle grows with the frequency is the constant speed W/T, or, between two operating points, a mix of the two
+that bracket it (points off the lower convex hull of energy per cycle against time per cycle never pay).
+So the planner takes the required speed s = max over the deadlines of (work due by it) / (time to it), and
+runs the next stage at the lower bracketing point when the work left after it still fits at the upper one,
+else at the upper one: over a batch the mix approaches s. Predictions are multiplied by (1 + margin); a miss
+raises the margin, met deadlines lower it again. Idle time is idle: the board draws idle power whatever the
+frequency, so energy per cycle above idle, (P(f) − P_idle) / f, is what a frequency costs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from cbnet_tl.runtime.dvfs.base import DvfsContext
+
+
+def efficient_frequencies(model) -> tuple:
+    """The OPPs (kHz, ascending) on the lower convex hull of energy per cycle above idle against time per cycle,
+    from the most efficient one up to the top: the only ones a least-energy schedule mixes."""
+    points = sorted(((1.0 / f, (model.active_w(f) - model.idle_w) / f, f) for f in model.frequencies_khz))
+    hull: list = []  # from the top frequency (least time per cycle) towards the most efficient one
+    for point in points:
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            if (y2 - y1) * (point[0] - x1) >= (point[1] - y1) * (x2 - x1):  # hull[-1] is not below the chord
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    best = min(range(len(hull)), key=lambda i: hull[i][1])
+    return tuple(sorted(f for _, _, f in hull[: best + 1]))
+
+
+class _Costs:
+    """One stage's cost in thousands of cycles per number of images, smoothed."""
+
+    __slots__ = ("by_count", "smoothing")
+
+    def __init__(self, smoothing: float):
+        self.by_count: dict = {}
+        self.smoothing = smoothing
+
+    def add(self, num_images: int, kcycles: float) -> None:
+        old = self.by_count.get(num_images)
+        self.by_count[num_images] = kcycles if old is None else old + self.smoothing * (kcycles - old)
+
+    def predict(self, num_images: float) -> Optional[float]:
+        return per_count(self.by_count, num_images)
+
+
+def per_count(by_count: dict, num_images: float) -> Optional[float]:
+    """A cost for ``num_images`` from costs known per number of images: the known one, else linear between the
+    nearest known sizes (beyond them, along the line through the two nearest; one size known: ∝ images)."""
+    if num_images <= 0:
+        return 0.0
+    if num_images in by_count:
+        return by_count[num_images]
+    if not by_count:
+        return None
+    sizes = np.array(sorted(by_count), dtype=np.float64)
+    values = np.array([by_count[int(s)] for s in sizes])
+    if len(sizes) == 1:
+        return float(values[0] * num_images / sizes[0])
+    if sizes[0] <= num_images <= sizes[-1]:
+        return float(np.interp(num_images, sizes, values))
+    i, k = (0, 1) if num_images < sizes[0] else (-2, -1)
+    slope = (values[k] - values[i]) / (sizes[k] - sizes[i])
+    return float(max(0.0, values[i] + slope * (num_images - sizes[i])))
+
+
+class _PipelineState:
+    def __init__(self):
+        self.order: list = []  # stages in the order a batch runs them
+        self.costs: dict = {}
+        self.share: dict = {}  # stage -> share of the previous stage's images that run it
+        self.seen: dict = {}  # stage -> batches counted in its share
+
+
+class BatchPlanner:
+    """The per-batch half of ``EENetPolicy`` (see the module docstring)."""
+
+    def __init__(self, context: DvfsContext, margin: float = 0.02, miss_step: float = 0.1,
+                 margin_decay: float = 0.01, smoothing: float = 0.2):
+        self.context, self.model = context, context.model
+        self.min_margin, self.miss_step, self.margin_decay, self.smoothing = margin, miss_step, margin_decay, smoothing
+        self.margin = margin
+        self.spread = 2.5  # standard deviations of a binomial share: the count planned for images not yet gated
+        self.levels = efficient_frequencies(self.model)
+        self._pipelines: dict = {}
+        self._pipe = _PipelineState()
+        self._current = self.model.top_khz
+        self._budget = 0.0
+        self._queue: tuple = ()
+        self._previous_count = 0
+
+    # what is known of the costs ----------------------------------------------------------------
+    def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
+        """A stage's cost: from a run, or from a profile (a trace) before the first batch."""
+        pipe = self._pipelines.setdefault(pipeline, _PipelineState())
+        if stage not in pipe.costs:
+            pipe.costs[stage] = _Costs(self.smoothing)
+            pipe.order.append(stage)
+        pipe.costs[stage].add(int(num_images), seconds * khz)
+
+    def _work(self, count: float, first: int = 0) -> Optional[float]:
+        """Predicted kcycles of a batch's stages from index ``first`` on; ``count`` images ran the stage before it
+        (or, from the first stage, the batch has ``count`` images). None: a stage's cost is not known yet."""
+        pipe, total = self._pipe, 0.0
+        for i in range(first, len(pipe.order)):
+            stage = pipe.order[i]
+            if i > 0:  # a high estimate of how many go on (never seen going on: every image)
+                share = pipe.share.get(stage, 1.0)
+                spread = self.spread * math.sqrt(share * (1 - share) / count) if count >= 1 else 0.0
+                count *= min(1.0, share + spread)
+            cost = pipe.costs[stage].predict(count)
+            if cost is None:
+                return None
+            total += cost
+        return total
+
+    # events --------------------------------------------------------------------------------------
+    def start(self, pipeline: str, num_images: int, lateness_s: float, queue: tuple) -> int:
+        self._pipe = self._pipelines.setdefault(pipeline, _PipelineState())
+        self._budget = self.context.deadline_s  # the stages' elapsed_s count from the oldest image's arrival too
+        self._queue, self._previous_count = tuple(queue), num_images
+        return self._current
+
+    def before_stage(self, stage: str, num_images: int, elapsed_s: float) -> int:
+        pipe = self._pipe
+        if num_images <= 0:  # the stage is skipped: nothing to set
+            return self._current
+        if stage not in pipe.costs:  # never seen: unknown work, run it at the top
+            self._current = self.model.top_khz
+            return self._current
+        index = pipe.order.index(stage)
+        now_cost = pipe.costs[stage].predict(num_images)
+        rest = self._work(num_images, index + 1)
+        if rest is None or now_cost is None:
+            self._current = self.model.top_khz
+            return self._current
+        self._current = self._choose(now_cost, rest, self._budget - elapsed_s)
+        return self._current
+
+    def stage_done(self, stage: str, num_images: int, seconds: float, khz: int) -> None:
+        pipe = self._pipe
+        share = num_images / self._previous_count if self._previous_count else 1.0
+        if pipe.order and stage != pipe.order[0] and self._previous_count:
+            seen = pipe.seen[stage] = pipe.seen.get(stage, 0) + 1
+            old = pipe.share.get(stage, share)
+            pipe.share[stage] = old + max(1.0 / seen, self.smoothing) * (share - old)
+        self._previous_count = num_images
+        if num_images > 0:
+            if stage not in pipe.costs:
+                pipe.costs[stage] = _Costs(self.smoothing)
+                pipe.order.append(stage)
+            pipe.costs[stage].add(num_images, seconds * khz)
+
+    def end(self, latency_s: float) -> int:
+        missed = latency_s > self.context.deadline_s * (1 + 1e-9)
+        self.margin = min(1.0, self.margin + self.miss_step) if missed else max(
+            self.min_margin, self.margin - self.margin_decay)
+        return self._current
+
+    # the choice ------------------------------------------------------------------------------------
+    def _choose(self, now_cost: float, rest: float, budget: float) -> int:
+        """The frequency of the next stage: ``now_cost`` kcycles now, ``rest`` more of this batch by ``budget``
+        seconds from now, then the queued batches by theirs."""
+        grow, switch = 1.0 + self.margin, self.model.switch_seconds
+        due = [(rest, budget)]
+        for num_images, seconds in self._queue:
+            work = self._work(num_images)
+            due.append((due[-1][0] + (work or 0.0), seconds))
+
+        def speed_after(elapsed: float, first: float = 0.0) -> float:
+            """The speed (kHz) the work left needs after ``elapsed`` seconds, with room for a switch per batch."""
+            need = 0.0
+            for k, (work, seconds) in enumerate(due):
+                room = seconds - elapsed - switch * (k + 1)
+                total = (work + first) * grow
+                if total <= 0:
+                    continue
+                need = max(need, math.inf if room <= 0 else total / room)
+            return need
+
+        required = speed_after(0.0, now_cost)
+        top, levels = self.model.top_khz, self.levels
+        if required > top:
+            return top
+        upper = next((f for f in levels if f >= required), top)
+        lower = max((f for f in levels if f <= required), default=levels[0])
+        choice = upper
+        for f in (lower, upper):
+            took = (switch if f != self._current else 0.0) + now_cost * grow / f
+            if speed_after(took) <= upper:
+                choice = f
+                break
+        if choice != self._current and self._current >= choice:  # staying faster: worth a switch?
+            excess = self.model.switch_j(self._current, choice) - self.model.idle_w * switch
+            saved = now_cost * (self._per_kcycle(self._current) - self._per_kcycle(choice))
+            if saved <= 2 * excess:
+                return self._current
+        return choice
+
+    def _per_kcycle(self, khz: int) -> float:
+        return (self.model.active_w(khz) - self.model.idle_w) / khz

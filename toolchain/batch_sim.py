@@ -1,0 +1,268 @@
+"""Simulate a workload served in batches, per DVFS policy, against the hindsight oracle.
+
+A ``Job`` is one batch: the arrival time of each of its images, and how many of them run each stage of the
+pipeline (an early exit's later stages run only the images that did not exit). Stage times per number of
+images and per frequency come from a ``StageCosts`` (host times scaled to the target, or a recorded trace).
+A batch starts when the CPU is free and its last image has arrived; its deadline counts from its oldest
+image's arrival; an image misses when its batch answers after the image's own arrival + deadline. Waiting
+for arrivals is idle time. Energy is modelled over the same window for every policy, from the first arrival
+to the last image's deadline (or the last answer, if later): the board's idle power all the time, plus,
+while inferring, P_active(f) − P_idle, plus, for every switch, its energy beyond idle. Policies hear the
+batch events of ``dvfs.base.Policy``: after each stage they know how many images go on.
+
+The **oracle** knows everything in advance. By dynamic programming over the batches it finds, among all
+schedules that give each stage of each batch its own frequency, the one of least energy that meets every
+deadline the top frequency meets (a batch the top frequency misses runs at the top). A state is the
+frequency set when a batch ends and when it ends relative to the next one's ready time; states that end no
+earlier at no less energy are dropped, and of the rest one per ``deadline / 1000`` of end time is kept
+(the cheapest), so the result is exact up to that thinning. A switch between batches is made as the batch
+ends, as the policies make it. Its plan is replayed through the same simulator as every policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy
+from cbnet_tl.runtime.dvfs.energy import EnergyModel
+from cbnet_tl.runtime.dvfs.policies import EENetPolicy
+from cbnet_tl.runtime.errors import DvfsError
+from cbnet_tl.toolchain.simulate import ORACLE, bound_policy, compare_to_references
+
+_TOLERANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class Job:
+    arrivals_s: np.ndarray  # each image's arrival, ascending
+    counts: tuple  # images that run each stage, in the pipeline's stage order (0: the stage is skipped)
+
+    @property
+    def oldest_s(self) -> float:
+        return float(self.arrivals_s[0])
+
+    @property
+    def ready_s(self) -> float:
+        return float(self.arrivals_s[-1])
+
+
+def durations(jobs: Sequence[Job], stages: Sequence[str], costs, frequencies_khz) -> np.ndarray:
+    """Seconds of each stage of each job at each frequency: (jobs, stages, frequencies)."""
+    table = {}
+    out = np.zeros((len(jobs), len(stages), len(frequencies_khz)))
+    for j, job in enumerate(jobs):
+        for s, (stage, count) in enumerate(zip(stages, job.counts)):
+            if count:
+                key = (stage, count)
+                if key not in table:
+                    table[key] = [costs.seconds(stage, count, f) for f in frequencies_khz]
+                out[j, s] = table[key]
+    return out
+
+
+def top_finishes(jobs: Sequence[Job], dur: np.ndarray) -> np.ndarray:
+    """When each job answers with everything at the top frequency (no switch): the earliest it can."""
+    finishes, now = np.empty(len(jobs)), 0.0
+    for j, job in enumerate(jobs):
+        now = max(now, job.ready_s) + float(dur[j, :, -1].sum())
+        finishes[j] = now
+    return finishes
+
+
+def image_misses(jobs: Sequence[Job], finishes: np.ndarray, deadline_s: float) -> int:
+    return int(sum(np.sum(job.arrivals_s + deadline_s < finish - _TOLERANCE) for job, finish in zip(jobs, finishes)))
+
+
+def _queue(jobs, j: int, now: float, deadline_s: float, oldest: np.ndarray) -> tuple:
+    """The batches behind job ``j`` with images already arrived: (images arrived, seconds to its deadline)."""
+    last = int(np.searchsorted(oldest, now, side="right"))
+    return tuple((int(np.searchsorted(jobs[k].arrivals_s, now, side="right")), jobs[k].oldest_s + deadline_s - now)
+                 for k in range(j + 1, last))
+
+
+def replay(policy: Policy, jobs: Sequence[Job], dur: np.ndarray, context: DvfsContext, pipeline: str,
+           stages: Sequence[str], horizon_s: float) -> dict:
+    """Drive a bound policy through the jobs with the batch events; energy, misses, time per frequency."""
+    model, deadline = context.model, context.deadline_s
+    index = {f: i for i, f in enumerate(model.frequencies_khz)}
+    oldest = np.array([job.oldest_s for job in jobs])
+    state = {"now": 0.0, "khz": model.top_khz}
+    busy, switches, finishes = {}, [], np.empty(len(jobs))
+
+    def switch(khz, timed=True):
+        if khz != state["khz"]:
+            if khz not in index:
+                raise DvfsError(f"Policy {policy.name} chose {khz} kHz, not in {list(model.frequencies_khz)}")
+            switches.append((state["khz"], khz))
+            state["khz"] = khz
+            state["now"] += model.switch_seconds if timed else 0.0
+
+    switch(policy.initial_khz(), timed=False)  # set before the first arrival: it delays nothing
+    for j, job in enumerate(jobs):
+        idle = max(0.0, job.ready_s - state["now"])
+        state["now"] += idle
+        switch(policy.on_batch(pipeline, len(job.arrivals_s), state["now"] - job.oldest_s, idle,
+                               _queue(jobs, j, state["now"], deadline, oldest)))
+        for s, (stage, count) in enumerate(zip(stages, job.counts)):
+            switch(policy.on_batch_stage(stage, count, state["now"] - job.oldest_s))
+            seconds = float(dur[j, s, index[state["khz"]]]) if count else 0.0
+            busy[state["khz"]] = busy.get(state["khz"], 0.0) + seconds
+            state["now"] += seconds
+            policy.on_batch_stage_done(stage, count, seconds, state["khz"])
+        finishes[j] = state["now"]
+        switch(policy.on_batch_end(state["now"] - job.oldest_s, _queue(jobs, j, state["now"], deadline, oldest)))
+    energy = total_energy(model, busy, switches, max(horizon_s, state["now"]))
+    num_images = sum(len(job.arrivals_s) for job in jobs)
+    misses = image_misses(jobs, finishes, deadline)
+    latencies = np.concatenate([finish - job.arrivals_s for job, finish in zip(jobs, finishes)]) * 1e3
+    return {"energy_j": energy / num_images, "energy_j_total": energy, "misses": misses,
+            "miss_rate": misses / num_images,
+            "batch_misses": int(sum(f > job.oldest_s + deadline + _TOLERANCE for job, f in zip(jobs, finishes))),
+            "latency_ms_median": float(np.median(latencies)), "latency_ms_p95": float(np.percentile(latencies, 95)),
+            "time_at_frequency": {str(k // 1000): round(v, 9) for k, v in sorted(busy.items()) if v > 0},
+            "switches": len(switches), "decisions": _decisions(switches)}
+
+
+def _decisions(switches: list) -> list:
+    return [int(b) for _, b in switches]
+
+
+def total_energy(model: EnergyModel, busy: dict, switches: list, window_s: float) -> float:
+    """Idle power over the whole window, plus what inferring and switching add to it."""
+    extra = sum((model.active_w(f) - model.idle_w) * s for f, s in busy.items())
+    extra += sum(model.switch_j(a, b) - model.idle_w * model.switch_seconds for a, b in switches)
+    return model.idle_w * window_s + extra
+
+
+class _Schedule(Policy):
+    """Replays the oracle's plan: one frequency per stage per job; a switch between jobs as a job ends."""
+
+    name = ORACLE
+
+    def __init__(self, plan: list):
+        self.plan, self.j, self.s = plan, -1, 0
+
+    def initial_khz(self):
+        return self.plan[0][0]
+
+    def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
+        self.j, self.s = self.j + 1, 0
+        return self.plan[self.j][0]
+
+    def on_batch_stage(self, stage, num_images, elapsed_s):
+        self.s += 1
+        return self.plan[self.j][self.s - 1]
+
+    def on_batch_end(self, latency_s, queue):
+        return self.plan[self.j + 1][0] if self.j + 1 < len(self.plan) else self.plan[self.j][-1]
+
+
+def oracle_plan(jobs: Sequence[Job], dur: np.ndarray, model: EnergyModel, deadline_s: float,
+                horizon_s: float) -> tuple:
+    """(frequencies per stage per job in kHz, least energy in J) by dynamic programming (module docstring)."""
+    freqs = np.array(model.frequencies_khz)
+    n, top, sw, idle = len(freqs), len(freqs) - 1, model.switch_seconds, model.idle_w
+    extra_w = np.array([model.active_w(int(f)) - idle for f in freqs])
+    swx = np.array([[0.0 if a == b else model.switch_j(int(a), int(b)) - idle * sw for b in freqs] for a in freqs])
+    must_meet = top_finishes(jobs, dur) <= np.array([job.oldest_s for job in jobs]) + deadline_s + _TOLERANCE
+    grid = deadline_s / 1000
+    # the frontier: frequency index, end relative to the next job's ready time, energy, back-pointer
+    f_state, delta, cost = np.arange(n), np.full(n, -sw), swx[top].copy()
+    history, combos_cache = [], {}
+    for j, job in enumerate(jobs):
+        active = tuple(s for s, c in enumerate(job.counts) if c)
+        combos = combos_cache.get(len(active))
+        if combos is None:
+            if n ** len(active) > 200_000:
+                raise DvfsError(f"The oracle enumerates {n}^{len(active)} frequency choices per batch; too many. "
+                                "Expected at most 200000 (fewer OPPs or stages)")
+            combos = combos_cache[len(active)] = np.array(list(itertools.product(range(n), repeat=len(active))),
+                                                          dtype=np.int64).reshape(-1, len(active))
+        if not must_meet[j]:
+            combos = combos[(combos == top).all(1)]
+        seconds = dur[j][list(active)][np.arange(len(active))[None, :], combos] if active else np.zeros((1, 0))
+        inner = (combos[:, 1:] != combos[:, :-1]).sum(1)
+        length = seconds.sum(1) + inner * sw
+        energy = (extra_w[combos] * seconds).sum(1) + swx[combos[:, :-1], combos[:, 1:]].sum(1)
+        first, last = combos[:, 0], combos[:, -1]
+        start = np.maximum(0.0, delta[:, None] + sw * (f_state[:, None] != first[None, :]))
+        end = job.ready_s + start + length[None, :]
+        total = cost[:, None] + energy[None, :] + swx[f_state][:, first]
+        ok = end <= job.oldest_s + deadline_s + _TOLERANCE if must_meet[j] else np.ones_like(end, dtype=bool)
+        following = jobs[j + 1].ready_s if j + 1 < len(jobs) else horizon_s
+        prev, pick = np.nonzero(ok)
+        new_delta = np.maximum(end[prev, pick] - following, -sw)
+        f_state, delta, cost, prev, pick = _thin(last[pick], new_delta, total[prev, pick], prev, pick, grid)
+        history.append((prev, combos[pick], active))
+    final = cost + idle * (horizon_s + np.maximum(0.0, delta))
+    state = int(final.argmin())
+    best = float(final[state])
+    plan = []
+    for prev, chosen, active in reversed(history):
+        row, khz = chosen[state], []
+        for s in range(len(jobs[0].counts)):
+            if s in active:
+                khz.append(int(freqs[row[active.index(s)]]))
+            else:
+                khz.append(khz[-1] if khz else None)
+        plan.append(khz)
+        state = int(prev[state])
+    plan.reverse()
+    for row in plan:  # a skipped first stage keeps the frequency of the batch's first active stage
+        first = next(k for k in row if k is not None)
+        row[:] = [first if k is None else k for k in row]
+    return plan, best
+
+
+def _thin(f_state, delta, cost, prev, pick, grid: float) -> tuple:
+    """Per frequency: drop states that end no earlier at no less energy, then keep the cheapest per grid step."""
+    keep = []
+    order = np.lexsort((cost, delta, f_state))
+    f_sorted = f_state[order]
+    for f in np.unique(f_sorted):
+        idx = order[f_sorted == f]
+        running = np.minimum.accumulate(cost[idx])
+        pareto = idx[np.concatenate(([True], cost[idx][1:] < running[:-1]))]
+        if len(pareto) > 1:
+            bucket = np.floor((delta[pareto] - delta[pareto[0]]) / grid).astype(np.int64)
+            last_in_bucket = np.concatenate((bucket[1:] != bucket[:-1], [True]))  # the cheapest of each step
+            last_in_bucket[0] = True  # and the earliest end
+            pareto = pareto[last_in_bucket]
+        keep.append(pareto)
+    keep = np.concatenate(keep)
+    return f_state[keep], delta[keep], cost[keep], prev[keep], pick[keep]
+
+
+def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: EnergyModel, deadline_s: float,
+                  policies: Sequence[str], pipeline: str, profile: Optional[dict] = None) -> dict:
+    """Every policy over the jobs; ``profile`` maps (stage, num_images) -> top-frequency seconds that eenet
+    starts from (what a recorded trace gives a device before its first batch)."""
+    if not jobs:
+        raise DvfsError("Expected a workload with at least one image. Received none")
+    context = DvfsContext(model, deadline_s)
+    dur = durations(jobs, stages, costs, model.frequencies_khz)
+    horizon = max(job.arrivals_s[-1] for job in jobs) + deadline_s
+    num_images = sum(len(job.arrivals_s) for job in jobs)
+    results = {}
+    for name in policies:
+        if name == ORACLE:
+            plan, planned = oracle_plan(jobs, dur, model, deadline_s, horizon)
+            results[name] = replay(_Schedule(plan), jobs, dur, context, pipeline, stages, horizon)
+            results[name]["planned_energy_j"] = planned / num_images
+            continue
+        policy = bound_policy(name, context)
+        if isinstance(policy, EENetPolicy) and profile:
+            for (stage, count), seconds in profile.items():
+                policy.learn(pipeline, stage, count, seconds, model.top_khz)
+        results[policy.name] = replay(policy, jobs, dur, context, pipeline, stages, horizon)
+    compare_to_references(results)
+    top = top_finishes(jobs, dur)
+    return {"policies": results, "num_images": num_images, "num_batches": len(jobs),
+            "unavoidable_miss_rate": image_misses(jobs, top, deadline_s) / num_images,
+            "top_frequency_batch_ms": {"median": float(np.median(dur[:, :, -1].sum(1))) * 1e3,
+                                       "max": float(dur[:, :, -1].sum(1).max()) * 1e3},
+            "busy_share_at_top": float(dur[:, :, -1].sum() / horizon), "horizon_ms": horizon * 1e3}
