@@ -14,6 +14,9 @@ from cbnet_tl.toolchain.arm64_cost import QEMU, build_plugin
 
 MOVZ_X0_42, MOVZ_X8_93, SVC_0 = 0xD2800540, 0xD2800BA8, 0xD4000001  # exit(42)
 SUBS_X1_1, BNE_BACK_1 = 0xF1000421, 0x54FFFFE1  # x1 -= 1; loop while x1 != 0
+SUBS_X3_1 = 0xF1000463
+# the mark arm64_probe.py makes: lseek(-1, 0x4D41524B, SEEK_SET)
+MARK = (0x92800000, 0xD2800000 | (0x524B << 5) | 1, 0xF2A00000 | (0x4D41 << 5) | 1, 0xD2800002, 0xD28007C8, SVC_0)
 
 
 def _movz_x1(value: int) -> int:
@@ -31,15 +34,16 @@ def aarch64_program(*instructions: int) -> bytes:
     return elf + code
 
 
-def count(tmp_path: Path, program: bytes) -> tuple:
-    """(exit status, instructions counted) of ``program`` under qemu-aarch64 with the plugin."""
+def count(tmp_path: Path, program: bytes, marks: bool = False) -> tuple:
+    """(exit status, instructions counted[, the count at each mark]) of ``program`` under qemu-aarch64."""
     plugin = build_plugin(tmp_path / "insncount.so")
     binary, out = tmp_path / "program", tmp_path / "count"
     binary.write_bytes(program)
     binary.chmod(0o755)
     result = subprocess.run([str(QEMU), "-cpu", "cortex-a72", "-plugin", f"{plugin},out={out}", str(binary)],
                             capture_output=True, text=True, timeout=60, check=False)
-    return result.returncode, int(out.read_text())
+    total, *at_marks = [int(line) for line in out.read_text().split()]
+    return (result.returncode, total, at_marks) if marks else (result.returncode, total)
 
 
 def test_the_plugin_counts_every_instruction_executed(tmp_path):
@@ -49,6 +53,18 @@ def test_the_plugin_counts_every_instruction_executed(tmp_path):
     assert count(tmp_path, loop) == (42, 1 + 2 * 1000 + 3)
     longer = aarch64_program(_movz_x1(4000), SUBS_X1_1, BNE_BACK_1, MOVZ_X0_42, MOVZ_X8_93, SVC_0)
     assert count(tmp_path, longer) == (42, 1 + 2 * 4000 + 3)
+
+
+def test_marks_count_what_runs_between_them(tmp_path):
+    def _movz_x3(value: int) -> int:
+        return 0xD2800000 | (value << 5) | 3
+
+    program = aarch64_program(*MARK, _movz_x3(1000), SUBS_X3_1, BNE_BACK_1, *MARK, MOVZ_X0_42, MOVZ_X8_93, SVC_0)
+    status, total, marks = count(tmp_path, program, marks=True)
+    assert status == 42 and marks == [6, 6 + 1 + 2 * 1000 + 6] and total == marks[1] + 3
+    # other lseek calls are no marks: the mark's offset changed
+    other = aarch64_program(0x92800000, 0xD2800021, 0xD2800002, 0xD28007C8, SVC_0, MOVZ_X0_42, MOVZ_X8_93, SVC_0)
+    assert count(tmp_path, other, marks=True) == (42, 8, [])
 
 
 def test_a_bad_plugin_argument_stops_qemu(tmp_path):

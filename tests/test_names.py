@@ -9,7 +9,7 @@ from pathlib import Path
 from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
-READERS = ["toolchain/fallback.py", "toolchain/sizes.py", "toolchain/report.py", "toolchain/bench.py",
+READERS = ["toolchain/arm64_cost.py", "toolchain/fallback.py", "toolchain/sizes.py", "toolchain/report.py", "toolchain/bench.py",
            "toolchain/bundle.py", "toolchain/evaluation.py", "examples/classify_folder.py", "runtime/cli.py",
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "toolchain" / "cli").glob("*.py"))]
 NAMES = ({*PIPELINE_SPECS, CONVERTER, INVOKE_PROBE}

@@ -2,11 +2,13 @@
 
 Each pipeline of a bundle runs inside the Debian arm64 root the arm64 check builds (scripts/arm64_check.py),
 under the dynamic ``qemu-aarch64`` emulating the target's core (``-cpu cortex-a72`` for a Raspberry Pi 4), with
-a small TCG plugin (``data/insncount.c``, compiled here) counting the guest instructions executed. Two runs
-per pipeline and batch size, on N images and on 0 (``arm64_probe.py``), so interpreter start-up, loading and
-the warm-up cancel: (count(N) - count(0)) / N is the instructions per image. It is an instruction count under
-emulation, from the same aarch64 kernels the board runs: a proxy for time on the board, not a time (no
-caches, no memory stalls, every instruction weighs one).
+a small TCG plugin (``data/insncount.c``, compiled here) counting the guest instructions executed. One run per
+pipeline and batch size (``arm64_probe.py``): after start-up, loading and a warm-up call, the same loop runs on
+N images and on 0, each between two marks the plugin records, so (count(N) - count(0)) / N is the instructions
+per image, with none of the start-up (whose run-to-run noise, about 8 M instructions a process, would be 8 k
+per image at N = 1,024 in two separate runs). It is an instruction count under emulation, from the same
+aarch64 kernels the board runs: a proxy for time on the board, not a time (no caches, no memory stalls,
+every instruction weighs one).
 
 Set-up (once, as root, with network: ``prepare``): the dynamic qemu-aarch64 with its loader and libraries and
 the compiled plugin are copied into ROOT/opt/cbnet-tl-count/host (qemu-user-static loads no plugins, and under
@@ -33,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.errors import CbnetError
+from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE as BASELINE  # ratios are to it
 
 DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
 DEFAULT_SUITE = "bookworm"
@@ -41,9 +44,8 @@ QEMU = Path("/usr/bin/qemu-aarch64")  # Debian's qemu-user: dynamic, loads plugi
 PLUGIN_SOURCE = Path(__file__).parent / "data" / "insncount.c"
 PROBE_SOURCE = Path(__file__).parent / "arm64_probe.py"
 RUN_TIMEOUT = 3600
-BASELINE = "lenet"  # ratios are to it (runtime.pipelines.BASELINE_PIPELINE)
-METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count with N images - count "
-          "with 0) / N: a proxy for time on the board, not a time")
+METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count of a loop on N images - "
+          "count of the same loop on 0) / N, in one process after start-up: a proxy for time on the board, not a time")
 
 
 class Arm64CountError(CbnetError):
@@ -141,40 +143,32 @@ def qemu_version() -> str:
     return result.stdout.split("\n", 1)[0].strip() if result.returncode == 0 else "?"
 
 
-def _stamp(requirements: str) -> str:
-    return json.dumps({"requirements": sorted(line.strip() for line in requirements.splitlines()
-                                              if line.strip() and not line.lstrip().startswith("#")),
-                       "qemu": qemu_version(), "plugin": PLUGIN_SOURCE.read_text()})
+def _host_stamp() -> str:
+    return json.dumps({"qemu": qemu_version(), "plugin": PLUGIN_SOURCE.read_text()})
+
+
+def _venv_stamp(requirements: str) -> str:
+    return json.dumps(sorted(line.strip() for line in requirements.splitlines()
+                             if line.strip() and not line.lstrip().startswith("#")))
+
+
+def _stamped(path: Path, stamp: str) -> bool:
+    return path.is_file() and path.read_text() == stamp
 
 
 def is_prepared(root: Path, requirements: str) -> bool:
-    stamp = root / IN_ROOT.lstrip("/") / "stamp.json"
-    return stamp.is_file() and stamp.read_text() == _stamp(requirements)
+    base = root / IN_ROOT.lstrip("/")
+    return _stamped(base / "host" / "stamp.json", _host_stamp()) \
+        and _stamped(base / "venv" / "stamp.json", _venv_stamp(requirements))
 
 
-def require_root(root: Path) -> None:
-    """Refuse in one line unless this process may chroot and ``root`` is a Debian arm64 root."""
-    if os.geteuid() != 0:
-        raise Arm64CountError("counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo")
-    if not (root / "usr/bin/python3").exists() or not (root / "opt").is_dir():
-        raise Arm64CountError(f"no Debian arm64 root at {root}: make it with `sudo python3 scripts/arm64_check.py "
-                              "--only bookworm-litert` (it caches its roots in /var/cache/cbnet-tl/arm64)")
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log: Callable = _stderr) -> None:
-    """Put qemu, its libraries, the plugin and a venv with ``requirements`` into ``root`` (network for pip)."""
-    require_root(root)
+def _install_host(base: Path) -> None:
+    """qemu-aarch64 (dynamic), its loader and libraries, and the plugin compiled from source, into BASE/host."""
     if not QEMU.is_file():
         raise Arm64CountError(f"{QEMU} is missing: apt-get install qemu-user (scripts/setup.sh --tests)")
-    base = root / IN_ROOT.lstrip("/")
-    log(f"arm64 count: setting up {base} (once): qemu, the counting plugin and a venv with the interpreter")
-    if base.exists():
-        shutil.rmtree(base)
     host = base / "host"
+    if host.exists():
+        shutil.rmtree(host)
     (host / "lib").mkdir(parents=True)
     loader, libraries = _host_libraries(QEMU)
     shutil.copy2(loader, host / "ld.so")
@@ -182,6 +176,13 @@ def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log
         shutil.copy2(library, host / "lib" / library.name)
     shutil.copy2(QEMU, host / "qemu-aarch64")
     build_plugin(host / "insncount.so")
+    (host / "stamp.json").write_text(_host_stamp())
+
+
+def _install_venv(root: Path, base: Path, requirements: str, pip_cache: Optional[Path]) -> None:
+    """A venv in BASE/venv with ``requirements`` from the registry (the one step that needs the network)."""
+    if (base / "venv").exists():
+        shutil.rmtree(base / "venv")
     (base / "requirements.txt").write_text(requirements)
     extra = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
     ca = next((Path(c) for c in (os.environ.get("PIP_CERT"), ssl.get_default_verify_paths().cafile,
@@ -200,7 +201,33 @@ def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log
         result = in_root(root, argv, env=env, binds=binds)
         if result.returncode != 0:
             raise Arm64CountError(f"`{' '.join(argv)}` in {root} failed: {_tail(result.stderr)}")
-    (base / "stamp.json").write_text(_stamp(requirements))
+    (base / "venv" / "stamp.json").write_text(_venv_stamp(requirements))
+
+
+def require_root(root: Path) -> None:
+    """Refuse in one line unless this process may chroot and ``root`` is a Debian arm64 root."""
+    if os.geteuid() != 0:
+        raise Arm64CountError("counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo")
+    if not (root / "usr/bin/python3").exists() or not (root / "opt").is_dir():
+        raise Arm64CountError(f"no Debian arm64 root at {root}: make it with `sudo python3 scripts/arm64_check.py "
+                              "--only bookworm-litert` (it caches its roots in /var/cache/cbnet-tl/arm64)")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log: Callable = _stderr) -> None:
+    """Put qemu, its libraries and the compiled plugin, and a venv with ``requirements``, into ``root`` (each
+    only when missing or stale; the venv needs the network)."""
+    require_root(root)
+    base = root / IN_ROOT.lstrip("/")
+    if not _stamped(base / "host" / "stamp.json", _host_stamp()):
+        log(f"arm64 count: copying qemu-aarch64 and building the counting plugin in {base / 'host'}")
+        _install_host(base)
+    if not _stamped(base / "venv" / "stamp.json", _venv_stamp(requirements)):
+        log(f"arm64 count: making a venv with the bundle's requirements in {base / 'venv'} (once; needs the network)")
+        _install_venv(root, base, requirements, pip_cache)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,12 +239,12 @@ class Job:
     kind: str  # "pipeline" or "bare"
     name: str
     batch_size: int
-    num_images: int
+    num_images: int  # the counted loop's images (a multiple of batch_size)
 
 
 def _count(root: Path, work: str, job: Job, cpu: str) -> tuple:
-    """(instructions, the probe's JSON line) of one run."""
-    out = f"{work}/{job.kind}-{job.name}-{job.batch_size}-{job.num_images}.count"
+    """((instructions of the loop on N images, of the loop on 0), the probe's JSON line) of one run."""
+    out = f"{work}/{job.kind}-{job.name}-{job.batch_size}.count"
     host = f"{IN_ROOT}/host"
     argv = [f"{host}/ld.so", "--library-path", f"{host}/lib", f"{host}/qemu-aarch64", "-cpu", cpu,
             "-plugin", f"{host}/insncount.so,out={out}", f"{IN_ROOT}/venv/bin/python", f"{work}/arm64_probe.py",
@@ -227,7 +254,11 @@ def _count(root: Path, work: str, job: Job, cpu: str) -> tuple:
     if result.returncode != 0 or not count_file.is_file():
         raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size} on {cpu} failed "
                               f"(exit {result.returncode}): {_tail(result.stderr)}")
-    return int(count_file.read_text().strip()), result.stdout.strip().splitlines()[-1]
+    _total, *marks = [int(line) for line in count_file.read_text().split()]
+    if len(marks) != 4:
+        raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size}: expected 4 marks from the "
+                              f"probe, the plugin saw {len(marks)}")
+    return (marks[1] - marks[0], marks[3] - marks[2]), result.stdout.strip().splitlines()[-1]
 
 
 def _copy_bundle(bundle: Path, dest: Path, models: list) -> None:
@@ -253,10 +284,9 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
         if not is_prepared(config.root, requirements):
             prepare(config.root, requirements, pip_cache=config.root.parent / "pip")
     models = sorted({m for names in pipelines.values() for m in names} | set(extra_models))
-    jobs = [Job("pipeline", name, b, n) for name in pipelines for b in config.batch_sizes
-            for n in ((config.num_images // b) * b, 0)]
+    jobs = [Job("pipeline", name, b, (config.num_images // b) * b) for name in pipelines for b in config.batch_sizes]
     if config.bare:
-        jobs += [Job("bare", model, 1, n) for model in models for n in (config.num_images, 0)]
+        jobs += [Job("bare", model, 1, config.num_images) for model in models]
     (config.root / IN_ROOT.lstrip("/") / "work").mkdir(parents=True, exist_ok=True)
     host_work = Path(tempfile.mkdtemp(prefix="run-", dir=config.root / IN_ROOT.lstrip("/") / "work"))
     work = f"{IN_ROOT}/work/{host_work.name}"
@@ -313,7 +343,8 @@ def count_pipelines(path: Path, images: np.ndarray, labels: np.ndarray, config: 
 
 def _per_image(counts: dict, kind: str, name: str, batch_size: int, num_images: int) -> int:
     full = (num_images // batch_size) * batch_size
-    return round((counts[Job(kind, name, batch_size, full)] - counts[Job(kind, name, batch_size, 0)]) / full)
+    with_images, without = counts[Job(kind, name, batch_size, full)]
+    return round((with_images - without) / full)
 
 
 def _report(counts: dict, versions: dict, pipelines: dict, config: CountConfig, models: list) -> dict:
