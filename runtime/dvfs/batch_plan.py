@@ -27,6 +27,20 @@ import numpy as np
 from cbnet_tl.runtime.dvfs.base import DvfsContext
 
 
+QUANTILE = 0.995  # the images not yet gated that a batch plans for: all but 0.5% of batches have no more
+
+
+def binomial_quantile(count: float, share: float, quantile: float) -> int:
+    """The least k with P(Binomial(ceil(count), share) <= k) >= quantile."""
+    n = math.ceil(count - 1e-9)
+    cumulative = 0.0
+    for k in range(n + 1):
+        cumulative += math.comb(n, k) * share ** k * (1 - share) ** (n - k)
+        if cumulative >= quantile:
+            return k
+    return n
+
+
 def efficient_frequencies(model) -> tuple:
     """The OPPs (kHz, ascending) on the lower convex hull of energy per cycle above idle against time per cycle,
     from the most efficient one up to the top: the only ones a least-energy schedule mixes."""
@@ -97,7 +111,6 @@ class BatchPlanner:
         self.context, self.model = context, context.model
         self.min_margin, self.miss_step, self.margin_decay, self.smoothing = margin, miss_step, margin_decay, smoothing
         self.margin = margin
-        self.spread = 2.5  # standard deviations of a binomial share: the count planned for images not yet gated
         self.levels = efficient_frequencies(self.model)
         self._pipelines: dict = {}
         self._pipe = _PipelineState()
@@ -115,16 +128,18 @@ class BatchPlanner:
             pipe.order.append(stage)
         pipe.costs[stage].add(int(num_images), seconds * khz)
 
-    def _work(self, count: float, first: int = 0) -> Optional[float]:
+    def _work(self, count: float, first: int = 0, cautious: bool = False) -> Optional[float]:
         """Predicted kcycles of a batch's stages from index ``first`` on; ``count`` images ran the stage before it
-        (or, from the first stage, the batch has ``count`` images). None: a stage's cost is not known yet."""
+        (or, from the first stage, the batch has ``count`` images). ``cautious``: plan for as many images going
+        on as happen in all but ``1 - QUANTILE`` of batches (the current batch), else for the expected number
+        (the queue: its batches' surprises average out). None: a stage's cost is not known yet."""
         pipe, total = self._pipe, 0.0
         for i in range(first, len(pipe.order)):
             stage = pipe.order[i]
-            if i > 0:  # a high estimate of how many go on (never seen going on: every image)
-                share = pipe.share.get(stage, 1.0)
-                spread = self.spread * math.sqrt(share * (1 - share) / count) if count >= 1 else 0.0
-                count *= min(1.0, share + spread)
+            if i > 0:
+                seen = pipe.seen.get(stage, 0)  # a share never seen, or seen as 0 or 1, is not certain: Laplace
+                share = (pipe.share.get(stage, 1.0) * seen + 1) / (seen + 2)
+                count = binomial_quantile(count, share, QUANTILE) if cautious else count * share
             cost = pipe.costs[stage].predict(count)
             if cost is None:
                 return None
@@ -147,11 +162,12 @@ class BatchPlanner:
             return self._current
         index = pipe.order.index(stage)
         now_cost = pipe.costs[stage].predict(num_images)
-        rest = self._work(num_images, index + 1)
-        if rest is None or now_cost is None:
+        rest = self._work(num_images, index + 1, cautious=True)
+        expected = self._work(num_images, index + 1)
+        if rest is None or expected is None or now_cost is None:
             self._current = self.model.top_khz
             return self._current
-        self._current = self._choose(now_cost, rest, self._budget - elapsed_s)
+        self._current = self._choose(now_cost, rest, expected, self._budget - elapsed_s)
         return self._current
 
     def stage_done(self, stage: str, num_images: int, seconds: float, khz: int) -> None:
@@ -175,44 +191,55 @@ class BatchPlanner:
         return self._current
 
     # the choice ------------------------------------------------------------------------------------
-    def _choose(self, now_cost: float, rest: float, budget: float) -> int:
-        """The frequency of the next stage: ``now_cost`` kcycles now, ``rest`` more of this batch by ``budget``
-        seconds from now, then the queued batches by theirs."""
+    def _choose(self, now_cost: float, rest: float, expected_rest: float, budget: float) -> int:
+        """The frequency of the next stage: ``now_cost`` kcycles now, then ``rest`` more of this batch (planned
+        for; ``expected_rest`` on average) by ``budget`` seconds from now, then the queued batches by theirs.
+        Of the frequencies after which the work left still fits at the top, the one of least expected energy:
+        this stage at f, plus the work left at the speed it then needs (on the hull, between two points)."""
         grow, switch = 1.0 + self.margin, self.model.switch_seconds
-        due = [(rest, budget)]
+        due, expected = [(rest, budget)], expected_rest
         for num_images, seconds in self._queue:
-            work = self._work(num_images)
-            due.append((due[-1][0] + (work or 0.0), seconds))
+            work = self._work(num_images) or 0.0
+            due.append((due[-1][0] + work, seconds))
+            expected += work
 
         def speed_after(elapsed: float, first: float = 0.0) -> float:
             """The speed (kHz) the work left needs after ``elapsed`` seconds, with room for a switch per batch."""
             need = 0.0
             for k, (work, seconds) in enumerate(due):
-                room = seconds - elapsed - switch * (k + 1)
-                total = (work + first) * grow
-                if total <= 0:
-                    continue
-                need = max(need, math.inf if room <= 0 else total / room)
+                total, room = (work + first) * grow, seconds - elapsed - (switch * (k + 1) if work + first else 0.0)
+                if room < 0 or (total > 0 and room == 0):  # what ran already overruns this deadline
+                    return math.inf
+                need = max(need, total / room if total > 0 else 0.0)
             return need
 
-        required = speed_after(0.0, now_cost)
-        top, levels = self.model.top_khz, self.levels
-        if required > top:
+        top, planned = self.model.top_khz, due[-1][0]  # the work the speed after is for (not the expected:
+        if speed_after(0.0, now_cost) > top:          # its cost would then undercount a speed-up later)
             return top
-        upper = next((f for f in levels if f >= required), top)
-        lower = max((f for f in levels if f <= required), default=levels[0])
-        choice = upper
-        for f in (lower, upper):
-            took = (switch if f != self._current else 0.0) + now_cost * grow / f
-            if speed_after(took) <= upper:
-                choice = f
-                break
-        if choice != self._current and self._current >= choice:  # staying faster: worth a switch?
-            excess = self.model.switch_j(self._current, choice) - self.model.idle_w * switch
-            saved = now_cost * (self._per_kcycle(self._current) - self._per_kcycle(choice))
-            if saved <= 2 * excess:
-                return self._current
-        return choice
+        best, best_cost = top, math.inf
+        for f in sorted(set(self.levels) | {self._current}):
+            moved = f != self._current
+            after = speed_after((switch if moved else 0.0) + now_cost * grow / f)
+            if after > top:
+                continue
+            cost = now_cost * self._per_kcycle(f) + planned * self._per_kcycle_at(after)
+            if moved:
+                cost += self.model.switch_j(self._current, f) - self.model.idle_w * switch
+            if cost < best_cost:
+                best, best_cost = f, cost
+        return best
+
+    def _per_kcycle_at(self, speed: float) -> float:
+        """Energy per kcycle above idle of running at ``speed`` kHz: a mix of the two hull points around it."""
+        levels = self.levels
+        if speed <= levels[0]:
+            return self._per_kcycle(levels[0])
+        upper = next((f for f in levels if f >= speed), levels[-1])
+        lower = max(f for f in levels if f <= speed) if speed < upper else upper
+        if upper == lower:
+            return self._per_kcycle(upper)
+        share_upper = (1 / lower - 1 / speed) / (1 / lower - 1 / upper)  # time per cycle mixes linearly
+        return share_upper * self._per_kcycle(upper) + (1 - share_upper) * self._per_kcycle(lower)
 
     def _per_kcycle(self, khz: int) -> float:
         return (self.model.active_w(khz) - self.model.idle_w) / khz
