@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cbnet_tl.toolchain import arm64_cost
+from cbnet_tl.toolchain import arm64_cost, arm64_setup
 from cbnet_tl.toolchain.arm64_cost import CountConfig, Job, format_counts
 from cbnet_tl.toolchain.cli import app
 from cbnet_tl.toolchain.targets import TARGETS
@@ -55,11 +55,11 @@ def test_arm64_options_are_refused_when_they_cannot_apply(tiny_bundle, mnist_dir
 
 
 def test_arm64_count_says_what_it_needs(tiny_bundle, mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(arm64_cost.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(arm64_setup.os, "geteuid", lambda: 1000)
     result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64"])
     assert result.exit_code == 1
     assert "counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo" in result.output
-    monkeypatch.setattr(arm64_cost.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(arm64_setup.os, "geteuid", lambda: 0)
     result = invoke(["bench", str(tiny_bundle), "--data-dir", str(mnist_dir), "--arm64",
                                  "--arm64-root", str(tmp_path)])
     assert result.exit_code == 1

@@ -10,23 +10,15 @@ per image at N = 1,024 in two separate runs). It is an instruction count under e
 aarch64 kernels the board runs: a proxy for time on the board, not a time (no caches, no memory stalls,
 every instruction weighs one).
 
-Set-up (once, as root, with network: ``prepare``): the dynamic qemu-aarch64 with its loader and libraries and
-the compiled plugin are copied into ROOT/opt/cbnet-tl-count/host (qemu-user-static loads no plugins, and under
-``-L ROOT`` the host's /sys leaks in and the interpreter's CPU detection crashes), and a venv with the target's
-requirements is made in ROOT/opt/cbnet-tl-count/venv. Counting needs no network.
+The counting environment in the root (qemu, the plugin, a venv with the interpreter) is ``arm64_setup.py``'s;
+it sets itself up at the first count (needs root, and the network once); counting needs no network.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
 import json
-import os
 import shutil
-import ssl
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,22 +26,25 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE as BASELINE  # ratios are to it
+from cbnet_tl.toolchain.arm64_setup import (
+    DEFAULT_CACHE,
+    DEFAULT_SUITE,
+    IN_ROOT,
+    Arm64CountError,
+    guest_env,
+    setup_lock,
+    last_line,
+    in_root,
+    is_prepared,
+    prepare,
+    qemu_version,
+    require_root,
+)
 
-DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
-DEFAULT_SUITE = "bookworm"
-IN_ROOT = "/opt/cbnet-tl-count"  # what counting keeps in a root: host/ (qemu, plugin), venv/, work/
-QEMU = Path("/usr/bin/qemu-aarch64")  # Debian's qemu-user: dynamic, loads plugins
-PLUGIN_SOURCE = Path(__file__).parent / "data" / "insncount.c"
 PROBE_SOURCE = Path(__file__).parent / "arm64_probe.py"
-RUN_TIMEOUT = 3600
 METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count of a loop on N images - "
           "count of the same loop on 0) / N, in one process after start-up: a proxy for time on the board, not a time")
-
-
-class Arm64CountError(CbnetError):
-    """Instructions cannot be counted: no arm64 root, no set-up, not root, or a counting run failed."""
 
 
 @dataclass(frozen=True)
@@ -65,169 +60,6 @@ class CountConfig:
         if self.num_images < max(self.batch_sizes, default=1) or min(self.batch_sizes, default=0) < 1 or self.jobs < 1:
             raise Arm64CountError(f"Expected batch sizes >= 1, num_images >= the largest batch and jobs >= 1. Received "
                                   f"batch_sizes={self.batch_sizes}, num_images={self.num_images}, jobs={self.jobs}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# running in the root
-
-
-def _tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-def in_root(root: Path, argv: list, *, env: dict, cwd: str = "/", binds: tuple = (),
-            timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``argv`` chrooted in ``root`` with /proc, /dev and a minimal /sys, in a private mount namespace."""
-    require_root(root)
-    command = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "cbnet_tl.toolchain.arm64_jail",
-               str(root), cwd]
-    for source, dest in binds:
-        command += ["--bind", f"{source}:{dest}"]
-    try:
-        return subprocess.run([*command, "--", *argv], capture_output=True, text=True, errors="replace", env=env,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise Arm64CountError(f"`{' '.join(argv[:6])} ...` in {root} timed out after {timeout:.0f} s") from None
-
-
-def _guest_env(extra: Optional[dict] = None) -> dict:
-    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-            "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", **(extra or {})}
-
-
-@contextlib.contextmanager
-def _locked(root: Path):
-    """One set-up of a root at a time (two `bench --arm64` at once share it once it is made)."""
-    lock_path = root / IN_ROOT.lstrip("/") / ".." / "cbnet-tl-count.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-# ---------------------------------------------------------------------------------------------------------
-# set-up
-
-
-def _host_libraries(binary: Path) -> tuple:
-    """(loader, [libraries]) the dynamic binary needs, from ldd."""
-    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise Arm64CountError(f"ldd {binary} failed: {_tail(result.stderr)}")
-    loader, libraries = None, []
-    for line in result.stdout.splitlines():
-        words = line.split()
-        if "=>" in words and len(words) >= 3 and words[2].startswith("/"):
-            libraries.append(Path(words[2]))
-        elif words and words[0].startswith("/"):
-            loader = Path(words[0])
-    if loader is None:
-        raise Arm64CountError(f"ldd {binary} names no loader")
-    return loader, libraries
-
-
-def build_plugin(out: Path) -> Path:
-    """Compile the counting plugin (data/insncount.c) to ``out``."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise Arm64CountError("no C compiler to build the counting plugin: apt-get install gcc libc6-dev")
-    result = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall", "-o", str(out),
-                             str(PLUGIN_SOURCE)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise Arm64CountError(f"compiling {PLUGIN_SOURCE.name} failed: {_tail(result.stderr)}")
-    return out
-
-
-def qemu_version() -> str:
-    result = subprocess.run([str(QEMU), "--version"], capture_output=True, text=True, check=False)
-    return result.stdout.split("\n", 1)[0].strip() if result.returncode == 0 else "?"
-
-
-def _host_stamp() -> str:
-    return json.dumps({"qemu": qemu_version(), "plugin": PLUGIN_SOURCE.read_text()})
-
-
-def _venv_stamp(requirements: str) -> str:
-    return json.dumps(sorted(line.strip() for line in requirements.splitlines()
-                             if line.strip() and not line.lstrip().startswith("#")))
-
-
-def _stamped(path: Path, stamp: str) -> bool:
-    return path.is_file() and path.read_text() == stamp
-
-
-def is_prepared(root: Path, requirements: str) -> bool:
-    base = root / IN_ROOT.lstrip("/")
-    return _stamped(base / "host" / "stamp.json", _host_stamp()) \
-        and _stamped(base / "venv" / "stamp.json", _venv_stamp(requirements))
-
-
-def _install_host(base: Path) -> None:
-    """qemu-aarch64 (dynamic), its loader and libraries, and the plugin compiled from source, into BASE/host."""
-    if not QEMU.is_file():
-        raise Arm64CountError(f"{QEMU} is missing: apt-get install qemu-user (scripts/setup.sh --tests)")
-    host = base / "host"
-    if host.exists():
-        shutil.rmtree(host)
-    (host / "lib").mkdir(parents=True)
-    loader, libraries = _host_libraries(QEMU)
-    shutil.copy2(loader, host / "ld.so")
-    for library in libraries:
-        shutil.copy2(library, host / "lib" / library.name)
-    shutil.copy2(QEMU, host / "qemu-aarch64")
-    build_plugin(host / "insncount.so")
-    (host / "stamp.json").write_text(_host_stamp())
-
-
-def _install_venv(root: Path, base: Path, requirements: str, pip_cache: Optional[Path]) -> None:
-    """A venv in BASE/venv with ``requirements`` from the registry (the one step that needs the network)."""
-    if (base / "venv").exists():
-        shutil.rmtree(base / "venv")
-    (base / "requirements.txt").write_text(requirements)
-    extra = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
-    ca = next((Path(c) for c in (os.environ.get("PIP_CERT"), ssl.get_default_verify_paths().cafile,
-                                 "/etc/ssl/certs/ca-certificates.crt") if c and Path(c).is_file()), None)
-    if ca is not None:
-        shutil.copy(ca, base / "ca.crt")
-        extra["PIP_CERT"] = f"{IN_ROOT}/ca.crt"
-    if Path("/etc/resolv.conf").is_file():
-        (root / "etc/resolv.conf").unlink(missing_ok=True)
-        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-    env = _guest_env({**extra, "QEMU_CPU": "cortex-a72", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                      "PIP_ROOT_USER_ACTION": "ignore"})
-    binds = ((str(pip_cache), "/root/.cache/pip"),) if pip_cache else ()
-    for argv in (["/usr/bin/python3", "-m", "venv", f"{IN_ROOT}/venv"],
-                 [f"{IN_ROOT}/venv/bin/python", "-m", "pip", "install", "-q", "-r", f"{IN_ROOT}/requirements.txt"]):
-        result = in_root(root, argv, env=env, binds=binds)
-        if result.returncode != 0:
-            raise Arm64CountError(f"`{' '.join(argv)}` in {root} failed: {_tail(result.stderr)}")
-    (base / "venv" / "stamp.json").write_text(_venv_stamp(requirements))
-
-
-def require_root(root: Path) -> None:
-    """Refuse in one line unless this process may chroot and ``root`` is a Debian arm64 root."""
-    if os.geteuid() != 0:
-        raise Arm64CountError("counting on arm64 needs root (mount, chroot into the arm64 root): run it with sudo")
-    if not (root / "usr/bin/python3").exists() or not (root / "opt").is_dir():
-        raise Arm64CountError(f"no Debian arm64 root at {root}: make it with `sudo python3 scripts/arm64_check.py "
-                              "--only bookworm-litert` (it caches its roots in /var/cache/cbnet-tl/arm64)")
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log: Callable = _stderr) -> None:
-    """Put qemu, its libraries and the compiled plugin, and a venv with ``requirements``, into ``root`` (each
-    only when missing or stale; the venv needs the network)."""
-    require_root(root)
-    base = root / IN_ROOT.lstrip("/")
-    if not _stamped(base / "host" / "stamp.json", _host_stamp()):
-        log(f"arm64 count: copying qemu-aarch64 and building the counting plugin in {base / 'host'}")
-        _install_host(base)
-    if not _stamped(base / "venv" / "stamp.json", _venv_stamp(requirements)):
-        log(f"arm64 count: making a venv with the bundle's requirements in {base / 'venv'} (once; needs the network)")
-        _install_venv(root, base, requirements, pip_cache)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,11 +81,11 @@ def _count(root: Path, work: str, job: Job, cpu: str) -> tuple:
     argv = [f"{host}/ld.so", "--library-path", f"{host}/lib", f"{host}/qemu-aarch64", "-cpu", cpu,
             "-plugin", f"{host}/insncount.so,out={out}", f"{IN_ROOT}/venv/bin/python", f"{work}/arm64_probe.py",
             f"{work}/bundle", f"{work}/images.npy", job.kind, job.name, str(job.batch_size), str(job.num_images)]
-    result = in_root(root, argv, env=_guest_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=work)
+    result = in_root(root, argv, env=guest_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=work)
     count_file = root / out.lstrip("/")
     if result.returncode != 0 or not count_file.is_file():
         raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size} on {cpu} failed "
-                              f"(exit {result.returncode}): {_tail(result.stderr)}")
+                              f"(exit {result.returncode}): {last_line(result.stderr)}")
     _total, *marks = [int(line) for line in count_file.read_text().split()]
     if len(marks) != 4:
         raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size}: expected 4 marks from the "
@@ -280,7 +112,7 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
     ``extra_models``: also counted bare (the empty model)."""
     requirements = (bundle / "requirements.txt").read_text()
     require_root(config.root)
-    with _locked(config.root):
+    with setup_lock(config.root):
         if not is_prepared(config.root, requirements):
             prepare(config.root, requirements, pip_cache=config.root.parent / "pip")
     models = sorted({m for names in pipelines.values() for m in names} | set(extra_models))
