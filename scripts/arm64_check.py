@@ -5,7 +5,7 @@
 
 1. Checks this machine can execute aarch64 binaries (mounts binfmt_misc and enables qemu-aarch64 if needed);
    if it cannot, prints one line and exits 1.
-2. Builds three tiny real bundles with the CLI: targets rpi4 and coral-usb on MNIST, and an RGB rpi4 bundle from
+2. Builds four tiny real bundles with the CLI: targets rpi4, rpi5 and coral-usb on MNIST, and an RGB rpi4 bundle from
    real drawings with transparency (tuxpaint-stamps-default), whose combination also classifies images of every
    mode (tests/edge_images.py) in the root and on the host and requires the same model-input bytes and classes.
 3. Makes Debian arm64 roots with ``debootstrap --arch=arm64 --variant=minbase`` plus python3, python3-venv and
@@ -13,7 +13,8 @@
    missing. pip downloads are cached there too (bind-mounted into each root).
 4. For each combination below: copies the bundle into the root, makes a venv, ``pip install -r requirements.txt``
    (real aarch64 wheels from the registry), then ``run.py selftest`` and ``run.py classify samples/`` in a chroot,
-   with qemu emulating the board's CPU (``QEMU_CPU=cortex-a72``, the Raspberry Pi 4's). qemu's default ``max`` CPU
+   with qemu emulating the board's CPU (``QEMU_CPU=cortex-a72``, the Raspberry Pi 4's; ``cortex-a76`` for the
+   Raspberry Pi 5's bundle, whose int8 dot-product instructions make XNNPACK run other kernels). qemu's default ``max`` CPU
    has SVE/SME, which no target board has, and there ai-edge-litert 2.3.0's XNNPACK gives wrong int8 results
    (self-test agreement 10-40 %); with SME off, or on cortex-a72 / neoverse-n1, it is right.
 5. Counts arm64 instructions per image of every pipeline of the rpi4 and rpi5 bundles on their cores
@@ -731,7 +732,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rpi5-bundle", type=Path, help="use this rpi5 bundle instead of building one")
     parser.add_argument("--no-count", action="store_true", help="skip the instruction counts (bench --arm64)")
     parser.add_argument("--only", nargs="+", choices=[c.name for c in COMBOS], help="run only these combinations")
-    parser.add_argument("--cpu", help="qemu CPU model for every combination (default: the target board's, cortex-a72)")
+    parser.add_argument("--cpu", help="qemu CPU model for every combination (default: each target board's, cortex-a72 or cortex-a76)")
     parser.add_argument("--jobs", type=int, default=2, help="combinations run at once (default 2)")
     parser.add_argument("--json-out", type=Path, default=REPO / "toolchain" / "data" / "device_checks.json",
                         help="where to write the results for bundle READMEs")
