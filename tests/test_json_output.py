@@ -95,3 +95,18 @@ def test_explain_records_an_unbounded_ratio_as_null():
     assert record["rmse_over_scale"] is None and record["noise_to_signal"] is None
     strict_json(json.dumps(record))
     assert "inf" in format_explanation({"lenet": [record]})
+
+
+def test_simulate_workload_json_is_standard_json(tiny_bundle, mnist_dir, tmp_path):
+    """simulate's batch options (--workload, --batch-size, --threads, --power-table, --save-trace) print standard
+    JSON too; with one --pipeline, that run's policies are the top-level ``policies``."""
+    from pathlib import Path
+
+    table = Path(__file__).parent / "data" / "wide_range_power_table.json"
+    result = runner.invoke(app, ["simulate", str(tiny_bundle), "--data-dir", str(mnist_dir), "--pipeline", "branchynet",
+                                 "--workload", "burst:40:20", "--batch-size", "16", "--threads", "1", "--repeats", "1",
+                                 "--power-table", str(table), "--save-trace", str(tmp_path / "t.json"), "--no-save",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    payload = strict_json(result.stdout)
+    assert {"energy_j", "miss_rate"} <= set(payload["policies"]["eenet"])
