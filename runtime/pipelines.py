@@ -27,7 +27,14 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
-from cbnet_tl.runtime.gate import decide, exit_gate, top_probability, top_probability_bytes
+from cbnet_tl.runtime.gate import (
+    confidence_row_test,
+    decide,
+    entropy_row_test,
+    exit_gate,
+    top_probability,
+    top_probability_bytes,
+)
 from cbnet_tl.runtime.interpreter import dequantize, quantize
 from cbnet_tl.runtime.tables import dequantize_table, exp_difference_table, input_table, lookup, requantize_table
 
@@ -281,6 +288,14 @@ class Pipeline:
             return lambda raw: table64[raw.view(np.uint8)]
         return lambda raw: np.asarray(raw, dtype=np.float64)
 
+    def row_test(self, make: Callable, name: str, threshold: float) -> Callable:
+        """A gate's test of one row of model ``name``'s raw scores (``gate.entropy_row_test`` or
+        ``confidence_row_test``); for scores that are not one byte, a test that always defers (None)."""
+        spec = self.models[name].outputs[0]
+        if self._table(dequantize_table, spec) is None:
+            return lambda row: None
+        return make(spec.scale, threshold)
+
     def _table(self, make: Callable, spec) -> Optional[np.ndarray]:
         """``make(spec)``, made once per pipeline (a hook's runner shares the tables of the plain one)."""
         key = (make, spec)
@@ -330,11 +345,21 @@ def _fallback(pipeline: Pipeline, runs: dict) -> Callable:
     run_first, run_second = pipeline.from_pixels(first, runs[first]), pipeline.from_pixels(second, runs[second])
     read_first, read_second = pipeline.reads[first][0], pipeline.reads[second][0]
     confidence_first, confidence_second = pipeline.confidence(first), pipeline.confidence(second)
+    row_below = pipeline.row_test(confidence_row_test, first, threshold)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
     def classify(images):
         run_first(images)
         scores = read_first()
+        if len(scores) == 1:  # one image: the gate on Python floats (exact near the threshold), confidences when read
+            unsure = row_below(scores[0].tolist())
+            if unsure is None:
+                unsure = bool(confidence_first(scores)[0] < threshold)
+            if not unsure:
+                return scores.argmax(axis=-1), partial(confidence_first, scores), short
+            run_second(images)
+            scores = read_second()
+            return scores.argmax(axis=-1), partial(confidence_second, scores), full
         confidences = confidence_first(scores)
         unsure = confidences < threshold
         if not unsure.any():
@@ -357,11 +382,27 @@ def _early_exit(pipeline: Pipeline, runs: dict) -> Callable:
     read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
     read_tail = pipeline.reads[link.target][0]
     branch_logits, tail_logits = pipeline.logits64(first), pipeline.logits64(link.target)
+    row_exits = pipeline.row_test(entropy_row_test, first, threshold)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
+
+    def branch_confidences(raw):
+        return top_probability(branch_logits(raw))
+
+    def tail_confidences(raw):
+        return top_probability(tail_logits(raw))
 
     def classify(images):
         run_first(images)
         raw = read_branch()
+        if len(raw) == 1:  # one image: the gate on Python floats (exact near the threshold), confidences when read
+            early = row_exits(raw[0].tolist())
+            if early is None:
+                early = bool(exit_gate(branch_logits(raw), threshold)[0][0])
+            if early:
+                return raw.argmax(axis=-1), partial(branch_confidences, raw), short
+            run_tail(read_features())
+            tail = read_tail()
+            return tail.argmax(axis=-1), partial(tail_confidences, tail), full
         early, confidences = exit_gate(branch_logits(raw), threshold)
         labels = raw.argmax(axis=-1)  # the softmax's argmax: it is increasing in the logits
         if early.all():

@@ -18,7 +18,16 @@ import numpy as np
 import pytest
 
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.gate import decide, exit_gate, exits_early, softmax, softmax_entropy, top_probability_bytes
+from cbnet_tl.runtime.gate import (
+    confidence_row_test,
+    decide,
+    entropy_row_test,
+    exit_gate,
+    exits_early,
+    softmax,
+    softmax_entropy,
+    top_probability_bytes,
+)
 from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
 from cbnet_tl.runtime.pipelines import (
     CONFIDENCE_THRESHOLD,
@@ -232,3 +241,28 @@ def test_any_order_of_batch_sizes_gives_the_single_image_answers(tiny_build):
             assert result.confidences.tolist() == [s.confidences[0] for s in singles[start:start + size]]
             assert list(result.paths) == [s.paths[0] for s in singles[start:start + size]]
             start += size
+
+
+@pytest.mark.parametrize("scale,zero_point", [(0.238, 64), (0.1798, 41), (0.05, -3), (1.0, -128)])
+def test_one_row_gate_tests_decide_as_the_exact_computations_or_defer(scale, zero_point):
+    """Each one-row test says what the exact computation says, or defers (None) near the threshold."""
+    spec = TensorSpec("scores", 0, (1, 10), np.dtype(np.int8), scale, zero_point)
+    rng = np.random.default_rng(2)
+    raw = rng.integers(-128, 128, size=(3000, 10)).astype(np.int8)
+    raw[:1000] = np.clip(raw[:1000] // 8 + 100, -128, 127)  # close scores: high entropy, low confidence
+    logits = dequantize(raw, spec)
+    entropies = softmax_entropy(logits)[1]
+    confidences = decide(logits)[1]
+    rows, close = raw.tolist(), slice(0, 1000)
+    for threshold in (*np.quantile(entropies[close], [0.05, 0.5, 0.95]), entropies[7], 0.0):  # [7]: a row's own
+        test, exact = entropy_row_test(scale, float(threshold)), exits_early(entropies, threshold)
+        told = [test(row) for row in rows]
+        assert all(t is None or t == e for t, e in zip(told, exact.tolist()))
+        assert told[7] is None or threshold != entropies[7]  # at a row's own value: defers
+        assert sum(t is None for t in told) < 0.05 * len(rows) + 2
+    for threshold in (*np.quantile(confidences[close], [0.05, 0.5, 0.95]), float(confidences[11])):
+        test, exact = confidence_row_test(scale, float(threshold)), confidences < threshold
+        told = [test(row) for row in rows]
+        assert all(t is None or t == e for t, e in zip(told, exact.tolist()))
+        assert told[11] is None or threshold != confidences[11]  # at a row's own value: defers
+        assert sum(t is None for t in told) < 0.01 * len(rows) + 2
