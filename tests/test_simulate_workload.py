@@ -110,7 +110,7 @@ def test_it_says_why_no_policy_beats_performance(tiny_bundle, mnist_dir):
                        "1", "--deadline-ms", "0.05")
     messages = payload["pipelines"]["branchynet"]["messages"]
     assert messages[0] == "best possible saving: 0.00% (the oracle against performance)"
-    assert messages[1].startswith("no policy can do better than performance here: ") and "switch cost" in messages[1]
+    assert messages[1].startswith("no policy can save even 0.1% against performance here: ") and "switch cost" in messages[1]
 
 
 def test_the_text_output_says_what_it_shows(tiny_bundle, mnist_dir):
@@ -188,3 +188,9 @@ def test_power_table_file_through_the_cli(tiny_bundle, tmp_path):
     path.write_text(json.dumps(_table(idle_w=None)))
     result = runner.invoke(app, ["simulate", str(tiny_bundle), "--power-table", str(path), "--no-save"])
     assert result.exit_code == 1 and "missing field(s) ['idle_w']" in result.output
+
+
+def test_it_says_when_the_idle_board_leaves_nothing_to_save(tiny_bundle, mnist_dir):
+    payload = simulate(tiny_bundle, mnist_dir, "--workload", "camera:2", "--limit", "10", "--time-scale", "1")
+    messages = payload["pipelines"]["branchynet"]["messages"]
+    assert "idle power: the board's 2.7 W idle draw is" in messages[1]

@@ -26,7 +26,7 @@ from cbnet_tl.toolchain.stage_costs import StageCosts
 from cbnet_tl.toolchain.time_scale import TimeScale, time_scale
 from cbnet_tl.toolchain.workloads import Workload, form_batches
 
-NO_SAVING = 0.001  # below this, "no policy can do better than performance"
+NO_SAVING = 0.001  # a best possible saving below this is no saving: say why
 MAX_TIMED_BATCHES = 512
 
 
@@ -134,8 +134,9 @@ def default_deadline(workload: Workload, jobs_top_max_s: float, model: EnergyMod
     return workload.deadline_s, "the frame period" if workload.kind == "camera" else "the workload's"
 
 
-def no_saving_reasons(model: EnergyModel, jobs: list, costs: StageCosts, stages: tuple, deadline_s: float) -> list:
-    """Why no policy can do better than performance here."""
+def no_saving_reasons(model: EnergyModel, jobs: list, costs: StageCosts, stages: tuple, deadline_s: float,
+                      run: dict) -> list:
+    """Why no policy can do better than performance here: the power model, the switch cost, the idle board."""
     reasons = []
     if efficient_frequencies(model) == (model.top_khz,):
         reasons.append("power model: energy per cycle above idle is least at the top frequency, so racing to "
@@ -144,14 +145,15 @@ def no_saving_reasons(model: EnergyModel, jobs: list, costs: StageCosts, stages:
     for job in jobs:
         now = max(now, job.ready_s) + sum(costs.seconds(s, c, model.top_khz) for s, c in zip(stages, job.counts))
         slack = min(slack, job.oldest_s + deadline_s - now)
-    lower = model.frequencies_khz[-2] if len(model.frequencies_khz) > 1 else None
     if slack < model.switch_seconds:
         reasons.append(f"switch cost: a batch has {max(slack, 0) * 1e3:.3f} ms of slack at the top frequency, "
                        f"less than one {model.switch_seconds * 1e3:.3f} ms frequency switch")
-    elif lower is not None:
-        reasons.append(f"slack: running a batch at {lower // 1000} MHz instead of {model.top_khz // 1000} MHz saves "
-                       "less than the switches cost, or misses a deadline the top frequency meets")
-    return reasons
+    idle_share = model.idle_w * run["horizon_ms"] / 1e3 / run["policies"]["performance"]["energy_j_total"]
+    if idle_share > 0.9:
+        reasons.append(f"idle power: the board's {model.idle_w:g} W idle draw is {idle_share:.1%} of the energy at "
+                       f"the top frequency (the CPU is busy {run['busy_share_at_top']:.2%} of the time), and no "
+                       "frequency changes it")
+    return reasons or [f"slack: running any stage below {model.top_khz // 1000} MHz saves less than its switches cost"]
 
 
 def simulate_pipeline(bundle, bundle_dir: Path, name: str, images: np.ndarray, model: EnergyModel,
@@ -185,8 +187,8 @@ def simulate_pipeline(bundle, bundle_dir: Path, name: str, images: np.ndarray, m
         result["best_saving"] = best
         result["messages"] = [f"best possible saving: {best:.2%} (the oracle against performance)"]
         if best < NO_SAVING:
-            result["messages"].append("no policy can do better than performance here: "
-                                      + "; ".join(no_saving_reasons(model, jobs, costs, stages, deadline)))
+            result["messages"].append(f"no policy can save even {NO_SAVING:.1%} against performance here: "
+                                      + "; ".join(no_saving_reasons(model, jobs, costs, stages, deadline, run)))
     return result, costs, scale
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from cbnet_tl.runtime.dvfs.base import DvfsContext
 
 
+PERSIST = 3  # decisions in a row that want the same other frequency before a switch that does not pay at once
 QUANTILE = 0.995  # the images not yet gated that a batch plans for: all but 0.5% of batches have no more
 
 
@@ -118,6 +119,7 @@ class BatchPlanner:
         self._budget = 0.0
         self._queue: tuple = ()
         self._previous_count = 0
+        self._wanted, self._streak = self._current, 0
 
     # what is known of the costs ----------------------------------------------------------------
     def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
@@ -216,18 +218,24 @@ class BatchPlanner:
         top, planned = self.model.top_khz, due[-1][0]  # the work the speed after is for (not the expected:
         if speed_after(0.0, now_cost) > top:          # its cost would then undercount a speed-up later)
             return top
-        best, best_cost = top, math.inf
+        best, best_cost, free, free_cost = top, math.inf, top, math.inf
         for f in sorted(set(self.levels) | {self._current}):
             moved = f != self._current
             after = speed_after((switch if moved else 0.0) + now_cost * grow / f)
             if after > top:
                 continue
             cost = now_cost * self._per_kcycle(f) + planned * self._per_kcycle_at(after)
+            if cost < free_cost:
+                free, free_cost = f, cost
             if moved:
                 cost += self.model.switch_j(self._current, f) - self.model.idle_w * switch
             if cost < best_cost:
                 best, best_cost = f, cost
-        return best
+        # A switch that does not pay within this stage can pay over the stages after it, the frequency staying set:
+        # make it when the switch cost is the only reason against it, decision after decision.
+        self._streak = self._streak + 1 if free == self._wanted and free != best else 0
+        self._wanted = free
+        return free if self._streak >= PERSIST else best
 
     def _per_kcycle_at(self, speed: float) -> float:
         """Energy per kcycle above idle of running at ``speed`` kHz: a mix of the two hull points around it."""
