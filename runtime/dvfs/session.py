@@ -23,6 +23,12 @@ class DvfsSession:
     the frequency is whatever the governor chooses (modelled energy then assumes the top frequency).
     Use ``with session:`` to start and stop a meter; call ``wait_for_arrival()`` before each inference
     when ``period_s`` is set, so that lateness and idle time are known.
+
+    Batches: call ``begin_batch(pipeline, num_images, waited_s, queue)`` before ``classify`` on a batch whose
+    oldest image arrived ``waited_s`` ago; the policy then hears the batch events (``Policy.on_batch`` ...), with
+    each stage's number of images when the stage hook passes it (``before_stage(stage, num_images)``; else the
+    batch's size), and the deadline counts from that oldest image. Each image counts as one inference, with
+    its batch's latency (its oldest image's: an upper bound for the others).
     """
 
     def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
@@ -49,6 +55,8 @@ class DvfsSession:
         self._next_arrival: Optional[float] = None
         self._arrival = self._mark = self._last_end = None
         self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
+        self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue) of the batch about to run
+        self._segment_images = 0
         self.latencies: list = []
         self.busy_seconds: dict = {}
         self.stage_seconds: dict = {}
@@ -99,6 +107,13 @@ class DvfsSession:
         self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
         return seconds
 
+    def begin_batch(self, pipeline: str, num_images: int, waited_s: float = 0.0, queue: tuple = ()) -> None:
+        """The next ``classify`` runs a batch of ``num_images``, the oldest of which arrived ``waited_s`` ago;
+        ``queue``: the batches waiting behind it, as (num_images, seconds to its deadline)."""
+        if num_images < 1 or waited_s < 0:
+            raise DvfsError(f"Expected a batch of >= 1 images waited for >= 0 s. Received: {num_images}, {waited_s}")
+        self._batch = (int(num_images), float(waited_s), tuple(queue))
+
     # the stage hook -----------------------------------------------------------------------------
     def begin_inference(self, pipeline: str) -> None:
         now = self._clock()
@@ -108,14 +123,24 @@ class DvfsSession:
             self._mark = self._last_end
             self._account(now - idle)
         self._arrival = self._next_arrival if self._next_arrival is not None else now
-        if self.policy is not None:
+        if self._batch is not None:
+            num_images, waited, queue = self._batch
+            self._arrival, self._segment_images = now - waited, num_images
+            if self.policy is not None:
+                self._apply(self.policy.on_batch(pipeline, num_images, waited, idle, queue))
+        elif self.policy is not None:
             self._apply(self.policy.on_begin(pipeline, max(0.0, now - self._arrival), idle))
         self._mark, self._segment = self._clock(), PRE_STAGE
 
-    def before_stage(self, stage: str) -> None:
+    def before_stage(self, stage: str, num_images: Optional[int] = None) -> None:
         now = self._clock()
         seconds = self._account(now)
-        if self.policy is not None:
+        if self.policy is not None and self._batch is not None:
+            count = self._batch[0] if num_images is None else num_images
+            self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
+            self._apply(self.policy.on_batch_stage(stage, count, now - self._arrival))
+            self._segment_images = count
+        elif self.policy is not None:
             self.policy.on_stage_done(self._segment, seconds, self._khz)
             self._apply(self.policy.on_stage(stage, now - self._arrival))
         self._mark, self._segment = self._clock(), stage
@@ -127,10 +152,18 @@ class DvfsSession:
         now = self._clock()
         seconds = self._account(now)
         latency = now - self._arrival
-        self.latencies.append(latency)
-        if self.policy is not None:
-            self.policy.on_stage_done(self._segment, seconds, self._khz)
-            self._apply(self.policy.on_end(path, latency))
+        if self._batch is not None:
+            num_images, _, queue = self._batch
+            self.latencies.extend([latency] * num_images)
+            if self.policy is not None:
+                self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
+                self._apply(self.policy.on_batch_end(latency, queue))
+            self._batch = None
+        else:
+            self.latencies.append(latency)
+            if self.policy is not None:
+                self.policy.on_stage_done(self._segment, seconds, self._khz)
+                self._apply(self.policy.on_end(path, latency))
         self._last_end = self._clock()
 
     # results ------------------------------------------------------------------------------------
