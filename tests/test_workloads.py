@@ -188,3 +188,17 @@ def test_only_hull_frequencies_are_mixed():
 def test_binomial_quantile():
     assert binomial_quantile(1, 0.01, 0.995) == 1 and binomial_quantile(1, 0.004, 0.995) == 0
     assert binomial_quantile(32, 0.25, 0.995) in range(14, 16) and binomial_quantile(0, 0.5, 0.995) == 0
+
+
+def test_one_image_at_a_time_plans_each_exit_as_a_coin_toss():
+    """Frames alone, a full path of 21 ms at the top in a 33 ms period: eenet cannot know a frame's exit, as the
+    oracle does, but plans the expected energy over the exits (runs the first stage slow while the worst case
+    still fits): no miss, less energy than any single frequency that misses nothing, within 10% of hindsight."""
+    heavy = (THREE_EXITS[0], {"host": {1: 0.2e-3}, "stage1": {1: 3e-3}, "stage2": {1: 6e-3}, "stage3": {1: 12e-3}},
+             THREE_EXITS[2])
+    statics = ["fixed:1000", "fixed:1300", "performance"]
+    result, _ = serve(load_power_table(WIDE), heavy, "camera:30", 1, None, statics + ["eenet", "oracle"])
+    named = result["policies"]
+    assert named["eenet"]["misses"] == 0 and named["eenet"]["energy_vs_oracle"] < 0.10
+    for name in statics:
+        assert named[name]["misses"] > 0 or named[name]["energy_j"] > 1.05 * named["eenet"]["energy_j"], name

@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from cbnet_tl.runtime.dvfs.base import DvfsContext
+from cbnet_tl.runtime.dvfs.exit_plan import next_frequency
 
 
 PERSIST = 3  # decisions in a row that want the same other frequency before a switch that does not pay at once
@@ -164,6 +165,11 @@ class BatchPlanner:
             return self._current
         index = pipe.order.index(stage)
         now_cost = pipe.costs[stage].predict(num_images)
+        if num_images == 1 and not self._queue:  # one image: each exit a coin toss, planned for as such
+            single = self._single(index)
+            if single is not None:
+                self._current = single(self._budget - elapsed_s)
+                return self._current
         rest = self._work(num_images, index + 1, cautious=True)
         expected = self._work(num_images, index + 1)
         if rest is None or expected is None or now_cost is None:
@@ -185,6 +191,25 @@ class BatchPlanner:
                 pipe.costs[stage] = _Costs(self.smoothing)
                 pipe.order.append(stage)
             pipe.costs[stage].add(num_images, seconds * khz)
+
+    def _single(self, index: int):
+        """The exit planner for one image from stage ``index`` on (None while a stage's cost is unknown)."""
+        pipe, grow = self._pipe, 1.0 + self.margin
+        stages = pipe.order[index:]
+        cycles = [pipe.costs[s].predict(1) for s in stages]
+        if any(c is None for c in cycles):
+            return None
+        go_on = [1.0] + [(pipe.share.get(s, 1.0) * pipe.seen.get(s, 0) + 1) / (pipe.seen.get(s, 0) + 2)
+                         for s in stages[1:]]
+        model = self.model
+        per_kcycle = {f: self._per_kcycle(f) for f in set(self.levels) | {self._current}}
+
+        def choose(time_left: float) -> int:
+            return next_frequency([c * grow for c in cycles], go_on, tuple(per_kcycle), per_kcycle,
+                                  lambda a, b: model.switch_j(a, b) - model.idle_w * model.switch_seconds,
+                                  self._current, time_left, self._budget, model.switch_seconds)
+
+        return choose
 
     def end(self, latency_s: float) -> int:
         missed = latency_s > self.context.deadline_s * (1 + 1e-9)
