@@ -265,4 +265,5 @@ def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: Ener
             "unavoidable_miss_rate": image_misses(jobs, top, deadline_s) / num_images,
             "top_frequency_batch_ms": {"median": float(np.median(dur[:, :, -1].sum(1))) * 1e3,
                                        "max": float(dur[:, :, -1].sum(1).max()) * 1e3},
+            "top_frequency_ms_per_image": float(dur[:, :, -1].sum() / num_images) * 1e3,
             "busy_share_at_top": float(dur[:, :, -1].sum() / horizon), "horizon_ms": horizon * 1e3}

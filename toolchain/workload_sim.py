@@ -198,6 +198,7 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
     """Every pipeline over the workload; the first one's policies are the headline (``policies``)."""
     from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.pipelines import models_for
+    from cbnet_tl.toolchain.dvfs_report import frequency_curve
     from cbnet_tl.toolchain.evaluation import load_test_split
 
     _, test = load_test_split(bundle_dir, data_dir, dataset)
@@ -228,6 +229,8 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
         "learns the share of images that go on; oracle: the least-energy plan knowing every batch in advance.",
     ]
     result["assumptions"] = list(model.table.notes)
+    result["frequency_curve"] = frequency_curve(model, {name: run["top_frequency_ms_per_image"]
+                                                        for name, run in result["pipelines"].items()})
     if config.save_trace is not None:
         write_trace(config.save_trace, make_trace(
             f"cbnet-tl simulate: {shown}", model.frequencies_khz,

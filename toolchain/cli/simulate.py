@@ -50,9 +50,7 @@ def simulate(
 ):
     """Replay real stage times through a target's power model, per DVFS policy, against the hindsight oracle.
 
-    With --workload: batches of a camera stream, a burst or recorded arrivals, with stage times from a board's
-    trace (--trace) or from this machine scaled to the target by a stated factor. Without: each test image's
-    host times, unscaled, back to back and periodic. Times count as times at the top frequency, scaled by f_max/f.
+    With --workload: batches of a camera stream, a burst or recorded arrivals, with stage times from a board's trace (--trace) or from this machine scaled to the target by a stated factor. Without: each test image's host times, unscaled, back to back and periodic. Times count as times at the top frequency, scaled by f_max/f.
     """
     from cbnet_tl.runtime.dvfs.power_tables import power_table as named_table
     from cbnet_tl.runtime.dvfs.table_file import load_power_table
