@@ -194,3 +194,14 @@ def test_it_says_when_the_idle_board_leaves_nothing_to_save(tiny_bundle, mnist_d
     payload = simulate(tiny_bundle, mnist_dir, "--workload", "camera:2", "--limit", "10", "--time-scale", "1")
     messages = payload["pipelines"]["branchynet"]["messages"]
     assert "idle power: the board's 2.7 W idle draw is" in messages[1]
+
+
+def test_recorded_arrivals_get_a_deadline_from_the_slowest_batch(tiny_bundle, mnist_dir, tmp_path):
+    arrivals = tmp_path / "arrivals.txt"
+    arrivals.write_text("".join(f"{t:.4f}\n" for t in [0.0] * 20 + [0.5 + 0.001 * i for i in range(20)]))
+    payload = simulate(tiny_bundle, mnist_dir, "--workload", f"arrivals:{arrivals}", "--batch-size", "8",
+                       "--time-scale", "50")
+    run = payload["pipelines"]["branchynet"]
+    assert run["num_images"] == 40 and run["workload"] == f"40 arrivals from {arrivals}"
+    assert run["deadline_rule"].startswith("2x the slowest batch at the top frequency")
+    assert run["deadline_ms"] >= max(2 * run["top_frequency_batch_ms"]["max"], 2 * 0.355) - 1e-9
