@@ -96,18 +96,18 @@ def host_costs(pipeline: Pipeline, images: np.ndarray, depths: np.ndarray, confi
 
     scale = time_scale(config.time_scale, bundle_dir, config.target, pipeline.name, config.batch_size,
                        model.top_khz, host_per_image)
-    costs = _costs(samples, scale, model)
+    costs = _costs(samples, scale, model, models)
     batches = form_batches(config.workload.arrivals_s, config.batch_size, _top_seconds(costs, depths, model, models))
     step = max(1, math.ceil(len(batches) / MAX_TIMED_BATCHES))
     list(timed(batches[::step]))
-    return _costs(samples, scale, model), scale
+    return _costs(samples, scale, model, models), scale
 
 
-def _costs(samples: dict, scale: TimeScale, model: EnergyModel) -> StageCosts:
+def _costs(samples: dict, scale: TimeScale, model: EnergyModel, models: tuple) -> StageCosts:
     top = {}
     for (stage, count), values in samples.items():
         top.setdefault(stage, {})[count] = float(np.median(values)) * scale.factor
-    order = [HOST_STAGE] + [s for s in top if s != HOST_STAGE]
+    order = [s for s in (HOST_STAGE,) + tuple(models) if s in top]  # the order a batch runs them
     return StageCosts.from_top({s: dict(sorted(top[s].items())) for s in order}, model.frequencies_khz,
                                f"host times x {scale.factor:.4g} ({scale.source})")
 
