@@ -47,7 +47,8 @@ def arm64_section(host: dict, counted: dict, commands: list) -> list:
     setup = first["setup"]
     lines = ["Instructions per image counted under qemu-aarch64 7.2 with a counting plugin in a Debian bookworm arm64 "
              f"root ({setup['interpreter']} {setup['interpreter_version']}, Python {setup['python']}, "
-             f"{setup['num_images']} test images, (count with N images - count with 0) / N, the default configuration): "
+             f"{setup['num_images']} test images, a loop on N images minus the same loop on 0, counted between marks "
+             "in one process after start-up, divided by N; the default configuration): "
              "the board's own aarch64 kernels, counted. **An instruction count under emulation is a proxy for time on "
              "the board, not a time.** Beside it, the same pipelines timed on this machine "
              f"({first['host_precision']}, {first['host_machine']}).", "", "```", *commands, "```", "",
