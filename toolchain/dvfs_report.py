@@ -73,6 +73,8 @@ def format_simulation(result: dict) -> str:
             for policy, r in run["policies"].items():
                 lines.append(f"{policy:<14}{r['energy_j'] * 1e3:>14.5f}{r.get('energy_vs_performance', 0):>+15.2%}"
                              f"{r.get('energy_vs_oracle', 0):>+11.2%}{r['miss_rate']:>9.2%}{r['latency_ms_p95']:>9.3f}")
+            if run.get("best_saving") is not None:
+                lines.append(f"best possible saving: {run['best_saving']:.2%} (the oracle against performance)")
     lines.extend(f"note: {n}" for n in result["notes"])
     return "\n".join(lines)
 

@@ -253,7 +253,9 @@ def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], p
         policy = bound_policy(name, context)
         results[policy.name] = replay(policy, samples, context, pipeline)
     compare_to_references(results)
-    return {
+    best = 1 - results[ORACLE]["energy_j"] / results["performance"]["energy_j"] \
+        if ORACLE in results and "performance" in results else None
+    return {"best_saving": best,
         "target": model.table.target, "pipeline": pipeline, "num_inferences": len(samples),
         "deadline_ms": deadline_s * 1e3, "period_ms": None if period_s is None else period_s * 1e3,
         "arrivals": "back-to-back" if period_s is None else "periodic",
