@@ -138,8 +138,7 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
     return _report(counts, versions, pipelines, config, models)
 
 
-def count_pipelines(path: Path, images: np.ndarray, labels: np.ndarray, config: CountConfig,
-                    progress: Optional[Callable] = None) -> dict:
+def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progress: Optional[Callable] = None) -> dict:
     """Every deployed pipeline of a bundle (or a build's bundle): instructions per image at each batch size, the
     ratios to LeNet, each model's bare call, and each pipeline's count beyond the bare calls of the models it ran."""
     from cbnet_tl.runtime.api import open_pipeline

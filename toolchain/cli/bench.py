@@ -73,28 +73,27 @@ def bench(
     report = run_bench(bundle, test.images, test.labels, config,
                        progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, **kw)))
     if save:
-        write_json_atomic(bundle / "bench.json", {**_saved_arm64(bundle), **report})
+        counted = {k: v for k, v in _saved_bench(bundle).items() if k in ARM64_KEYS}  # kept beside the new timings
+        write_json_atomic(bundle / "bench.json", {**counted, **report})
     if json_output:
         echo_json(report)
     else:
         typer.echo(format_bench(report))
 
 
-def _saved_arm64(bundle: Path) -> dict:
-    """The arm64 counts an earlier `bench --arm64` saved in BUNDLE/bench.json (kept beside new host timings)."""
+def _saved_bench(bundle: Path) -> dict:
+    """What an earlier `bench` saved in BUNDLE/bench.json (host timings, arm64 counts), or nothing."""
     import json
 
     try:
         saved = json.loads((bundle / "bench.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {key: saved[key] for key in ARM64_KEYS if isinstance(saved, dict) and key in saved}
+    return saved if isinstance(saved, dict) else {}
 
 
 def _count_arm64(bundle: Path, test, batch_sizes: tuple, num_images: int, cpu, root: Optional[Path], save: bool,
                  json_output: bool) -> None:
-    import json
-
     from tqdm.auto import tqdm
 
     from cbnet_tl.runtime.files import write_json_atomic
@@ -102,15 +101,11 @@ def _count_arm64(bundle: Path, test, batch_sizes: tuple, num_images: int, cpu, r
 
     config = CountConfig(cpu=cpu.value if cpu else None, batch_sizes=batch_sizes, num_images=num_images,
                          **({"root": root} if root else {}))
-    report = count_pipelines(bundle, test.images, test.labels, config,
+    report = count_pipelines(bundle, test.images, config,
                              progress=None if json_output else (lambda it, **kw: tqdm(it, leave=False, desc="arm64 runs", **kw)))
     if save:
-        try:
-            saved = json.loads((bundle / "bench.json").read_text())
-        except (OSError, ValueError):
-            saved = {}
-        saved = {k: v for k, v in (saved if isinstance(saved, dict) else {}).items() if k not in ARM64_KEYS}
-        write_json_atomic(bundle / "bench.json", {**saved, **report})
+        timed = {k: v for k, v in _saved_bench(bundle).items() if k not in ARM64_KEYS}  # kept beside the new counts
+        write_json_atomic(bundle / "bench.json", {**timed, **report})
     if json_output:
         echo_json(report)
     else:
