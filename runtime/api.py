@@ -61,17 +61,16 @@ def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int
     """Classify image files of any size and mode (each through the bundle's input spec); one dict per image
     with class, confidence, path taken and time. ``input_digest`` adds the sha256 of each model input (the
     bytes the models read), to compare pre-processing between machines."""
-    records = []
+    records, class_names = [], pipeline.bundle.class_names
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = load_images(chunk, pipeline.input_spec, max_pixels=max_pixels)
         result = pipeline.classify(images, hook=hook)
-        for index, (path, prediction) in enumerate(zip(chunk, result.predictions(pipeline.bundle.class_names))):
-            record = {
-                "file": str(path), "label": prediction.label, "class_name": prediction.class_name,
-                "confidence": round(prediction.confidence, 6), "path": prediction.path,
-                "ms": round(prediction.seconds * 1e3, 4), "device": pipeline.device,
-            }
+        ms = round(result.seconds / len(chunk) * 1e3, 4)
+        answers = zip(chunk, result.labels.tolist(), result.confidences.tolist(), result.paths)
+        for index, (path, label, confidence, taken) in enumerate(answers):
+            record = {"file": str(path), "label": label, "class_name": class_names[label],
+                      "confidence": round(confidence, 6), "path": taken, "ms": ms, "device": pipeline.device}
             if input_digest:
                 record["input_sha256"] = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes()).hexdigest()
             records.append(record)
