@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
 
 
+def _one_row(row_test: Callable, exact: Callable) -> Callable:
+    """A gate's test of one image's raw scores (1, K): on Python floats (``gate.*_row_test``), and where that
+    defers, near the threshold, ``exact(scores)``: the decision of the batch computation either way."""
+
+    def test(scores: np.ndarray) -> bool:
+        told = row_test(scores[0].tolist())
+        return bool(exact(scores)) if told is None else told
+
+    return test
+
+
 def chain(pipeline: Pipeline, runs: dict) -> Callable:
     """Models one after another, each link feeding the next; the last model's scores decide."""
     spec = pipeline.spec
@@ -50,17 +61,15 @@ def fallback(pipeline: Pipeline, runs: dict) -> Callable:
     run_first, run_second = pipeline.from_pixels(first, runs[first]), pipeline.from_pixels(second, runs[second])
     read_first, read_second = pipeline.reads[first][0], pipeline.reads[second][0]
     confidence_first, confidence_second = pipeline.confidence(first), pipeline.confidence(second)
-    row_below = pipeline.row_test(confidence_row_test, first, threshold)
+    unsure_one = _one_row(pipeline.row_test(confidence_row_test, first, threshold),
+                          lambda scores: confidence_first(scores)[0] < threshold)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
     def classify(images):
         run_first(images)
         scores = read_first()
-        if len(scores) == 1:  # one image: the gate on Python floats (exact near the threshold), confidences when read
-            unsure = row_below(scores[0].tolist())
-            if unsure is None:
-                unsure = bool(confidence_first(scores)[0] < threshold)
-            if not unsure:
+        if len(scores) == 1:  # one image: confidences when read
+            if not unsure_one(scores):
                 return scores.argmax(axis=-1), partial(confidence_first, scores), short
             run_second(images)
             scores = read_second()
@@ -87,7 +96,8 @@ def early_exit(pipeline: Pipeline, runs: dict) -> Callable:
     read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
     read_tail = pipeline.reads[link.target][0]
     branch_logits, tail_logits = pipeline.logits64(first), pipeline.logits64(link.target)
-    row_exits = pipeline.row_test(entropy_row_test, first, threshold)
+    exits_one = _one_row(pipeline.row_test(entropy_row_test, first, threshold),
+                         lambda raw: exit_gate(branch_logits(raw), threshold)[0][0])
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
     def branch_confidences(raw):
@@ -99,11 +109,8 @@ def early_exit(pipeline: Pipeline, runs: dict) -> Callable:
     def classify(images):
         run_first(images)
         raw = read_branch()
-        if len(raw) == 1:  # one image: the gate on Python floats (exact near the threshold), confidences when read
-            early = row_exits(raw[0].tolist())
-            if early is None:
-                early = bool(exit_gate(branch_logits(raw), threshold)[0][0])
-            if early:
+        if len(raw) == 1:  # one image: confidences when read
+            if exits_one(raw):
                 return raw.argmax(axis=-1), partial(branch_confidences, raw), short
             run_tail(read_features())
             tail = read_tail()
