@@ -205,3 +205,16 @@ def test_recorded_arrivals_get_a_deadline_from_the_slowest_batch(tiny_bundle, mn
     assert run["num_images"] == 40 and run["workload"] == f"40 arrivals from {arrivals}"
     assert run["deadline_rule"].startswith("2x the slowest batch at the top frequency")
     assert run["deadline_ms"] >= max(2 * run["top_frequency_batch_ms"]["max"], 2 * 0.355) - 1e-9
+
+
+def test_time_scale_from_the_recorded_device_checks(monkeypatch, tmp_path):
+    from cbnet_tl.toolchain import bundle, time_scale
+
+    record = {"target": "rpi4", "qemu_cpu": "cortex-a72",
+              "instructions_per_image": {"branchynet": {"1": 1_200_000, "32": 960_000}}}
+    monkeypatch.setattr(bundle, "device_checks", lambda: {"instruction_counts": [record]})
+    scale = time_scale.time_scale(None, tmp_path / "bundle", "rpi4", "branchynet", 1, 1_500_000, lambda b: 100e-6)
+    assert scale.kind == "arm64-count" and scale.factor == pytest.approx(1.2e6 / 1.5e9 / 100e-6)
+    assert "toolchain/data/device_checks.json (cortex-a72" in scale.source
+    none = time_scale.time_scale(None, tmp_path / "bundle", "rpi5", "branchynet", 1, 2_400_000, lambda b: 1e-4)
+    assert none.kind == "unscaled" and none.factor == 1.0 and "unscaled" in none.source
