@@ -249,9 +249,14 @@ class Pipeline:
         spec, input_range, table = self.models[name].input, self._ranges[name], self._input_tables[name]
         if input_range == 255.0 and spec.dtype == np.uint8 and spec.scale == 1.0 and spec.zero_point == 0:
             return run  # raw pixels in: the bytes themselves
-        if table is None:  # float inputs: the same float32 operations, done once per pixel value
-            table = quantize(preprocess(np.arange(256, dtype=np.uint8)) * np.float32(input_range), spec)
-        return lambda images: run(table[images])
+        if table is not None:
+            return lambda images: run(table.take(images))
+        # float inputs: where the float path gives every pixel value itself (range 255), one conversion
+        scale = np.float32(input_range)
+        values = quantize(preprocess(np.arange(256, dtype=np.uint8)) * scale, spec)
+        if np.array_equal(values, np.arange(256, dtype=values.dtype)):
+            return lambda images: run(images.astype(values.dtype))
+        return lambda images: run(quantize(preprocess(images) * scale, spec))
 
     def from_output(self, link: Link, run: Callable) -> Callable:
         """``run`` (``link.target``'s) on ``link.source``'s raw output, requantized only where the scales differ."""
@@ -278,7 +283,7 @@ class Pipeline:
         table = self._table(dequantize_table, spec)
         if table is not None:
             table64 = table.astype(np.float64)
-            return lambda raw: table64[raw.view(np.uint8)]
+            return lambda raw: table64.take(raw.view(np.uint8))
         return lambda raw: np.asarray(raw, dtype=np.float64)
 
     def row_test(self, make: Callable, name: str, threshold: float) -> Callable:

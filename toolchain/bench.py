@@ -6,9 +6,9 @@ interleaved batch by batch, so the machine's noise falls on all of them alike. R
 run. Each timed pipeline has interpreters of its own, so no pipeline resizes another's tensors.
 
 The floor, honestly: the bare call of an empty model (``set_tensor`` + ``invoke`` + ``get_tensor``,
-nothing else), the same model through the pipeline code (also with its confidences read), and for each
-pipeline its time beyond the bare
-calls of the models it ran (each model at the number of images it ran on in that batch).
+nothing else) and the same model through the pipeline code (also with its confidences read), timed in a
+loop of their own; and for each pipeline, its time beyond the bare calls of the models it ran (each model
+at the number of images it ran on in that call, timed right after it).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from cbnet_tl.toolchain.scoring import evaluate
 BENCH_PIPELINES = tuple(PIPELINE_SPECS)
 SPEEDUP_BASES = (BASELINE_PIPELINE, EARLY_EXIT_PIPELINE)  # each row's speedup_vs_<base>
 FLOOR = "floor"
-FLOOR_READ = "floor, confidences read"
 FLOOR_SPEC = PipelineSpec(FLOOR, (INVOKE_PROBE,), {(INVOKE_PROBE,): FLOOR}, PIPELINE_SPECS[BASELINE_PIPELINE].runner,
                           deployed=False, description="an empty model through the same pipeline code")
 
@@ -65,28 +64,12 @@ class BenchConfig:
             )
 
 
-class ReadingConfidences:
-    """A pipeline whose every call also reads the confidences, which a chain pipeline computes when read."""
-
-    def __init__(self, pipeline: Pipeline):
-        self.pipeline, self.spec = pipeline, pipeline.spec
-
-    def classify(self, images: np.ndarray):
-        result = self.pipeline.classify(images)
-        result.confidences
-        return result
-
-
-def _floor(timings: dict, batch_size: int) -> dict:
-    """The empty model's bare call, the same model through the pipeline code (per image and per call), the
-    ratio of their medians, and the same with the confidences read. Takes the floor's timings out of
-    ``timings``."""
-    timing, reading = timings.pop(FLOOR, None), timings.pop(FLOOR_READ, None)
-    if timing is None:
+def _floor(floor: Optional[dict], batch_size: int) -> dict:
+    """The floor's keys of a run, from ``time_floor`` (medians, per call)."""
+    if floor is None:
         return {"floor_ms_median": None, "empty_call_us": None, "floor_call_us": None, "floor_vs_empty_call": None,
                 "floor_read_call_us": None, "floor_read_vs_empty_call": None}
-    through, read = float(np.median(timing.seconds)), float(np.median(reading.seconds))
-    empty = timing.stage_medians()[INVOKE_PROBE]
+    empty, through, read = floor["empty"], floor["through"], floor["read"]
     return {"floor_ms_median": through / batch_size * 1e3, "empty_call_us": empty * 1e6,
             "floor_call_us": through * 1e6, "floor_vs_empty_call": through / empty,
             "floor_read_call_us": read * 1e6, "floor_read_vs_empty_call": read / empty}
@@ -178,12 +161,45 @@ def _images_per_model(spec: PipelineSpec, paths: tuple) -> dict:
     return counts
 
 
-def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int, bare: BareCalls,
-                   progress: Optional[Callable] = None) -> dict:
-    """A ``Timing`` of every pipeline, each call timed from outside ``classify``, interleaved round-robin."""
+def _batches(images: np.ndarray, batch_size: int) -> list:
     batches = [images[i : i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)]
     if not batches:
         raise CbnetError(f"Need at least {batch_size} images to time batch size {batch_size}")
+    return batches
+
+
+def time_floor(pipeline: Pipeline, bare: BareCalls, images: np.ndarray, batch_size: int, warmup_batches: int) -> dict:
+    """Median seconds per call of the empty model (``pipeline``'s one model): its bare call ("empty"), the
+    model through the pipeline code ("through"), and that with the confidences read ("read"). In a loop of
+    their own, in an order that rotates every batch, so neither side is the one called just after the other."""
+    clock, probe = time.perf_counter, pipeline.spec.models[0]
+
+    def through(batch: np.ndarray) -> float:
+        start = clock()
+        pipeline.classify(batch)
+        return clock() - start
+
+    def read(batch: np.ndarray) -> float:
+        start = clock()
+        pipeline.classify(batch).confidences
+        return clock() - start
+
+    steps = (("empty", lambda batch: bare(probe, len(batch))), ("through", through), ("read", read))
+    batches = _batches(images, batch_size)
+    for batch in batches[:warmup_batches]:
+        for _, step in steps:
+            step(batch)
+    samples: dict = {key: [] for key, _ in steps}
+    for round_index, batch in enumerate(batches):
+        for key, step in steps[round_index % 3:] + steps[: round_index % 3]:
+            samples[key].append(step(batch))
+    return {key: float(np.median(values)) for key, values in samples.items()}
+
+
+def time_pipelines(pipelines: dict, images: np.ndarray, batch_size: int, warmup_batches: int, bare: BareCalls,
+                   progress: Optional[Callable] = None) -> dict:
+    """A ``Timing`` of every pipeline, each call timed from outside ``classify``, interleaved round-robin."""
+    batches = _batches(images, batch_size)
     for batch in batches[:warmup_batches]:
         for pipeline in pipelines.values():
             pipeline.classify(batch)
@@ -269,9 +285,7 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
         timed_pipelines = {name: Pipeline(load_bundle(directory, precision=precision, num_threads=config.threads,
                                                       models=list(spec.models), configs=configs), spec)
                            for name, spec in specs.items()}
-        if FLOOR in timed_pipelines:
-            timed_pipelines[FLOOR_READ] = ReadingConfidences(Pipeline(load_bundle(
-                directory, precision=precision, num_threads=config.threads, models=[INVOKE_PROBE], configs=configs), FLOOR_SPEC))
+        floor_pipeline = timed_pipelines.pop(FLOOR, None)
         overhead = time_invoke_overhead(bundle.models[INVOKE_PROBE]) if INVOKE_PROBE in bundle.models else None
         bare_invoke = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(bench_pipelines)}
         bare = BareCalls(load_bundle(directory, precision=precision, num_threads=config.threads, models=names,
@@ -283,7 +297,8 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
                    "configuration": {m: (configs.get(m).label if m in configs else f"{precision}/default")
                                      for m in models_for(bench_pipelines)}, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
                    "bare_invoke_us": {m: t * 1e6 for m, t in bare_invoke.items()}, "pipelines": {},
-                   **_floor(timings, batch_size)}
+                   **_floor(time_floor(floor_pipeline, bare, timed, batch_size, config.warmup_batches)
+                            if floor_pipeline is not None else None, batch_size)}
             for name, timing in timings.items():
                 per_image = timing.seconds / batch_size
                 row = {
