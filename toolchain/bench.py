@@ -330,7 +330,8 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
     report["notes"].append("Times are on this machine, not on the target; energy is modelled for the target at its top frequency.")
     report["notes"].append("beyond bare: a pipeline's time per image minus the bare calls (set_tensor + invoke + get_tensor "
                            "of the scores) of the models it ran, each at the number of images it ran on; stage_ms_median "
-                           "is those bare calls per model.")
+                           "is those bare calls per model. It is an upper bound: each call follows other pipelines' "
+                           "calls, its bare calls follow it (warm), and on a busy machine the gap is cache misses too.")
     report["notes"].append("A call is timed until classify returns: classes, and confidences where a gate needs them "
                            "(cbnet-fallback, branchynet); the other pipelines compute confidences when they are read, "
                            "which the floor's 'confidences read' figure includes.")
