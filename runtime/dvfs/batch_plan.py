@@ -29,6 +29,7 @@ from cbnet_tl.runtime.dvfs.exit_plan import next_frequency
 
 
 PERSIST = 3  # decisions in a row that want the same other frequency before a switch that does not pay at once
+FORGET = 0.005  # the weight an image's exit loses per image seen after it, in the learned shares
 QUANTILE = 0.995  # the images not yet gated that a batch plans for: all but 0.5% of batches have no more
 
 
@@ -101,8 +102,13 @@ class _PipelineState:
     def __init__(self):
         self.order: list = []  # stages in the order a batch runs them
         self.costs: dict = {}
-        self.share: dict = {}  # stage -> share of the previous stage's images that run it
-        self.seen: dict = {}  # stage -> batches counted in its share
+        self.went_on: dict = {}  # stage -> [images that ran it, images that ran the stage before], decayed
+
+    def share(self, stage: str) -> float:
+        """The share of the previous stage's images that run ``stage``, with one image that did as a prior: 1
+        before any is seen, never quite 0 or 1 (a share seen as 0 in a few images is not certain)."""
+        ran, offered = self.went_on.get(stage, (0.0, 0.0))
+        return (ran + 1.0) / (offered + 1.0)
 
 
 class BatchPlanner:
@@ -140,8 +146,7 @@ class BatchPlanner:
         for i in range(first, len(pipe.order)):
             stage = pipe.order[i]
             if i > 0:
-                seen = pipe.seen.get(stage, 0)  # a share never seen, or seen as 0 or 1, is not certain: Laplace
-                share = (pipe.share.get(stage, 1.0) * seen + 1) / (seen + 2)
+                share = pipe.share(stage)
                 count = binomial_quantile(count, share, QUANTILE) if cautious else count * share
             cost = pipe.costs[stage].predict(count)
             if cost is None:
@@ -153,6 +158,7 @@ class BatchPlanner:
     def start(self, pipeline: str, num_images: int, lateness_s: float, queue: tuple) -> int:
         self._pipe = self._pipelines.setdefault(pipeline, _PipelineState())
         self._budget = self.context.deadline_s  # the stages' elapsed_s count from the oldest image's arrival too
+        self._lateness = lateness_s  # the queue's deadlines count from now, the batch's start
         self._queue, self._previous_count = tuple(queue), num_images
         return self._current
 
@@ -175,16 +181,16 @@ class BatchPlanner:
         if rest is None or expected is None or now_cost is None:
             self._current = self.model.top_khz
             return self._current
-        self._current = self._choose(now_cost, rest, expected, self._budget - elapsed_s)
+        self._current = self._choose(now_cost, rest, expected, self._budget - elapsed_s,
+                                     elapsed_s - self._lateness)
         return self._current
 
     def stage_done(self, stage: str, num_images: int, seconds: float, khz: int) -> None:
         pipe = self._pipe
-        share = num_images / self._previous_count if self._previous_count else 1.0
         if pipe.order and stage != pipe.order[0] and self._previous_count:
-            seen = pipe.seen[stage] = pipe.seen.get(stage, 0) + 1
-            old = pipe.share.get(stage, share)
-            pipe.share[stage] = old + max(1.0 / seen, self.smoothing) * (share - old)
+            ran, offered = pipe.went_on.get(stage, (0.0, 0.0))
+            keep = (1.0 - FORGET) ** self._previous_count  # about the last 1 / FORGET images count
+            pipe.went_on[stage] = (ran * keep + num_images, offered * keep + self._previous_count)
         self._previous_count = num_images
         if num_images > 0:
             if stage not in pipe.costs:
@@ -199,8 +205,7 @@ class BatchPlanner:
         cycles = [pipe.costs[s].predict(1) for s in stages]
         if any(c is None for c in cycles):
             return None
-        go_on = [1.0] + [(pipe.share.get(s, 1.0) * pipe.seen.get(s, 0) + 1) / (pipe.seen.get(s, 0) + 2)
-                         for s in stages[1:]]
+        go_on = [1.0] + [pipe.share(s) for s in stages[1:]]
         model = self.model
         per_kcycle = {f: self._per_kcycle(f) for f in set(self.levels) | {self._current}}
 
@@ -218,7 +223,7 @@ class BatchPlanner:
         return self._current
 
     # the choice ------------------------------------------------------------------------------------
-    def _choose(self, now_cost: float, rest: float, expected_rest: float, budget: float) -> int:
+    def _choose(self, now_cost: float, rest: float, expected_rest: float, budget: float, into_batch: float) -> int:
         """The frequency of the next stage: ``now_cost`` kcycles now, then ``rest`` more of this batch (planned
         for; ``expected_rest`` on average) by ``budget`` seconds from now, then the queued batches by theirs.
         Of the frequencies after which the work left still fits at the top, the one of least expected energy:
@@ -227,7 +232,7 @@ class BatchPlanner:
         due, expected = [(rest, budget)], expected_rest
         for num_images, seconds in self._queue:
             work = self._work(num_images) or 0.0
-            due.append((due[-1][0] + work, seconds))
+            due.append((due[-1][0] + work, seconds - into_batch))
             expected += work
 
         def speed_after(elapsed: float, first: float = 0.0) -> float:
