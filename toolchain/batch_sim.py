@@ -188,6 +188,8 @@ def oracle_plan(jobs: Sequence[Job], dur: np.ndarray, model: EnergyModel, deadli
         inner = (combos[:, 1:] != combos[:, :-1]).sum(1)
         length = seconds.sum(1) + inner * sw
         energy = (extra_w[combos] * seconds).sum(1) + swx[combos[:, :-1], combos[:, 1:]].sum(1)
+        keep = _useful(combos[:, 0] * n + combos[:, -1], length, energy)  # the same ends, slower and dearer: never
+        combos, seconds, length, energy = combos[keep], seconds[keep], length[keep], energy[keep]
         first, last = combos[:, 0], combos[:, -1]
         start = np.maximum(0.0, delta[:, None] + sw * (f_state[:, None] != first[None, :]))
         end = job.ready_s + start + length[None, :]
@@ -218,21 +220,42 @@ def oracle_plan(jobs: Sequence[Job], dur: np.ndarray, model: EnergyModel, deadli
     return plan, best
 
 
-def _thin(f_state, delta, cost, prev, pick, grid: float) -> tuple:
-    """Per frequency: drop states that end no earlier at no less energy, then keep the cheapest per grid step."""
+def _useful(ends: np.ndarray, length: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Indices of the combinations no other with the same first and last frequency beats in time and energy."""
+    order = np.lexsort((energy, length, ends))
     keep = []
-    order = np.lexsort((cost, delta, f_state))
-    f_sorted = f_state[order]
-    for f in np.unique(f_sorted):
-        idx = order[f_sorted == f]
-        running = np.minimum.accumulate(cost[idx])
-        pareto = idx[np.concatenate(([True], cost[idx][1:] < running[:-1]))]
-        if len(pareto) > 1:
-            bucket = np.floor((delta[pareto] - delta[pareto[0]]) / grid).astype(np.int64)
-            last_in_bucket = np.concatenate((bucket[1:] != bucket[:-1], [True]))  # the cheapest of each step
-            last_in_bucket[0] = True  # and the earliest end
-            pareto = pareto[last_in_bucket]
-        keep.append(pareto)
+    for key in np.unique(ends):
+        idx = order[ends[order] == key]
+        running = np.minimum.accumulate(energy[idx])
+        keep.append(idx[np.concatenate(([True], energy[idx][1:] < running[:-1]))])
+    return np.sort(np.concatenate(keep))
+
+
+def _thin(f_state, delta, cost, prev, pick, grid: float) -> tuple:
+    """Per frequency: the cheapest state per grid step of end time and the earliest-ending one, then of those
+    the ones that no state ending no later beats in energy."""
+    n, low = int(f_state.max()) + 1, float(delta.min())
+    steps = int((delta.max() - low) / grid) + 1
+    if n * steps > 4_000_000:  # a very wide spread of end times: coarser steps
+        grid, steps = grid * (n * steps / 4_000_000), 4_000_001 // n
+    key = f_state * steps + np.minimum(np.floor((delta - low) / grid).astype(np.int64), steps - 1)
+    cheapest = np.full(n * steps, np.inf)
+    np.minimum.at(cheapest, key, cost)
+    chosen = np.full(n * steps, -1)
+    winners = np.flatnonzero(cost <= cheapest[key])
+    chosen[key[winners]] = winners  # one state of the least energy per step
+    soonest = np.full(n, np.inf)
+    np.minimum.at(soonest, f_state, delta)
+    earliest = np.full(n, -1)
+    winners = np.flatnonzero(delta <= soonest[f_state])
+    earliest[f_state[winners]] = winners
+    idx = np.unique(np.concatenate((chosen[chosen >= 0], earliest[earliest >= 0])))
+    keep = []
+    for f in np.unique(f_state[idx]):
+        group = idx[f_state[idx] == f]
+        group = group[np.lexsort((cost[group], delta[group]))]
+        running = np.minimum.accumulate(cost[group])
+        keep.append(group[np.concatenate(([True], cost[group][1:] < running[:-1]))])
     keep = np.concatenate(keep)
     return f_state[keep], delta[keep], cost[keep], prev[keep], pick[keep]
 
