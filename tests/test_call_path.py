@@ -266,3 +266,16 @@ def test_one_row_gate_tests_decide_as_the_exact_computations_or_defer(scale, zer
         assert all(t is None or t == e for t, e in zip(told, exact.tolist()))
         assert told[11] is None or threshold != confidences[11]  # at a row's own value: defers
         assert sum(t is None for t in told) < 0.01 * len(rows) + 2
+
+
+def test_the_row_by_row_interpreter_path_gives_the_same_answers(tiny_build):
+    """tflite-runtime runs a batch as batch-1 invokes (its aarch64 int8 FULLY_CONNECTED crashes at batch > 1)."""
+    images = _idx_images(MNIST_8K)[:48]
+    for name in PIPELINES:
+        expected = Pipeline(load_bundle(tiny_build, models=models_for([name])), name).classify(images)
+        bundle = load_bundle(tiny_build, models=models_for([name]))
+        for model in bundle.models.values():
+            model._one_row_at_a_time = True
+        result = Pipeline(bundle, name).classify(images)
+        _assert_same((result.labels, result.confidences, result.paths),
+                     (expected.labels, expected.confidences, expected.paths))
