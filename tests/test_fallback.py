@@ -35,7 +35,8 @@ def test_threshold_is_the_most_accurate_within_the_share_cap():
     # cbnet wrong on its least confident fifth: a wider cap buys accuracy, a zero cap sends nothing
     cbnet_ok = confidences > 0.2
     lenet_ok = np.ones(n, bool)
-    assert choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=0.0)["validation_fallback_share"] == 0.0
+    never = choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=0.0)
+    assert never["validation_fallback_share"] == 0.0 and never[CONFIDENCE_THRESHOLD] == 0.0  # none, on new images too
     wide = choose_threshold(confidences, cbnet_ok, lenet_ok, max_share=0.5)
     assert wide["validation_accuracy"] == 1.0 and wide["validation_fallback_share"] == np.mean(confidences <= 0.2)
     # a cbnet that is always right needs no fallback at all, whatever the cap

@@ -38,7 +38,8 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
     allowed = np.array([(k in (0, n) or conf[k] > conf[k - 1]) and k <= max_share * n + 1e-9 for k in range(n + 1)])
     candidates = np.flatnonzero(allowed)
     k = int(candidates[np.argmax(correct[candidates])])  # argmax: the first (fewest to LeNet) of equal counts
-    threshold = float(conf[k]) if k < n else 1.0 + 1e-9
+    # k = 0: never LeNet (not "below the least confident held-out image", which new images can be, uncapped)
+    threshold = 0.0 if k == 0 else float(conf[k]) if k < n else 1.0 + 1e-9
     return {CONFIDENCE_THRESHOLD: threshold, "validation_accuracy": float(correct[k] / n),
             "validation_lenet_accuracy": float(lenet_correct.mean()),
             "validation_cbnet_accuracy": float(cbnet_correct.mean()),
