@@ -1,5 +1,5 @@
 """The device's command line (``python3 run.py …`` in a bundle): classify, selftest, watch, status,
-dvfs-grant, dvfs-restore.
+trace, dvfs-grant, dvfs-restore.
 
 A thin argparse layer over ``api``; every ``CbnetError`` becomes one line on stderr and exit code 1.
 """
@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--target", default="rpi4", help="power model for modelled energy")
     status_parser = commands.add_parser("status", help="counts, last error, uptime of the watch service")
     _folders(status_parser)
+    trace = commands.add_parser("trace", help="time every stage of the bundle's pipelines at batch 1 and --batch-size, "
+                                              "at each CPU frequency it may set; write a trace for `cbnet-tl simulate --trace`")
+    trace.add_argument("--pipeline", action="append", choices=PIPELINES, default=None,
+                       help="a pipeline to time (repeatable; default: every pipeline the bundle deploys)")
+    trace.add_argument("--batch-size", type=int, default=32, help="the service's batch size (default 32)")
+    trace.add_argument("--repeats", type=int, default=5, help="calls per stage and size; the median is kept (default 5)")
+    trace.add_argument("--out", type=Path, default=Path("stage-trace.json"), help="trace file (default stage-trace.json)")
+    trace.add_argument("--target", default=None, help="the power table this board matches, recorded in the trace (e.g. rpi4)")
+    trace.add_argument("--sysfs-root", type=Path, default=Path("/"),
+                       help="root of the cpufreq tree (default /; a fake tree for tests: the CPU does not change speed)")
     grant = commands.add_parser("dvfs-grant", help="(root) let GROUP write the cpufreq files DVFS needs")
     grant.add_argument("--group", required=True)
     grant.add_argument("--sysfs-root", type=Path, default=Path("/"))
@@ -119,6 +129,11 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
         elif args.command == "status":
             config = InboxConfig(args.inbox, args.inbox.parent / "outbox", args.done, args.failed, args.state_dir)
             print(json.dumps(status(config), indent=2))
+        elif args.command == "trace":
+            from cbnet_tl.runtime.stage_trace import record_trace
+
+            record_trace(bundle_dir, args.out, pipelines=args.pipeline, batch_size=args.batch_size,
+                         repeats=args.repeats, sysfs_root=args.sysfs_root, num_threads=args.threads, target=args.target)
         elif args.command == "dvfs-grant":
             granted = grant_cpufreq(args.group, args.sysfs_root)
             print(f"group {args.group} may write {len(granted)} cpufreq files")

@@ -218,3 +218,20 @@ def test_time_scale_from_the_recorded_device_checks(monkeypatch, tmp_path):
     assert "toolchain/data/device_checks.json (cortex-a72" in scale.source
     none = time_scale.time_scale(None, tmp_path / "bundle", "rpi5", "branchynet", 1, 2_400_000, lambda b: 1e-4)
     assert none.kind == "unscaled" and none.factor == 1.0 and "unscaled" in none.source
+
+
+def test_a_trace_recorded_by_run_py_replays(tiny_bundle, mnist_dir, tmp_path):
+    """`run.py trace --sysfs-root` on a fake tree writes a trace that `cbnet-tl simulate --trace` accepts, and the
+    replay says the times are recorded ones taken at one speed."""
+    from cbnet_tl.runtime.cli import main
+    from test_cpufreq import make_tree
+
+    make_tree(tmp_path / "sys")
+    trace = tmp_path / "board.json"
+    assert main(["--bundle", str(tiny_bundle), "trace", "--sysfs-root", str(tmp_path / "sys"), "--pipeline",
+                 "branchynet", "--batch-size", "8", "--repeats", "1", "--out", str(trace)]) == 0
+    replayed = simulate(tiny_bundle, mnist_dir, "--workload", "burst:32:100", "--batch-size", "8",
+                        "--power-table", str(WIDE), "--trace", str(trace))
+    assert replayed["times"]["kind"] == "trace" and "did not change speed" in replayed["times"]["source"]
+    assert set(replayed["policies"]) == set(POLICIES)
+    assert all(replayed["policies"][name]["energy_j"] > 0 for name in POLICIES)

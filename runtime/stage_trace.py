@@ -1,0 +1,114 @@
+"""``run.py trace``: time every stage of a bundle's pipelines on this device, at batch 1 and the service's batch
+size, at each CPU frequency it may set, and write a stage trace (``runtime/dvfs/trace_file.py``) that
+``cbnet-tl simulate --trace FILE`` replays as recorded.
+
+Every image goes through every stage while timing (no early exit, no confidence gate), so each stage is timed on
+the whole batch; the simulator interpolates between the sizes recorded. ``host`` is the time of a call outside
+its model stages. When cpufreq cannot be written here (no permission, no cpufreq), every time is taken at the
+current frequency and the trace says so; on a fake sysfs tree (``--sysfs-root`` other than ``/``) the
+frequencies are set in the tree but the CPU does not change speed, and the trace says that too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from cbnet_tl.runtime.api import open_pipeline
+from cbnet_tl.runtime.bundle import open_manifest
+from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
+from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
+from cbnet_tl.runtime.errors import BundleError, ConfigError, DvfsError
+from cbnet_tl.runtime.images import load_image
+from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, TIME_STAGES
+from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
+
+EVERY_IMAGE_GOES_ON = {CONFIDENCE_THRESHOLD: 2.0}  # no probability reaches 2: the fallback runs for every image
+
+
+def sample_images(bundle_dir: Path, count: int) -> np.ndarray:
+    """``count`` model inputs from the bundle's own sample images (repeated as needed)."""
+    directory, manifest = open_manifest(bundle_dir)
+    files = (manifest.selftest or {}).get("files")
+    if not files:
+        raise BundleError(f"{directory}/manifest.json has no sample images to time with; rebuild the bundle")
+    images = np.stack([load_image(directory / f, manifest.input_spec) for f in files])
+    return images[np.arange(count) % len(images)]
+
+
+def deployed(bundle_dir: Path) -> list:
+    """The pipelines the bundle's manifest deploys, in the table's order."""
+    _, manifest = open_manifest(bundle_dir)
+    return [name for name in DEPLOYED_PIPELINES if name in manifest.pipelines]
+
+
+def time_stages(pipeline, images: np.ndarray, repeats: int) -> dict:
+    """{stage: median seconds} of one call on ``images``, every image through every stage; ``host`` included."""
+    pipeline.threshold = 0.0  # no entropy is below 0: an early-exit pipeline runs its last stage for every image
+    runs = [pipeline.classify(images, hook=TIME_STAGES) for _ in range(repeats + 1)][1:]  # the first call warms up
+    stages = {name: float(np.median([r.stage_seconds.get(name, 0.0) for r in runs])) for name in pipeline.spec.models}
+    host = float(np.median([max(0.0, r.seconds - sum(r.stage_seconds.values())) for r in runs]))
+    return {HOST_STAGE: host, **stages}
+
+
+@contextlib.contextmanager
+def frequencies_to_visit(sysfs_root: Path, log: Callable[[str], None]):
+    """Yield (set_khz or None, kHz list, speed_changed, note): a held controller when cpufreq can be written,
+    else the current frequency only; no cpufreq at all is an error."""
+    fake = Path(sysfs_root).resolve() != Path("/")
+    try:
+        controller = CpufreqController(Path(sysfs_root))
+    except DvfsError as error:
+        raise DvfsError(f"A trace needs cpufreq to read the frequency at least: {error} (on a test machine, "
+                        "pass --sysfs-root with a fake tree)") from None
+    try:
+        controller.__enter__()
+    except DvfsError as error:
+        current = controller.current_khz()
+        yield None, (current,), False, (f"cpufreq is read-only here ({error}); every time was taken at the current "
+                                        f"frequency, {current // 1000} MHz")
+        return
+    try:
+        note = ("a fake cpufreq tree (--sysfs-root): frequencies were set in it, but the CPU did not change speed"
+                if fake else "each frequency set through cpufreq before its stages were timed")
+        log(f"trace: {len(controller.frequencies_khz)} frequencies, "
+            f"{', '.join(str(k // 1000) for k in controller.frequencies_khz)} MHz")
+        yield controller.set_khz, controller.frequencies_khz, not fake, note
+    finally:
+        controller.__exit__(None, None, None)
+
+
+def record_trace(bundle_dir: Path, out: Path, *, pipelines: Optional[Sequence[str]] = None, batch_size: int = 32,
+                 repeats: int = 5, sysfs_root: Path = Path("/"), num_threads: int = 1, target: Optional[str] = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Time, write ``out`` (atomically) and return the trace."""
+    if batch_size < 1 or repeats < 1:
+        raise ConfigError(f"Expected --batch-size >= 1 and --repeats >= 1. Received: {batch_size}, {repeats}")
+    names = list(pipelines) if pipelines else deployed(bundle_dir)
+    opened = {name: open_pipeline(bundle_dir, name, num_threads=num_threads, options=EVERY_IMAGE_GOES_ON)
+              for name in names}
+    images = sample_images(bundle_dir, batch_size)
+    sizes = sorted({1, batch_size})
+    table = {name: {} for name in names}
+    with frequencies_to_visit(sysfs_root, log) as (set_khz, frequencies, speed_changed, note):
+        for khz in frequencies:
+            if set_khz is not None:
+                set_khz(khz)  # the switch is made when the write returns
+            for name, pipeline in opened.items():
+                for size in sizes:
+                    for stage, seconds in time_stages(pipeline, images[:size], repeats).items():
+                        table[name].setdefault(stage, {}).setdefault(size, {})[khz] = seconds
+    trace = make_trace(f"run.py trace on {platform.node() or 'this device'} ({platform.machine()})", frequencies,
+                       table, speed_changed=speed_changed, target=target,
+                       ran_at_khz=frequencies[0] if len(frequencies) == 1 else None,
+                       notes=[note, f"batch sizes {sizes}, median of {repeats} calls, {num_threads} thread(s)"],
+                       recorded_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_trace(Path(out), trace)
+    log(f"trace: {len(names)} pipeline(s) x {len(sizes)} batch size(s) x {len(frequencies)} frequencies -> {out} "
+        f"({note})")
+    return trace
