@@ -77,18 +77,23 @@ def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int
     return records
 
 
+def sample_images(directory: Path, manifest, what: str, spec=None) -> np.ndarray:
+    """The bundle's own sample images (its selftest files) through ``spec`` (default: the manifest's), or one
+    error line: "``directory``/manifest.json has no ``what``"."""
+    files = (manifest.selftest or {}).get("files")
+    if not files:
+        raise BundleError(f"{directory}/manifest.json has no {what}; rebuild the bundle")
+    return np.stack([load_image(directory / f, spec or manifest.input_spec) for f in files])
+
+
 def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
     """Verify every checksum, then check the bundled samples give the predictions recorded at build time."""
     directory, manifest = open_manifest(bundle_dir)
     verify_files(directory, manifest)
-    samples = manifest.selftest
-    if not samples or not samples.get("files"):
-        raise BundleError(f"{directory}/manifest.json has no selftest samples; rebuild the bundle")
-    spec = manifest.input_spec
-    images = np.stack([load_image(directory / f, spec) for f in samples["files"]])
+    images = sample_images(directory, manifest, "selftest samples")
     report = {"bundle": str(directory), "version": manifest.version, "checksums": "ok", "pipelines": {}}
     failed = []
-    for name, expected in samples["expected"].items():
+    for name, expected in manifest.selftest["expected"].items():
         result = open_pipeline(directory, name, num_threads=num_threads).classify(images)
         agreement = float(np.mean(result.labels == np.asarray(expected)))
         report["pipelines"][name] = {"agreement": agreement}
@@ -119,10 +124,9 @@ def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: in
         return None  # a readable tuning file of this bundle version is there
     # a build directory tunes on its bundle's samples, and may also choose its float32 models
     sample_dir = directory if manifest.selftest else directory / "bundle"
-    samples = (open_manifest(sample_dir)[1].selftest or {}).get("files") if sample_dir.is_dir() else None
-    if not samples:
+    if not sample_dir.is_dir():
         raise BundleError(f"{directory}/manifest.json has no sample images to tune on; rebuild the bundle")
-    images = np.stack([load_image(sample_dir / f, manifest.input_spec) for f in samples])
+    images = sample_images(sample_dir, open_manifest(sample_dir)[1], "sample images to tune on", manifest.input_spec)
     pipelines = [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
     record = measure(directory, images, pipelines=pipelines, num_threads=num_threads)
     record["file"] = str(write_tuning(path, record))

@@ -19,37 +19,26 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.api import open_pipeline
+from cbnet_tl.runtime.api import open_pipeline, sample_images
 from cbnet_tl.runtime.bundle import open_manifest
 from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
-from cbnet_tl.runtime.errors import BundleError, ConfigError, DvfsError
-from cbnet_tl.runtime.images import load_image
+from cbnet_tl.runtime.errors import ConfigError, DvfsError
 from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, TIME_STAGES
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 
 EVERY_IMAGE_GOES_ON = {CONFIDENCE_THRESHOLD: 2.0}  # no probability reaches 2: the fallback runs for every image
 
 
-def sample_images(bundle_dir: Path, count: int) -> np.ndarray:
-    """``count`` model inputs from the bundle's own sample images (repeated as needed)."""
-    directory, manifest = open_manifest(bundle_dir)
-    files = (manifest.selftest or {}).get("files")
-    if not files:
-        raise BundleError(f"{directory}/manifest.json has no sample images to time with; rebuild the bundle")
-    images = np.stack([load_image(directory / f, manifest.input_spec) for f in files])
-    return images[np.arange(count) % len(images)]
-
-
-def deployed(bundle_dir: Path) -> list:
-    """The pipelines the bundle's manifest deploys, in the table's order."""
-    _, manifest = open_manifest(bundle_dir)
-    return [name for name in DEPLOYED_PIPELINES if name in manifest.pipelines]
+def open_every_image_on(bundle_dir: Path, name: str, num_threads: int):
+    """The pipeline with no early exit and no confidence gate: every image goes through every stage."""
+    pipeline = open_pipeline(bundle_dir, name, num_threads=num_threads, options=EVERY_IMAGE_GOES_ON)
+    pipeline.threshold = 0.0  # no entropy is below 0 (read when the timed runner is built, at the first hooked call)
+    return pipeline
 
 
 def time_stages(pipeline, images: np.ndarray, repeats: int) -> dict:
     """{stage: median seconds} of one call on ``images``, every image through every stage; ``host`` included."""
-    pipeline.threshold = 0.0  # no entropy is below 0: an early-exit pipeline runs its last stage for every image
     runs = [pipeline.classify(images, hook=TIME_STAGES) for _ in range(repeats + 1)][1:]  # the first call warms up
     stages = {name: float(np.median([r.stage_seconds.get(name, 0.0) for r in runs])) for name in pipeline.spec.models}
     host = float(np.median([max(0.0, r.seconds - sum(r.stage_seconds.values())) for r in runs]))
@@ -60,27 +49,25 @@ def time_stages(pipeline, images: np.ndarray, repeats: int) -> dict:
 def frequencies_to_visit(sysfs_root: Path, log: Callable[[str], None]):
     """Yield (set_khz or None, kHz list, speed_changed, note): a held controller when cpufreq can be written,
     else the current frequency only; no cpufreq at all is an error."""
-    fake = Path(sysfs_root).resolve() != Path("/")
     try:
         controller = CpufreqController(Path(sysfs_root))
     except DvfsError as error:
         raise DvfsError(f"A trace needs cpufreq to read the frequency at least: {error} (on a test machine, "
                         "pass --sysfs-root with a fake tree)") from None
-    try:
-        controller.__enter__()
-    except DvfsError as error:
-        current = controller.current_khz()
-        yield None, (current,), False, (f"cpufreq is read-only here ({error}); every time was taken at the current "
-                                        f"frequency, {current // 1000} MHz")
-        return
-    try:
-        note = ("a fake cpufreq tree (--sysfs-root): frequencies were set in it, but the CPU did not change speed"
-                if fake else "each frequency set through cpufreq before its stages were timed")
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(controller)  # given back when the block ends, however it ends
+        except DvfsError as error:
+            current = controller.current_khz()
+            yield None, (current,), False, (f"cpufreq is read-only here ({error}); every time was taken at the "
+                                            f"current frequency, {current // 1000} MHz")
+            return
+        fake = Path(sysfs_root).resolve() != Path("/")
         log(f"trace: {len(controller.frequencies_khz)} frequencies, "
             f"{', '.join(str(k // 1000) for k in controller.frequencies_khz)} MHz")
-        yield controller.set_khz, controller.frequencies_khz, not fake, note
-    finally:
-        controller.__exit__(None, None, None)
+        yield controller.set_khz, controller.frequencies_khz, not fake, (
+            "a fake cpufreq tree (--sysfs-root): frequencies were set in it, but the CPU did not change speed"
+            if fake else "each frequency set through cpufreq before its stages were timed")
 
 
 def record_trace(bundle_dir: Path, out: Path, *, pipelines: Optional[Sequence[str]] = None, batch_size: int = 32,
@@ -89,10 +76,11 @@ def record_trace(bundle_dir: Path, out: Path, *, pipelines: Optional[Sequence[st
     """Time, write ``out`` (atomically) and return the trace."""
     if batch_size < 1 or repeats < 1:
         raise ConfigError(f"Expected --batch-size >= 1 and --repeats >= 1. Received: {batch_size}, {repeats}")
-    names = list(pipelines) if pipelines else deployed(bundle_dir)
-    opened = {name: open_pipeline(bundle_dir, name, num_threads=num_threads, options=EVERY_IMAGE_GOES_ON)
-              for name in names}
-    images = sample_images(bundle_dir, batch_size)
+    directory, manifest = open_manifest(bundle_dir)
+    names = list(pipelines) if pipelines else [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
+    opened = {name: open_every_image_on(directory, name, num_threads) for name in names}
+    images = sample_images(directory, manifest, "sample images to time with")
+    images = images[np.arange(batch_size) % len(images)]  # repeated up to the batch size
     sizes = sorted({1, batch_size})
     table = {name: {} for name in names}
     with frequencies_to_visit(sysfs_root, log) as (set_khz, frequencies, speed_changed, note):

@@ -35,7 +35,9 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
     # sending the k least confident images to LeNet: correct = LeNet's on the first k + cbnet's on the rest
     correct = np.concatenate([[0], np.cumsum(l_ok)]) + np.concatenate([np.cumsum(c_ok[::-1])[::-1], [0]])
     # a threshold can only split between different confidences, and may send at most max_share to LeNet
-    allowed = np.array([(k in (0, n) or conf[k] > conf[k - 1]) and k <= max_share * n + 1e-9 for k in range(n + 1)])
+    splits = np.ones(n + 1, bool)  # cut k sends the k least confident images on
+    splits[1:n] = conf[1:] > conf[:-1]
+    allowed = splits & (np.arange(n + 1) <= max_share * n + 1e-9)
     candidates = np.flatnonzero(allowed)
     k = int(candidates[np.argmax(correct[candidates])])  # argmax: the first (fewest to LeNet) of equal counts
     # k = 0: never LeNet (not "below the least confident held-out image", which new images can be, uncapped)

@@ -33,11 +33,14 @@ class Target:
         return self.accelerator == EDGETPU
 
 
+# what every target's bundle installs on the device (an interpreter, and numpy and Pillow for the runtime)
+LITERT_REQUIREMENTS = ("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0")
+
 RPI4 = Target(
     name="rpi4",
     title="Raspberry Pi 4 (64-bit Raspberry Pi OS, Python 3.9+)",
     power_model="rpi4",
-    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    requirements=LITERT_REQUIREMENTS,
     install_notes=(
         "Use the 64-bit (aarch64) OS: ai-edge-litert has no 32-bit armv7 wheel. If you must use "
         "tflite-runtime instead (Python 3.11 only, last release 2.14), pin `numpy<2`, because "
@@ -49,7 +52,7 @@ RPI5 = Target(
     name="rpi5",
     title="Raspberry Pi 5 (64-bit Raspberry Pi OS, Python 3.9+)",
     power_model="rpi5",
-    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    requirements=LITERT_REQUIREMENTS,
     install_notes=(
         "Use the 64-bit (aarch64) OS: ai-edge-litert has no 32-bit armv7 wheel. The Pi 5's Cortex-A76 has the int8 "
         "dot-product instructions the Pi 4's Cortex-A72 lacks, so the interpreter runs other (faster) int8 kernels here."
@@ -63,7 +66,7 @@ CORAL_USB = Target(
     name="coral-usb",
     title="Raspberry Pi 4 with the Coral USB Accelerator (64-bit OS)",
     power_model="coral-usb",
-    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    requirements=LITERT_REQUIREMENTS,
     install_notes="The Edge TPU runtime comes from Coral's apt repository (libedgetpu1-std, or libedgetpu1-max for the "
                   "maximum clock, which runs hotter).",
     accelerator=EDGETPU,
@@ -74,7 +77,7 @@ CORAL_DEVBOARD = Target(
     name="coral-devboard",
     title="Coral Dev Board (Mendel Linux, aarch64)",
     power_model="coral-devboard",
-    requirements=("numpy>=1.23", "Pillow>=9.0", "ai-edge-litert>=1.0"),
+    requirements=LITERT_REQUIREMENTS,
     install_notes="Mendel Linux ships libedgetpu; keep it current with `sudo apt-get update && sudo apt-get dist-upgrade`.",
     accelerator=EDGETPU,
     extra_templates=CORAL_EXTRA_TEMPLATES,
