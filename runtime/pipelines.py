@@ -12,7 +12,8 @@ models, and takes the class as the argmax of the raw scores. The confidence (top
 numbers ``gate.decide`` gives from dequantized logits) comes from a table of the raw bytes
 (``gate.top_probability_bytes``), when first read unless a gate needs it. Which path each image took is kept
 as a mask and spelt out only when ``paths`` is read. A stage hook (``StageHook``, e.g. a DVFS session) hears
-about each stage and gets each stage's time; without a hook no stage is timed.
+about each stage with the number of images that run it, and gets each stage's time; without a hook no stage is
+timed and nothing is counted.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cbnet_tl.runtime.tables import dequantize_table, exp_difference_table, inpu
 
 class StageHook(Protocol):
     def begin_inference(self, pipeline: str) -> None: ...
-    def before_stage(self, stage: str) -> None: ...
+    def before_stage(self, stage: str, num_images: int) -> None: ...  # the images that run this stage
     def after_stage(self, stage: str, seconds: float) -> None: ...
     def end_inference(self, path: str) -> None: ...
 
@@ -88,7 +89,7 @@ class TimeStages:
     ``stage_seconds`` without a DVFS policy."""
 
     def begin_inference(self, pipeline: str) -> None: pass
-    def before_stage(self, stage: str) -> None: pass
+    def before_stage(self, stage: str, num_images: int) -> None: pass
     def after_stage(self, stage: str, seconds: float) -> None: pass
     def end_inference(self, path: str) -> None: pass
 
@@ -229,7 +230,7 @@ class Pipeline:
 
     def _timed(self, name: str, run: Callable, hook: StageHook) -> Callable:
         def stage(values: np.ndarray) -> None:
-            hook.before_stage(name)
+            hook.before_stage(name, len(values))
             begin = time.perf_counter()
             run(values)
             elapsed = time.perf_counter() - begin

@@ -204,8 +204,8 @@ class _Recorder:
     def begin_inference(self, pipeline):
         self.events.append(("begin", pipeline))
 
-    def before_stage(self, stage):
-        self.events.append(("before", stage))
+    def before_stage(self, stage, num_images):
+        self.events.append(("before", stage, num_images))
 
     def after_stage(self, stage, seconds):
         self.events.append(("after", stage))
@@ -224,8 +224,9 @@ def test_a_hook_hears_every_stage_and_gets_its_time_and_no_hook_times_nothing(ti
     first, tail = PIPELINE_SPECS[EARLY_EXIT_PIPELINE].models
     for hook in (_Recorder(), _Recorder()):  # a second hook replaces the first one's runner
         result = pipeline.classify(images, hook=hook)
-        assert hook.events == [("begin", EARLY_EXIT_PIPELINE), ("before", first), ("after", first),
-                               ("before", tail), ("after", tail), ("end", "mixed")]
+        hard = sum(p != "branch" for p in plain.paths)  # the images that go on past the exit
+        assert hook.events == [("begin", EARLY_EXIT_PIPELINE), ("before", first, len(images)), ("after", first),
+                               ("before", tail, hard), ("after", tail), ("end", "mixed")]
         assert set(result.stage_seconds) == {first, tail} and all(s > 0 for s in result.stage_seconds.values())
         _assert_same((result.labels, result.confidences, result.paths), (plain.labels, plain.confidences, plain.paths))
     easy = images[np.array([p == "branch" for p in plain.paths])][:3]
