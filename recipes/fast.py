@@ -20,8 +20,12 @@ MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``); at the MN
 - ``default`` P→512→128→P, classifier P→64→10:  0.618 M
 - ``large``   P→768→128→P, classifier P→128→10: 0.902 M
 
-MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. The recipe stays dense up to
-``DENSE_MAX_VALUES`` input values (64×64 RGB) and is convolutional above (``fast_conv.py``).
+MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. Above ``DENSE_POOL_VALUES``
+(32×32 RGB) both models open with an average pooling by ``FastConfig.pool`` (the smallest whole factor
+that divides height and width and brings P within it; 56×56 RGB → 28×28 RGB, P = 2,352) and the AE decodes
+at that size, up-sampled back to the input size; the fused graph keeps neither the up-sampling nor the
+classifier's pooling, which cancel. The recipe stays dense up to ``DENSE_MAX_VALUES`` input values
+(64×64 RGB) and is convolutional above (``fast_conv.py``).
 
 (LeNet's main path is ≈1.14 M MACs; the paper's AE alone 0.76 M plus a conv branch 0.22 M.)
 
@@ -50,13 +54,19 @@ from typing import Optional
 import keras
 from keras import layers
 
-from cbnet_tl.recipes.layers import BatchReshape, batch_flatten
-
-from cbnet_tl.recipes.layers import check_image_shape
+from cbnet_tl.recipes.layers import BatchReshape, NearestUpsample, batch_flatten, check_image_shape
 
 # Largest input (height × width × channels) the dense recipe takes: 64×64 RGB. Beyond it the dense layers'
 # MACs (linear in the input values) exceed several times LeNet's at that size.
 DENSE_MAX_VALUES = 12288
+
+# Most input values the first dense layer reads: 32×32 RGB. Above it (and up to DENSE_MAX_VALUES) the AE and
+# the classifier open with an average pooling by the smallest whole factor that divides the height and the
+# width and brings the values within this (``FastConfig.pool``); the converted image is decoded at the pooled
+# size and up-sampled back to the input size. Without it a 56×56 RGB input gives a 6.7 M-MAC dense "light"
+# pipeline (more than LeNet at that size) whose 4.8 M first-layer weights overfit.
+DENSE_POOL_VALUES = 3072
+MAX_POOL = 4
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,28 @@ class FastConfig:
         return out
 
     @property
+    def pool(self) -> int:
+        """Side of the average pooling in front of the dense layers (1: none; see ``DENSE_POOL_VALUES``).
+
+        The smallest factor up to ``MAX_POOL`` that divides both height and width and brings the pooled values
+        within ``DENSE_POOL_VALUES``; 1 when the input already fits, is convolutional, or no such factor exists.
+        """
+        height, width, channels = self.shape
+        if self.convolutional or height * width * channels <= DENSE_POOL_VALUES:
+            return 1
+        for factor in range(2, MAX_POOL + 1):
+            if height % factor == 0 and width % factor == 0 and \
+                    (height // factor) * (width // factor) * channels <= DENSE_POOL_VALUES:
+                return factor
+        return 1
+
+    @property
+    def pooled_shape(self) -> tuple:
+        """The shape the dense layers see: the input shape after ``pool``."""
+        height, width, channels = self.shape
+        return (height // self.pool, width // self.pool, channels)
+
+    @property
     def shape(self) -> tuple:
         """The input shape, which must be set (``replace(config, input_shape=...)``)."""
         if self.input_shape is None:
@@ -172,7 +204,7 @@ class FastConfig:
 
 
 def _dense_shapes(config: FastConfig) -> list:
-    values = math.prod(config.shape)
+    values = math.prod(config.pooled_shape)
     widths = [values, *config.encoder_units, config.code_units, values]
     if config.classifier_units:
         widths += [config.classifier_units]
@@ -207,12 +239,15 @@ def _check_batch(batch_size):
 
 
 def build_autoencoder(
-    config: FastConfig = SIZES["default"], batch_size: Optional[int] = None, rescale: bool = True
+    config: FastConfig = SIZES["default"], batch_size: Optional[int] = None, rescale: bool = True,
+    pooled_output: bool = False,
 ) -> keras.Model:
     """Pixels as float in [0, 255], of the config's input shape → converted image in [0, 1], same shape.
 
     ``rescale=False`` leaves out the ``Rescaling(1/255)`` layer (same weights list): for export
-    views whose first kernel has the 1/255 folded in (see ``build_fused``).
+    views whose first kernel has the 1/255 folded in (see ``build_fused``). With ``config.pool`` > 1 the
+    image is decoded at the pooled size and up-sampled (nearest) to the input size; ``pooled_output`` stops
+    at the pooled size (the fused graph, whose classifier would only pool it again).
     """
     _check_batch(batch_size)
     shape = config.shape
@@ -222,27 +257,41 @@ def build_autoencoder(
         return fast_conv.build_autoencoder(shape, config.code_units, config.dropout, batch_size, rescale)
     pixels = keras.Input(shape, batch_size=batch_size, name="pixels")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(pixels) if rescale else pixels
-    x = batch_flatten(shape, name="ae_flatten")(x)
+    if config.pool > 1:
+        x = layers.AveragePooling2D(config.pool, name="ae_pool")(x)
+    x = batch_flatten(config.pooled_shape, name="ae_flatten")(x)
     for i, units in enumerate(config.encoder_units):
         x = layers.Dense(units, activation="relu", name=f"encoder_{i}")(x)
         if config.dropout > 0:
             x = layers.Dropout(config.dropout, name=f"encoder_dropout_{i}")(x)
     x = layers.Dense(config.code_units, name="code")(x)
-    x = layers.Dense(math.prod(shape), activation="sigmoid", name="decoder")(x)
-    converted = BatchReshape(shape, name="converted")(x)
+    x = layers.Dense(math.prod(config.pooled_shape), activation="sigmoid", name="decoder")(x)
+    if config.pool == 1:
+        converted = BatchReshape(shape, name="converted")(x)
+    elif pooled_output:
+        converted = BatchReshape(config.pooled_shape, name="converted")(x)
+    else:
+        x = BatchReshape(config.pooled_shape, name="converted_pooled")(x)
+        converted = NearestUpsample(config.pool, name="converted")(x)
     return keras.Model(pixels, converted, name="fast_autoencoder")
 
 
-def build_classifier(config: FastConfig = SIZES["default"], batch_size: Optional[int] = None) -> keras.Model:
-    """Converted image in [0, 1], of the config's input shape → class logits."""
+def build_classifier(config: FastConfig = SIZES["default"], batch_size: Optional[int] = None,
+                     pooled_input: bool = False) -> keras.Model:
+    """Converted image in [0, 1], of the config's input shape → class logits.
+
+    With ``config.pool`` > 1 the image is average-pooled first; ``pooled_input`` takes it already pooled."""
     _check_batch(batch_size)
     if config.convolutional:
         from cbnet_tl.recipes import fast_conv
 
         return fast_conv.build_classifier(config.shape, config.classifier_units, config.num_classes, config.dropout,
                                           batch_size)
-    image = keras.Input(config.shape, batch_size=batch_size, name="converted_image")
-    x = batch_flatten(config.shape, name="classifier_flatten")(image)
+    pooled = config.pool > 1
+    image = keras.Input(config.pooled_shape if pooled and pooled_input else config.shape, batch_size=batch_size,
+                        name="converted_image")
+    x = layers.AveragePooling2D(config.pool, name="classifier_pool")(image) if pooled and not pooled_input else image
+    x = batch_flatten(config.pooled_shape, name="classifier_flatten")(x)
     if config.classifier_units:
         x = layers.Dense(config.classifier_units, activation="relu", name="classifier_hidden")(x)
         if config.dropout > 0:
@@ -312,8 +361,9 @@ def build_fused(
     """
     _check_batch(batch_size)
     config = _config_of(autoencoder, classifier)
-    ae = build_autoencoder(config, batch_size=batch_size, rescale=not fold_rescale)
-    clf = build_classifier(config, batch_size=batch_size)
+    # pooled: the AE's up-sampling and the classifier's pooling would cancel (exactly, in float), so both go
+    ae = build_autoencoder(config, batch_size=batch_size, rescale=not fold_rescale, pooled_output=True)
+    clf = build_classifier(config, batch_size=batch_size, pooled_input=True)
     weights = [w.copy() for w in autoencoder.get_weights()]
     if fold_rescale:
         weights[0] = weights[0] / 255.0  # the first encoder kernel (input values, units)

@@ -124,3 +124,36 @@ def test_fast_recipe_turns_convolutional_above_the_dense_limit_and_maps_to_the_e
     assert count_macs_and_params(path)[0] == config.macs()
     report = inspect_model(path)
     assert report["fully_mapped"], [(op["op_name"], op["reason"]) for op in report["ops"] if not op["on_edgetpu"]]
+
+
+def test_fast_recipe_pools_inputs_above_the_dense_budget(tmp_path):
+    """56x56 RGB (9,408 values) is pooled 2x2 before the dense layers: 2,352 values, so the light pipeline stays
+    below LeNet's cost; the AE still gives an image of the input's shape (2x2 blocks of one value); the fused
+    graph drops the up-sampling and the classifier's pooling (same logits), counts the MACs the config
+    states, and maps fully to the Edge TPU. Inputs within the budget, or whose sides no small factor divides,
+    are not pooled."""
+    from cbnet_tl.recipes import fast
+    from cbnet_tl.runtime.files import write_bytes_atomic
+    from cbnet_tl.toolchain.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
+    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+
+    assert [fast.FastConfig(input_shape=s).pool for s in (MNIST_SHAPE, (32, 32, 3), (61, 61, 3), (63, 63, 3))] \
+        == [1, 1, 1, 3]
+    config = fast.FastConfig(num_classes=4, input_shape=(56, 56, 3), dropout=0.0)
+    assert (config.pool, config.pooled_shape) == (2, (28, 28, 3))
+    values = 28 * 28 * 3
+    assert config.macs() == values * 512 + 512 * 128 + 128 * values + values * 64 + 64 * 4
+    ae, classifier = randomize(fast.build_autoencoder(config)), randomize(fast.build_classifier(config))
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 56, 56, 3)).astype(np.float32)
+    converted = np.asarray(ae(pixels[:2]))
+    assert converted.shape == (2, 56, 56, 3)
+    assert np.array_equal(converted[:, ::2, ::2], converted[:, 1::2, 1::2])
+    fused = fast.build_fused(ae, classifier, batch_size=None)
+    np.testing.assert_allclose(np.asarray(fused(pixels[:2])), np.asarray(classifier(converted)), atol=1e-4)
+    path = tmp_path / "pooled_cbnet.tflite"
+    write_bytes_atomic(path, to_tflite(fast.build_fused(ae, classifier), Precision.INT8, pixels, "uint8"))
+    assert count_macs_and_params(path)[0] == config.macs()
+    report = inspect_model(path)
+    assert report["fully_mapped"], [(op["op_name"], op["reason"]) for op in report["ops"] if not op["on_edgetpu"]]
+    assert {op["op_name"] for op in report["ops"]} >= {"AVERAGE_POOL_2D", "FULLY_CONNECTED"}
