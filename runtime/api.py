@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -57,15 +58,23 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
 
 
 def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int = 1, hook=None,
-                   max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False) -> list:
+                   max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False, session=None) -> list:
     """Classify image files of any size and mode (each through the bundle's input spec); one dict per image
     with class, confidence, path taken and time. ``input_digest`` adds the sha256 of each model input (the
-    bytes the models read), to compare pre-processing between machines."""
+    bytes the models read), to compare pre-processing between machines. ``session``: a ``DvfsSession`` that runs
+    each batch as one DVFS batch, every file arrived when the call began (a burst) and the batches after it
+    its queue; ``hook`` is then not used."""
     records, class_names = [], pipeline.bundle.class_names
+    began = time.monotonic()
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = load_images(chunk, pipeline.input_spec, max_pixels=max_pixels)
-        result = pipeline.classify(images, hook=hook)
+        if session is None:
+            result = pipeline.classify(images, hook=hook)
+        else:
+            waited, later = time.monotonic() - began, range(start + batch_size, len(paths), batch_size)
+            queue = [(min(batch_size, len(paths) - first), waited) for first in later]
+            result = session.classify_batch(pipeline, images, [waited] * len(chunk), queue)
         ms = round(result.seconds / len(chunk) * 1e3, 4)
         answers = zip(chunk, result.labels.tolist(), result.confidences.tolist(), result.paths)
         for index, (path, label, confidence, taken) in enumerate(answers):
@@ -105,10 +114,12 @@ def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
     return report
 
 
-def watch(pipeline: Pipeline, config: InboxConfig, *, max_images: Optional[int] = None, hook=None) -> int:
+def watch(pipeline: Pipeline, config: InboxConfig, *, max_images: Optional[int] = None, session=None,
+          drain: bool = False) -> int:
     """Classify each image that settles in ``config.inbox`` under the inbox contract (``runtime/inbox.py``):
-    one atomic result per input in the outbox, then the input moves to done/ or failed/."""
-    return watch_inbox(pipeline, config, hook=hook, max_images=max_images)
+    one atomic result per input in the outbox, then the input moves to done/ or failed/. ``session``: a
+    ``DvfsSession`` that runs each batch (DVFS per batch); ``drain``: stop once the inbox is empty."""
+    return watch_inbox(pipeline, config, session=session, max_images=max_images, drain=drain)
 
 
 def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: int = 1,

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, tune_bundle, watch
+from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, tune_bundle
 from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
 from cbnet_tl.runtime.inbox import InboxConfig
 from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, DEPLOYED_PIPELINES, PIPELINES
-from cbnet_tl.runtime.service import grant_cpufreq, status
+from cbnet_tl.runtime.service import StopRequested, format_summary, grant_cpufreq, serve, status
 from cbnet_tl.runtime.tuning import format_tuning
 
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="with --json: the sha256 of each model input, to compare pre-processing across machines")
     classify.add_argument("--device", choices=[d.value for d in Device], default=Device.CPU.value,
                           help="edgetpu: use the Coral delegate (falls back to the CPU with a warning)")
+    _dvfs_options(classify, "every file counts as arrived when the command starts; each batch is one DVFS batch")
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
     tune = commands.add_parser("tune", help="time every model in every configuration here; keep the fastest "
                                             "that gives the reference classes (written outside the release)")
@@ -61,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--delete-processed", action="store_true", help="delete classified inputs")
     watch_parser.add_argument("--convert", action="store_true",
                               help="no longer needed: every image goes through the bundle's input spec (ignored)")
-    watch_parser.add_argument("--dvfs", default="off", help="off, performance, powersave, fixed:<MHz> or eenet")
-    watch_parser.add_argument("--deadline-ms", type=float, default=None)
-    watch_parser.add_argument("--target", default="rpi4", help="power model for modelled energy")
+    watch_parser.add_argument("--drain", action="store_true",
+                              help="stop once the inbox is empty (no input, settled or not), with the summary line")
+    _dvfs_options(watch_parser, "each batch is one DVFS batch; an input's deadline counts from when it settled")
     status_parser = commands.add_parser("status", help="counts, last error, uptime of the watch service")
     _folders(status_parser)
     trace = commands.add_parser("trace", help="time every stage of the bundle's pipelines at batch 1 and --batch-size, "
@@ -80,6 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     grant.add_argument("--group", required=True)
     grant.add_argument("--sysfs-root", type=Path, default=Path("/"))
     return parser
+
+
+def _dvfs_options(parser: argparse.ArgumentParser, how: str) -> None:
+    parser.add_argument("--dvfs", default="off", help=f"off, performance, powersave, fixed:<MHz> or eenet ({how})")
+    parser.add_argument("--deadline-ms", type=float, default=None,
+                        help="each image's deadline (overrides --workload's)")
+    parser.add_argument("--workload", default=None,
+                        help="camera:FPS (deadline: the period) or burst:K:MS (deadline: MS) sets the default deadline")
+    parser.add_argument("--target", default="rpi4", help="power model for modelled energy (default rpi4)")
+    parser.add_argument("--sysfs-root", type=Path, default=Path("/"),
+                        help="root of the cpufreq tree (default /; a fake tree for tests: the CPU does not change "
+                             "speed)")
+
+
+def _session_options(args) -> dict:
+    """``dvfs_session``'s options from --dvfs, --deadline-ms, --workload, --target and --sysfs-root."""
+    from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
+
+    return {"dvfs": args.dvfs, "deadline_ms": deadline_ms_of(args.workload, args.deadline_ms),
+            "sysfs_root": args.sysfs_root, "target": args.target}
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
@@ -102,33 +123,43 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
                       f"({pipeline.input_spec.describe()})", file=sys.stderr)
             if args.batch_size < 1:
                 raise ConfigError(f"Expected --batch-size >= 1. Received: {args.batch_size}")
-            records = classify_paths(pipeline, collect_image_paths(args.images), batch_size=args.batch_size,
-                                     max_pixels=args.max_pixels, input_digest=args.input_sha256)
+            paths, options = collect_image_paths(args.images), _session_options(args)
+            how = {"batch_size": args.batch_size, "max_pixels": args.max_pixels, "input_digest": args.input_sha256}
+            if options["dvfs"] == "off" and options["deadline_ms"] is None:
+                records, summary = classify_paths(pipeline, paths, **how), None
+            else:
+                from cbnet_tl.runtime.dvfs.run import dvfs_session
+
+                with dvfs_session(**options) as session:
+                    records = classify_paths(pipeline, paths, session=session, **how)
+                summary = session.summary()
             if args.json:
                 print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
-                                  "input": pipeline.input_spec.to_dict(), "results": records}, indent=2))
+                                  "input": pipeline.input_spec.to_dict(), "results": records,
+                                  **({} if summary is None else {"dvfs": summary})}, indent=2, allow_nan=False))
             else:
                 for r in records:
                     print(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
                 print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()),
                       file=sys.stderr)
+                if summary is not None:
+                    print(format_summary(summary, "classify"), file=sys.stderr)
         elif args.command == "tune":
             record = tune_bundle(bundle_dir, args.out, num_threads=args.threads, if_missing=args.if_missing)
             if record is not None:
                 print(json.dumps(record, indent=2) if args.json else format_tuning(record))
         elif args.command == "watch":
-            from cbnet_tl.runtime.dvfs.run import dvfs_session
-
+            options = _session_options(args)
             config = InboxConfig(args.inbox, args.outbox, args.done, args.failed, args.state_dir,
                                  delete_processed=args.delete_processed, poll_seconds=args.poll_seconds,
                                  settle_seconds=args.settle_seconds, batch_size=args.batch_size,
-                                 max_pixels=args.max_pixels, extra={"dvfs": args.dvfs})
+                                 max_pixels=args.max_pixels,
+                                 extra={"dvfs": args.dvfs, "sysfs_root": str(args.sysfs_root)})
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
-            with dvfs_session(args.dvfs, deadline_ms=args.deadline_ms, target=args.target) as session:
-                watch(pipeline, config, hook=session)
+            serve(pipeline, config, options, drain=args.drain)
         elif args.command == "status":
             config = InboxConfig(args.inbox, args.inbox.parent / "outbox", args.done, args.failed, args.state_dir)
-            print(json.dumps(status(config), indent=2))
+            print(json.dumps(status(config), indent=2, allow_nan=False))
         elif args.command == "trace":
             from cbnet_tl.runtime.stage_trace import record_trace
 
@@ -148,4 +179,6 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
         return 1
     except KeyboardInterrupt:
         return 130
+    except StopRequested:  # SIGTERM before the service loop began
+        return 0
     return 0

@@ -12,6 +12,10 @@
 - Order: result first, then the move. A result records the input's identity (inode, size, mtime) and the
   place the input goes to, so after a SIGKILL an input still in the inbox whose result exists is only
   moved, never classified twice: every input ends with exactly one result and in exactly one place.
+- Under a ``DvfsSession`` each batch is one DVFS batch: an input arrived when it settled (the first scan that
+  saw its final inode, size and mtime, so the settle interval counts against the deadline), the batch's deadline
+  counts from its oldest input, the ready inputs behind it are its queue, and polling sleep is idle time. The
+  state file then carries the session's totals (energy, misses, time per frequency) for ``run.py status``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -80,14 +84,29 @@ def is_candidate(name: str) -> bool:
     return not (name.startswith(".") or name.endswith(IGNORED_SUFFIXES))
 
 
+class Entry(NamedTuple):
+    """A settled inbox entry: its name, identity (inode, size, mtime), kind, and when it settled (the settler's
+    clock: the first scan that saw this identity)."""
+
+    name: str
+    identity: tuple
+    kind: str
+    settled_at: float = 0.0
+
+
 class Settler:
     """Remembers each inbox entry's (inode, size, mtime) and when it was first seen that way."""
 
     def __init__(self, settle_seconds: float, clock: Callable[[], float] = time.monotonic):
         self.settle_seconds, self._clock, self._seen = settle_seconds, clock, {}
 
+    @property
+    def num_seen(self) -> int:
+        """Candidates in the inbox at the last scan, settled or not."""
+        return len(self._seen)
+
     def scan(self, inbox: Path) -> list:
-        """Entries unchanged for ``settle_seconds``, oldest first: (name, identity, kind)."""
+        """``Entry``s unchanged for ``settle_seconds``, oldest first."""
         now, seen, ready = self._clock(), {}, []
         with os.scandir(inbox) as entries:
             for entry in entries:
@@ -102,9 +121,9 @@ class Settler:
                 first = before[1] if before and before[0] == identity else now
                 seen[entry.name] = (identity, first)
                 if now - first >= self.settle_seconds:
-                    ready.append((info.st_mtime_ns, entry.name, identity, _kind(info.st_mode)))
+                    ready.append((info.st_mtime_ns, Entry(entry.name, identity, _kind(info.st_mode), first)))
         self._seen = seen
-        return [item[1:] for item in sorted(ready)]
+        return [item[1] for item in sorted(ready)]
 
 
 def _kind(mode: int) -> str:
@@ -113,10 +132,10 @@ def _kind(mode: int) -> str:
 
 
 class Inbox:
-    """Processes ready inputs in batches and keeps the state file."""
+    """Processes ready inputs in batches and keeps the state file; ``session``: a ``DvfsSession`` (or None)."""
 
-    def __init__(self, pipeline, config: InboxConfig, hook=None):
-        self.pipeline, self.config, self.hook = pipeline, config, hook
+    def __init__(self, pipeline, config: InboxConfig, session=None, clock: Callable[[], float] = time.monotonic):
+        self.pipeline, self.config, self.session, self._clock = pipeline, config, session, clock
         for folder in (config.inbox, config.outbox, config.failed, config.state_dir) + \
                 (() if config.delete_processed else (config.done,)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -130,12 +149,15 @@ class Inbox:
 
     def save_state(self) -> None:
         self.state["updated_at"] = time.time()
+        if self.session is not None:
+            self.state["session"] = self.session.totals()
         write_json_atomic(self.config.state_file, self.state, durable=True)
 
-    def process(self, batch: list) -> int:
-        """Classify one batch of (name, identity, kind); write every result, then move every input."""
-        records, images, loaded = [], [], []
-        for name, identity, kind in batch:
+    def process(self, batch: list, behind: list = ()) -> int:
+        """Classify one batch of ``Entry``s; write every result, then move every input. ``behind``: the settled
+        entries waiting after this batch (the DVFS queue)."""
+        records, images, loaded, settled = [], [], [], []
+        for name, identity, kind, settled_at in batch:
             result_path, existing = self._result_for(name, identity)
             if existing is not None:  # a killed run wrote the result but did not move the input
                 records.append((name, result_path, existing, False))
@@ -144,11 +166,12 @@ class Inbox:
             try:
                 images.append(self._load(name, kind))
                 loaded.append(record)
+                settled.append(settled_at)
             except CbnetError as error:
                 record.update(status="failed", error=str(error))
             records.append((name, result_path, record, True))
         if images:
-            result = self.pipeline.classify(np.stack(images), hook=self.hook)
+            result = self._classify(np.stack(images), settled, behind)
             for record, prediction in zip(loaded, result.predictions(self.pipeline.bundle.class_names)):
                 record.update(status="done", label=prediction.label, class_name=prediction.class_name,
                               confidence=round(prediction.confidence, 6), path=prediction.path,
@@ -169,6 +192,14 @@ class Inbox:
             _fsync_dir(folder)
         self.save_state()
         return len(records)
+
+    def _classify(self, images: np.ndarray, settled: list, behind: list):
+        if self.session is None:
+            return self.pipeline.classify(images)
+        now, size = self._clock(), self.config.batch_size
+        queue = [(len(later), now - min(e.settled_at for e in later))
+                 for later in (behind[i : i + size] for i in range(0, len(behind), size))]
+        return self.session.classify_batch(self.pipeline, images, [now - t for t in settled], queue)
 
     def _load(self, name: str, kind: str) -> np.ndarray:
         path = self.config.inbox / name
@@ -251,20 +282,28 @@ def _fsync_dir(folder: Path) -> None:
             os.close(descriptor)
 
 
-def watch_inbox(pipeline, config: InboxConfig, *, hook=None, max_images: Optional[int] = None,
-                sleep: Callable[[float], None] = time.sleep) -> int:
-    """Classify inputs as they settle in the inbox, batch by batch; stop after ``max_images`` (None: never)."""
-    inbox = Inbox(pipeline, config, hook=hook)
+def watch_inbox(pipeline, config: InboxConfig, *, session=None, max_images: Optional[int] = None,
+                drain: bool = False, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Classify inputs as they settle in the inbox, batch by batch; stop after ``max_images`` (None: never), or
+    with ``drain`` once the inbox holds no input, settled or not. ``session``: a ``DvfsSession``, told of each
+    batch and of the polling sleep (idle)."""
+    inbox = Inbox(pipeline, config, session=session)
     settler, handled = Settler(config.settle_seconds), 0
     while max_images is None or handled < max_images:
         ready = settler.scan(config.inbox)
         if max_images is not None:
             ready = ready[: max_images - handled]
         if not ready:
+            if drain and not settler.num_seen:
+                break
+            began = time.monotonic()
             sleep(config.poll_seconds)
+            if session is not None:
+                session.idle(time.monotonic() - began)
             continue
         for start in range(0, len(ready), config.batch_size):
-            handled += inbox.process(ready[start : start + config.batch_size])
+            stop = start + config.batch_size
+            handled += inbox.process(ready[start:stop], ready[stop:])
     return handled
 
 

@@ -106,8 +106,14 @@ class Meter:
             self._stop.set()
             self._thread.join()
             self._thread = None
+        return self.reading()
+
+    def reading(self) -> EnergyReading:
+        """The window from ``start()`` to now, sampled now; the meter keeps measuring."""
         self.sample()
-        return EnergyReading(self._joules, self._last[0] - self._started_at, self.description, self._num_samples + 1)
+        with self._lock:
+            return EnergyReading(self._joules, self._last[0] - self._started_at, self.description,
+                                 self._num_samples + 1)
 
     def _read(self):
         raise NotImplementedError

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from collections import Counter, deque
+from typing import Optional, Sequence
 
 import numpy as np
 
 from cbnet_tl.runtime.dvfs.base import PRE_STAGE, DvfsContext, Policy
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, EnergySource
 from cbnet_tl.runtime.errors import DvfsError
+
+LATENCY_WINDOW = 65_536  # latencies kept for the median and p95: a service's memory stays bounded
 
 
 class DvfsSession:
@@ -25,10 +28,15 @@ class DvfsSession:
     when ``period_s`` is set, so that lateness and idle time are known.
 
     Batches: call ``begin_batch(pipeline, num_images, waited_s, queue)`` before ``classify`` on a batch whose
-    oldest image arrived ``waited_s`` ago; the policy then hears the batch events (``Policy.on_batch`` ...), with
-    each stage's number of images when the stage hook passes it (``before_stage(stage, num_images)``; else the
-    batch's size), and the deadline counts from that oldest image. Each image counts as one inference, with
-    its batch's latency (its oldest image's: an upper bound for the others).
+    oldest image arrived ``waited_s`` ago (or ``classify_batch``, which does both); the policy then hears the
+    batch events (``Policy.on_batch`` ...), with each stage's number of images when the stage hook passes it
+    (``before_stage(stage, num_images)``; else the batch's size), and the deadline counts from that oldest image.
+    Each image counts as one inference, with a latency from its own arrival when ``image_waits`` gives each
+    image's wait (else its oldest image's: an upper bound for the others). A caller that waits for work between
+    batches (a service polling its inbox) says so with ``idle(seconds)``: that time is idle, not busy.
+
+    Counts, misses, energy and time per frequency are totals (``totals()``, cheap enough after every batch);
+    the latency median and p95 in ``summary()`` cover the last ``LATENCY_WINDOW`` images.
     """
 
     def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
@@ -55,12 +63,13 @@ class DvfsSession:
         self._next_arrival: Optional[float] = None
         self._arrival = self._mark = self._last_end = None
         self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
-        self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue) of the batch about to run
+        self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue, image waits) of the next batch
         self._segment_images = 0
-        self.latencies: list = []
+        self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
+        self.num_inferences = self.num_misses = 0
         self.busy_seconds: dict = {}
         self.stage_seconds: dict = {}
-        self.switches: list = []
+        self.switches: Counter = Counter()  # (from kHz, to kHz) -> how many times
         self.switch_seconds = self.idle_seconds = 0.0
 
     @property
@@ -99,7 +108,7 @@ class DvfsSession:
         self.controller.set_khz(khz)
         self.switch_seconds += self._clock() - start
         if self._khz is not None:
-            self.switches.append((self._khz, khz))
+            self.switches[(self._khz, khz)] += 1
         self._khz = khz
 
     def _account(self, now: float) -> float:
@@ -107,12 +116,35 @@ class DvfsSession:
         self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
         return seconds
 
-    def begin_batch(self, pipeline: str, num_images: int, waited_s: float = 0.0, queue: tuple = ()) -> None:
+    def begin_batch(self, pipeline: str, num_images: int, waited_s: float = 0.0, queue: tuple = (),
+                    image_waits: Optional[Sequence[float]] = None) -> None:
         """The next ``classify`` runs a batch of ``num_images``, the oldest of which arrived ``waited_s`` ago;
-        ``queue``: the batches waiting behind it, as (num_images, seconds to its deadline)."""
+        ``queue``: the batches waiting behind it, as (num_images, seconds to its deadline); ``image_waits``: how
+        long each image of the batch waited (for each one's latency), at most ``waited_s``."""
         if num_images < 1 or waited_s < 0:
             raise DvfsError(f"Expected a batch of >= 1 images waited for >= 0 s. Received: {num_images}, {waited_s}")
-        self._batch = (int(num_images), float(waited_s), tuple(queue))
+        if image_waits is not None and len(image_waits) != num_images:
+            raise DvfsError(f"Expected one wait per image of the batch, {num_images}. Received: {len(image_waits)}")
+        younger = None if image_waits is None else np.maximum(0.0, waited_s - np.asarray(image_waits, dtype=float))
+        self._batch = (int(num_images), float(waited_s), tuple(queue), younger)
+
+    def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = ()):
+        """``pipeline.classify(images)`` as one batch under this session. ``image_waits``: seconds each image has
+        waited since it arrived; ``queue_waits``: the batches behind it as (num_images, seconds its oldest image
+        has waited). The policy hears every stage; DVFS off, the pipeline runs without a stage hook."""
+        waited = max(image_waits)
+        queue = tuple((num, self.deadline_s - seconds) for num, seconds in queue_waits)
+        self.begin_batch(pipeline.name, len(image_waits), waited, queue, image_waits)
+        if self.policy is not None:
+            return pipeline.classify(images, hook=self)
+        self.begin_inference(pipeline.name)
+        result = pipeline.classify(images)
+        self.end_inference(result.path)
+        return result
+
+    def idle(self, seconds: float) -> None:
+        """The caller waited ``seconds`` for work (not inferring): idle time, not busy."""
+        self._slept += max(0.0, seconds)
 
     # the stage hook -----------------------------------------------------------------------------
     def begin_inference(self, pipeline: str) -> None:
@@ -124,7 +156,7 @@ class DvfsSession:
             self._account(now - idle)
         self._arrival = self._next_arrival if self._next_arrival is not None else now
         if self._batch is not None:
-            num_images, waited, queue = self._batch
+            num_images, waited, queue, _ = self._batch
             self._arrival, self._segment_images = now - waited, num_images
             if self.policy is not None:
                 self._apply(self.policy.on_batch(pipeline, num_images, waited, idle, queue))
@@ -153,49 +185,64 @@ class DvfsSession:
         seconds = self._account(now)
         latency = now - self._arrival
         if self._batch is not None:
-            num_images, _, queue = self._batch
-            self.latencies.extend([latency] * num_images)
+            num_images, _, queue, younger = self._batch
+            self._count([latency] * num_images if younger is None else (latency - younger).tolist())
             if self.policy is not None:
                 self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
                 self._apply(self.policy.on_batch_end(latency, queue))
             self._batch = None
         else:
-            self.latencies.append(latency)
+            self._count((latency,))
             if self.policy is not None:
                 self.policy.on_stage_done(self._segment, seconds, self._khz)
                 self._apply(self.policy.on_end(path, latency))
         self._last_end = self._clock()
 
+    def _count(self, latencies) -> None:
+        self.latencies.extend(latencies)
+        self.num_inferences += len(latencies)
+        self.num_misses += sum(1 for latency in latencies if latency > self.deadline_s)
+
     # results ------------------------------------------------------------------------------------
-    def summary(self) -> dict:
-        count = len(self.latencies)
-        latencies_ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
-        misses = int(np.sum(latencies_ms > self.deadline_s * 1e3))
+    def totals(self) -> dict:
+        """Inferences, misses, energy (``energy_source``: modelled or measured) and time per frequency so far,
+        strict JSON (no deadline: ``deadline_ms`` None). A meter keeps measuring."""
+        count = self.num_inferences
         result = {
             "dvfs": self.policy.name if self.policy is not None else "off",
             "method": getattr(getattr(self.controller, "method", None), "value", None),
             "num_inferences": count,
             "deadline_ms": self.deadline_s * 1e3 if math.isfinite(self.deadline_s) else None,  # None: no deadline
-            "period_ms": None if self.period_s is None else self.period_s * 1e3,
-            "deadline_misses": misses,
-            "miss_rate": misses / count if count else 0.0,
-            "latency_ms_median": float(np.median(latencies_ms)) if count else None,
-            "latency_ms_p95": float(np.percentile(latencies_ms, 95)) if count else None,
+            "deadline_misses": self.num_misses,
+            "miss_rate": self.num_misses / count if count else 0.0,
             "time_at_frequency": {("uncontrolled" if khz is None else str(khz // 1000)): round(s, 6)
-                                  for khz, s in self.busy_seconds.items()},
-            "switches": len(self.switches),
+                                  for khz, s in sorted(self.busy_seconds.items(), key=lambda item: item[0] or 0)},
+            "idle_s": round(self.idle_seconds, 6),
+            "switches": sum(self.switches.values()),
             "switch_ms_total": self.switch_seconds * 1e3,
         }
         if self.meter is not None:
-            if self._reading is None:
-                self._reading = self.meter.stop()
-            result.update(energy_j=self._reading.joules / count if count else None,
-                          energy_source=EnergySource.MEASURED.value, energy_meter=self._reading.meter)
+            reading = self._reading or self.meter.reading()
+            joules = reading.joules
+            result.update(energy_source=EnergySource.MEASURED.value, energy_meter=reading.meter)
         else:
             busy = {(self.model.top_khz if khz is None else khz): s for khz, s in self.busy_seconds.items()}
-            total = self.model.energy_j(busy, self.idle_seconds, self.switches)
-            result.update(energy_j=total / count if count else None, energy_source=EnergySource.MODELLED.value,
-                          energy_model=self.model.table.target)
+            joules = self.model.energy_j(busy, self.idle_seconds) + sum(
+                self.model.switch_j(a, b) * n for (a, b), n in self.switches.items())
+            result.update(energy_source=EnergySource.MODELLED.value, energy_model=self.model.table.target)
             if self.controller is None:
                 result["energy_note"] = "DVFS off: the frequency was not controlled; modelled at the top frequency"
+        result.update(energy_j=joules / count if count else None, energy_j_total=joules)
+        return result
+
+    def summary(self) -> dict:
+        """``totals()`` (a meter stops) with the period and the latency median and p95 (of the last
+        ``LATENCY_WINDOW`` images)."""
+        if self.meter is not None and self._reading is None:
+            self._reading = self.meter.stop()
+        latencies_ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
+        result = self.totals()
+        result.update(period_ms=None if self.period_s is None else self.period_s * 1e3,
+                      latency_ms_median=float(np.median(latencies_ms)) if len(latencies_ms) else None,
+                      latency_ms_p95=float(np.percentile(latencies_ms, 95)) if len(latencies_ms) else None)
         return result

@@ -1,0 +1,221 @@
+"""DVFS per batch in ``run.py watch`` and ``run.py classify --batch-size`` (issue 18, item 1), on fake cpufreq trees.
+
+A batch's deadline counts from when its oldest input settled, each image's latency from its own, the polling sleep
+is idle time, the policy sets the tree's frequency while a batch runs, the tree is given back, and the service says
+what it cost: its summary line and ``run.py status`` (energy, labelled modelled or measured; misses; time at each
+frequency).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cbnet_tl.runtime.api import open_pipeline
+from cbnet_tl.runtime.cli import main
+from cbnet_tl.runtime.dvfs.energy import model_for
+from cbnet_tl.runtime.dvfs.run import dvfs_session
+from cbnet_tl.runtime.dvfs.session import DvfsSession
+from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
+from cbnet_tl.runtime.errors import ConfigError
+from cbnet_tl.runtime.inbox import Inbox, InboxConfig, Settler, watch_inbox
+from test_cpufreq import PI_OS_KHZ, make_tree, snapshot
+from test_watch import Watch, _check_exactly_once, _fill, wait_for
+
+TOP = PI_OS_KHZ[-1]
+SUMMARY = re.compile(r"^watch summary: (\d+) inputs, (\d+) classified in [\d.]+ s; dvfs (\S+) \((\S+)\); "
+                     r"deadline ([\d.]+) ms missed by (\d+)/(\d+) \([\d.]+%\); energy [\d.e+-]+ J \(modelled, rpi4\), "
+                     r"[\d.e+-]+ mJ/image; time at (.+); idle [\d.]+ s; frequency switches: (\d+)$", re.MULTILINE)
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def frequency_use(text: str) -> dict:
+    """"600 MHz 1.234 s (80%), 1500 MHz 0.3 s (20%)" -> {"600": 1.234, "1500": 0.3}."""
+    return {mhz: float(s) for mhz, s in re.findall(r"(\d+) MHz ([\d.]+) s", text)}
+
+
+def test_a_burst_of_2000_drains_under_eenet_on_a_fake_tree(tiny_bundle, samples_dir, tmp_path):
+    """The issue's "done when": every input in done/, the tree as it was, and the summary printed."""
+    make_tree(tmp_path / "sys")
+    before = snapshot(tmp_path / "sys")
+    w = Watch(tiny_bundle, tmp_path, "--batch-size", "64", "--pipeline", "branchynet", "--dvfs", "eenet",
+              "--workload", "burst:2000:600000", "--sysfs-root", str(tmp_path / "sys"), "--drain")
+    names = _fill(w.inbox, samples_dir, 2000, prefix="burst")
+    run = subprocess.run(w.args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    _check_exactly_once(tmp_path, names)
+    assert snapshot(tmp_path / "sys") == before  # governor, limits and setspeed given back
+    match = SUMMARY.search(run.stdout)
+    assert match, run.stdout
+    inputs, classified, policy, method, deadline, missed, total, use, switches = match.groups()
+    assert (inputs, classified, total, policy, method) == ("2000", "2000", "2000", "eenet", "userspace")
+    assert float(deadline) == 600000 and int(missed) <= 2000
+    use = frequency_use(use)
+    assert len(use) >= 2 and str(TOP // 1000) in use and int(switches) >= 1  # it left the top for part of the burst
+    status = subprocess.run([sys.executable, str(tiny_bundle / "run.py"), "status", "--inbox", str(w.inbox)],
+                            capture_output=True, text=True, check=True)
+    report = strict_json(status.stdout)
+    session = report["session"]
+    assert not report["running"] and report["processed"] == 2000 and report["dvfs"] == "eenet"
+    assert session["num_inferences"] == 2000 and session["energy_source"] == "modelled"
+    assert session["energy_model"] == "rpi4" and session["energy_j_total"] > 0
+    assert session["deadline_ms"] == 600000 and session["deadline_misses"] == int(missed)
+    assert set(session["time_at_frequency"]) == set(use) and session["idle_s"] >= 0
+
+
+class FrequencyDuringStages:
+    """Reads the fake tree's ``scaling_setspeed`` at the end of every stage: what the CPU ran that stage at."""
+
+    def __init__(self, session: DvfsSession, policy_dir: Path):
+        self.seen, self._after, self._file = [], session.after_stage, policy_dir / "scaling_setspeed"
+        session.after_stage = self
+
+    def __call__(self, stage: str, seconds: float) -> None:
+        self.seen.append((stage, int(self._file.read_text())))
+        self._after(stage, seconds)
+
+
+def test_eenet_sets_the_trees_frequency_while_a_batch_runs(tiny_bundle, samples_dir, tmp_path):
+    """Twelve batches of 8: a per-inference EENet would still be warming up at the top (16 inferences), and a
+    policy that is never consulted leaves the top set when the session began."""
+    policy_dir = make_tree(tmp_path / "sys")
+    before = snapshot(tmp_path / "sys")
+    config = InboxConfig(tmp_path / "inbox", tmp_path / "outbox", settle_seconds=0.05, poll_seconds=0.02, batch_size=8)
+    config.inbox.mkdir()
+    _fill(config.inbox, samples_dir, 96)
+    pipeline = open_pipeline(tiny_bundle, "branchynet")
+    with dvfs_session("eenet", deadline_ms=60_000, sysfs_root=tmp_path / "sys", target="rpi4") as session:
+        spy = FrequencyDuringStages(session, policy_dir)
+        assert watch_inbox(pipeline, config, session=session, drain=True) == 96
+    assert snapshot(tmp_path / "sys") == before
+    assert spy.seen[0] == ("trunk_branch", TOP)  # nothing known yet: the first stage at the top
+    below = [khz for _, khz in spy.seen if khz < TOP]
+    assert below and set(khz for _, khz in spy.seen) <= set(PI_OS_KHZ)
+    totals = session.totals()
+    assert totals["num_inferences"] == 96 and totals["switches"] >= 1
+    assert {str(khz // 1000) for _, khz in spy.seen} <= set(totals["time_at_frequency"])
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_latency_counts_from_when_each_input_settled(tiny_bundle, samples_dir, tmp_path):
+    """a and b settle at 0 s, c at 2 s; their batch runs at 3 s with a 1.5 s deadline: a and b miss, c does not.
+    Counting from the dequeue no input would miss; counting every image from the oldest, all three would."""
+    clock = Clock()
+    config = InboxConfig(tmp_path / "inbox", tmp_path / "outbox", settle_seconds=0.4)
+    config.inbox.mkdir()
+    session = DvfsSession(None, None, model_for("rpi4"), deadline_s=1.5)
+    inbox, settler = Inbox(open_pipeline(tiny_bundle, "cbnet"), config, session=session, clock=clock), Settler(0.4, clock)
+    samples = sorted(samples_dir.glob("*.png"))
+    for name, sample in (("a.png", samples[0]), ("b.png", samples[1])):
+        (config.inbox / name).write_bytes(sample.read_bytes())
+    assert settler.scan(config.inbox) == []
+    clock.now = 2.0
+    (config.inbox / "c.png").write_bytes(samples[2].read_bytes())
+    assert [e.name for e in settler.scan(config.inbox)] == ["a.png", "b.png"]
+    clock.now = 2.5
+    ready = settler.scan(config.inbox)
+    assert sorted(e.name for e in ready) == ["a.png", "b.png", "c.png"]
+    assert sorted(e.settled_at for e in ready) == [0.0, 0.0, 2.0]
+    clock.now = 3.0
+    assert inbox.process(ready) == 3
+    totals = session.totals()
+    assert totals["num_inferences"] == 3 and totals["deadline_misses"] == 2
+    assert sorted(session.latencies)[0] == pytest.approx(1.0, abs=0.4)  # c: waited 1 s, then its batch ran
+    state = strict_json(config.state_file.read_text())["session"]
+    assert state["deadline_misses"] == 2 and state["deadline_ms"] == 1500
+
+
+def test_polling_sleep_is_idle_not_busy(tiny_bundle, samples_dir, tmp_path):
+    """Between two batches the service polls while the second group settles (0.5 s): idle, not busy time."""
+    config = InboxConfig(tmp_path / "inbox", tmp_path / "outbox", settle_seconds=0.5, poll_seconds=0.02, batch_size=4)
+    config.inbox.mkdir()
+    _fill(config.inbox, samples_dir, 3, prefix="first")
+    after_first = []
+
+    def sleep(seconds):
+        if not after_first and len(list(config.outbox.glob("*.json"))) == 3:  # the first batch is out
+            after_first.append(session.totals())
+            _fill(config.inbox, samples_dir, 3, prefix="second")
+        time.sleep(seconds)
+
+    with dvfs_session("off", deadline_ms=10_000, target="rpi4") as session:
+        assert watch_inbox(open_pipeline(tiny_bundle, "cbnet"), config, session=session, max_images=6,
+                           sleep=sleep) == 6
+    first, last = after_first[0], session.totals()
+    idle = last["idle_s"] - first["idle_s"]
+    busy = sum(last["time_at_frequency"].values()) - sum(first["time_at_frequency"].values())
+    assert last["num_inferences"] == 6 and idle >= 0.45 and busy < idle, (first, last)
+
+
+def test_classify_with_a_batch_size_runs_each_batch_under_the_policy(tiny_bundle, samples_dir, tmp_path, capsys):
+    """Every file arrived when the command began: 20 images in batches of 8 are 20 inferences (a per-inference
+    session would count 3), their deadline from the start; the tree is given back; --json stays strict."""
+    make_tree(tmp_path / "sys")
+    before = snapshot(tmp_path / "sys")
+    files = [str(p) for p in sorted(samples_dir.glob("*.png"))[:20]]
+    code = main(["--bundle", str(tiny_bundle), "classify", *files, "--pipeline", "branchynet", "--batch-size", "8",
+                 "--dvfs", "eenet", "--workload", "burst:20:30000", "--sysfs-root", str(tmp_path / "sys"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    payload = strict_json(out.out)
+    summary = payload["dvfs"]
+    assert len(payload["results"]) == 20 and summary["num_inferences"] == 20 and summary["dvfs"] == "eenet"
+    assert summary["deadline_ms"] == 30000 and summary["deadline_misses"] == 0 and summary["method"] == "userspace"
+    assert summary["energy_source"] == "modelled" and summary["energy_j_total"] > 0
+    assert snapshot(tmp_path / "sys") == before
+    code = main(["--bundle", str(tiny_bundle), "classify", *files[:3], "--batch-size", "2", "--dvfs", "performance",
+                 "--deadline-ms", "1000", "--sysfs-root", str(tmp_path / "sys")])
+    err = capsys.readouterr().err
+    assert code == 0 and "classify summary: 3 classified; dvfs performance (userspace); deadline 1000 ms" in err
+    assert "(modelled, rpi4)" in err and "1500 MHz" in err
+
+
+def test_sigterm_stops_the_service_cleanly_with_its_summary(tiny_bundle, samples_dir, tmp_path):
+    make_tree(tmp_path / "sys")
+    before = snapshot(tmp_path / "sys")
+    w = Watch(tiny_bundle, tmp_path, "--dvfs", "powersave", "--deadline-ms", "5000", "--sysfs-root",
+              str(tmp_path / "sys"))
+    _fill(w.inbox, samples_dir, 5)
+    w.start()
+    wait_for(lambda: len(list((tmp_path / "done").glob("*.png"))) == 5,
+             what="five inputs in done/")
+    w.process.send_signal(signal.SIGTERM)
+    assert w.process.wait(timeout=60) == 0
+    assert snapshot(tmp_path / "sys") == before
+    log = (tmp_path / "watch.log").read_text()
+    assert "watch summary: " in log and "5 classified" in log and "dvfs powersave" in log and "600 MHz" in log
+
+
+def test_a_workload_sets_the_deadline_unless_deadline_ms_does(tiny_bundle, tmp_path, capsys):
+    assert deadline_ms_of("camera:25", None) == pytest.approx(40.0)
+    assert deadline_ms_of("burst:64:500", None) == 500.0 and deadline_ms_of("burst:64:500", 80.0) == 80.0
+    assert deadline_ms_of(None, None) is None
+    with pytest.raises(ConfigError, match="Expected --workload as"):
+        deadline_ms_of("burst:64", None)
+    arrivals = tmp_path / "arrivals.txt"
+    arrivals.write_text("0\n0.5\n")
+    code = main(["--bundle", str(tiny_bundle), "watch", "--inbox", str(tmp_path / "in"), "--outbox",
+                 str(tmp_path / "out"), "--dvfs", "eenet", "--workload", f"arrivals:{arrivals}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: --workload arrivals:") and "pass --deadline-ms" in err
+    assert len(err.strip().splitlines()) == 1
