@@ -219,3 +219,22 @@ def test_a_workload_sets_the_deadline_unless_deadline_ms_does(tiny_bundle, tmp_p
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: --workload arrivals:") and "pass --deadline-ms" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_totals_under_a_meter_are_measured_and_leave_it_running(tmp_path):
+    """``run.py status`` reads the totals after every batch: a meter there must keep measuring."""
+    from cbnet_tl.runtime.dvfs.meters import HwmonPowerMeter
+    from test_meters import hwmon
+
+    device = hwmon(tmp_path, 0, "ina219", energy1_input=0)
+    meter = HwmonPowerMeter(device, interval_s=600)  # no background sample during the test: only the reads below
+    session = DvfsSession(None, None, meter, deadline_s=1.0, model=model_for("rpi4"))
+    with session:
+        (device / "energy1_input").write_text("2000000\n")  # µJ
+        first = session.totals()
+        (device / "energy1_input").write_text("5000000\n")
+        second = session.totals()
+    final = session.summary()
+    assert (first["energy_j_total"], second["energy_j_total"], final["energy_j_total"]) == (2.0, 5.0, 5.0)
+    assert final["energy_source"] == "measured" and "ina219" in final["energy_meter"]
+    assert "energy_model" not in final and final["energy_j"] is None  # no inference: no energy per inference
