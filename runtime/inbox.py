@@ -13,9 +13,10 @@
   place the input goes to, so after a SIGKILL an input still in the inbox whose result exists is only
   moved, never classified twice: every input ends with exactly one result and in exactly one place.
 - Under a ``DvfsSession`` each batch is one DVFS batch: an input arrived when it settled (the first scan that
-  saw its final inode, size and mtime, so the settle interval counts against the deadline), the batch's deadline
-  counts from its oldest input, the ready inputs behind it are its queue, and polling sleep is idle time. The
-  state file then carries the session's totals (energy, misses, time per frequency) for ``run.py status``.
+  saw its final inode, size and mtime, so the settle interval counts against the deadline) and is answered when
+  its result is in the outbox; the batch's deadline counts from its oldest input, the ready inputs behind it are
+  its queue, and polling sleep is idle time. The state file then carries the session's totals (energy, misses,
+  time per frequency) for ``run.py status``.
 """
 
 from __future__ import annotations
@@ -182,6 +183,8 @@ class Inbox:
                 record["at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
                 write_json_atomic(result_path, record, durable=True)
         _fsync_dir(self.config.outbox)
+        if images and self.session is not None:
+            self.session.answered()  # the batch's latency: until its results are in the outbox
         for name, _, record, fresh in records:
             self._finish(name, record)
             if fresh:
@@ -199,7 +202,8 @@ class Inbox:
         now, size = self._clock(), self.config.batch_size
         queue = [(len(later), now - min(e.settled_at for e in later))
                  for later in (behind[i : i + size] for i in range(0, len(behind), size))]
-        return self.session.classify_batch(self.pipeline, images, [now - t for t in settled], queue)
+        return self.session.classify_batch(self.pipeline, images, [now - t for t in settled], queue,
+                                           answered_later=True)
 
     def _load(self, name: str, kind: str) -> np.ndarray:
         path = self.config.inbox / name

@@ -64,7 +64,7 @@ class DvfsSession:
         self._arrival = self._mark = self._last_end = None
         self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
         self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue, image waits) of the next batch
-        self._segment_images = 0
+        self._segment_images, self._answer_later = 0, False
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self.num_inferences = self.num_misses = 0
         self.busy_seconds: dict = {}
@@ -128,13 +128,16 @@ class DvfsSession:
         younger = None if image_waits is None else np.maximum(0.0, waited_s - np.asarray(image_waits, dtype=float))
         self._batch = (int(num_images), float(waited_s), tuple(queue), younger)
 
-    def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = ()):
+    def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = (),
+                       answered_later: bool = False):
         """``pipeline.classify(images)`` as one batch under this session. ``image_waits``: seconds each image has
         waited since it arrived; ``queue_waits``: the batches behind it as (num_images, seconds its oldest image
-        has waited). The policy hears every stage; DVFS off, the pipeline runs without a stage hook."""
+        has waited). The policy hears every stage; DVFS off, the pipeline runs without a stage hook.
+        ``answered_later``: the latency runs on until the caller's ``answered()`` (its results written)."""
         waited = max(image_waits)
         queue = tuple((num, self.deadline_s - seconds) for num, seconds in queue_waits)
         self.begin_batch(pipeline.name, len(image_waits), waited, queue, image_waits)
+        self._answer_later = answered_later
         if self.policy is not None:
             return pipeline.classify(images, hook=self)
         self.begin_inference(pipeline.name)
@@ -185,17 +188,32 @@ class DvfsSession:
         seconds = self._account(now)
         latency = now - self._arrival
         if self._batch is not None:
-            num_images, _, queue, younger = self._batch
-            self._count([latency] * num_images if younger is None else (latency - younger).tolist())
             if self.policy is not None:
                 self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
-                self._apply(self.policy.on_batch_end(latency, queue))
-            self._batch = None
-        else:
-            self._count((latency,))
-            if self.policy is not None:
-                self.policy.on_stage_done(self._segment, seconds, self._khz)
-                self._apply(self.policy.on_end(path, latency))
+            self._last_end = self._clock()
+            if not self._answer_later:
+                self.answered()
+            return
+        self._count((latency,))
+        if self.policy is not None:
+            self.policy.on_stage_done(self._segment, seconds, self._khz)
+            self._apply(self.policy.on_end(path, latency))
+        self._last_end = self._clock()
+
+    def answered(self) -> None:
+        """The batch's answers are out: its latency ends now, and the policy hears the batch's end. ``classify_batch``
+        calls it unless ``answered_later``; a service calls it once the batch's results are written."""
+        if self._batch is None or self._last_end is None:
+            raise DvfsError("answered() needs a batch that ran (classify_batch, or begin_batch and classify)")
+        now = self._clock()
+        self._mark = self._last_end
+        self._account(now)  # writing the answers: busy, at the frequency of the batch's last stage
+        num_images, _, queue, younger = self._batch
+        latency = now - self._arrival
+        self._count([latency] * num_images if younger is None else (latency - younger).tolist())
+        if self.policy is not None:
+            self._apply(self.policy.on_batch_end(latency, queue))
+        self._batch, self._answer_later = None, False
         self._last_end = self._clock()
 
     def _count(self, latencies) -> None:
