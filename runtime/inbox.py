@@ -92,7 +92,7 @@ class Entry(NamedTuple):
     name: str
     identity: tuple
     kind: str
-    settled_at: float = 0.0
+    settled_at: float
 
 
 class Settler:
