@@ -3,7 +3,8 @@
     python3 run.py watch --inbox /opt/cbnet-tl/inbox --outbox /opt/cbnet-tl/outbox
 
 - Names starting with ``.`` or ending in ``.part``/``.tmp`` are ignored. Any other entry is taken once
-  its inode, size and mtime have held still for ``settle_seconds`` (a writer still copying moves them).
+  its inode, size and mtime have held still for ``settle_seconds`` (a writer still copying moves them;
+  ``settle.py`` decides, and says when each entry arrived).
 - Each input gets one result, ``outbox/<full file name>.json`` (``a.png`` -> ``a.png.json``), written
   atomically (temporary name, fsync, rename). A name already used by an earlier input gets
   ``<name>.2.json``, ``<name>.3.json``, … so no result is ever replaced.
@@ -12,11 +13,11 @@
 - Order: result first, then the move. A result records the input's identity (inode, size, mtime) and the
   place the input goes to, so after a SIGKILL an input still in the inbox whose result exists is only
   moved, never classified twice: every input ends with exactly one result and in exactly one place.
-- Under a ``DvfsSession`` each batch is one DVFS batch: an input arrived when it settled (the first scan that
-  saw its final inode, size and mtime, so the settle interval counts against the deadline) and is answered when
-  its result is in the outbox; the batch's deadline counts from its oldest input, the ready inputs behind it are
-  its queue, and polling sleep is idle time. The state file then carries the session's totals (energy, misses,
-  time per frequency) for ``run.py status``.
+- Under a ``DvfsSession`` each batch is one DVFS batch: an input arrived when it settled (its last change, so
+  the settle interval counts against the deadline; see ``settle.py``) and is answered when its result is in the
+  outbox; the batch's deadline counts from its oldest input, the ready inputs behind it are its queue, and
+  polling sleep is idle time. The state file then carries the session's totals (energy, misses, time per
+  frequency) for ``run.py status``.
 """
 
 from __future__ import annotations
@@ -27,19 +28,18 @@ import errno
 import json
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.files import write_json_atomic
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, load_image
+from cbnet_tl.runtime.settle import Settler
 
-IGNORED_SUFFIXES = (".part", ".tmp")
 STATE_FILE_NAME = "watch-state.json"
 
 
@@ -79,57 +79,6 @@ class InboxConfig:
     @property
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE_NAME
-
-
-def is_candidate(name: str) -> bool:
-    return not (name.startswith(".") or name.endswith(IGNORED_SUFFIXES))
-
-
-class Entry(NamedTuple):
-    """A settled inbox entry: its name, identity (inode, size, mtime), kind, and when it settled (the settler's
-    clock: the first scan that saw this identity)."""
-
-    name: str
-    identity: tuple
-    kind: str
-    settled_at: float
-
-
-class Settler:
-    """Remembers each inbox entry's (inode, size, mtime) and when it was first seen that way."""
-
-    def __init__(self, settle_seconds: float, clock: Callable[[], float] = time.monotonic):
-        self.settle_seconds, self._clock, self._seen = settle_seconds, clock, {}
-
-    @property
-    def num_seen(self) -> int:
-        """Candidates in the inbox at the last scan, settled or not."""
-        return len(self._seen)
-
-    def scan(self, inbox: Path) -> list:
-        """``Entry``s unchanged for ``settle_seconds``, oldest first."""
-        now, seen, ready = self._clock(), {}, []
-        with os.scandir(inbox) as entries:
-            for entry in entries:
-                if not is_candidate(entry.name):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                identity = (info.st_ino, info.st_size, info.st_mtime_ns)
-                before = self._seen.get(entry.name)
-                first = before[1] if before and before[0] == identity else now
-                seen[entry.name] = (identity, first)
-                if now - first >= self.settle_seconds:
-                    ready.append((info.st_mtime_ns, Entry(entry.name, identity, _kind(info.st_mode), first)))
-        self._seen = seen
-        return [item[1] for item in sorted(ready)]
-
-
-def _kind(mode: int) -> str:
-    return "file" if stat.S_ISREG(mode) else "directory" if stat.S_ISDIR(mode) else \
-        "symlink" if stat.S_ISLNK(mode) else "special"
 
 
 class Inbox:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cbnet_tl.runtime.errors import CbnetError
-from cbnet_tl.runtime.inbox import InboxConfig, is_candidate, read_state, watch_inbox
+from cbnet_tl.runtime.inbox import InboxConfig, read_state, watch_inbox
+from cbnet_tl.runtime.settle import is_candidate
 
 CPUFREQ_DIR = Path("sys/devices/system/cpu/cpufreq")
 CPUFREQ_WRITABLE = ("scaling_governor", "scaling_setspeed", "scaling_min_freq", "scaling_max_freq")

@@ -153,7 +153,8 @@ def test_slow_writer_is_classified_not_failed(watcher, samples_dir):
 
 def test_vanished_between_listing_and_reading(tiny_bundle, tmp_path, samples_dir):
     from cbnet_tl.runtime.api import open_pipeline
-    from cbnet_tl.runtime.inbox import Inbox, InboxConfig, Settler
+    from cbnet_tl.runtime.inbox import Inbox, InboxConfig
+    from cbnet_tl.runtime.settle import Settler
 
     config = InboxConfig(tmp_path / "inbox", tmp_path / "outbox", settle_seconds=0.01)
     inbox = Inbox(open_pipeline(tiny_bundle, "cbnet"), config)

@@ -25,7 +25,8 @@ from cbnet_tl.runtime.dvfs.run import dvfs_session
 from cbnet_tl.runtime.dvfs.session import DvfsSession
 from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
 from cbnet_tl.runtime.errors import ConfigError
-from cbnet_tl.runtime.inbox import Inbox, InboxConfig, Settler, watch_inbox
+from cbnet_tl.runtime.inbox import Inbox, InboxConfig, watch_inbox
+from cbnet_tl.runtime.settle import Settler
 from test_cpufreq import PI_OS_KHZ, make_tree, snapshot
 from test_watch import Watch, _check_exactly_once, _fill, wait_for
 
@@ -119,12 +120,13 @@ class Clock:
 
 def test_latency_counts_from_when_each_input_settled_to_its_result_written(tiny_bundle, samples_dir, tmp_path,
                                                                             monkeypatch):
-    """a and b settle at 0 s, c at 2 s; their batch runs at 3 s and each result takes 0.25 s to write (a fake
-    clock): latencies 3.75, 3.75 and 1.75 s, so with a 2 s deadline a and b miss and c does not. Counted from the
-    dequeue, from the end of the interpreter calls, or every image from the oldest one, they would differ."""
+    """a and b are there at the first scan (0 s); c is dropped at 1.5 s and first scanned at 2 s; their batch runs
+    at 3 s and each result takes 0.25 s to write (fake clocks): latencies 3.75, 3.75 and 2.25 s, so with a 2.5 s
+    deadline a and b miss and c does not. Counted from the dequeue, from the scan that saw c, from the end of the
+    interpreter calls, or every image from the oldest one, they would differ."""
     import cbnet_tl.runtime.inbox as inbox_module
 
-    clock = Clock()
+    clock, wall = Clock(), Clock()
     config = InboxConfig(tmp_path / "inbox", tmp_path / "outbox", settle_seconds=0.4)
     config.inbox.mkdir()
     write = inbox_module.write_json_atomic
@@ -135,27 +137,49 @@ def test_latency_counts_from_when_each_input_settled_to_its_result_written(tiny_
         return write(path, payload, **options)
 
     monkeypatch.setattr(inbox_module, "write_json_atomic", slow_write)
-    session = DvfsSession(None, None, model_for("rpi4"), deadline_s=2.0, clock=clock)
-    inbox, settler = Inbox(open_pipeline(tiny_bundle, "cbnet"), config, session=session, clock=clock), Settler(0.4, clock)
+    session = DvfsSession(None, None, model_for("rpi4"), deadline_s=2.5, clock=clock)
+    inbox = Inbox(open_pipeline(tiny_bundle, "cbnet"), config, session=session, clock=clock)
+    settler = Settler(0.4, clock, wall)
     samples = sorted(samples_dir.glob("*.png"))
     for name, sample in (("a.png", samples[0]), ("b.png", samples[1])):
         (config.inbox / name).write_bytes(sample.read_bytes())
     assert settler.scan(config.inbox) == []
     clock.now = 2.0
     (config.inbox / "c.png").write_bytes(samples[2].read_bytes())
+    wall.now = (config.inbox / "c.png").stat().st_ctime + 0.5
     assert [e.name for e in settler.scan(config.inbox)] == ["a.png", "b.png"]
-    clock.now = 2.5
+    clock.now, wall.now = 2.5, wall.now + 0.5
     ready = settler.scan(config.inbox)
     assert sorted(e.name for e in ready) == ["a.png", "b.png", "c.png"]
-    assert sorted(e.settled_at for e in ready) == [0.0, 0.0, 2.0]
+    assert sorted(e.settled_at for e in ready) == pytest.approx([0.0, 0.0, 1.5])
     clock.now = 3.0
     assert inbox.process(ready) == 3
-    assert sorted(session.latencies) == pytest.approx([1.75, 3.75, 3.75])
+    assert sorted(session.latencies) == pytest.approx([2.25, 3.75, 3.75])
     totals = session.totals()
     assert totals["num_inferences"] == 3 and totals["deadline_misses"] == 2
     assert sum(totals["time_at_frequency"].values()) == pytest.approx(0.75)  # writing the results: busy
     state = strict_json(config.state_file.read_text())["session"]
-    assert state["deadline_misses"] == 2 and state["deadline_ms"] == 2000
+    assert state["deadline_misses"] == 2 and state["deadline_ms"] == 2500
+
+
+def test_an_input_arrives_at_its_last_change_within_the_scans_that_bound_it(tmp_path):
+    """Arrival is the file's ctime moved to the settler's clock, kept between the scan before (which did not see
+    it) and the scan that saw it: a wall clock off by minutes moves it by one scan interval at most."""
+    clock, wall = Clock(), Clock()
+    settler = Settler(0.4, clock, wall)
+
+    def drop(name: str, clock_now: float, wall_after_change: float) -> None:
+        (tmp_path / name).write_bytes(name.encode())
+        clock.now, wall.now = clock_now, (tmp_path / name).stat().st_ctime + wall_after_change
+        settler.scan(tmp_path)
+
+    drop("early.png", 10.0, 3600.0)  # there at the first scan: from that scan (a downtime is not charged)
+    drop("busy.png", 13.0, 2.0)  # dropped at 11 s, while a batch ran: from its drop
+    drop("skewed.png", 14.0, 600.0)  # the wall clock jumped ahead: no earlier than the scan before (13 s)
+    drop("behind.png", 15.0, -5.0)  # the wall clock went back: no later than the scan that saw it (15 s)
+    clock.now = 20.0
+    assert {e.name: e.settled_at for e in settler.scan(tmp_path)} == pytest.approx(
+        {"early.png": 10.0, "busy.png": 11.0, "skewed.png": 13.0, "behind.png": 15.0})
 
 
 def test_polling_sleep_is_idle_not_busy(tiny_bundle, samples_dir, tmp_path):
