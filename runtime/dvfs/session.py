@@ -99,7 +99,7 @@ class DvfsSession:
         self._next_arrival = now if self._next_arrival is None else self._next_arrival + self.period_s
         if now < self._next_arrival:
             self._sleep(self._next_arrival - now)
-            self._slept += self._clock() - now
+            self.idle(self._clock() - now)
 
     def _apply(self, khz: int) -> None:
         if khz == self._khz:
@@ -146,14 +146,16 @@ class DvfsSession:
         return result
 
     def idle(self, seconds: float) -> None:
-        """The caller waited ``seconds`` for work (not inferring): idle time, not busy."""
-        self._slept += max(0.0, seconds)
+        """The caller waited ``seconds`` for work (not inferring): idle time, not busy, in the totals at once (a
+        service idle after its last batch reports that time too)."""
+        seconds = max(0.0, seconds)
+        self._slept += seconds  # until the next inference: told to the policy, and kept out of the busy time
+        self.idle_seconds += seconds
 
     # the stage hook -----------------------------------------------------------------------------
     def begin_inference(self, pipeline: str) -> None:
         now = self._clock()
         idle, self._slept = self._slept, 0.0
-        self.idle_seconds += idle
         if self._last_end is not None:  # time between inferences not spent asleep is the caller's work
             self._mark = self._last_end
             self._account(now - idle)
