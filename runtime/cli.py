@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     _folders(watch_parser)
     watch_parser.add_argument("--outbox", type=Path, required=True)
     watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default=DEFAULT_PIPELINE)
-    watch_parser.add_argument("--poll-seconds", type=float, default=0.2, help="scan the inbox this often")
+    watch_parser.add_argument("--poll-seconds", type=float, default=0.2,
+                              help="scan the inbox this often while it is empty (default 0.2; idle time under DVFS)")
     watch_parser.add_argument("--settle-seconds", type=float, default=1.0,
                               help="take a file once its size and mtime held still this long (default 1)")
     watch_parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -86,21 +87,27 @@ def _parser() -> argparse.ArgumentParser:
 def _dvfs_options(parser: argparse.ArgumentParser, how: str) -> None:
     parser.add_argument("--dvfs", default="off", help=f"off, performance, powersave, fixed:<MHz> or eenet ({how})")
     parser.add_argument("--deadline-ms", type=float, default=None,
-                        help="each image's deadline (overrides --workload's)")
+                        help="milliseconds from an image's arrival to its answer; overrides --workload's deadline "
+                             "(a DVFS policy needs one of the two)")
     parser.add_argument("--workload", default=None,
-                        help="camera:FPS (deadline: the period) or burst:K:MS (deadline: MS) sets the default deadline")
+                        help="the deadline of a workload: camera:FPS (the period, 1000/FPS ms) or burst:K:MS (MS ms); "
+                             "the images themselves are the arrivals")
     parser.add_argument("--target", default="rpi4", help="power model for modelled energy (default rpi4)")
     parser.add_argument("--sysfs-root", type=Path, default=Path("/"),
-                        help="root of the cpufreq tree (default /; a fake tree for tests: the CPU does not change "
-                             "speed)")
+                        help="root of the cpufreq tree and power meters (default /; a fake tree for tests: the CPU "
+                             "does not change speed)")
 
 
 def _session_options(args) -> dict:
     """``dvfs_session``'s options from --dvfs, --deadline-ms, --workload, --target and --sysfs-root."""
+    from cbnet_tl.runtime.dvfs.policies import parse_policy
     from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
 
-    return {"dvfs": args.dvfs, "deadline_ms": deadline_ms_of(args.workload, args.deadline_ms),
-            "sysfs_root": args.sysfs_root, "target": args.target}
+    dvfs, deadline_ms = args.dvfs.strip().lower(), deadline_ms_of(args.workload, args.deadline_ms)
+    if deadline_ms is None and parse_policy(dvfs) is not None:
+        raise ConfigError(f"--dvfs {dvfs} needs a deadline to meet: pass --deadline-ms MS or --workload "
+                          "camera:FPS|burst:K:MS")
+    return {"dvfs": dvfs, "deadline_ms": deadline_ms, "sysfs_root": args.sysfs_root, "target": args.target}
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
@@ -154,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = 
                                  delete_processed=args.delete_processed, poll_seconds=args.poll_seconds,
                                  settle_seconds=args.settle_seconds, batch_size=args.batch_size,
                                  max_pixels=args.max_pixels,
-                                 extra={"dvfs": args.dvfs, "sysfs_root": str(args.sysfs_root)})
+                                 extra={"dvfs": options["dvfs"], "sysfs_root": str(args.sysfs_root)})
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
             serve(pipeline, config, options, drain=args.drain)
         elif args.command == "status":

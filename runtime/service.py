@@ -72,6 +72,8 @@ def format_summary(summary: dict, command: str = "watch") -> str:
         f"deadline {summary['deadline_ms']:g} ms missed by {summary['deadline_misses']}/{count} "
         f"({summary['miss_rate']:.1%})")
     source = summary.get("energy_model") or summary.get("energy_meter")
+    if summary.get("energy_note"):  # DVFS off: the frequency the governor chose is not known
+        source += ", at the top frequency: DVFS off"
     energy = f"energy {summary['energy_j_total']:.4g} J ({summary['energy_source']}, {source})"
     if count:
         energy += f", {summary['energy_j'] * 1e3:.4g} mJ/image"

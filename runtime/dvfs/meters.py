@@ -32,7 +32,6 @@ POWER_MONITOR_PREFIXES = ("ina",)  # ina209/219/220/226/230/231/238/260/3221 …
 _RAPL_ZONE = re.compile(r"^[a-z]+-rapl:\d+$")  # top-level zones only: sub-zones are parts of a package
 
 
-
 @dataclass(frozen=True)
 class EnergyReading:
     joules: float

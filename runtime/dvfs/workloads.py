@@ -85,10 +85,16 @@ def read_arrivals(path: Path) -> np.ndarray:
 
 def deadline_ms_of(workload: Optional[str], deadline_ms: Optional[float]) -> Optional[float]:
     """``--deadline-ms`` when given, else the ``--workload``'s own deadline (camera: the period; burst: its MS);
-    None when neither is given."""
-    if deadline_ms is not None or workload is None:
+    None when neither is given. The workload is checked either way, so a mistyped one is never ignored; an
+    ``arrivals:FILE`` workload (no deadline of its own) needs ``--deadline-ms`` and is not read here."""
+    if deadline_ms is not None and not 0 < deadline_ms < float("inf"):
+        raise ConfigError(f"Expected --deadline-ms > 0 and finite (milliseconds). Received: {deadline_ms}")
+    if workload is None:
+        return deadline_ms
+    kind, _, rest = workload.partition(":")
+    if kind == "arrivals" and rest:
+        if deadline_ms is None:
+            raise ConfigError(f"--workload {workload} has no deadline of its own: pass --deadline-ms as well")
         return deadline_ms
     parsed = parse_workload(workload, 1)
-    if parsed.deadline_s is None:
-        raise ConfigError(f"--workload {workload} has no deadline of its own: pass --deadline-ms as well")
-    return parsed.deadline_s * 1e3
+    return parsed.deadline_s * 1e3 if deadline_ms is None else deadline_ms
