@@ -60,9 +60,11 @@ def record(target: str, report: dict) -> dict:
     """What device_checks.json keeps of one bundle's counts."""
     setup = report["arm64_setup"]
     return {"target": target, "suite": COUNT_SUITE, "qemu_cpu": setup["cpu"], "qemu": setup["qemu"],
+            "cpuinfo_shown": setup.get("cpuinfo"),
             "interpreter": setup.get("interpreter"), "interpreter_version": setup.get("interpreter_version"),
             "python": setup.get("python"), "num_images": setup["num_images"], "method": setup["method"],
             "instructions_per_image": report["arm64"], "bare_call": report.get("arm64_bare", {}),
+            "bare_call_by_kernels": report.get("arm64_bare_kernels", {}),
             "beyond_bare_calls_batch_1": report.get("arm64_beyond_bare", {}),
             "lenet_over_pipeline": {p: {b: round(r, 3) for b, r in row.items()}
                                     for p, row in report.get("arm64_vs_lenet", {}).items()}}

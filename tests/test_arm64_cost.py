@@ -66,31 +66,89 @@ def test_arm64_count_says_what_it_needs(tiny_bundle, mnist_dir, tmp_path, monkey
     assert f"no Debian arm64 root at {tmp_path}: make it with `sudo python3 scripts/arm64_check.py" in result.output
 
 
-def _counts(per_image: dict, batches=(1, 32), num_images=64, marks=4_000) -> dict:
-    """Counts of the loops on N and on 0 images that give ``per_image`` (name -> {batch: instructions}) exactly."""
+def _counts(per_image: dict, num_images=64, marks=4_000) -> dict:
+    """Counts of the loops on N and on 0 images that give ``per_image`` exactly: pipeline name -> {batch:
+    instructions}, bare model -> {(kernels, batch): instructions}."""
     counts = {}
     for (kind, name), row in per_image.items():
-        for batch in batches if kind == "pipeline" else (1,):
+        for key, per in row.items():
+            resolver, batch = key if kind == "bare" else ("default", key)
             full = (num_images // batch) * batch
-            counts[Job(kind, name, batch, full)] = (marks + row[batch] * full, marks)
+            counts[Job(kind, name, batch, full, resolver)] = (marks + per * full, marks)
     return counts
+
+
+def _bare(b1: int, b32: int, builtin1: int, builtin32: int) -> dict:
+    return {("default", 1): b1, ("default", 32): b32, ("builtin", 1): builtin1, ("builtin", 32): builtin32}
 
 
 def test_per_image_counts_ratios_and_printout():
     per_image = {("pipeline", "cbnet"): {1: 200_000, 32: 150_000}, ("pipeline", "lenet"): {1: 1_400_000, 32: 1_350_000},
-                 ("bare", "cbnet"): {1: 180_000}, ("bare", "lenet"): {1: 1_380_000}, ("bare", "noop"): {1: 21_000}}
+                 ("bare", "cbnet"): _bare(180_000, 149_000, 560_000, 170_000),
+                 ("bare", "lenet"): _bare(1_380_000, 1_349_000, 1_170_000, 1_100_000),
+                 ("bare", "noop"): _bare(21_000, 700, 24_000, 800)}
     config = CountConfig(cpu="cortex-a72", num_images=64)
     versions = {"interpreter": "ai-edge-litert", "interpreter_version": "2.3.0", "python": "3.11.2"}
     report = arm64_cost._report(_counts(per_image), versions, {"cbnet": ("cbnet",), "lenet": ("lenet",)}, config,
                                 ["cbnet", "lenet", "noop"])
     assert report["arm64"] == {"cbnet": {"1": 200_000, "32": 150_000}, "lenet": {"1": 1_400_000, "32": 1_350_000}}
     assert report["arm64_vs_lenet"]["cbnet"] == {"1": 7.0, "32": 9.0}
-    assert report["arm64_bare"] == {"cbnet": 180_000, "lenet": 1_380_000, "noop": 21_000}
-    assert report["arm64_setup"]["cpu"] == "cortex-a72" and report["arm64_setup"]["interpreter_version"] == "2.3.0"
+    assert report["arm64_bare"] == {"cbnet": 180_000, "lenet": 1_380_000, "noop": 21_000}  # the kernels pipelines run
+    assert report["arm64_bare_kernels"]["lenet"] == {"default": {"1": 1_380_000, "32": 1_349_000},
+                                                     "builtin": {"1": 1_170_000, "32": 1_100_000}}
+    assert report["arm64_bare_kernels"]["cbnet"]["builtin"]["32"] == 170_000
+    setup = report["arm64_setup"]
+    assert setup["cpu"] == "cortex-a72" and setup["interpreter_version"] == "2.3.0"
+    assert setup["cpuinfo"] == "cortex-a72, MIDR 0x410fd083" and "/proc/cpuinfo" in setup["method"]
     json.dumps(report, allow_nan=False)
     text = format_counts(report)
-    assert "-cpu cortex-a72, ai-edge-litert 2.3.0" in text and "not a time" in text
-    assert "200,000     7.00x" in text and "noop 21,000" in text
+    assert "-cpu cortex-a72 shown as cortex-a72, MIDR 0x410fd083 in /proc/cpuinfo, ai-edge-litert 2.3.0" in text
+    assert "not a time" in text and "200,000     7.00x" in text and "noop 21,000" in text
+    assert ("bare call of lenet per image by kernels: XNNPACK (default) batch 1 1,380,000, batch 32 1,349,000; "
+            "built-in batch 1 1,170,000, batch 32 1,100,000") in text
+
+
+def test_the_guest_sees_the_emulated_core_as_the_board_shows_it():
+    """The interpreter picks its kernels from /proc/cpuinfo (XNNPACK's for a Cortex-A72 prefetch; its generic ones,
+    taken when it finds no core, do not): the count shows the guest the board's core, not the host's x86 one."""
+    from cbnet_tl.toolchain.cli.bench import Arm64Cpu
+
+    text = arm64_setup.proc_cpuinfo("cortex-a72")
+    cores = [block for block in text.split("\n\n") if block.strip()]
+    assert len(cores) == 4 and cores[3].startswith("processor\t: 3\n")
+    fields = dict(line.split(":", 1) for line in cores[0].splitlines())
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    assert (fields["CPU implementer"], fields["CPU part"], fields["CPU variant"], fields["CPU revision"]) == \
+        ("0x41", "0xd08", "0x0", "3")  # the Pi 4's BCM2711: Cortex-A72 r0p3
+    assert fields["CPU architecture"] == "8" and "CPU architecture: 8\n" in text  # as the kernel spells it
+    assert "asimddp" not in fields["Features"]  # no dot product on the A72
+    pi5 = dict(line.split("\t: ", 1) for line in arm64_setup.proc_cpuinfo("cortex-a76").split("\n\n")[0].splitlines()
+               if "\t: " in line)
+    assert (pi5["CPU part"], pi5["CPU variant"], pi5["CPU revision"]) == ("0xd0b", "0x4", "1")  # BCM2712: A76 r4p1
+    assert "asimddp" in pi5["Features"].split()
+    assert {c.value for c in Arm64Cpu} <= set(arm64_setup.CORES)  # every core the CLI offers can be shown
+    assert {t.qemu_cpu for t in TARGETS.values()} <= set(arm64_setup.CORES)
+    with pytest.raises(arm64_cost.Arm64CountError, match="Expected a core in .* Received: 'max'"):
+        arm64_setup.proc_cpuinfo("max")
+
+
+def test_the_count_binds_the_cores_cpuinfo_over_the_hosts(tmp_path, monkeypatch):
+    """The jail mounts /proc first, then a file bind goes onto the file /proc/cpuinfo (no directory made there)."""
+    from cbnet_tl.toolchain import arm64_jail
+
+    mounts = []
+    monkeypatch.setattr(arm64_jail, "_mount", lambda *args: mounts.append(args))
+    monkeypatch.setattr(arm64_jail.os, "chroot", lambda path: mounts.append(("chroot", str(path))))
+    root, cpuinfo, cache = tmp_path / "root", tmp_path / "cpuinfo", tmp_path / "pip"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "cpuinfo").write_text("x86\n")
+    cpuinfo.write_text(arm64_setup.proc_cpuinfo("cortex-a72"))
+    cache.mkdir()
+    arm64_jail.enter(root, [(str(cpuinfo), "/proc/cpuinfo"), (str(cache), "/root/.cache/pip")])
+    assert mounts.index(("-t", "proc", "proc", str(root / "proc"))) < mounts.index(
+        ("--bind", str(cpuinfo), str(root / "proc" / "cpuinfo")))
+    assert (root / "proc" / "cpuinfo").is_file() and (root / "root/.cache/pip").is_dir()
+    assert mounts[-1] == ("chroot", str(root))
 
 
 def test_config_is_checked():
@@ -118,6 +176,7 @@ def test_the_check_records_counts_and_shows_changes():
                               "method": "m", "interpreter": "ai-edge-litert", "interpreter_version": "2.3.0"}}
     record = counts.record("rpi5", report)
     assert record["qemu_cpu"] == "cortex-a76" and record["instructions_per_image"] == {"cbnet": {"1": 220_000}}
+    assert record["cpuinfo_shown"] is None and record["bare_call_by_kernels"] == {}  # a report from before either
     assert "cbnet" in counts.table([record], {"rpi5": {"cbnet": {"1": 200_000}}})
     assert "(+10.0%)" in counts.table([record], {"rpi5": {"cbnet": {"1": 200_000}}})
 

@@ -6,9 +6,15 @@ a small TCG plugin (``data/insncount.c``, compiled here) counting the guest inst
 pipeline and batch size (``arm64_probe.py``): after start-up, loading and a warm-up call, the same loop runs on
 N images and on 0, each between two marks the plugin records, so (count(N) - count(0)) / N is the instructions
 per image, with none of the start-up (whose run-to-run noise, about 8 M instructions a process, would be 8 k
-per image at N = 1,024 in two separate runs). It is an instruction count under emulation, from the same
-aarch64 kernels the board runs: a proxy for time on the board, not a time (no caches, no memory stalls,
-every instruction weighs one).
+per image at N = 1,024 in two separate runs). The guest sees the emulated core's /proc/cpuinfo
+(``arm64_setup.proc_cpuinfo``), so the interpreter picks the kernels it picks on the board (qemu 7.2 would show
+it the host's x86 one, and XNNPACK would take its generic kernels). It is an instruction count under emulation,
+from the same aarch64 kernels the board runs: a proxy for time on the board, not a time (no caches, no memory
+stalls, every instruction weighs one, a prefetch too).
+
+Beside the pipelines, each model's bare call (``set_tensor`` + ``invoke`` + ``get_tensor``) is counted at each
+batch size on both kernel choices the bundle's tuning weighs (``runtime/tuning.py``): the default resolver
+(XNNPACK) and the built-in kernels alone. The pipelines run as deployed without a tuning file (the default).
 
 The counting environment in the root (qemu, the plugin, a venv with the interpreter) is ``arm64_setup.py``'s;
 it sets itself up at the first count (needs root, and the network once); counting needs no network.
@@ -28,6 +34,7 @@ import numpy as np
 
 from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE as BASELINE  # ratios are to it
 from cbnet_tl.toolchain.arm64_setup import (
+    CORES,
     DEFAULT_CACHE,
     DEFAULT_SUITE,
     IN_ROOT,
@@ -38,13 +45,18 @@ from cbnet_tl.toolchain.arm64_setup import (
     in_root,
     is_prepared,
     prepare,
+    proc_cpuinfo,
     qemu_version,
     require_root,
 )
 
 PROBE_SOURCE = Path(__file__).parent / "arm64_probe.py"
 METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count of a loop on N images - "
-          "count of the same loop on 0) / N, in one process after start-up: a proxy for time on the board, not a time")
+          "count of the same loop on 0) / N, in one process after start-up, the guest shown the emulated core's "
+          "/proc/cpuinfo (the interpreter picks its kernels as on the board): a proxy for time on the board, "
+          "not a time")
+RESOLVERS = ("default", "builtin")  # runtime.interpreter.RESOLVERS: the kernel choices a bare call is counted on
+KERNEL_LABELS = {"default": "XNNPACK (default)", "builtin": "built-in"}
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class CountConfig:
     num_images: int = 1024
     root: Path = DEFAULT_CACHE / DEFAULT_SUITE
     jobs: int = 2  # counting runs at once (counts do not depend on load)
-    bare: bool = True  # also each model's bare call at batch 1
+    bare: bool = True  # also each model's bare call, at each batch size, on each of RESOLVERS
 
     def __post_init__(self):
         if self.num_images < max(self.batch_sizes, default=1) or min(self.batch_sizes, default=0) < 1 or self.jobs < 1:
@@ -72,20 +84,24 @@ class Job:
     name: str
     batch_size: int
     num_images: int  # the counted loop's images (a multiple of batch_size)
+    resolver: str = "default"  # a bare call's kernels (RESOLVERS); pipelines run the default configuration
 
 
-def _count(root: Path, work: str, job: Job, cpu: str) -> tuple:
-    """((instructions of the loop on N images, of the loop on 0), the probe's JSON line) of one run."""
-    out = f"{work}/{job.kind}-{job.name}-{job.batch_size}.count"
+def _count(root: Path, work: str, job: Job, cpu: str, cpuinfo: Path) -> tuple:
+    """((instructions of the loop on N images, of the loop on 0), the probe's JSON line) of one run, the guest
+    shown ``cpuinfo`` (a host file) as /proc/cpuinfo."""
+    out = f"{work}/{job.kind}-{job.name}-{job.batch_size}-{job.resolver}.count"
     host = f"{IN_ROOT}/host"
     argv = [f"{host}/ld.so", "--library-path", f"{host}/lib", f"{host}/qemu-aarch64", "-cpu", cpu,
             "-plugin", f"{host}/insncount.so,out={out}", f"{IN_ROOT}/venv/bin/python", f"{work}/arm64_probe.py",
-            f"{work}/bundle", f"{work}/images.npy", job.kind, job.name, str(job.batch_size), str(job.num_images)]
-    result = in_root(root, argv, env=guest_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=work)
+            f"{work}/bundle", f"{work}/images.npy", job.kind, job.name, str(job.batch_size), str(job.num_images),
+            job.resolver]
+    result = in_root(root, argv, env=guest_env({"PYTHONDONTWRITEBYTECODE": "1"}), cwd=work,
+                     binds=((str(cpuinfo), "/proc/cpuinfo"),))
     count_file = root / out.lstrip("/")
     if result.returncode != 0 or not count_file.is_file():
-        raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size} on {cpu} failed "
-                              f"(exit {result.returncode}): {last_line(result.stderr)}")
+        raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size} ({job.resolver}) on {cpu} "
+                              f"failed (exit {result.returncode}): {last_line(result.stderr)}")
     _total, *marks = [int(line) for line in count_file.read_text().split()]
     if len(marks) != 4:
         raise Arm64CountError(f"counting {job.kind} {job.name} at batch {job.batch_size}: expected 4 marks from the "
@@ -106,10 +122,13 @@ def _copy_bundle(bundle: Path, dest: Path, models: list) -> None:
 
 def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: CountConfig,
                  progress: Optional[Callable] = None, extra_models: tuple = ()) -> dict:
-    """Instructions per image of each pipeline at each batch size (and of each model's bare call at batch 1).
+    """Instructions per image of each pipeline at each batch size (and of each model's bare call, on each kernel
+    choice).
 
     ``pipelines``: name -> the models it loads. ``images``: uint8 images as the pipelines take them.
     ``extra_models``: also counted bare (the empty model)."""
+    cpu = config.cpu or "cortex-a72"
+    cpuinfo = proc_cpuinfo(cpu)  # refuses a core it cannot describe, before any set-up
     requirements = (bundle / "requirements.txt").read_text()
     require_root(config.root)
     with setup_lock(config.root):
@@ -118,7 +137,8 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
     models = sorted({m for names in pipelines.values() for m in names} | set(extra_models))
     jobs = [Job("pipeline", name, b, (config.num_images // b) * b) for name in pipelines for b in config.batch_sizes]
     if config.bare:
-        jobs += [Job("bare", model, 1, config.num_images) for model in models]
+        jobs += [Job("bare", model, b, (config.num_images // b) * b, resolver)
+                 for model in models for b in _bare_batches(config) for resolver in RESOLVERS]
     (config.root / IN_ROOT.lstrip("/") / "work").mkdir(parents=True, exist_ok=True)
     host_work = Path(tempfile.mkdtemp(prefix="run-", dir=config.root / IN_ROOT.lstrip("/") / "work"))
     work = f"{IN_ROOT}/work/{host_work.name}"
@@ -126,16 +146,17 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
         _copy_bundle(bundle, host_work / "bundle", models)
         np.save(host_work / "images.npy", np.ascontiguousarray(images[: config.num_images]))
         shutil.copy2(PROBE_SOURCE, host_work / "arm64_probe.py")
+        (host_work / "cpuinfo").write_text(cpuinfo)
         counts, versions = {}, {}
         with concurrent.futures.ThreadPoolExecutor(max_workers=config.jobs) as pool:
-            futures = {pool.submit(_count, config.root, work, job, config.cpu or "cortex-a72"): job for job in jobs}
+            futures = {pool.submit(_count, config.root, work, job, cpu, host_work / "cpuinfo"): job for job in jobs}
             done = concurrent.futures.as_completed(futures)
             for future in progress(done, total=len(futures)) if progress else done:
                 counts[futures[future]], line = future.result()
                 versions = json.loads(line)
     finally:
         shutil.rmtree(host_work, ignore_errors=True)
-    return _report(counts, versions, pipelines, config, models)
+    return _report(counts, versions, pipelines, replace(config, cpu=cpu), models)
 
 
 def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progress: Optional[Callable] = None) -> dict:
@@ -172,9 +193,14 @@ def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progres
     return report
 
 
-def _per_image(counts: dict, kind: str, name: str, batch_size: int, num_images: int) -> int:
+def _bare_batches(config: CountConfig) -> tuple:
+    return tuple(sorted({1, *config.batch_sizes}))  # batch 1 always: each pipeline's count beyond its bare calls
+
+
+def _per_image(counts: dict, kind: str, name: str, batch_size: int, num_images: int,
+               resolver: str = "default") -> int:
     full = (num_images // batch_size) * batch_size
-    with_images, without = counts[Job(kind, name, batch_size, full)]
+    with_images, without = counts[Job(kind, name, batch_size, full, resolver)]
     return round((with_images - without) / full)
 
 
@@ -183,12 +209,17 @@ def _report(counts: dict, versions: dict, pipelines: dict, config: CountConfig, 
                            for b in config.batch_sizes} for name in pipelines}
     report = {"arm64": per_pipeline,
               "arm64_setup": {"cpu": config.cpu, "qemu": qemu_version(), "num_images": config.num_images,
-                              "root": str(config.root), **versions, "method": METHOD}}
+                              "root": str(config.root), **versions, "method": METHOD,
+                              "cpuinfo": f"{config.cpu}, MIDR {CORES[config.cpu][0]:#010x}" if config.cpu in CORES
+                              else None}}
     if BASELINE in per_pipeline:
         report["arm64_vs_lenet"] = {name: {b: per_pipeline[BASELINE][b] / n for b, n in row.items() if n > 0}
                                     for name, row in per_pipeline.items()}
     if config.bare:
-        report["arm64_bare"] = {m: _per_image(counts, "bare", m, 1, config.num_images) for m in models}
+        kernels = {m: {r: {str(b): _per_image(counts, "bare", m, b, config.num_images, r)
+                           for b in _bare_batches(config)} for r in RESOLVERS} for m in models}
+        report["arm64_bare"] = {m: row["default"]["1"] for m, row in kernels.items()}  # what the pipelines run
+        report["arm64_bare_kernels"] = kernels  # model -> kernels -> batch -> per image
     return report
 
 
@@ -201,8 +232,11 @@ def _version_word(text: str) -> str:
 def format_counts(report: dict) -> str:
     setup = report["arm64_setup"]
     batches = list(next(iter(report["arm64"].values())))
-    lines = [f"arm64 instruction count per image under emulation (qemu {_version_word(setup['qemu'])} -cpu {setup['cpu']}, {setup.get('interpreter', '?')} {setup.get('interpreter_version', '?')}, "
-             f"Python {setup.get('python', '?')}, {setup['num_images']} images): a proxy for time on the board, not a time",
+    identity = f" shown as {setup['cpuinfo']} in /proc/cpuinfo" if setup.get("cpuinfo") else ""
+    lines = [f"arm64 instruction count per image under emulation (qemu {_version_word(setup['qemu'])} "
+             f"-cpu {setup['cpu']}{identity}, {setup.get('interpreter', '?')} {setup.get('interpreter_version', '?')}, "
+             f"Python {setup.get('python', '?')}, {setup['num_images']} images): a proxy for time on the board, "
+             "not a time",
              f"{'pipeline':<16}" + "".join(f"{'batch ' + b:>14}{'vs lenet':>10}" for b in batches)]
     ratios = report.get("arm64_vs_lenet", {})
     for name, row in report["arm64"].items():
@@ -214,6 +248,10 @@ def format_counts(report: dict) -> str:
     if report.get("arm64_bare"):
         lines.append("bare set_tensor + invoke + get_tensor, batch 1: "
                      + ", ".join(f"{m} {n:,}" for m, n in report["arm64_bare"].items()))
+    for model, row in (report.get("arm64_bare_kernels") or {}).items():
+        lines.append(f"bare call of {model} per image by kernels: " + "; ".join(
+            f"{KERNEL_LABELS.get(r, r)} " + ", ".join(f"batch {b} {n:,}" for b, n in by_batch.items())
+            for r, by_batch in row.items()))
     if report.get("arm64_beyond_bare"):
         lines.append("beyond the bare calls of the models each image ran, batch 1: "
                      + ", ".join(f"{m} {n:,}" for m, n in report["arm64_beyond_bare"].items()))

@@ -5,7 +5,9 @@
 Started by ``toolchain/arm64_cost.py`` in a private mount namespace, so every mount here ends with the
 command, even when it is killed. /sys is a tmpfs holding only ``devices/system/cpu/{possible,present,online}``
 (four cores, as on a Raspberry Pi 4 or 5): the host's real /sys describes x86 CPUs and makes the interpreter's
-CPU detection crash under qemu (see scripts/arm64_check.py). Needs root. Only the standard library.
+CPU detection crash under qemu (see scripts/arm64_check.py). A bind goes after /proc is mounted, so a file can
+cover one of its files (the count puts the emulated core's ``/proc/cpuinfo`` over the host's, which qemu 7.2
+passes through). Needs root. Only the standard library.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ def enter(root: Path, binds: list) -> None:
     _mount("-t", "proc", "proc", str(root / "proc"))
     _mount("-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(root / "sys"))
     _mount("--bind", "/dev", str(root / "dev"))
-    for source, dest in binds:
-        (root / dest.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for source, dest in binds:  # a directory onto a directory (made if missing), a file onto a file that exists
+        if Path(source).is_dir():
+            (root / dest.lstrip("/")).mkdir(parents=True, exist_ok=True)
         _mount("--bind", source, str(root / dest.lstrip("/")))
     cpu = root / "sys/devices/system/cpu"
     cpu.mkdir(parents=True)

@@ -36,6 +36,38 @@ class Arm64CountError(CbnetError):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the emulated core as the interpreter sees it
+
+# qemu-aarch64 7.2 passes the host's /proc/cpuinfo through (an x86 one here), so the interpreter's CPU detection
+# (cpuinfo, under XNNPACK and ruy) finds no core and takes its generic kernels, where a board's finds its own: on
+# a Pi 4, XNNPACK's int8 GEMMs for the Cortex-A72 are the prefetching variants (its src/configs/gemm-config.c picks
+# per core), about 8.8 k more instructions per cbnet image at batch 32 (benchmarks/RESULTS.md). The count puts the
+# emulated core's /proc/cpuinfo in its place. MIDR_EL1 as qemu's models give it (target/arm/cpu64.c), the same as
+# the boards' (BCM2711: A72 r0p3; BCM2712: A76 r4p1); Features as the arm64 kernel prints them on those boards.
+CORES = {
+    "cortex-a53": (0x410FD034, "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
+    "cortex-a72": (0x410FD083, "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": (0x414FD0B1, "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                               "lrcpc dcpop asimddp"),
+    "neoverse-n1": (0x414FD0C1, "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                                "lrcpc dcpop asimddp ssbs"),
+}
+NUM_BOARD_CPUS = 4  # as arm64_jail.BOARD_CPUS says in /sys
+
+
+def proc_cpuinfo(cpu: str) -> str:
+    """/proc/cpuinfo of a board of NUM_BOARD_CPUS cores ``cpu`` (a qemu -cpu name in CORES), as arm64 Linux
+    prints it."""
+    if cpu not in CORES:
+        raise Arm64CountError(f"Expected a core in {sorted(CORES)} to count on. Received: {cpu!r}")
+    midr, features = CORES[cpu]
+    core = (f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: {midr >> 24:#x}\n"
+            f"CPU architecture: 8\nCPU variant\t: {(midr >> 20) & 0xF:#x}\nCPU part\t: {(midr >> 4) & 0xFFF:#05x}\n"
+            f"CPU revision\t: {midr & 0xF}\n\n")
+    return "".join(f"processor\t: {n}\n{core}" for n in range(NUM_BOARD_CPUS))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # running in the root
 
 
