@@ -44,10 +44,10 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
         delegates, used = accelerator.delegates, accelerator.device
     elif device != Device.CPU:
         raise BundleError(f"Expected device cpu or edgetpu. Received: {device!r}")
-    names = models_for([name])
+    _, manifest = open_manifest(bundle_dir)
+    names = models_for([name], manifest)  # the manifest's own models (cbnet-fallback's network is the build's)
     configs = {}
     if tuning is not None and precision == "int8" and used == Device.CPU.value:
-        _, manifest = open_manifest(bundle_dir)
         path = default_tuning_path(bundle_dir) if tuning == AUTO else Path(tuning)
         configs, messages = read_tuning(path, manifest, names)
         for message in messages:

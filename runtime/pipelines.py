@@ -1,5 +1,5 @@
 """The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
-``lenet`` and the truncated ``branch``.
+``lenet``, the truncated ``branch`` and, in builds made ``--with multiexit``, the three-exit ``multiexit``.
 
 Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs its models and
 its decision (argmax and top probability, or BranchyNet's entropy gate), and returns an immutable
@@ -18,8 +18,9 @@ timed and nothing is counted.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Protocol
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
+from cbnet_tl.runtime.exits import multi_exit
 from cbnet_tl.runtime.gate import decide, top_probability_bytes
 from cbnet_tl.runtime.interpreter import dequantize, quantize
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD, chain, early_exit, fallback
@@ -57,6 +59,24 @@ class PipelineSpec:
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
+    optional: bool = False  # built only when asked for (`cbnet-tl build --with NAME`): deployed where the manifest has it
+    choices: dict = field(default_factory=dict)  # model -> the models a build may put in its place (the manifest says)
+
+    def with_models(self, models) -> "PipelineSpec":
+        """This spec with the models a manifest names in the place of its own (``choices``), or a clear error."""
+        models = tuple(models)
+        if not models or models == self.models:
+            return self
+        allowed = len(models) == len(self.models) and all(
+            new == old or new in self.choices.get(old, ()) for new, old in zip(models, self.models))
+        if not allowed:
+            raise BundleError(f"Pipeline {self.name} cannot run models {list(models)}; expected {list(self.models)}"
+                              + (f" with {self.choices} in their place" if self.choices else "") + "; rebuild the bundle")
+        renamed = {old: new for old, new in zip(self.models, models)}
+        paths = {tuple(renamed[m] for m in key): "+".join(renamed.get(part, part) for part in label.split("+"))
+                 for key, label in self.paths.items()}
+        links = tuple(Link(renamed[l.source], l.output, renamed[l.target]) for l in self.links)
+        return dataclasses.replace(self, models=models, paths=paths, links=links)
 
     def path_of(self, stages) -> str:
         """The path label of an image that ran through ``stages`` (stage names = model names)."""
@@ -100,8 +120,9 @@ NO_STAGES: Mapping = MappingProxyType({})  # stage_seconds of a call without a h
 
 class BatchResult:
     """One ``classify`` call, read-only. ``confidences`` (the top softmax probabilities) is computed when first
-    read where the pipeline's decision did not need it. ``route`` is the path every image took (a label), or
-    (mask, label where the mask is True, label where it is False); ``paths`` spells it out per image."""
+    read where the pipeline's decision did not need it. ``route`` is the path every image took (a label),
+    (mask, label where the mask is True, label where it is False), or (index per image, labels) for more than two
+    paths; ``paths`` spells it out per image."""
 
     __slots__ = ("_pipeline", "_labels", "_confidences", "_route", "_seconds", "_stage_seconds")
 
@@ -127,6 +148,9 @@ class BatchResult:
     def paths(self) -> tuple:
         if isinstance(self._route, str):
             return (self._route,) * len(self._labels)
+        if len(self._route) == 2:
+            index, labels = self._route
+            return tuple(labels[i] for i in index.tolist())
         mask, yes, no = self._route
         return tuple(yes if taken else no for taken in mask.tolist())
 
@@ -135,6 +159,9 @@ class BatchResult:
         """The path of the whole batch: the one every image took, or "mixed"."""
         if isinstance(self._route, str):
             return self._route
+        if len(self._route) == 2:
+            index, labels = self._route
+            return labels[int(index[0])] if (index == index[0]).all() else "mixed"
         mask, yes, no = self._route
         return yes if mask.all() else no if not mask.any() else "mixed"
 
@@ -185,6 +212,9 @@ class Pipeline:
         if spec is None:
             raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_SPECS)}")
         name = spec.name
+        entry = bundle.manifest.pipelines.get(name)
+        if entry is not None and spec.choices:
+            spec = spec.with_models(entry.models)  # e.g. cbnet-fallback's second network, chosen by the build
         missing = [m for m in spec.models if m not in bundle.models]
         if missing:
             raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
@@ -194,7 +224,6 @@ class Pipeline:
         self.input_spec = bundle.manifest.input_spec
         self.input_shape = self.input_spec.shape
         self.device = next(iter(self.models.values())).device
-        entry = bundle.manifest.pipelines.get(name)
         self.options = {**(entry.options if entry is not None else {}), **(options or {})}
         self._ranges = {m: bundle.manifest.models[m].input_range for m in self.models}
         self._input_tables = {m: input_table(model.input, self._ranges[m]) for m, model in self.models.items()}
@@ -316,32 +345,60 @@ DEFAULT_PIPELINE = "cbnet"  # CBNet itself: the default of every command and the
 FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its CONFIDENCE_THRESHOLD
 EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images from hard ones
 BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
+MULTIEXIT_PIPELINE = "multiexit"  # the three-exit network (`cbnet-tl build --with multiexit`)
+MULTIEXIT_STAGES = ("exit1", "exit2", "exit3")  # its segments, one .tflite each (recipes/multiexit.py)
+MULTIEXIT_FULL = "multiexit_full"  # its whole path in one graph: the network cbnet-fallback may fall back to
+FALLBACK_NETWORKS = {"lenet": "lenet", MULTIEXIT_PIPELINE: MULTIEXIT_FULL}  # `build --fallback` -> model
 
 PIPELINE_SPECS = {spec.name: spec for spec in (
     PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, chain,
                  description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
     PipelineSpec(FALLBACK_PIPELINE, ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
-                 fallback, description="cbnet; LeNet too where cbnet's confidence is below the threshold"),
+                 fallback, choices={"lenet": (MULTIEXIT_FULL,)},
+                 description="cbnet; LeNet (or the build's --fallback network) too where cbnet's confidence is "
+                             "below the threshold"),
     PipelineSpec(EARLY_EXIT_PIPELINE, ("trunk_branch", "main_tail"),
                  {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, early_exit,
                  links=(Link("trunk_branch", 1, "main_tail"),),
                  description="B-LeNet: exits at the branch when its entropy is below the threshold"),
     PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, chain, description="the LeNet baseline"),
+    PipelineSpec(MULTIEXIT_PIPELINE, MULTIEXIT_STAGES,
+                 {MULTIEXIT_STAGES[:k]: MULTIEXIT_STAGES[k - 1] for k in range(1, len(MULTIEXIT_STAGES) + 1)},
+                 multi_exit, links=tuple(Link(a, 1, b) for a, b in zip(MULTIEXIT_STAGES, MULTIEXIT_STAGES[1:])),
+                 optional=True, description="three stages of growing cost, an exit after each; an image leaves at "
+                                            "the first exit whose confidence reaches its threshold"),
     PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, chain, deployed=False,
                  description="the B-LeNet branch alone (truncated)"),
 )}
 PIPELINES = tuple(PIPELINE_SPECS)
+# every pipeline a bundle may deploy; a bundle deploys those its manifest lists (``deployed_pipelines``)
 DEPLOYED_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.deployed)
+OPTIONAL_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.optional)  # build --with NAME
 # Models a bundle carries beside its pipelines' own:
 CONVERTER = "autoencoder"  # the converting AE alone: the report's grid and `--convert-image`
 INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call (bench's floor)
 
 
-def models_for(pipelines) -> list:
-    """The model names a set of pipelines needs, in a stable order."""
+def deployed_pipelines(manifest) -> tuple:
+    """The pipelines a build or bundle deploys: those of ``DEPLOYED_PIPELINES`` its manifest lists (the optional
+    ones only when it was built with them)."""
+    return tuple(name for name in DEPLOYED_PIPELINES if name in manifest.pipelines)
+
+
+def spec_in(name: str, manifest=None) -> PipelineSpec:
+    """Pipeline ``name``'s spec with the models ``manifest`` names for it (cbnet-fallback's second network is the
+    build's choice); the table's own without a manifest or where the manifest does not list it."""
+    spec = PIPELINE_SPECS[name]
+    entry = manifest.pipelines.get(name) if manifest is not None else None
+    return spec.with_models(entry.models) if entry is not None and spec.choices else spec
+
+
+def models_for(pipelines, manifest=None) -> list:
+    """The model names a set of pipelines needs, in a stable order (a ``manifest``'s own where it names them:
+    cbnet-fallback's second network is the build's choice)."""
     names = []
     for pipeline in pipelines:
-        for model in PIPELINE_SPECS[pipeline].models:
+        for model in spec_in(pipeline, manifest).models:
             if model not in names:
                 names.append(model)
     return names

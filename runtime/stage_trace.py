@@ -24,10 +24,12 @@ from cbnet_tl.runtime.bundle import open_manifest
 from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, TIME_STAGES
+from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
+from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, MULTIEXIT_STAGES, TIME_STAGES
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 
-EVERY_IMAGE_GOES_ON = {CONFIDENCE_THRESHOLD: 2.0}  # no probability reaches 2: the fallback runs for every image
+# no probability reaches 2: the fallback runs for every image, and every image runs every stage of multiexit
+EVERY_IMAGE_GOES_ON = {CONFIDENCE_THRESHOLD: 2.0, EXIT_THRESHOLDS: [NEVER] * (len(MULTIEXIT_STAGES) - 1)}
 
 
 def open_every_image_on(bundle_dir: Path, name: str, num_threads: int):

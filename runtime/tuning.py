@@ -90,10 +90,10 @@ def measure(bundle_dir: Path, images: np.ndarray, *, pipelines: Sequence[str], n
             rounds: int = 5, num_timed: int = 32) -> dict:
     """Time and check every (model, configuration); return the tuning record (not yet written)."""
     from cbnet_tl.runtime.bundle import Bundle, load_bundle, open_manifest
-    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, Pipeline, models_for
+    from cbnet_tl.runtime.pipelines import Pipeline, models_for, spec_in
 
     directory, manifest = open_manifest(bundle_dir)
-    names = models_for(pipelines)
+    names = models_for(pipelines, manifest)
     loaded, agrees = {}, {}
     for name in names:
         for config in candidates(manifest, name):
@@ -107,14 +107,14 @@ def measure(bundle_dir: Path, images: np.ndarray, *, pipelines: Sequence[str], n
     reference = load_bundle(directory, num_threads=num_threads, models=names)
     expected = {p: Pipeline(reference, p).classify(images).labels for p in pipelines}
     for (name, config), model in loaded.items():
-        using = [p for p in pipelines if name in PIPELINE_SPECS[p].models]
+        using = [p for p in pipelines if name in spec_in(p, manifest).models]
         swapped = Bundle(reference.directory, manifest, reference.precision, {**reference.models, name: model})
         same = all(np.array_equal(Pipeline(swapped, p).classify(images).labels, expected[p]) for p in using)
         agrees[(name, config)] = True if same else "differs from the reference classes on the samples"
     inputs = {}
     for name in names:
         spec = reference.models[name].input
-        first = Pipeline(reference, next(p for p in pipelines if name in PIPELINE_SPECS[p].models))
+        first = Pipeline(reference, next(p for p in pipelines if name in spec_in(p, manifest).models))
         source = first.model_input(name, images[:num_timed]) if name == first.spec.models[0] else None
         # a later stage (BranchyNet's main_tail) gets zeros: a model's work does not depend on the values
         inputs[name] = [(source[i:i + 1] if source is not None else np.zeros((1, *spec.shape[1:]), spec.dtype))

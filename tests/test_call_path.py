@@ -46,6 +46,9 @@ from conftest import MNIST_8K
 
 BATCH_SIZES = (1, 7, 32)
 
+# what a default build has; the optional pipelines (`build --with`) are tested in tests/test_multiexit.py
+DEFAULT_BUILD = tuple(p for p in PIPELINES if not PIPELINE_SPECS[p].optional)
+
 
 def _idx_images(folder: Path) -> np.ndarray:
     """The test split's images of an IDX data folder, as uint8 (N, 28, 28, 1)."""
@@ -126,7 +129,7 @@ def _assert_same(got: tuple, expected: tuple) -> None:
     assert list(got[2]) == list(expected[2])
 
 
-@pytest.mark.parametrize("name", PIPELINES)
+@pytest.mark.parametrize("name", DEFAULT_BUILD)
 def test_every_pipeline_gives_the_reference_classes_confidences_and_paths(build_and_images, name):
     build, images = build_and_images
     pipeline = Pipeline(load_bundle(build, models=models_for([name])), name)
@@ -236,7 +239,7 @@ def test_a_hook_hears_every_stage_and_gets_its_time_and_no_hook_times_nothing(ti
 
 def test_any_order_of_batch_sizes_gives_the_single_image_answers(tiny_build):
     images = _idx_images(MNIST_8K)[:40]
-    for name in PIPELINES:
+    for name in DEFAULT_BUILD:
         pipeline = Pipeline(load_bundle(tiny_build, models=models_for([name])), name)
         singles = [pipeline.classify(image) for image in images]
         start = 0
@@ -276,7 +279,7 @@ def test_one_row_gate_tests_decide_as_the_exact_computations_or_defer(scale, zer
 def test_the_row_by_row_interpreter_path_gives_the_same_answers(tiny_build):
     """tflite-runtime runs a batch as batch-1 invokes (its aarch64 int8 FULLY_CONNECTED crashes at batch > 1)."""
     images = _idx_images(MNIST_8K)[:48]
-    for name in PIPELINES:
+    for name in DEFAULT_BUILD:
         expected = Pipeline(load_bundle(tiny_build, models=models_for([name])), name).classify(images)
         bundle = load_bundle(tiny_build, models=models_for([name]))
         for model in bundle.models.values():

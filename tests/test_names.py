@@ -38,8 +38,14 @@ def test_the_report_template_names_no_pipeline():
 
 
 def test_the_bundles_run_py_lists_every_deployed_pipeline(tiny_bundle):
+    """Every pipeline the bundle deploys: the default build's, none of the optional ones it was not built with."""
+    from cbnet_tl.runtime.manifest import read_manifest
+    from cbnet_tl.runtime.pipelines import deployed_pipelines
+
     usage = next(line for line in (tiny_bundle / "run.py").read_text().splitlines() if "classify IMAGE_OR_DIR" in line)
-    assert "--pipeline " + "|".join(DEPLOYED_PIPELINES) + "]" in usage
+    deployed = deployed_pipelines(read_manifest(tiny_bundle))
+    assert set(deployed) == {p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional}
+    assert "--pipeline " + "|".join(deployed) + "]" in usage
 
 
 def test_cli_choices_are_the_recipe_tables():

@@ -40,6 +40,7 @@ _TOLERANCE = 1e-12
 class Job:
     arrivals_s: np.ndarray  # each image's arrival, ascending
     counts: tuple  # images that run each stage, in the pipeline's stage order (0: the stage is skipped)
+    confidences: Optional[tuple] = None  # one image: its confidence at each stage's exit (None: not an exit)
 
     @property
     def oldest_s(self) -> float:
@@ -113,6 +114,9 @@ def replay(policy: Policy, jobs: Sequence[Job], dur: np.ndarray, context: DvfsCo
             busy[state["khz"]] = busy.get(state["khz"], 0.0) + seconds
             state["now"] += seconds
             policy.on_batch_stage_done(stage, count, seconds, state["khz"])
+            if job.confidences is not None and s + 1 < len(stages) and job.counts[s + 1] \
+                    and job.confidences[s] is not None:  # the image goes on: what its exit said of it
+                policy.on_batch_confidence(stage, job.confidences[s])
         finishes[j] = state["now"]
         switch(policy.on_batch_end(state["now"] - job.oldest_s, _queue(jobs, j, state["now"], deadline, oldest)))
     energy = total_energy(model, busy, switches, max(horizon_s, state["now"]))
@@ -261,9 +265,11 @@ def _thin(f_state, delta, cost, prev, pick, grid: float) -> tuple:
 
 
 def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: EnergyModel, deadline_s: float,
-                  policies: Sequence[str], pipeline: str, profile: Optional[dict] = None) -> dict:
+                  policies: Sequence[str], pipeline: str, profile: Optional[dict] = None,
+                  exits: Optional[dict] = None) -> dict:
     """Every policy over the jobs; ``profile`` maps (stage, num_images) -> top-frequency seconds that eenet
-    starts from (what a recorded trace gives a device before its first batch)."""
+    starts from (what a recorded trace gives a device before its first batch); ``exits``: a multi-exit pipeline's
+    exit table (its manifest's), which eenet predicts an image's exit from."""
     if not jobs:
         raise DvfsError("Expected a workload with at least one image. Received none")
     context = DvfsContext(model, deadline_s)
@@ -281,6 +287,8 @@ def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: Ener
         if isinstance(policy, EENetPolicy) and profile:
             for (stage, count), seconds in profile.items():
                 policy.learn(pipeline, stage, count, seconds, model.top_khz)
+        if isinstance(policy, EENetPolicy) and exits:
+            policy.learn_exits(pipeline, exits)
         results[policy.name] = replay(policy, jobs, dur, context, pipeline, stages, horizon)
     compare_to_references(results)
     top = top_finishes(jobs, dur)

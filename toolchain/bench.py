@@ -36,6 +36,7 @@ from cbnet_tl.runtime.pipelines import (
     Pipeline,
     PipelineSpec,
     models_for,
+    spec_in,
 )
 from cbnet_tl.toolchain.scoring import evaluate
 
@@ -77,14 +78,14 @@ def _floor(floor: Optional[dict], batch_size: int) -> dict:
 
 def _pipeline_macs(manifest: Manifest, name: str, path_shares: dict) -> float:
     """Expected MACs per image: each path's models, weighted by the share of images taking that path."""
-    spec = PIPELINE_SPECS[name]
+    spec = spec_in(name, manifest)
     macs = {m: manifest.models[m].macs or 0 for m in spec.models}
     return float(sum(path_shares.get(label, 0.0) * sum(macs[m] for m in models) for models, label in spec.paths.items()))
 
 
 def _pipeline_params(manifest: Manifest, name: str) -> int:
     """Weights a pipeline holds (branchynet: trunk + branch + main path, each counted once)."""
-    return int(sum(manifest.models[m].params or 0 for m in PIPELINE_SPECS[name].models))
+    return int(sum(manifest.models[m].params or 0 for m in spec_in(name, manifest).models))
 
 
 def cpu_model() -> str:
@@ -258,11 +259,12 @@ def _energy_per_image(power_model: str, seconds: float) -> dict:
 def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchConfig,
               progress: Optional[Callable] = None) -> dict:
     directory, manifest = open_manifest(path)
-    bench_pipelines = [p for p in BENCH_PIPELINES if all(m in manifest.models for m in PIPELINE_SPECS[p].models)]
-    precisions = [p for p in config.precisions if all(p in manifest.models[m].files for m in models_for(bench_pipelines))]
+    bench_pipelines = [p for p in BENCH_PIPELINES if all(m in manifest.models for m in spec_in(p, manifest).models)]
+    bench_models = models_for(bench_pipelines, manifest)
+    precisions = [p for p in config.precisions if all(p in manifest.models[m].files for m in bench_models)]
     if not precisions:
         raise CbnetError(f"{directory} has none of the precisions {config.precisions}")
-    names = models_for(bench_pipelines) + ([INVOKE_PROBE] if INVOKE_PROBE in manifest.models else [])
+    names = bench_models + ([INVOKE_PROBE] if INVOKE_PROBE in manifest.models else [])
     timed = images[: config.num_images]
     report = {"bundle": str(directory), "dataset": manifest.dataset, "num_timed_images": int(len(timed)),
               "machine": cpu_model(),
@@ -279,7 +281,7 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
         bundle = load_bundle(directory, precision=precision, num_threads=config.threads, models=names, configs=configs)
         report["interpreter"] = find_interpreter().package
         scored = {name: evaluate(Pipeline(bundle, name), images, labels, batch_size=250) for name in bench_pipelines}
-        specs = {name: PIPELINE_SPECS[name] for name in bench_pipelines}
+        specs = {name: spec_in(name, manifest) for name in bench_pipelines}
         if INVOKE_PROBE in bundle.models:  # the floor: an empty model with the same Python around it
             specs[FLOOR] = FLOOR_SPEC
         timed_pipelines = {name: Pipeline(load_bundle(directory, precision=precision, num_threads=config.threads,
@@ -287,7 +289,7 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
                            for name, spec in specs.items()}
         floor_pipeline = timed_pipelines.pop(FLOOR, None)
         overhead = time_invoke_overhead(bundle.models[INVOKE_PROBE]) if INVOKE_PROBE in bundle.models else None
-        bare_invoke = {m: time_invoke_overhead(bundle.models[m]) for m in models_for(bench_pipelines)}
+        bare_invoke = {m: time_invoke_overhead(bundle.models[m]) for m in bench_models}
         bare = BareCalls(load_bundle(directory, precision=precision, num_threads=config.threads, models=names,
                                      configs=configs).models)
         for batch_size in config.batch_sizes:
@@ -295,7 +297,7 @@ def run_bench(path: Path, images: np.ndarray, labels: np.ndarray, config: BenchC
             timings = time_pipelines(timed_pipelines, timed, batch_size, config.warmup_batches, bare, wrapped)
             run = {"precision": precision_label, "batch_size": batch_size,
                    "configuration": {m: (configs.get(m).label if m in configs else f"{precision}/default")
-                                     for m in models_for(bench_pipelines)}, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
+                                     for m in bench_models}, "invoke_overhead_us": None if overhead is None else overhead * 1e6,
                    "bare_invoke_us": {m: t * 1e6 for m, t in bare_invoke.items()}, "pipelines": {},
                    **_floor(time_floor(floor_pipeline, bare, timed, batch_size, config.warmup_batches)
                             if floor_pipeline is not None else None, batch_size)}

@@ -20,6 +20,7 @@ import numpy as np
 from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationCheckError
 from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.runtime.manifest import Manifest
+from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE, MULTIEXIT_PIPELINE, PIPELINE_SPECS
 from cbnet_tl.toolchain.checks import CheckConfig
 from cbnet_tl.toolchain.inputs import InputChoice
 from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
@@ -40,6 +41,23 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     inputs: InputChoice = field(default_factory=InputChoice)  # size, colour, resize, background; None: from the data
+    with_pipelines: tuple = ()  # optional pipelines to build too (runtime.pipelines.OPTIONAL_PIPELINES)
+    fallback: str = BASELINE_PIPELINE  # cbnet-fallback's second network: a key of runtime.pipelines.FALLBACK_NETWORKS
+    multiexit: Optional[object] = None  # recipes.multiexit.MultiExitConfig; None: the recipe's default
+    multiexit_margin_pt: float = 0.25  # multiexit's thresholds: accuracy at most this far below its last exit
+
+    def __post_init__(self):
+        from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
+
+        unknown = [p for p in self.with_pipelines if p not in OPTIONAL_PIPELINES]
+        if unknown:
+            raise CbnetError(f"Expected --with one of {list(OPTIONAL_PIPELINES)}. Received: {unknown}")
+        if self.fallback not in FALLBACK_NETWORKS:
+            raise CbnetError(f"Expected --fallback one of {list(FALLBACK_NETWORKS)}. Received: {self.fallback!r}")
+        if self.fallback == MULTIEXIT_PIPELINE and MULTIEXIT_PIPELINE not in self.with_pipelines:
+            raise CbnetError("--fallback multiexit needs the multi-exit network: add --with multiexit")
+        if not 0.0 <= self.multiexit_margin_pt <= 100.0:
+            raise CbnetError(f"Expected --multiexit-margin between 0 and 100 points. Received: {self.multiexit_margin_pt}")
 
     def entropy_threshold(self, custom: bool) -> float:
         if self.threshold is not None:
@@ -78,7 +96,7 @@ def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) ->
     from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, models_for
     from cbnet_tl.toolchain.calibration import calibration_sweep
 
-    shipped = models_for(DEPLOYED_PIPELINES)
+    shipped = models_for(p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional)
     sizes = sorted({10, 50, 100, chosen})
     images, labels = test.images[:num_images], test.labels[:num_images]
     models = {spec.name: calibration_sweep(spec, images, labels, sizes=sizes)
@@ -95,6 +113,12 @@ def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=pr
     from cbnet_tl.toolchain.train import train_all
 
     record = train_all(train, work, threshold, config.train)
+    if MULTIEXIT_PIPELINE in config.with_pipelines:  # on the same split: its thresholds come from the held-out half
+        from cbnet_tl.toolchain.train_multiexit import train_multiexit
+
+        held_out = np.asarray(record["validation_indices"], dtype=np.int64)
+        record["multiexit"] = train_multiexit(train, work, held_out, config.multiexit, seed=config.train.seed,
+                                              progress=config.train.progress, log=log)
     for stage, label, planned in (("blenet", "B-LeNet", config.train.blenet_epochs),
                                   ("autoencoder", "the converting AE", config.train.autoencoder_epochs)):
         if record.get(stage, {}).get("stopped_by") == "time budget":
@@ -122,19 +146,42 @@ def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
                             max_share=max_share)
 
 
-def manifest_stage(work: Path, draft: Manifest, train, log, max_share: float) -> Manifest:
-    """Add cbnet-fallback's options to the draft manifest and write ``work/manifest.json``, once."""
-    from cbnet_tl.runtime.manifest import PipelineEntry
-    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS
+def multiexit_stage(work: Path, train, manifest: Manifest, margin_pt: float, log) -> dict:
+    """multiexit's exit thresholds and EENet's exit table, chosen on the held-out images ``work/train.json`` names."""
+    from cbnet_tl.runtime.exits import EXIT_THRESHOLDS
+    from cbnet_tl.toolchain.exit_choice import multiexit_options
 
-    options = fallback_stage(work, train, draft, max_share)
-    manifest = draft.replace(pipelines={**draft.pipelines, FALLBACK_PIPELINE: PipelineEntry(
-        PIPELINE_SPECS[FALLBACK_PIPELINE].models, options=options)})
+    validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
+    options = multiexit_options(work, train.images[validation], train.labels[validation], manifest, margin_pt)
+    log(f"{MULTIEXIT_PIPELINE}: exit thresholds {', '.join(f'{t:.4f}' for t in options[EXIT_THRESHOLDS])} (held-out "
+        f"images: accuracy {options['validation_accuracy']:.2%} vs the last exit's "
+        f"{options['validation_last_exit_accuracy']:.2%}, margin {margin_pt:g} pt; exit shares "
+        + " / ".join(f"{s:.1%}" for s in options["validation_exit_shares"])
+        + f"; {options['validation_macs_per_image'] / 1e6:.2f} M MACs per image, "
+        f"{options['validation_macs_share_of_last']:.1%} of the whole path's)")
+    return options
+
+
+def manifest_stage(work: Path, draft: Manifest, train, log, config: BuildConfig) -> Manifest:
+    """Add the options chosen on held-out images (multiexit's thresholds where built, cbnet-fallback's threshold)
+    to the draft manifest and write ``work/manifest.json``, once."""
+    from cbnet_tl.runtime.manifest import PipelineEntry
+    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE
+
+    pipelines = dict(draft.pipelines)
+    if MULTIEXIT_PIPELINE in pipelines:
+        options = multiexit_stage(work, train, draft, config.multiexit_margin_pt, log)
+        pipelines[MULTIEXIT_PIPELINE] = PipelineEntry(pipelines[MULTIEXIT_PIPELINE].models, options=options)
+    options = fallback_stage(work, train, draft, config.max_fallback_share)
+    pipelines[FALLBACK_PIPELINE] = PipelineEntry(pipelines[FALLBACK_PIPELINE].models, options=options)
+    network = pipelines[FALLBACK_PIPELINE].models[-1]
+    manifest = draft.replace(pipelines=pipelines)
     manifest.write(work)
     log(f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (validation: "
-        f"{options['validation_fallback_share']:.1%} of held-out images to LeNet, at most "
+        f"{options['validation_fallback_share']:.1%} of held-out images to {network}, at most "
         f"{options['max_fallback_share']:.1%}; accuracy {options['validation_accuracy']:.2%} vs cbnet "
-        f"{options['validation_cbnet_accuracy']:.2%}, LeNet {options['validation_lenet_accuracy']:.2%})")
+        f"{options['validation_cbnet_accuracy']:.2%}, {network} "
+        f"{options['validation_lenet_accuracy']:.2%})")
     return manifest
 
 
@@ -204,18 +251,42 @@ def report_stage(work: Path, test, target) -> None:
     write_report(work, test_images=test.images, test_labels=test.labels)
 
 
+def multiexit_summary(work: Path, manifest: Manifest, test) -> dict:
+    """multiexit on the test split (int8): each exit alone, and the pipeline with its thresholds, with MACs."""
+    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, exit_scores
+    from cbnet_tl.runtime.pipelines import Pipeline
+    from cbnet_tl.toolchain.exit_choice import exit_depths
+
+    spec, options = PIPELINE_SPECS[MULTIEXIT_PIPELINE], manifest.pipelines[MULTIEXIT_PIPELINE].options
+    pipeline = Pipeline(load_bundle(work, precision="int8", models=list(spec.models), manifest=manifest), spec)
+    labels, confidences = exit_scores(pipeline, test.images)
+    depth = exit_depths(confidences, options[EXIT_THRESHOLDS])
+    cumulative = np.cumsum([manifest.models[m].macs for m in spec.models]).astype(np.float64)
+    correct = labels == test.labels[None, :]
+    return {"exit_accuracies_int8": [float(c.mean()) for c in correct],
+            "exit_macs": [int(m) for m in cumulative], "thresholds": options[EXIT_THRESHOLDS],
+            "accuracy_int8": float(correct[depth, np.arange(len(depth))].mean()),
+            "exit_shares": [float(np.mean(depth == k)) for k in range(len(spec.models))],
+            "macs_per_image": float(cumulative[depth].mean()),
+            "macs_share_of_last": float(cumulative[depth].mean() / cumulative[-1])}
+
+
 def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: dict, dataset: str,
-                    threshold: float) -> Manifest:
-    """The build's manifest before cbnet-fallback's options are known (``manifest_stage`` adds them)."""
+                    config: BuildConfig, threshold: float) -> Manifest:
+    """The build's manifest before the options chosen on held-out images are known (``manifest_stage`` adds them):
+    every pipeline but the optional ones not asked for, cbnet-fallback with the build's --fallback network."""
     from cbnet_tl.runtime.manifest import PipelineEntry
-    from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
+    from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, FALLBACK_PIPELINE, PIPELINE_SPECS
     from cbnet_tl.toolchain.bundle import new_version
     from cbnet_tl.toolchain.convert import file_hashes
 
     hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
     return Manifest(
         dataset=dataset, class_names=tuple(train.class_names), entropy_threshold=threshold,
-        models=models, pipelines={name: PipelineEntry(s.models) for name, s in PIPELINE_SPECS.items()},
+        models=models, pipelines={name: PipelineEntry(
+            (s.models[0], FALLBACK_NETWORKS[config.fallback]) if name == FALLBACK_PIPELINE else s.models)
+            for name, s in PIPELINE_SPECS.items() if not s.optional or name in config.with_pipelines},
         files=hashes, kind="build", version=new_version(list(hashes.values())),
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), tools=tool_versions(),
         input=spec.to_dict(),
@@ -254,8 +325,11 @@ def build(config: BuildConfig, log=print) -> dict:
         models = timed("convert_s", convert_stage, work, train.images, config, progress)
         log(f"MACs per image at {spec.width}x{spec.height}x{spec.channels}: " + ", ".join(
             f"{name} {entry.macs / 1e6:.3f} M" for name, entry in models.items() if entry.macs is not None))
-        draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, threshold)
-        manifest = manifest_stage(work, draft, train, log, config.max_fallback_share)
+        if MULTIEXIT_PIPELINE in config.with_pipelines:
+            log(f"{MULTIEXIT_PIPELINE}: MACs per image to each exit " + ", ".join(
+                f"{m / 1e6:.3f} M" for m in np.cumsum([models[s].macs for s in PIPELINE_SPECS[MULTIEXIT_PIPELINE].models])))
+        draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, config, threshold)
+        manifest = manifest_stage(work, draft, train, log, config)
         record = timed("check_s", check_stage, work, train, test, config, log, progress)
         timed("calibration_s", calibration_stage, work, train.images, test, config.calibration_samples)
         tarball = timed("bundle_s", bundle_stage, work, target, test.images, log)
@@ -268,6 +342,8 @@ def build(config: BuildConfig, log=print) -> dict:
             "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"]}
                          for name, r in record["pipelines"].items()},
         }
+        if MULTIEXIT_PIPELINE in manifest.pipelines:
+            build_record[MULTIEXIT_PIPELINE] = multiexit_summary(work, manifest, test)
         write_json_atomic(work / "build.json", build_record)
         if config.write_report:
             begin = time.perf_counter()

@@ -25,10 +25,10 @@ from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
 from cbnet_tl.runtime.pipelines import (
     CONVERTER,
     DEFAULT_PIPELINE,
-    DEPLOYED_PIPELINES,
     INVOKE_PROBE,
     PIPELINE_SPECS,
     Pipeline,
+    deployed_pipelines,
     models_for,
 )
 from cbnet_tl.toolchain.checks import read_checks
@@ -73,8 +73,10 @@ def _write_samples(staging: Path, build_dir: Path, images: np.ndarray, spec) -> 
         files.append(relative)
     # read back the way the device will (run.py selftest), through the input spec
     stacked = np.stack([load_image(staging / f, spec) for f in files])
-    bundle = load_bundle(build_dir, precision="int8", models=models_for(DEPLOYED_PIPELINES))
-    expected = {p: Pipeline(bundle, p).classify(stacked).labels.tolist() for p in DEPLOYED_PIPELINES}
+    manifest = read_manifest(build_dir)
+    deployed = deployed_pipelines(manifest)
+    bundle = load_bundle(build_dir, precision="int8", models=models_for(deployed, manifest))
+    expected = {p: Pipeline(bundle, p).classify(stacked).labels.tolist() for p in deployed}
     return {"files": files, "expected": expected}
 
 
@@ -110,7 +112,8 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
     with staged_directory(build_dir / "bundle") as staging:
         (staging / "models").mkdir()
         models = {}
-        for name in models_for(DEPLOYED_PIPELINES) + [CONVERTER, INVOKE_PROBE]:
+        deployed = deployed_pipelines(build_manifest)
+        for name in models_for(deployed, build_manifest) + [CONVERTER, INVOKE_PROBE]:
             # float32 too where the target can use it (not the Edge TPU): a tuning step may find it faster here
             entry = build_manifest.models[name].only(*(("int8",) if target.uses_edgetpu else ("int8", "float32")))
             for model_file in entry.files.values():
@@ -128,7 +131,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "tool_version": build_manifest.tools.get("cbnet-tl", "?"), "threshold": build_manifest.entropy_threshold,
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
             "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": DEFAULT_PIPELINE,
-            "pipelines": [name for name in DEPLOYED_PIPELINES if name in accuracy], "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
+            "pipelines": [name for name in deployed if name in accuracy], "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
             "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
             "device_checks": device_checks(), "input_text": build_manifest.input_spec.describe(),
         }
@@ -145,9 +148,9 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         build_manifest.replace(
             kind="bundle", target=target.name, accelerator=target.accelerator, models=models,
-            pipelines={name: PipelineEntry(PIPELINE_SPECS[name].models, accuracy[name],
-                                           build_manifest.pipelines.get(name, PipelineEntry()).options)
-                       for name in DEPLOYED_PIPELINES if name in accuracy},
+            pipelines={name: PipelineEntry(build_manifest.pipelines[name].models or PIPELINE_SPECS[name].models,
+                                           accuracy[name], build_manifest.pipelines[name].options)
+                       for name in deployed if name in accuracy},
             selftest=selftest, files={f: sha256_of(staging / f) for f in files}, data=None,
         ).write(staging)
     return _write_tarball(build_dir, build_dir / "bundle", f"cbnet-tl-{build_manifest.dataset}-{target.name}")

@@ -14,7 +14,8 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ConfigError, QuantizationCheckError
 from cbnet_tl.runtime.files import read_json
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
+from cbnet_tl.runtime.manifest import read_manifest
+from cbnet_tl.runtime.pipelines import Pipeline, deployed_pipelines, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
 
@@ -22,7 +23,7 @@ from cbnet_tl.toolchain.scoring import evaluate
 class CheckConfig:
     max_accuracy_drop: float = 1.0  # percentage points
     batch_size: int = 250
-    pipelines: tuple = DEPLOYED_PIPELINES
+    pipelines: Optional[tuple] = None  # None: the ones the build deploys (its manifest says)
 
     def __post_init__(self):
         if self.max_accuracy_drop < 0:
@@ -32,10 +33,12 @@ class CheckConfig:
 def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: CheckConfig,
                progress: Optional[Callable] = None) -> dict:
     """Evaluate both precisions of each pipeline; return the checks record (never raises on drops)."""
-    names = models_for(config.pipelines)
+    manifest = read_manifest(build_dir)
+    pipelines = config.pipelines if config.pipelines is not None else deployed_pipelines(manifest)
+    names = models_for(pipelines, manifest)
     bundles = {p: load_bundle(build_dir, precision=p, models=names) for p in ("float32", "int8")}
     record = {"num_images": int(len(labels)), "max_accuracy_drop": config.max_accuracy_drop, "pipelines": {}}
-    for pipeline_name in config.pipelines:
+    for pipeline_name in pipelines:
         results = {}
         for precision, bundle in bundles.items():
             wrapped = (lambda it, d=f"check {pipeline_name} {precision}": progress(it, desc=d)) if progress else None

@@ -33,9 +33,9 @@ def simulate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
     the table's); ``switch_us``: one switch; ``threads``: the interpreter's, and the busy cores of the model."""
     model = model_for(target, frequencies_khz, None if switch_us is None else switch_us / 1e6, threads)  # fails fast
     target = model.table
-    _, test = load_test_split(bundle_dir, data_dir, dataset)
+    manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     images = test.images[:limit]
-    bundle = load_bundle(bundle_dir, models=models_for(pipelines), num_threads=threads)
+    bundle = load_bundle(bundle_dir, models=models_for(pipelines, manifest), num_threads=threads)
     result = {"target": target.target, "num_images": int(len(images)), "energy_source": "modelled", "pipelines": {},
               "threads": threads,
               "notes": [f"Stage times shown: host times, unscaled: measured on this machine, they count as times at "

@@ -9,7 +9,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError, DataError
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, Pipeline, models_for
+from cbnet_tl.runtime.pipelines import Pipeline, deployed_pipelines, models_for
 from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset, seeded_subset
 from cbnet_tl.toolchain.scoring import evaluate
 
@@ -72,8 +72,8 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
     """Score each pipeline; with ``dvfs`` (options of ``dvfs_session``), one image at a time under that policy."""
     manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     images, labels = test.images[:limit], test.labels[:limit]
-    names = list(pipelines or DEPLOYED_PIPELINES)
-    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=models_for(names))
+    names = list(pipelines or deployed_pipelines(manifest))
+    bundle = load_bundle(bundle_dir, precision=precision, num_threads=num_threads, models=models_for(names, manifest))
     result = {"bundle": str(bundle_dir), "dataset": test.name, "num_images": int(len(labels)),
               "precision": precision, "batch_size": batch_size, "num_threads": num_threads, "pipelines": {}}
     for name in names:

@@ -3,7 +3,8 @@
 Every model that reads an image takes raw pixels of the build's input spec (``input_type="uint8"``; the
 1/255 scaling is folded into its first layer), so the runtime feeds image bytes as they are: ``cbnet``
 (the converting AE and its classifier fused into one graph), ``autoencoder`` (the AE alone, for reports
-and ``--convert-image``), ``lenet``, ``branch``, ``trunk_branch`` and ``noop``. ``main_tail`` reads the
+and ``--convert-image``), ``lenet``, ``branch``, ``trunk_branch``, ``noop`` and, in builds made ``--with multiexit``,
+``exit1`` and ``multiexit_full`` (``exit2`` and ``exit3`` read the features of the segment before). ``main_tail`` reads the
 trunk's int8 features, and the build-only ``classifier`` reads a converted image in [0, 1].
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import CONVERTER, INVOKE_PROBE
 from cbnet_tl.toolchain.convert import ModelSpec
+from cbnet_tl.toolchain.train_multiexit import RECORD_NAME as MULTIEXIT_RECORD
 
 
 def _calibration_pixels(train_images: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -79,6 +81,11 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
         ae_view = fast.build_fused_autoencoder(fast_ae, batch_size=1)
         classifier = fast.build_classifier(fast._config_of(fast_ae, fast_classifier), batch_size=1)
         classifier.set_weights(fast_classifier.get_weights())
+    multiexit = []
+    if (Path(build_dir) / MULTIEXIT_RECORD).is_file():  # built --with multiexit: its segments and its whole path
+        from cbnet_tl.toolchain.train_multiexit import export_multiexit
+
+        multiexit = export_multiexit(build_dir, pixels)
     return [
         ModelSpec("cbnet", fused, ("logits",), pixels, input_type="uint8"),
         ModelSpec(CONVERTER, ae_view, ("converted",), pixels, input_type="uint8"),
@@ -88,4 +95,5 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
         ModelSpec("main_tail", views["main_tail"], ("logits",), features),
         ModelSpec("lenet", views["lenet"], ("logits",), pixels, input_type="uint8"),
         ModelSpec(INVOKE_PROBE, build_noop(image_shape), ("output",), pixels, input_type="uint8"),
+        *multiexit,
     ]

@@ -4,7 +4,9 @@ Images whose cbnet top-class probability is below the threshold also run LeNet, 
 threshold chosen gives the best int8 accuracy (through the runtime) on held-out training images, which no model
 was trained on or selected by, among the thresholds that send at most ``max_share`` of those images to LeNet;
 among equal accuracies, the one with the least LeNet work. The cap keeps the pipeline what it is for: about
-cbnet's cost plus ``max_share`` of LeNet's (at the default 4%, a few times cheaper than LeNet).
+cbnet's cost plus ``max_share`` of LeNet's (at the default 4%, a few times cheaper than LeNet). The second network
+is LeNet, or the build's ``--fallback`` choice (``multiexit``: the multi-exit network's whole path,
+``multiexit_full``); the pipeline's models in the manifest name it, and its options keep LeNet's name in their keys.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def fallback_options(build_dir: Path, images: np.ndarray, labels: np.ndarray,
     second model; return its options (the threshold chosen from both). ``manifest``: the build's, before it is
     written (the model files are read from ``build_dir``)."""
     spec = PIPELINE_SPECS[FALLBACK_PIPELINE]
+    if manifest is not None and FALLBACK_PIPELINE in manifest.pipelines:  # the build's --fallback network
+        spec = spec.with_models(manifest.pipelines[FALLBACK_PIPELINE].models)
     bundle = load_bundle(build_dir, precision="int8", models=list(spec.models), manifest=manifest)
     first = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 0.0}).classify(images)  # nothing is unsure
     second = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 2.0}).classify(images)  # everything is

@@ -20,7 +20,8 @@ from cbnet_tl.runtime.dvfs.batch_plan import efficient_frequencies
 from cbnet_tl.runtime.dvfs.energy import EnergyModel
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, read_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError
-from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, TIME_STAGES, Pipeline
+from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
+from cbnet_tl.toolchain.exit_choice import EXIT_TABLE
 from cbnet_tl.toolchain.batch_sim import ORACLE, Job, simulate_jobs
 from cbnet_tl.toolchain.stage_costs import StageCosts
 from cbnet_tl.toolchain.time_scale import TimeScale, time_scale
@@ -57,6 +58,15 @@ def depths_of(pipeline: Pipeline, images: np.ndarray) -> np.ndarray:
     for first in range(0, len(images), 256):
         depths.extend(length[path] for path in pipeline.classify(images[first:first + 256]).paths)
     return np.array(depths, dtype=np.int64)
+
+
+def exit_confidences(pipeline: Pipeline, images: np.ndarray) -> Optional[np.ndarray]:
+    """A multi-exit pipeline's confidence at each exit for each image, (exits, N); None for other pipelines."""
+    if EXIT_TABLE not in pipeline.options:
+        return None
+    from cbnet_tl.runtime.exits import exit_scores
+
+    return exit_scores(pipeline, images)[1]
 
 
 def stage_counts(depths: np.ndarray, num_models: int) -> tuple:
@@ -159,7 +169,7 @@ def no_saving_reasons(model: EnergyModel, jobs: list, costs: StageCosts, stages:
 def simulate_pipeline(bundle, bundle_dir: Path, name: str, images: np.ndarray, model: EnergyModel,
                       config: WorkloadConfig) -> dict:
     pipeline = Pipeline(bundle, name)
-    models = PIPELINE_SPECS[name].models
+    models = pipeline.spec.models
     stages = (HOST_STAGE,) + tuple(models)
     depths = depths_of(pipeline, images)
     if config.trace is not None:
@@ -172,13 +182,16 @@ def simulate_pipeline(bundle, bundle_dir: Path, name: str, images: np.ndarray, m
         costs, scale = host_costs(pipeline, images, depths, config, model, bundle_dir)
     arrivals = config.workload.arrivals_s
     ranges = form_batches(arrivals, config.batch_size, _top_seconds(costs, depths, model, models))
-    jobs = [Job(arrivals[a:b], stage_counts(depths[a:b], len(models))) for a, b in ranges]
+    exits = exit_confidences(pipeline, images)
+    jobs = [Job(arrivals[a:b], stage_counts(depths[a:b], len(models)),
+                None if exits is None or b - a != 1 else (None, *exits[:, a].tolist())) for a, b in ranges]
     slowest = max(sum(costs.seconds(s, c, model.top_khz) for s, c in zip(stages, job.counts)) for job in jobs)
     if config.deadline_s is not None:
         deadline, rule = config.deadline_s, "given"
     else:
         deadline, rule = default_deadline(config.workload, slowest, model)
-    run = simulate_jobs(jobs, stages, costs, model, deadline, config.policies, name, profile=costs.at_top(model.top_khz))
+    run = simulate_jobs(jobs, stages, costs, model, deadline, config.policies, name, profile=costs.at_top(model.top_khz),
+                        exits=pipeline.options.get(EXIT_TABLE))
     policies = run["policies"]
     result = {"pipeline": name, "workload": config.workload.description, "batch_size": config.batch_size,
               "deadline_ms": deadline * 1e3, "deadline_rule": rule, "times": scale.describe(), **run}
@@ -201,10 +214,10 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
     from cbnet_tl.toolchain.dvfs_report import frequency_curve
     from cbnet_tl.toolchain.evaluation import load_test_split
 
-    _, test = load_test_split(bundle_dir, data_dir, dataset)
+    manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     pool = test.images[:limit]
     images = pool[np.arange(len(config.workload.arrivals_s)) % len(pool)]
-    bundle = load_bundle(bundle_dir, models=models_for(pipelines), num_threads=threads)
+    bundle = load_bundle(bundle_dir, models=models_for(pipelines, manifest), num_threads=threads)
     result = {"target": model.table.target, "energy_source": "modelled", "workload": config.workload.description,
               "batch_size": config.batch_size, "threads": threads, "num_images": int(len(images)),
               "power_model": model.describe(), "pipelines": {}}

@@ -20,6 +20,8 @@ events instead. Each defaults to its per-inference event above, so a policy that
     on_batch_stage(stage, num_images, elapsed_s) -> kHz   before a stage that num_images of the batch run
     on_batch_stage_done(stage, num_images, seconds, khz)  that stage took seconds at khz
     on_batch_end(latency_s, queue) -> kHz                 the batch's answers are out (latency of its oldest image)
+    on_batch_confidence(stage, confidence)                a batch of one image did not leave at ``stage``'s exit,
+                                                          whose confidence (top softmax probability) it had there
 """
 
 from __future__ import annotations
@@ -94,3 +96,6 @@ class Policy:
 
     def on_batch_end(self, latency_s: float, queue: tuple) -> int:
         return self.on_end(BATCH_PATH, latency_s)
+
+    def on_batch_confidence(self, stage: str, confidence: float) -> None:
+        """What a multi-exit pipeline's exit said of the one image going on (default: not used)."""

@@ -103,6 +103,20 @@ class _PipelineState:
         self.order: list = []  # stages in the order a batch runs them
         self.costs: dict = {}
         self.went_on: dict = {}  # stage -> [images that ran it, images that ran the stage before], decayed
+        self.after: dict = {}  # exit stage -> {"edges", "go_on"}: the exit table's shares by the confidence seen
+
+    def predicted(self, seen, stages: list) -> Optional[list]:
+        """``go_on`` for ``stages`` (the next one first) from the exit table, given ``seen`` = (exit, confidence) of
+        the one image going on; None when the table has nothing for it."""
+        if seen is None or seen[0] not in self.after:
+            return None
+        exit_stage, confidence = seen
+        table = self.after[exit_stage]
+        shares = table["go_on"][int(np.searchsorted(table["edges"], confidence, side="right"))]
+        if exit_stage not in self.order or self.order.index(exit_stage) + 1 >= len(self.order) or \
+                stages[0] != self.order[self.order.index(exit_stage) + 1] or len(shares) != len(stages):
+            return None
+        return [1.0] + [float(s) for s in shares[1:]]
 
     def share(self, stage: str) -> float:
         """The share of the previous stage's images that run ``stage``, with one image that did as a prior: 1
@@ -127,6 +141,7 @@ class BatchPlanner:
         self._queue: tuple = ()
         self._previous_count = 0
         self._wanted, self._streak = self._current, 0
+        self._seen = None  # (exit stage, confidence) the one image of the batch going on had there
 
     # what is known of the costs ----------------------------------------------------------------
     def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
@@ -136,6 +151,18 @@ class BatchPlanner:
             pipe.costs[stage] = _Costs(self.smoothing)
             pipe.order.append(stage)
         pipe.costs[stage].add(int(num_images), seconds * khz)
+
+    def learn_exits(self, pipeline: str, table: dict, weight: float = 1.0 / FORGET) -> None:
+        """A multi-exit pipeline's exit table: its shares as if ``weight`` images had shown them, and its shares
+        by confidence for single images (``confidence``)."""
+        pipe = self._pipelines.setdefault(pipeline, _PipelineState())
+        for stage, share in zip(table["stages"][1:], table["go_on"][1:]):
+            pipe.went_on[stage] = (float(share) * weight, weight)
+        pipe.after = {stage: {"edges": np.asarray(after["edges"], dtype=np.float64), "go_on": after["go_on"]}
+                      for stage, after in table.get("after", {}).items()}
+
+    def confidence(self, stage: str, confidence: float) -> None:
+        self._seen = (stage, float(confidence))
 
     def _work(self, count: float, first: int = 0, cautious: bool = False) -> Optional[float]:
         """Predicted kcycles of a batch's stages from index ``first`` on; ``count`` images ran the stage before it
@@ -160,6 +187,7 @@ class BatchPlanner:
         self._budget = self.context.deadline_s  # the stages' elapsed_s count from the oldest image's arrival too
         self._lateness = lateness_s  # the queue's deadlines count from now, the batch's start
         self._queue, self._previous_count = tuple(queue), num_images
+        self._seen = None
         return self._current
 
     def before_stage(self, stage: str, num_images: int, elapsed_s: float) -> int:
@@ -205,7 +233,7 @@ class BatchPlanner:
         cycles = [pipe.costs[s].predict(1) for s in stages]
         if any(c is None for c in cycles):
             return None
-        go_on = [1.0] + [pipe.share(s) for s in stages[1:]]
+        go_on = pipe.predicted(self._seen, stages) or [1.0] + [pipe.share(s) for s in stages[1:]]
         model = self.model
         per_kcycle = {f: self._per_kcycle(f) for f in set(self.levels) | {self._current}}
 

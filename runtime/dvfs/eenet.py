@@ -17,7 +17,9 @@ It follows the protocol of ``base.Policy``.
   E(f) = (P(f) − P_idle)·t(f) + constant. The power model says which frequency wins; nothing is assumed.
 - Batches (``on_batch`` and the other batch events): ``batch_plan.BatchPlanner`` sets the frequency for the rest
   of the batch, and the batches queued behind it, from the images known to go on and every deadline.
-  ``learn`` gives it a stage's cost from a profile (a recorded trace) before the first batch.
+  ``learn`` gives it a stage's cost from a profile (a recorded trace) before the first batch; ``learn_exits`` a
+  multi-exit pipeline's exit table, so one image's exit is predicted from the confidences seen so far
+  (``on_batch_confidence``) rather than from the average share alone.
 """
 
 from __future__ import annotations
@@ -87,6 +89,14 @@ class EENetPolicy(Policy):
     def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
         """A stage's cost for a batch of ``num_images`` from a profile, before the first batch (batches only)."""
         self._batches.learn(pipeline, stage, num_images, seconds, khz)
+
+    def learn_exits(self, pipeline: str, table: dict) -> None:
+        """A multi-exit pipeline's exit table (its manifest's ``exit_table``, learned on held-out images): the share
+        of images going on to each stage as the prior, and those shares by the confidence seen at an exit."""
+        self._batches.learn_exits(pipeline, table)
+
+    def on_batch_confidence(self, stage, confidence):
+        self._batches.confidence(stage, confidence)
 
     # batches ------------------------------------------------------------------------------------
     def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):

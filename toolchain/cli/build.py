@@ -9,7 +9,9 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.toolchain.cli.common import DataDir, DatasetChoice, RecipeChoice, SizeChoice, TargetChoice, echo_json
+from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE
+from cbnet_tl.toolchain.cli.common import (DataDir, DatasetChoice, FallbackChoice, OptionalPipelineChoice, RecipeChoice,
+                                           SizeChoice, TargetChoice, echo_json)
 
 app = typer.Typer()
 ColourChoice = Enum("ColourChoice", [(c, c) for c in ("auto", "rgb", "grayscale")], type=str)
@@ -41,6 +43,9 @@ def build(
     max_train_images: Annotated[Optional[int], typer.Option(min=10, help="Train on a seeded subset of this many images (quick smoke builds).")] = None,
     calibration_samples: Annotated[int, typer.Option(min=1, max=4000, help="Training images that calibrate the int8 ranges. Default 500: on our builds LeNet's int8 accuracy is flat from about 100 up (the report's calibration table shows it for each build), and 500 leaves margin for the dense models at about 1 s more per conversion.")] = 500,
     max_fallback_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="cbnet-fallback's cost cap: the share of images it may also send to LeNet. Its threshold is the one with the best accuracy on held-out training images among those sending at most this share; 0.04 keeps the pipeline several times cheaper than LeNet.")] = 0.04,
+    with_pipelines: Annotated[Optional[List[OptionalPipelineChoice]], typer.Option("--with", help="Also build an optional pipeline (repeatable). multiexit: a three-exit CNN (about 12 M MACs on its whole path at 28x28, trained jointly for a fixed 10 epochs: minutes per epoch on 2 cores), its exit thresholds chosen on held-out images; the bundle then deploys, evaluates, benches, simulates and serves it too.")] = None,
+    fallback: Annotated[FallbackChoice, typer.Option(help="cbnet-fallback's second network: lenet, or multiexit (the multi-exit network's whole path; needs --with multiexit).")] = FallbackChoice(BASELINE_PIPELINE),
+    multiexit_margin: Annotated[float, typer.Option(min=0.0, max=100.0, help="multiexit's thresholds give the least average MACs whose held-out accuracy is at most this many points below its last exit's (half of the 0.5 pt promised on test data).")] = 0.25,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -67,6 +72,8 @@ def build(
         train=TrainConfig(seed=seed, recipe=Recipe(recipe.value), fast_size=size.value, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
                           time_budget_s=time_budget_minutes * 60 or None),
         check=CheckConfig(max_accuracy_drop=max_accuracy_drop), inputs=inputs,
+        with_pipelines=tuple(p.value for p in with_pipelines or ()), fallback=fallback.value,
+        multiexit_margin_pt=multiexit_margin,
     )
     record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
     if json_output:

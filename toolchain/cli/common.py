@@ -11,7 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from cbnet_tl.runtime.manifest import PRECISIONS
-from cbnet_tl.runtime.pipelines import PIPELINE_SPECS
+from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, OPTIONAL_PIPELINES, PIPELINE_SPECS
 from cbnet_tl.toolchain.datasets import DatasetName
 from cbnet_tl.toolchain.targets import TARGETS
 from cbnet_tl.toolchain.train import Recipe
@@ -22,6 +22,8 @@ def _choices(name: str, values) -> type:
 
 
 PipelineChoice = _choices("PipelineChoice", PIPELINE_SPECS)
+OptionalPipelineChoice = _choices("OptionalPipelineChoice", OPTIONAL_PIPELINES)  # build --with
+FallbackChoice = _choices("FallbackChoice", FALLBACK_NETWORKS)  # build --fallback
 TargetChoice = _choices("TargetChoice", TARGETS)
 PrecisionChoice = _choices("PrecisionChoice", PRECISIONS)
 DatasetChoice = DatasetName

@@ -24,12 +24,22 @@ from cbnet_tl.toolchain.cli.common import (
 app = typer.Typer()
 
 
+def default_pipelines(bundle: Path) -> list:
+    """What simulate replays without --pipeline: the optional pipelines the bundle deploys (their work is the
+    longest), then the early exit and CBNet."""
+    from cbnet_tl.runtime.bundle import open_manifest
+    from cbnet_tl.runtime.pipelines import OPTIONAL_PIPELINES, deployed_pipelines
+
+    deployed = deployed_pipelines(open_manifest(bundle)[1])
+    return [p for p in OPTIONAL_PIPELINES if p in deployed] + [EARLY_EXIT_PIPELINE, DEFAULT_PIPELINE]
+
+
 @app.command()
 def simulate(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     dataset: Annotated[Optional[DatasetChoice], typer.Option(help="Dataset (default: the bundle's).")] = None,
     data_dir: DataDir = None,
-    pipeline: Annotated[List[PipelineChoice], typer.Option(help="Pipeline(s) to replay.")] = [PipelineChoice(EARLY_EXIT_PIPELINE), PipelineChoice(DEFAULT_PIPELINE)],
+    pipeline: Annotated[Optional[List[PipelineChoice]], typer.Option(help="Pipeline(s) to replay; the first is the headline. Default: the optional pipelines the bundle deploys (multiexit, where built --with it), then branchynet and cbnet.")] = None,
     target: PowerTarget = DEFAULT_TARGET,
     workload: Annotated[Optional[str], typer.Option(help="Arrivals served in batches: camera:FPS (deadline = the period), burst:K:MS (K images at once, due within MS ms) or arrivals:FILE (arrival times in seconds, one per line). Without it: each test image alone, back to back and periodic.")] = None,
     deadline_ms: Annotated[Optional[float], typer.Option(help="Deadline per image, counted from its arrival (a batch's from its oldest image). Default: the workload's; without --workload 2x the median top-frequency latency of the pipeline's slowest path; never less than two frequency switches unless given here.")] = None,
@@ -59,6 +69,7 @@ def simulate(
     from cbnet_tl.toolchain.workload_report import format_workload
 
     frequencies_khz = None if frequencies_mhz is None else parse_frequencies_khz(frequencies_mhz)
+    names = [p.value for p in pipeline] if pipeline else default_pipelines(bundle)
     table = load_power_table(power_table) if power_table else named_table(power_model(target))
     if period_ms is not None:
         if workload is not None:
@@ -72,14 +83,14 @@ def simulate(
         if given or batch_size != 1:
             raise typer.BadParameter(f"{', '.join(given) or '--batch-size'} go(es) with --workload (batches of a "
                                      "workload). Add e.g. --workload burst:256:500")
-        result = simulate_bundle(bundle, dataset.value if dataset else None, data_dir, [p.value for p in pipeline],
+        result = simulate_bundle(bundle, dataset.value if dataset else None, data_dir, names,
                                  target=table, deadline_ms=deadline_ms, period_ms=None, policies=list(policy),
                                  limit=limit, repeats=repeats, switch_us=switch_us, frequencies_khz=frequencies_khz,
                                  threads=threads)
     else:
         from cbnet_tl.toolchain.workload_report import run_workload
 
-        result = run_workload(bundle, dataset.value if dataset else None, data_dir, [p.value for p in pipeline],
+        result = run_workload(bundle, dataset.value if dataset else None, data_dir, names,
                               table, workload, deadline_ms=deadline_ms, batch_size=batch_size, threads=threads,
                               policies=list(policy), limit=limit, repeats=repeats, switch_us=switch_us,
                               frequencies_khz=frequencies_khz, trace=trace, save_trace=save_trace,

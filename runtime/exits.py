@@ -1,0 +1,97 @@
+"""Early exit over any number of stages: the runner of ``multiexit`` (and of any spec whose models form a chain
+of segments, each returning its exit's logits and, but the last, the features the next one reads).
+
+An image leaves at the first exit whose top softmax probability (``Pipeline.confidence``, the numbers
+``gate.decide`` gives) is at least that exit's threshold; the last exit takes every image left. The thresholds
+are the pipeline's option ``exit_thresholds`` (one per exit but the last), chosen by the build on held-out
+images. Only the images still in the network run the next segment, so the CPU stops at the exit taken.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from cbnet_tl.runtime.errors import BundleError
+
+if TYPE_CHECKING:
+    from cbnet_tl.runtime.pipelines import Pipeline
+
+EXIT_THRESHOLDS = "exit_thresholds"  # multiexit's option: the least confidence that exits, per exit but the last
+NEVER = 2.0  # a threshold no confidence reaches: the exit is never taken
+
+
+def _stages(pipeline: Pipeline, runs: dict) -> list:
+    """(run on its input, read logits, read features or None, confidence) per segment, in order."""
+    spec = pipeline.spec
+    links = {link.source: link for link in spec.links}
+    stages = []
+    for k, name in enumerate(spec.models):
+        run = pipeline.from_pixels(name, runs[name]) if k == 0 else pipeline.from_output(links[spec.models[k - 1]], runs[name])
+        link = links.get(name)
+        features = pipeline.reads[name][link.output] if link is not None else None
+        stages.append((run, pipeline.reads[name][0], features, pipeline.confidence(name)))
+    return stages
+
+
+def thresholds_of(pipeline: Pipeline) -> tuple:
+    """The pipeline's exit thresholds, checked: one number per exit but the last."""
+    values = pipeline.options.get(EXIT_THRESHOLDS)
+    wanted = len(pipeline.spec.models) - 1
+    if values is None:
+        raise BundleError(f"Pipeline {pipeline.name} needs options.{EXIT_THRESHOLDS} in the manifest; rebuild the bundle")
+    if len(values) != wanted:
+        raise BundleError(f"Pipeline {pipeline.name}: expected {wanted} exit thresholds. Received: {list(values)}")
+    return tuple(float(v) for v in values)
+
+
+def multi_exit(pipeline: Pipeline, runs: dict) -> Callable:
+    """Each segment's confidence decides who runs the next; labels from the exit each image took."""
+    spec = pipeline.spec
+    stages, thresholds = _stages(pipeline, runs), thresholds_of(pipeline) + (-1.0,)  # the last exit takes all
+    labels_of = tuple(spec.paths[spec.models[: k + 1]] for k in range(len(spec.models)))
+
+    def classify(images):
+        count = len(images)
+        labels = np.zeros(count, dtype=np.int64)
+        confidences = np.zeros(count, dtype=np.float64)
+        depth = np.zeros(count, dtype=np.int64)
+        left = None  # indices of the images still in the network; None: all of them
+        stages[0][0](images)
+        for k, (_, read_logits, read_features, confidence) in enumerate(stages):
+            raw = read_logits()
+            top = confidence(raw)
+            leaves = top >= thresholds[k]
+            where = np.flatnonzero(leaves) if left is None else left[leaves]
+            labels[where], confidences[where], depth[where] = raw.argmax(axis=-1)[leaves], top[leaves], k
+            if leaves.all():
+                break
+            stays = ~leaves
+            features = read_features()
+            stages[k + 1][0](features if not leaves.any() else features[stays])
+            left = np.flatnonzero(stays) if left is None else left[stays]
+        first = depth[0]
+        if (depth == first).all():
+            return labels, confidences, labels_of[first]
+        return labels, confidences, (depth, labels_of)
+
+    return classify
+
+
+def exit_scores(pipeline: Pipeline, images: np.ndarray, chunk: int = 256) -> tuple:
+    """(labels, confidences), each (exits, N): what every exit of a multi-exit pipeline says of every image (each
+    segment runs on all of them). The build chooses thresholds and EENet's exit table from these."""
+    stages = _stages(pipeline, pipeline._runs)
+    num_exits = len(stages)
+    labels = np.zeros((num_exits, len(images)), dtype=np.int64)
+    confidences = np.zeros((num_exits, len(images)), dtype=np.float64)
+    for first in range(0, len(images), chunk):
+        batch = slice(first, first + chunk)
+        stages[0][0](images[batch])
+        for k, (_, read_logits, read_features, confidence) in enumerate(stages):
+            raw = read_logits()
+            labels[k, batch], confidences[k, batch] = raw.argmax(axis=-1), confidence(raw)
+            if read_features is not None:
+                stages[k + 1][0](read_features())
+    return labels, confidences

@@ -1,0 +1,279 @@
+"""The three-exit network (`cbnet-tl build --with multiexit`): recipe, runner, thresholds, exit table, build.
+
+One tiny real build per module (500 MNIST images, one epoch of each model, a narrow multiexit) backs the
+end-to-end tests; the choosers are tested on arrays whose right answer is known.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
+from cbnet_tl.runtime.pipelines import (
+    FALLBACK_PIPELINE,
+    MULTIEXIT_FULL,
+    MULTIEXIT_PIPELINE,
+    MULTIEXIT_STAGES,
+    PIPELINE_SPECS,
+    Pipeline,
+    deployed_pipelines,
+    models_for,
+)
+from cbnet_tl.toolchain.exit_choice import choose_thresholds, exit_depths, exit_table
+
+DATA = Path(__file__).parent / "data"
+
+
+# the thresholds chooser, on arrays -----------------------------------------------------------------------
+
+def _three_exits(n: int = 400, seed: int = 0):
+    """Exit 1 right on its confident half, exit 2 on its confident three quarters, exit 3 always right."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 10, n)
+    confidences = rng.uniform(0.3, 1.0, (3, n))
+    labels = np.tile(truth, (3, 1))
+    labels[0, confidences[0] < 0.65] = (truth[confidences[0] < 0.65] + 1) % 10  # unsure exit 1 is wrong
+    labels[1, confidences[1] < 0.5] = (truth[confidences[1] < 0.5] + 1) % 10
+    return labels, confidences, truth
+
+
+def test_thresholds_give_the_least_cost_within_the_margin():
+    labels, confidences, truth = _three_exits()
+    macs = np.cumsum([1, 3, 8])
+    options = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=0.0)
+    depth = exit_depths(confidences, options[EXIT_THRESHOLDS])
+    assert options["validation_accuracy"] == 1.0 == options["validation_last_exit_accuracy"]  # no wrong early answer
+    assert options["validation_macs_per_image"] == pytest.approx(macs[depth].mean())
+    # the cheapest error-free thresholds are the boundaries the data was made with; the grid of quantiles comes
+    # within a few images of them (a chooser of the most accurate pair, or of the last exit, would not)
+    ideal = macs[exit_depths(confidences, (0.65, 0.5))].mean()
+    assert options["validation_macs_per_image"] <= ideal * 1.03
+    assert options["validation_exit_shares"][0] > 0.4
+
+
+def test_a_wider_margin_buys_a_cheaper_path():
+    labels, confidences, truth = _three_exits()
+    tight = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=0.0)
+    loose = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=5.0)
+    assert loose["validation_macs_per_image"] < tight["validation_macs_per_image"]
+    assert loose["validation_accuracy"] >= loose["validation_last_exit_accuracy"] - 0.05
+
+
+def test_never_exiting_is_chosen_when_every_early_exit_is_wrong():
+    labels, confidences, truth = _three_exits()
+    labels[:2] = (truth + 1) % 10
+    options = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=0.0)
+    assert options[EXIT_THRESHOLDS] == [NEVER, NEVER]
+    assert options["validation_exit_shares"] == [0.0, 0.0, 1.0]
+
+
+def test_margin_is_checked():
+    labels, confidences, truth = _three_exits()
+    with pytest.raises(Exception, match="margin between 0 and 100"):
+        choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=-1)
+
+
+def test_exit_table_shares_follow_the_confidence_seen():
+    """After exit 1, images it was less sure of go past exit 2 more often: the table says so by bin."""
+    rng = np.random.default_rng(1)
+    c1 = rng.uniform(0.0, 0.5, 2000)  # nobody leaves at exit 1 (threshold 0.9)
+    c2 = np.where(rng.uniform(size=2000) < c1 * 2, 1.0, 0.0)  # the surer at exit 1, the likelier to leave at 2
+    table = exit_table(np.vstack([c1, c2, np.ones(2000)]), (0.9, 0.5), MULTIEXIT_STAGES)
+    assert table["go_on"][0] == 1.0 and table["go_on"][1] == 1.0
+    assert table["go_on"][2] == pytest.approx(np.mean(c2 < 0.5))
+    after = table["after"]["exit1"]
+    shares = [bins[1] for bins in after["go_on"]]
+    assert len(shares) == len(after["edges"]) + 1 == 4
+    assert all(a > b for a, b in zip(shares, shares[1:]))  # less sure after exit 1: more go on past exit 2
+    assert all(bins[0] == 1.0 for bins in after["go_on"])  # exit 2 itself runs for sure
+
+
+# the spec table ----------------------------------------------------------------------------------------
+
+def test_multiexit_is_optional_and_cbnet_fallback_takes_the_builds_network():
+    spec = PIPELINE_SPECS[MULTIEXIT_PIPELINE]
+    assert spec.optional and spec.models == MULTIEXIT_STAGES
+    assert spec.full_path == "exit3" and spec.tail == ("exit2", "exit3")
+    fallback = PIPELINE_SPECS[FALLBACK_PIPELINE].with_models(("cbnet", MULTIEXIT_FULL))
+    assert fallback.full_path == f"cbnet+{MULTIEXIT_FULL}"
+    with pytest.raises(Exception, match="cannot run models"):
+        PIPELINE_SPECS[FALLBACK_PIPELINE].with_models(("cbnet", "exit1"))
+
+
+def test_a_default_build_does_not_deploy_multiexit(tiny_build):
+    from cbnet_tl.runtime.manifest import read_manifest
+
+    manifest = read_manifest(tiny_build)
+    assert MULTIEXIT_PIPELINE not in deployed_pipelines(manifest)
+    assert not set(MULTIEXIT_STAGES) & set(models_for(deployed_pipelines(manifest), manifest))
+
+
+# one tiny build --with multiexit --fallback multiexit ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def multiexit_build(tmp_path_factory, mnist_dir):
+    pytest.importorskip("tensorflow")
+    from cbnet_tl.recipes.multiexit import MultiExitConfig
+    from cbnet_tl.toolchain.build import BuildConfig, build
+    from cbnet_tl.toolchain.checks import CheckConfig
+    from cbnet_tl.toolchain.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("builds") / "multiexit"
+    build(BuildConfig(
+        dataset="mnist", out=out, data_dir=mnist_dir, max_train_images=600, with_pipelines=(MULTIEXIT_PIPELINE,),
+        fallback=MULTIEXIT_PIPELINE, multiexit_margin_pt=2.0,
+        multiexit=MultiExitConfig(stage_channels=((4, 8), (8, 8), (8, 8)), head_units=16, epochs=2),
+        train=TrainConfig(blenet_epochs=1, autoencoder_epochs=1, progress=False, min_autoencoder_pairs=0,
+                          augment_shift_pixels=0),
+        check=CheckConfig(max_accuracy_drop=20.0), write_report=False), log=lambda message: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_images(mnist_dir):
+    from cbnet_tl.toolchain.datasets import Split, load_dataset
+
+    test = load_dataset("mnist", Split.TEST, mnist_dir)
+    return test.images[:300], test.labels[:300]
+
+
+def test_build_deploys_multiexit_and_its_fallback_network(multiexit_build):
+    from cbnet_tl.runtime.manifest import read_manifest
+
+    for directory in (multiexit_build, multiexit_build / "bundle"):
+        manifest = read_manifest(directory)
+        assert MULTIEXIT_PIPELINE in deployed_pipelines(manifest)
+        assert manifest.pipelines[FALLBACK_PIPELINE].models == ("cbnet", MULTIEXIT_FULL)
+        options = manifest.pipelines[MULTIEXIT_PIPELINE].options
+        assert len(options[EXIT_THRESHOLDS]) == 2 and options["margin_pt"] == 2.0
+        assert options["exit_table"]["stages"] == list(MULTIEXIT_STAGES)
+        assert options["validation_accuracy"] >= options["validation_last_exit_accuracy"] - 0.02
+        assert manifest.input["height"] == 28 and manifest.models["exit1"].input_range == 255.0
+    bundle = read_manifest(multiexit_build / "bundle")
+    assert {*MULTIEXIT_STAGES, MULTIEXIT_FULL} <= set(bundle.models)
+    assert MULTIEXIT_PIPELINE in bundle.selftest["expected"]
+    checks = json.loads((multiexit_build / "checks.json").read_text())
+    assert MULTIEXIT_PIPELINE in checks["pipelines"]
+    record = json.loads((multiexit_build / "build.json").read_text())
+    assert len(record[MULTIEXIT_PIPELINE]["exit_accuracies_int8"]) == 3
+
+
+def test_the_recipe_takes_the_input_spec_and_costs_what_the_int8_graphs_count(multiexit_build):
+    """MACs from the recipe's arithmetic equal the converted graphs' count; the default network's whole path costs
+    at least 10 M MACs at the MNIST family's size, more in colour at 32x32."""
+    from cbnet_tl.recipes.multiexit import MultiExitConfig, segment_macs
+    from cbnet_tl.runtime.manifest import read_manifest
+
+    manifest = read_manifest(multiexit_build)
+    record = json.loads((multiexit_build / "multiexit.json").read_text())
+    config = MultiExitConfig.from_dict(record["config"])
+    shape = (manifest.input["height"], manifest.input["width"], manifest.input["channels"])
+    assert segment_macs(shape, config) == [manifest.models[m].macs for m in MULTIEXIT_STAGES]
+    # the whole path in one graph: every stage, the last exit's head only
+    assert 0.9 * sum(segment_macs(shape, config)) < manifest.models[MULTIEXIT_FULL].macs < sum(segment_macs(shape, config))
+    default = [sum(segment_macs(s, MultiExitConfig())) for s in ((28, 28, 1), (32, 32, 3), (20, 36, 1))]
+    assert default[0] >= 10e6 and default[1] > default[0] and default[2] != default[0]
+    first, second, _ = np.cumsum(segment_macs((28, 28, 1), MultiExitConfig())) / default[0]
+    assert first < 0.15 and second < 0.5  # stages of growing cost
+
+
+def test_every_segment_maps_fully_to_the_edge_tpu(multiexit_build):
+    from cbnet_tl.runtime.manifest import read_manifest
+    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
+
+    manifest = read_manifest(multiexit_build)
+    for name in (*MULTIEXIT_STAGES, MULTIEXIT_FULL):
+        report = inspect_model(multiexit_build / manifest.models[name].files["int8"].file)
+        assert report["fully_mapped"], (name, report)
+
+
+def test_the_cpu_stops_at_the_exit_taken(multiexit_build, test_images):
+    """Each image's answer is its exit's, and a stage runs only the images that did not leave before it."""
+    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.exits import exit_scores
+
+    images, _ = test_images
+    bundle = load_bundle(multiexit_build, models=list(MULTIEXIT_STAGES))
+    pipeline = Pipeline(bundle, MULTIEXIT_PIPELINE)
+    thresholds = pipeline.options[EXIT_THRESHOLDS]
+    labels, confidences = exit_scores(pipeline, images)
+    depth = exit_depths(confidences, thresholds)
+    counts = {}
+
+    class Count:
+        def begin_inference(self, pipeline): pass
+        def before_stage(self, stage, num_images): counts[stage] = counts.get(stage, 0) + num_images
+        def after_stage(self, stage, seconds): pass
+        def end_inference(self, path): pass
+
+    result = pipeline.classify(images, hook=Count())
+    assert result.labels.tolist() == labels[depth, np.arange(len(images))].tolist()
+    assert np.allclose(result.confidences, confidences[depth, np.arange(len(images))])
+    assert result.paths == tuple(MULTIEXIT_STAGES[d] for d in depth)
+    assert [counts.get(s, 0) for s in MULTIEXIT_STAGES] == [int(np.sum(depth >= k)) for k in range(3)]
+    # one image at a time, the same answers and paths
+    one = [pipeline.classify(images[i:i + 1]) for i in range(40)]
+    assert [r.labels[0] for r in one] == result.labels[:40].tolist()
+    assert [r.path for r in one] == list(result.paths[:40])
+    # with thresholds every image reaches, every image leaves at exit 1 and nothing else runs
+    counts.clear()
+    eager = Pipeline(bundle, MULTIEXIT_PIPELINE, options={EXIT_THRESHOLDS: [0.0, 0.0]})
+    assert eager.classify(images, hook=Count()).path == "exit1" and set(counts) == {"exit1"}
+
+
+def test_evaluate_and_simulate_take_multiexit_by_default(multiexit_build, mnist_dir):
+    from cbnet_tl.toolchain.cli.simulate import default_pipelines
+    from cbnet_tl.toolchain.evaluation import evaluate_bundle
+
+    result = evaluate_bundle(multiexit_build / "bundle", "mnist", mnist_dir, limit=50)
+    assert MULTIEXIT_PIPELINE in result["pipelines"] and FALLBACK_PIPELINE in result["pipelines"]
+    assert default_pipelines(multiexit_build / "bundle")[0] == MULTIEXIT_PIPELINE
+
+
+def test_fallback_multiexit_needs_the_network():
+    from cbnet_tl.runtime.errors import CbnetError
+    from cbnet_tl.toolchain.build import BuildConfig
+
+    with pytest.raises(CbnetError, match="add --with multiexit"):
+        BuildConfig(dataset="mnist", out="unused", fallback=MULTIEXIT_PIPELINE)
+    with pytest.raises(CbnetError, match="Expected --with one of"):
+        BuildConfig(dataset="mnist", out="unused", with_pipelines=("branchynet",))
+
+
+# EENet predicts the exit from the confidence seen --------------------------------------------------------------
+
+def _frequency_before_exit2(confidence, deadline_s: float = 0.010) -> int:
+    """eenet's choice for exit 2 of one image that stayed at exit 1 with ``confidence`` (None: not told), on the
+    wide-range test table, stages of 1, 2 and 4 ms at the top, and an exit table that says: unsure images (below
+    0.5) always go on to exit 3, sure ones never."""
+    from cbnet_tl.runtime.dvfs.base import DvfsContext
+    from cbnet_tl.runtime.dvfs.energy import model_for
+    from cbnet_tl.runtime.dvfs.policies import EENetPolicy
+    from cbnet_tl.runtime.dvfs.table_file import load_power_table
+
+    model = model_for(load_power_table(DATA / "wide_range_power_table.json"))
+    policy = EENetPolicy()
+    policy.bind(DvfsContext(model, deadline_s))
+    for stage, seconds in zip(MULTIEXIT_STAGES, (0.001, 0.002, 0.004)):
+        policy.learn("me", stage, 1, seconds, model.top_khz)
+    policy.learn_exits("me", {"stages": list(MULTIEXIT_STAGES), "go_on": [1.0, 0.5, 0.5],
+                              "after": {"exit1": {"edges": [0.5], "go_on": [[1.0, 1.0], [1.0, 0.0]]}}})
+    policy.on_batch("me", 1, 0.0, 0.0, ())
+    first = policy.on_batch_stage("exit1", 1, 0.0)
+    elapsed = 0.001 * model.top_khz / first
+    policy.on_batch_stage_done("exit1", 1, elapsed, first)
+    if confidence is not None:
+        policy.on_batch_confidence("exit1", confidence)
+    return policy.on_batch_stage("exit2", 1, elapsed)
+
+
+def test_eenet_runs_an_unsure_image_faster_than_a_sure_one():
+    """The table predicts the unsure image runs exit 3 too: more work left, a higher frequency for exit 2. A policy
+    that ignored the confidence (or the table) would choose the same for both."""
+    unsure, sure = _frequency_before_exit2(0.1), _frequency_before_exit2(0.9)
+    assert unsure > sure
+    assert _frequency_before_exit2(None) >= sure  # the average share plans for exit 3 half the time
