@@ -239,3 +239,28 @@ def test_host_bench_keeps_the_saved_counts_and_the_report_shows_both(tiny_build,
     assert side["host_precision"] == "int8" and all(r["host_vs_lenet"] for r in side["rows"])
     cbnet_host = next(r["host_vs_lenet"] for r in side["rows"] if r["pipeline"] == "cbnet" and r["batch"] == 32)
     assert "9.33" in html and f"{cbnet_host:.2f}" in html and "No benchmark yet" not in html
+
+
+def test_each_pipeline_counts_beyond_the_bare_calls_of_the_models_its_images_ran(tiny_bundle, mnist_dir, monkeypatch):
+    """count_pipelines on a real bundle, the counting replaced: each image's path (run here, the same int8 decisions)
+    picks which bare calls it is charged, so cbnet-fallback pays LeNet's only for the images that went on to it."""
+    from cbnet_tl.runtime.api import open_pipeline
+    from cbnet_tl.toolchain.datasets import Split, load_dataset
+    from cbnet_tl.toolchain.scoring import run_pipeline
+
+    images = load_dataset("mnist", Split.TEST, mnist_dir).images[:64]
+    bare = {"cbnet": 200_000, "lenet": 1_400_000, "trunk_branch": 800_000, "main_tail": 780_000, "noop": 18_000}
+    seen = {}
+
+    def fake_count(bundle, images, pipelines, config, progress=None, extra_models=()):
+        seen.update(pipelines=pipelines, cpu=config.cpu, extra=extra_models)
+        return {"arm64": {name: {"1": 2_000_000} for name in pipelines}, "arm64_setup": {}, "arm64_bare": bare}
+
+    monkeypatch.setattr(arm64_cost, "count_bundle", fake_count)
+    report = arm64_cost.count_pipelines(tiny_bundle, images, CountConfig(num_images=64))
+    assert seen["pipelines"]["cbnet-fallback"] == ("cbnet", "lenet") and seen["extra"] == ("noop",)
+    assert seen["cpu"] == TARGETS["rpi4"].qemu_cpu
+    assert report["arm64_beyond_bare"]["lenet"] == 600_000 and report["arm64_beyond_bare"]["cbnet"] == 1_800_000
+    went_on = sum(p == "cbnet+lenet" for p in run_pipeline(open_pipeline(tiny_bundle, "cbnet-fallback", tuning=None),
+                                                           images, batch_size=256)["paths"])
+    assert report["arm64_beyond_bare"]["cbnet-fallback"] == round(2_000_000 - 200_000 - 1_400_000 * went_on / 64)

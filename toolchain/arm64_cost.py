@@ -164,7 +164,7 @@ def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progres
     ratios to LeNet, each model's bare call, and each pipeline's count beyond the bare calls of the models it ran."""
     from cbnet_tl.runtime.api import open_pipeline
     from cbnet_tl.runtime.bundle import open_manifest
-    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
+    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, INVOKE_PROBE, spec_in
     from cbnet_tl.toolchain.scoring import run_pipeline
     from cbnet_tl.toolchain.targets import TARGETS
 
@@ -175,18 +175,19 @@ def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progres
                               "or a build directory from `cbnet-tl build`")
     target = TARGETS.get(manifest.target or "")
     config = replace(config, cpu=config.cpu or (target.qemu_cpu if target else "cortex-a72"))
-    names = [n for n in DEPLOYED_PIPELINES if all(m in manifest.models for m in PIPELINE_SPECS[n].models)]
+    specs = {n: spec_in(n, manifest) for n in DEPLOYED_PIPELINES}  # the models this build chose (cbnet-fallback's)
+    names = [n for n, spec in specs.items() if all(m in manifest.models for m in spec.models)]
     images = images[: config.num_images]
     if len(images) < config.num_images:
         raise Arm64CountError(f"Expected at least {config.num_images} test images. Received: {len(images)}")
-    report = count_bundle(bundle, images, {n: PIPELINE_SPECS[n].models for n in names}, config, progress,
+    report = count_bundle(bundle, images, {n: specs[n].models for n in names}, config, progress,
                           extra_models=tuple(m for m in (INVOKE_PROBE,) if m in manifest.models))
     report["arm64_setup"]["target"] = manifest.target
     if config.bare and 1 in config.batch_sizes:
         beyond = {}
         for name in names:  # which models each image ran, on this machine's interpreter (the same int8 decisions)
             ran = run_pipeline(open_pipeline(bundle, name, tuning=None), images, batch_size=256)["paths"]
-            by_label = {label: models for models, label in PIPELINE_SPECS[name].paths.items()}
+            by_label = {label: models for models, label in specs[name].paths.items()}
             bare = sum(sum(report["arm64_bare"][m] for m in by_label[label]) for label in ran) / len(ran)
             beyond[name] = round(report["arm64"][name]["1"] - bare)
         report["arm64_beyond_bare"] = beyond
