@@ -22,7 +22,7 @@ MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``); at the MN
 
 MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. Above ``DENSE_POOL_VALUES``
 (32×32 RGB) both models open with an average pooling by ``FastConfig.pool`` (the smallest whole factor
-that divides height and width and brings P within it; 56×56 RGB → 28×28 RGB, P = 2,352) and the AE decodes
+that divides height and width and brings P within it; 56×56 RGB is pooled 2×2, P = 2,352) and the AE decodes
 at that size, up-sampled back to the input size; the fused graph keeps neither the up-sampling nor the
 classifier's pooling, which cancel. The recipe stays dense up to ``DENSE_MAX_VALUES`` input values
 (64×64 RGB) and is convolutional above (``fast_conv.py``).

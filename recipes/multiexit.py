@@ -4,7 +4,7 @@ Every size comes from the build's input spec (height, width, channels) and a ``M
 two 3×3 convolutions with batch normalisation and ReLU; every stage but the last ends with a stride-2
 convolution, so the next stage works at half the resolution. The exit head after a stage is a 2×2 max pool
 (stage 1 only: its features are the largest), a flatten and a dense layer to the classes; the last head has a
-hidden dense layer. At the MNIST family's 28×28×1 with the default channels, stage 1 and its exit cost
+hidden dense layer. At the MNIST family's input size (one channel) with the default channels, stage 1 and its exit cost
 ≈1.0 M MACs, the first two stages ≈5.1 M and the whole path ≈12 M.
 
 Export views (``build_segments``): one batch-1 model per stage, the first on raw pixel bytes (the 1/255 and every
