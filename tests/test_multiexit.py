@@ -1,7 +1,8 @@
 """The three-exit network (`cbnet-tl build --with multiexit`): recipe, runner, thresholds, exit table, build.
 
-One tiny real build per module (500 MNIST images, one epoch of each model, a narrow multiexit) backs the
-end-to-end tests; the choosers are tested on arrays whose right answer is known.
+One tiny real build per module (600 MNIST images, one or two epochs of each model, a narrow multiexit) backs the
+end-to-end tests (marked slow); the choosers and EENet's use of the exit table are tested on arrays and tables
+whose right answer is known.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ def test_images(mnist_dir):
     return test.images[:300], test.labels[:300]
 
 
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_build_deploys_multiexit_and_its_fallback_network(multiexit_build):
     from cbnet_tl.runtime.manifest import read_manifest
 
@@ -162,6 +164,7 @@ def test_build_deploys_multiexit_and_its_fallback_network(multiexit_build):
     assert len(record[MULTIEXIT_PIPELINE]["exit_accuracies_int8"]) == 3
 
 
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_the_recipe_takes_the_input_spec_and_costs_what_the_int8_graphs_count(multiexit_build):
     """MACs from the recipe's arithmetic equal the converted graphs' count; the default network's whole path costs
     at least 10 M MACs at the MNIST family's size, more in colour at 32x32."""
@@ -181,6 +184,7 @@ def test_the_recipe_takes_the_input_spec_and_costs_what_the_int8_graphs_count(mu
     assert first < 0.15 and second < 0.5  # stages of growing cost
 
 
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_every_segment_maps_fully_to_the_edge_tpu(multiexit_build):
     from cbnet_tl.runtime.manifest import read_manifest
     from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
@@ -191,6 +195,7 @@ def test_every_segment_maps_fully_to_the_edge_tpu(multiexit_build):
         assert report["fully_mapped"], (name, report)
 
 
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_the_cpu_stops_at_the_exit_taken(multiexit_build, test_images):
     """Each image's answer is its exit's, and a stage runs only the images that did not leave before it."""
     from cbnet_tl.runtime.bundle import load_bundle
@@ -225,6 +230,7 @@ def test_the_cpu_stops_at_the_exit_taken(multiexit_build, test_images):
     assert eager.classify(images, hook=Count()).path == "exit1" and set(counts) == {"exit1"}
 
 
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_evaluate_and_simulate_take_multiexit_by_default(multiexit_build, mnist_dir):
     from cbnet_tl.toolchain.cli.simulate import default_pipelines
     from cbnet_tl.toolchain.evaluation import evaluate_bundle
