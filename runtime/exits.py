@@ -62,7 +62,9 @@ def multi_exit(pipeline: Pipeline, runs: dict) -> Callable:
         for k, (_, read_logits, read_features, confidence) in enumerate(stages):
             raw = read_logits()
             top = confidence(raw)
-            leaves = top >= thresholds[k]
+            # in float64, as the build chose them: float32 confidences against a Python float would round the
+            # threshold to float32 (NumPy 2), and an image just below it would leave here but not at the build
+            leaves = top.astype(np.float64, copy=False) >= thresholds[k]
             where = np.flatnonzero(leaves) if left is None else left[leaves]
             labels[where], confidences[where], depth[where] = raw.argmax(axis=-1)[leaves], top[leaves], k
             if leaves.all():

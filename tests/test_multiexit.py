@@ -93,6 +93,64 @@ def test_exit_table_shares_follow_the_confidence_seen():
     assert all(bins[0] == 1.0 for bins in after["go_on"])  # exit 2 itself runs for sure
 
 
+def test_no_held_out_images_is_a_clear_error():
+    from cbnet_tl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Expected held-out images"):
+        choose_thresholds(np.zeros((3, 0), np.int64), np.zeros((3, 0)), np.zeros(0, np.int64), [1, 3, 8])
+
+
+# the runner, on segments that answer from a table ---------------------------------------------------------------
+
+def _table_pipeline(confidences: np.ndarray, thresholds):
+    """multi_exit over three stand-in segments: image i (its pixels hold i) gets class (i + k) % 10 at exit k with
+    confidence ``confidences[k, i]`` (float32, as the runtime's); returns the runner and the images each ran."""
+    from types import SimpleNamespace
+
+    from cbnet_tl.runtime.exits import multi_exit
+
+    spec, held, ran = PIPELINE_SPECS[MULTIEXIT_PIPELINE], {}, {m: [] for m in MULTIEXIT_STAGES}
+
+    def run(name):
+        def go(values):
+            held[name] = np.asarray(values).reshape(len(values), -1)[:, 0].astype(np.int64)
+            ran[name].extend(held[name].tolist())
+        return go
+
+    def logits(k, name):
+        def read():
+            out = np.zeros((len(held[name]), 10), np.int8)
+            out[np.arange(len(held[name])), (held[name] + k) % 10] = 1
+            return out
+        return read
+
+    pipeline = SimpleNamespace(
+        spec=spec, name=MULTIEXIT_PIPELINE, options={EXIT_THRESHOLDS: list(thresholds)},
+        from_pixels=lambda name, go: go, from_output=lambda link, go: go,
+        reads={m: (logits(k, m), lambda m=m: held[m][:, None]) for k, m in enumerate(MULTIEXIT_STAGES)},
+        confidence=lambda name: (lambda raw: confidences[MULTIEXIT_STAGES.index(name), held[name]]))
+    return multi_exit(pipeline, {m: run(m) for m in MULTIEXIT_STAGES}), ran
+
+
+def test_each_image_is_answered_by_the_exit_the_build_chose_for_it_at_any_batch_size():
+    rng = np.random.default_rng(3)
+    confidences = rng.uniform(0.3, 1.0, (3, 64)).astype(np.float32)
+    confidences[0, 0] = 0.8
+    # a threshold above image 0's confidence at exit 1 by less than a float32 step: the build (float64) keeps the
+    # image going on, and so must the runtime
+    thresholds = (float(np.nextafter(np.float64(confidences[0, 0]), 2.0)), 0.7)
+    depth = exit_depths(confidences.astype(np.float64), thresholds)
+    assert depth[0] > 0 and len(set(depth.tolist())) == 3
+    classify, ran = _table_pipeline(confidences, thresholds)
+    images = np.arange(64)[:, None]
+    labels, chosen, (index, names) = classify(images)
+    assert labels.tolist() == ((np.arange(64) + depth) % 10).tolist() and index.tolist() == depth.tolist()
+    assert np.array_equal(chosen, confidences[depth, np.arange(64)])
+    assert [sorted(ran[m]) for m in MULTIEXIT_STAGES] == [np.flatnonzero(depth >= k).tolist() for k in range(3)]
+    for i in range(64):  # one image at a time: the same class from the same exit
+        one, _, route = classify(images[i:i + 1])
+        assert (one[0], route) == (labels[i], names[depth[i]])
+
 # the spec table ----------------------------------------------------------------------------------------
 
 def test_multiexit_is_optional_and_cbnet_fallback_takes_the_builds_network():

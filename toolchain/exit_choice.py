@@ -44,6 +44,9 @@ def choose_thresholds(labels: np.ndarray, confidences: np.ndarray, truth: np.nda
     if not 0.0 <= margin_pt <= 100.0:
         raise ConfigError(f"Expected an accuracy margin between 0 and 100 points. Received: {margin_pt}")
     num_exits, n = confidences.shape
+    if n == 0:
+        raise ConfigError("Expected held-out images to choose the exit thresholds on. Received none; build with more "
+                          "training images (a validation split of at least a few hundred)")
     correct = labels == truth[None, :]
     cumulative = np.cumsum(np.asarray(segment_macs, dtype=np.float64))
     last = float(correct[-1].mean())
