@@ -126,7 +126,7 @@ def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: in
                 if_missing: bool = False) -> Optional[dict]:
     """Measure every configuration on the bundle's own samples (selftest images, or the build's) and write
     the winners to ``out`` (default: the state folder). None when ``if_missing`` and a tuning file exists."""
-    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES
+    from cbnet_tl.runtime.pipelines import deployed_pipelines
     from cbnet_tl.runtime.tuning import measure, write_tuning
 
     directory, manifest = open_manifest(bundle_dir)
@@ -138,7 +138,7 @@ def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: in
     if not sample_dir.is_dir():
         raise BundleError(f"{directory}/manifest.json has no sample images to tune on; rebuild the bundle")
     images = sample_images(sample_dir, open_manifest(sample_dir)[1], "sample images to tune on", manifest.input_spec)
-    pipelines = [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
+    pipelines = list(deployed_pipelines(manifest))
     record = measure(directory, images, pipelines=pipelines, num_threads=num_threads)
     record["file"] = str(write_tuning(path, record))
     return record

@@ -212,9 +212,8 @@ class Pipeline:
         if spec is None:
             raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_SPECS)}")
         name = spec.name
+        spec = as_built(spec, bundle.manifest)  # e.g. cbnet-fallback's second network, chosen by the build
         entry = bundle.manifest.pipelines.get(name)
-        if entry is not None and spec.choices:
-            spec = spec.with_models(entry.models)  # e.g. cbnet-fallback's second network, chosen by the build
         missing = [m for m in spec.models if m not in bundle.models]
         if missing:
             raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
@@ -388,8 +387,12 @@ def deployed_pipelines(manifest) -> tuple:
 def spec_in(name: str, manifest=None) -> PipelineSpec:
     """Pipeline ``name``'s spec with the models ``manifest`` names for it (cbnet-fallback's second network is the
     build's choice); the table's own without a manifest or where the manifest does not list it."""
-    spec = PIPELINE_SPECS[name]
-    entry = manifest.pipelines.get(name) if manifest is not None else None
+    return as_built(PIPELINE_SPECS[name], manifest)
+
+
+def as_built(spec: PipelineSpec, manifest=None) -> PipelineSpec:
+    """``spec`` with the models ``manifest`` names for it in the place of the table's (``PipelineSpec.choices``)."""
+    entry = manifest.pipelines.get(spec.name) if manifest is not None else None
     return spec.with_models(entry.models) if entry is not None and spec.choices else spec
 
 

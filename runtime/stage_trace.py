@@ -25,7 +25,7 @@ from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
 from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, MULTIEXIT_STAGES, TIME_STAGES
+from cbnet_tl.runtime.pipelines import MULTIEXIT_STAGES, TIME_STAGES, deployed_pipelines
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 
 # no probability reaches 2: the fallback runs for every image, and every image runs every stage of multiexit
@@ -79,7 +79,7 @@ def record_trace(bundle_dir: Path, out: Path, *, pipelines: Optional[Sequence[st
     if batch_size < 1 or repeats < 1:
         raise ConfigError(f"Expected --batch-size >= 1 and --repeats >= 1. Received: {batch_size}, {repeats}")
     directory, manifest = open_manifest(bundle_dir)
-    names = list(pipelines) if pipelines else [p for p in DEPLOYED_PIPELINES if p in manifest.pipelines]
+    names = list(pipelines) if pipelines else list(deployed_pipelines(manifest))
     opened = {name: open_every_image_on(directory, name, num_threads) for name in names}
     images = sample_images(directory, manifest, "sample images to time with")
     images = images[np.arange(batch_size) % len(images)]  # repeated up to the batch size
