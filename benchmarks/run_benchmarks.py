@@ -29,7 +29,7 @@ def run_bench(build: Path, data_dir: str | None) -> tuple:
 
 
 def run_arm64(build: Path, data_dir: str | None, cpu: str) -> tuple:
-    """`cbnet-tl bench --arm64` on one core (needs root and the arm64 check's root; see toolchain/arm64_cost.py)."""
+    """`cbnet-tl bench --arm64` on one core (needs root and the arm64 check's root; see toolchain/arm64/cost.py)."""
     command = CLI + ["bench", str(build), "--arm64", "--arm64-cpu", cpu, "--batch", "1,32", "--no-save", "--json"] \
         + (["--data-dir", data_dir] if data_dir else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -40,7 +40,7 @@ def arm64_section(host: dict, counted: dict, commands: list) -> list:
     """Markdown: each pipeline's arm64 instructions per image on each core beside its time here, as ratios to LeNet.
 
     ``counted``: cpu -> a `bench --arm64 --json` report; ``host``: a `bench --json` report of the same build."""
-    from cbnet_tl.toolchain.arm64_cost import side_by_side
+    from cbnet_tl.toolchain.arm64.cost import side_by_side
 
     sides = {cpu: side_by_side({**host, **report}) for cpu, report in counted.items()}
     first = next(iter(sides.values()))

@@ -72,9 +72,7 @@ def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int
         if session is None:
             result = pipeline.classify(images, hook=hook)
         else:
-            waited, later = time.monotonic() - began, range(start + batch_size, len(paths), batch_size)
-            queue = [(min(batch_size, len(paths) - first), waited) for first in later]
-            result = session.classify_batch(pipeline, images, [waited] * len(chunk), queue)
+            result = burst_batch(session, pipeline, images, began, start, len(paths), batch_size)
         ms = round(result.seconds / len(chunk) * 1e3, 4)
         answers = zip(chunk, result.labels.tolist(), result.confidences.tolist(), result.paths)
         for index, (path, label, confidence, taken) in enumerate(answers):
@@ -84,6 +82,15 @@ def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int
                 record["input_sha256"] = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes()).hexdigest()
             records.append(record)
     return records
+
+
+def burst_batch(session, pipeline: Pipeline, images: np.ndarray, began: float, start: int, total: int,
+                batch_size: int):
+    """Images ``start`` on of a burst of ``total`` that all arrived at ``began`` (``time.monotonic()``), as one DVFS
+    batch under ``session``; the batches after it are its queue."""
+    waited = time.monotonic() - began
+    queue = [(min(batch_size, total - first), waited) for first in range(start + batch_size, total, batch_size)]
+    return session.classify_batch(pipeline, images, [waited] * len(images), queue)
 
 
 def sample_images(directory: Path, manifest, what: str, spec=None) -> np.ndarray:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from cbnet_tl.runtime.pipelines import Pipeline
 
 EXIT_THRESHOLDS = "exit_thresholds"  # multiexit's option: the least confidence that exits, per exit but the last
+EXIT_TABLE = "exit_table"  # multiexit's option: the shares going on past each exit, by confidence, for EENet
 NEVER = 2.0  # a threshold no confidence reaches: the exit is never taken
 
 
@@ -46,9 +47,11 @@ def thresholds_of(pipeline: Pipeline) -> tuple:
     return tuple(float(v) for v in values)
 
 
-def multi_exit(pipeline: Pipeline, runs: dict) -> Callable:
-    """Each segment's confidence decides who runs the next; labels from the exit each image took."""
+def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
+    """Each segment's confidence decides who runs the next; labels from the exit each image took. A stage hook
+    with ``exit_confidence`` hears, for a batch of one, the confidence of the image at each exit it goes on past."""
     spec = pipeline.spec
+    tell = getattr(hook, "exit_confidence", None)
     stages, thresholds = _stages(pipeline, runs), thresholds_of(pipeline) + (-1.0,)  # the last exit takes all
     labels_of = tuple(spec.paths[spec.models[: k + 1]] for k in range(len(spec.models)))
 
@@ -70,6 +73,8 @@ def multi_exit(pipeline: Pipeline, runs: dict) -> Callable:
             if leaves.all():
                 break
             stays = ~leaves
+            if tell is not None and count == 1:  # the one image goes on: what this exit said of it
+                tell(spec.models[k], float(top[0]))
             features = read_features()
             stages[k + 1][0](features if not leaves.any() else features[stays])
             left = np.flatnonzero(stays) if left is None else left[stays]

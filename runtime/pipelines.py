@@ -39,6 +39,8 @@ class StageHook(Protocol):
     def before_stage(self, stage: str, num_images: int) -> None: ...  # the images that run this stage
     def after_stage(self, stage: str, seconds: float) -> None: ...
     def end_inference(self, path: str) -> None: ...
+    # optional: exit_confidence(stage, confidence), what a multi-exit pipeline's exit said of the one image of a
+    # batch that goes on past it (the top softmax probability), told before the next stage
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, {model: run}) -> classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
+    runner: Callable  # (pipeline, {model: run}, hook or None) -> classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
     links: tuple = ()
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
@@ -246,7 +248,7 @@ class Pipeline:
             labels, confidences, route = self._classify(images)
             return BatchResult(self.name, labels, confidences, route, time.perf_counter() - start, NO_STAGES)
         if hook is not self._hook:  # the same runner, each model's run wrapped in the hook and a timer
-            self._hooked = self.spec.runner(self, {m: self._timed(m, run, hook) for m, run in self._runs.items()})
+            self._hooked = self.spec.runner(self, {m: self._timed(m, run, hook) for m, run in self._runs.items()}, hook)
             self._hook = hook
         self._stage_seconds = stage_seconds = {}
         start = time.perf_counter()

@@ -1,6 +1,7 @@
 """The runners: each puts one kind of pipeline's per-call path together, once, from its models' runs (a
-``Pipeline`` calls its spec's runner when it is made, and again for a stage hook, with each run wrapped). What a
-runner returns classifies a checked uint8 batch: (labels, confidences or a function that makes them, route).
+``Pipeline`` calls its spec's runner when it is made, and again for a stage hook, with each run wrapped and the
+hook passed). What a runner returns classifies a checked uint8 batch: (labels, confidences or a function that makes
+them, route).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _one_row(row_test: Callable, exact: Callable) -> Callable:
     return test
 
 
-def chain(pipeline: Pipeline, runs: dict) -> Callable:
+def chain(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     """Models one after another, each link feeding the next; the last model's scores decide."""
     spec = pipeline.spec
     names, route = spec.models, spec.paths[spec.models]
@@ -49,7 +50,7 @@ def chain(pipeline: Pipeline, runs: dict) -> Callable:
     return classify
 
 
-def fallback(pipeline: Pipeline, runs: dict) -> Callable:
+def fallback(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     """CBNet first; images whose top-class probability is below the threshold go to LeNet as well."""
     spec = pipeline.spec
     first, second = spec.models
@@ -87,7 +88,7 @@ def fallback(pipeline: Pipeline, runs: dict) -> Callable:
     return classify
 
 
-def early_exit(pipeline: Pipeline, runs: dict) -> Callable:
+def early_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     """BranchyNet: the first model's branch logits decide, by entropy, who also runs the tail."""
     spec = pipeline.spec
     first, (link,) = spec.models[0], spec.links

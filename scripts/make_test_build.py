@@ -29,8 +29,8 @@ def main() -> int:
     prefer_onednn()  # as the CLI does, before TensorFlow is imported
     from cbnet_tl.runtime.files import staged_directory
     from cbnet_tl.toolchain.build import BuildConfig, build
-    from cbnet_tl.toolchain.checks import CheckConfig
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.conversion.checks import CheckConfig
+    from cbnet_tl.toolchain.training.train import TrainConfig
 
     with tempfile.TemporaryDirectory() as work:
         out = Path(work) / "build"

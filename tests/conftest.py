@@ -51,11 +51,11 @@ def tiny_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("builds") / "tiny"
     shutil.copytree(TINY_BUILD, out)
     if _importable("jinja2"):
-        from cbnet_tl.toolchain.bundle import write_bundle
-        from cbnet_tl.toolchain.datasets import Split, load_dataset
+        from cbnet_tl.toolchain.delivery.bundle import write_bundle
+        from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
         from cbnet_tl.toolchain.targets import get_target
 
-        from cbnet_tl.toolchain.report import write_report
+        from cbnet_tl.toolchain.analysis.report import write_report
 
         test = load_dataset("mnist", Split.TEST, MNIST_8K)
         write_bundle(out, get_target("rpi4"), test.images)
@@ -87,8 +87,8 @@ def _refresh_runtime(bundle: Path) -> None:
 def fresh_build(tmp_path_factory) -> Path:
     """A build made now, with TensorFlow, on 1,000 MNIST images (every stage for real, ≈1 min)."""
     from cbnet_tl.toolchain.build import BuildConfig, build
-    from cbnet_tl.toolchain.checks import CheckConfig
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.conversion.checks import CheckConfig
+    from cbnet_tl.toolchain.training.train import TrainConfig
 
     out = tmp_path_factory.mktemp("builds") / "fresh"
     build(

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cbnet_tl.toolchain import arm64_cost, arm64_setup
-from cbnet_tl.toolchain.arm64_cost import CountConfig, Job, format_counts
+from cbnet_tl.toolchain.arm64 import cost as arm64_cost
+from cbnet_tl.toolchain.arm64 import setup as arm64_setup
+from cbnet_tl.toolchain.arm64.cost import CountConfig, Job, format_counts
 from cbnet_tl.toolchain.cli import app
 from cbnet_tl.toolchain.targets import TARGETS
 
@@ -134,7 +135,7 @@ def test_the_guest_sees_the_emulated_core_as_the_board_shows_it():
 
 def test_the_count_binds_the_cores_cpuinfo_over_the_hosts(tmp_path, monkeypatch):
     """The jail mounts /proc first, then a file bind goes onto the file /proc/cpuinfo (no directory made there)."""
-    from cbnet_tl.toolchain import arm64_jail
+    from cbnet_tl.toolchain.arm64 import jail as arm64_jail
 
     mounts = []
     monkeypatch.setattr(arm64_jail, "_mount", lambda *args: mounts.append(args))
@@ -191,8 +192,8 @@ def test_the_arm64_check_runs_each_bundle_on_its_targets_core():
 
 
 def test_rpi5_is_a_target_with_its_power_table(tiny_build, mnist_dir, tmp_path):
-    from cbnet_tl.toolchain.bundle import write_bundle
-    from cbnet_tl.toolchain.datasets import Split, load_dataset
+    from cbnet_tl.toolchain.delivery.bundle import write_bundle
+    from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
 
     help_text = invoke(["build", "--help"]).output
     assert "rpi5" in help_text
@@ -245,7 +246,7 @@ def test_each_pipeline_counts_beyond_the_bare_calls_of_the_models_its_images_ran
     """count_pipelines on a real bundle, the counting replaced: each image's path (run here, the same int8 decisions)
     picks which bare calls it is charged, so cbnet-fallback pays LeNet's only for the images that went on to it."""
     from cbnet_tl.runtime.api import open_pipeline
-    from cbnet_tl.toolchain.datasets import Split, load_dataset
+    from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
     from cbnet_tl.toolchain.scoring import run_pipeline
 
     images = load_dataset("mnist", Split.TEST, mnist_dir).images[:64]

@@ -10,7 +10,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from cbnet_tl.toolchain.arm64_setup import QEMU, build_plugin
+from cbnet_tl.toolchain.arm64.setup import QEMU, build_plugin
 
 MOVZ_X0_42, MOVZ_X8_93, SVC_0 = 0xD2800540, 0xD2800BA8, 0xD4000001  # exit(42)
 SUBS_X1_1, BNE_BACK_1 = 0xF1000421, 0x54FFFFE1  # x1 -= 1; loop while x1 != 0

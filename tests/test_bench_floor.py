@@ -11,7 +11,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.pipelines import FALLBACK_PIPELINE, INVOKE_PROBE, PIPELINE_SPECS, Pipeline
-from cbnet_tl.toolchain.bench import BareCalls, BenchConfig, Timing, run_bench, time_pipelines
+from cbnet_tl.toolchain.analysis.bench import BareCalls, BenchConfig, Timing, run_bench, time_pipelines
 
 from conftest import MNIST_8K
 

@@ -14,8 +14,8 @@ TINY = Path(__file__).parent / "data" / "tiny-build"
 
 def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monkeypatch, mnist_dir):
     from cbnet_tl.toolchain import build as building
-    from cbnet_tl.toolchain.checks import CheckConfig
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.conversion.checks import CheckConfig
+    from cbnet_tl.toolchain.training.train import TrainConfig
 
     def train_stage(work, train, threshold, config, log=print):
         shutil.copy2(TINY / "train.json", work / "train.json")
@@ -60,8 +60,8 @@ def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monk
 def test_fallback_options_from_a_manifest_not_yet_written(tiny_build, mnist_dir, tmp_path):
     import numpy as np
 
-    from cbnet_tl.toolchain.evaluation import load_train_split
-    from cbnet_tl.toolchain.fallback import fallback_options
+    from cbnet_tl.toolchain.analysis.evaluation import load_train_split
+    from cbnet_tl.toolchain.training.fallback import fallback_options
 
     build = tmp_path / "build"
     shutil.copytree(tiny_build / "models", build / "models")  # the model files, and no manifest.json
@@ -73,9 +73,9 @@ def test_fallback_options_from_a_manifest_not_yet_written(tiny_build, mnist_dir,
 
 
 def test_training_runs_its_fixed_schedule_unless_a_budget_is_asked_and_a_cut_is_said(monkeypatch, tmp_path):
-    import cbnet_tl.toolchain.train as train_module
+    import cbnet_tl.toolchain.training.train as train_module
     from cbnet_tl.toolchain.build import BuildConfig, train_stage
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.training.train import TrainConfig
 
     assert TrainConfig().time_budget_s is None  # the default schedule does not depend on the machine's speed
     records = iter([{"blenet": {"stopped_by": "time budget", "epochs_run": 7}},

@@ -118,7 +118,7 @@ def _constant_int8_model(path):
 
     from cbnet_tl.recipes.layers import batch_flatten
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.toolchain.convert import Precision, map_outputs, to_tflite
+    from cbnet_tl.toolchain.conversion.convert import Precision, map_outputs, to_tflite
 
     image = keras.Input((28, 28, 1), batch_size=1)
     dense = keras.layers.Dense(10, kernel_initializer="zeros",
@@ -161,7 +161,7 @@ def test_run_writes_converted_images_and_takes_a_fallback_threshold(tiny_bundle,
 
 
 def test_bundle_readme_says_where_it_was_checked(tiny_bundle):
-    from cbnet_tl.toolchain.bundle import device_checks
+    from cbnet_tl.toolchain.delivery.bundle import device_checks
 
     checks = device_checks()
     readme = (tiny_bundle / "README.md").read_text()

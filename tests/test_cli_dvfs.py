@@ -27,6 +27,26 @@ def test_eval_eenet_leaves_the_tree_as_it_found_it(tiny_bundle, mnist_dir, tmp_p
     assert snapshot(tmp_path / "sys-root") == before
 
 
+def test_eval_with_a_batch_size_runs_each_batch_as_one_dvfs_batch(tiny_bundle, mnist_dir, tmp_path):
+    make_tree(tmp_path / "sys-root")
+    before = snapshot(tmp_path / "sys-root")
+    common = ["eval", str(tiny_bundle), "--data-dir", str(mnist_dir), "--limit", "40", "--pipeline", "branchynet",
+              "--batch-size", "8", "--json"]
+    plain = runner.invoke(app, common)
+    result = runner.invoke(app, [*common, "--dvfs", "eenet", "--deadline-ms", "500",
+                                 "--sysfs-root", str(tmp_path / "sys-root")])
+    assert plain.exit_code == 0 and result.exit_code == 0, result.output
+    scored, under = (json.loads(r.output)["pipelines"]["branchynet"] for r in (plain, result))
+    assert under["batch_size"] == 8 and under["accuracy"] == scored["accuracy"]
+    assert under["path_shares"] == scored["path_shares"]
+    summary = under["dvfs"]
+    assert summary["num_inferences"] == 40 and summary["num_batches"] == 5 and summary["deadline_misses"] == 0
+    assert snapshot(tmp_path / "sys-root") == before
+    refused = runner.invoke(app, [*common, "--dvfs", "eenet", "--deadline-ms", "500", "--period-ms", "10",
+                                  "--sysfs-root", str(tmp_path / "sys-root")])
+    assert refused.exit_code == 1 and "Expected --batch-size 1 with --period-ms" in refused.output
+
+
 def test_run_fixed_frequency_reports_time_at_it(tiny_bundle, samples_dir, tmp_path):
     policy = make_tree(tmp_path / "root", governors=("ondemand", "performance"))  # no userspace: pin min=max
     before = snapshot(tmp_path / "root")
@@ -106,8 +126,8 @@ def test_simulate_rejects_a_bad_opp_list(tiny_bundle):
 def test_trace_keeps_each_images_path_and_a_median_per_stage(tiny_bundle, mnist_dir):
     from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.pipelines import Pipeline, models_for
-    from cbnet_tl.toolchain.datasets import read_idx_pair
-    from cbnet_tl.toolchain.dvfs_report import trace_of
+    from cbnet_tl.toolchain.ingest.datasets import read_idx_pair
+    from cbnet_tl.toolchain.simulation.dvfs_report import trace_of
 
     images, _ = read_idx_pair(mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz", 10)
     images = images[:30]

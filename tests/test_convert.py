@@ -14,7 +14,7 @@ pytestmark = pytest.mark.tf
 def converted(tmp_path_factory):
     import keras
 
-    from cbnet_tl.toolchain.convert import ModelSpec, convert_all
+    from cbnet_tl.toolchain.conversion.convert import ModelSpec, convert_all
 
     keras.utils.set_random_seed(0)
     image = keras.Input((28, 28, 1), batch_size=1)

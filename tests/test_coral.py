@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cbnet_tl.runtime.delegates import edgetpu_library, load_edgetpu
 from cbnet_tl.toolchain.cli import app
-from cbnet_tl.toolchain.coral import (
+from cbnet_tl.toolchain.edgetpu.coral import (
     CompileError,
     check_edgetpu_versions,
     compile_models,
@@ -167,8 +167,8 @@ def test_runner_edgetpu_device_falls_back_and_says_so(tiny_bundle, samples_dir):
 
 @pytest.fixture(scope="module")
 def coral_bundle(tiny_build, tmp_path_factory):
-    from cbnet_tl.toolchain.bundle import write_bundle
-    from cbnet_tl.toolchain.datasets import Split, load_dataset
+    from cbnet_tl.toolchain.delivery.bundle import write_bundle
+    from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
     from cbnet_tl.toolchain.targets import get_target
 
     build = tmp_path_factory.mktemp("coral") / "build"

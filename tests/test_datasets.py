@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cbnet_tl.runtime.errors import DataError
-from cbnet_tl.toolchain.datasets import Split, load_build_data, load_dataset, parse_idx
-from cbnet_tl.toolchain.inputs import InputChoice
+from cbnet_tl.toolchain.ingest.datasets import Split, load_build_data, load_dataset, parse_idx
+from cbnet_tl.toolchain.ingest.inputs import InputChoice
 
 
 def test_mnist_subset_loads_both_splits(mnist_dir):

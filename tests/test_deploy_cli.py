@@ -84,7 +84,7 @@ def test_no_rsync_on_the_device(ssh_server, tiny_bundle, tmp_path):
     import pytest
 
     from cbnet_tl.runtime.errors import DeployError
-    from cbnet_tl.toolchain.deploy import Destination, deploy
+    from cbnet_tl.toolchain.delivery.deploy import Destination, deploy
 
     destination = Destination(f"{ssh_server['user']}@127.0.0.1", str(tmp_path / "device"), port=ssh_server["port"],
                               identity=ssh_server["home"] / "user_key", rsync_path="/nonexistent/rsync",
@@ -95,7 +95,7 @@ def test_no_rsync_on_the_device(ssh_server, tiny_bundle, tmp_path):
 
 
 def test_known_stderr_maps_to_one_clear_cause():
-    from cbnet_tl.toolchain.deploy import explain
+    from cbnet_tl.toolchain.delivery.deploy import explain
 
     assert "no space left on the device" in explain("rsync: write failed on \"x\": No space left on device (28)")
     assert "rsync is not installed" in explain("bash: line 1: rsync: command not found")

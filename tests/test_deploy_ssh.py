@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cbnet_tl.toolchain.deploy import DeployError, Destination, deploy, rollback
+from cbnet_tl.toolchain.delivery.deploy import DeployError, Destination, deploy, rollback
 
 
 def _destination(server, directory: Path) -> Destination:
@@ -58,7 +58,7 @@ def test_corrupted_upload_keeps_the_running_version(ssh_server, tiny_bundle, tmp
     manifest["files"]["models/lenet_int8.tflite"] = "0" * 64
     (bad / "manifest.json").write_text(json.dumps(manifest))
     (bad / "models" / "lenet_int8.tflite").write_bytes(b"corrupted in transit")
-    from cbnet_tl.toolchain import deploy as deploy_module
+    from cbnet_tl.toolchain.delivery import deploy as deploy_module
 
     with pytest.raises(DeployError, match="already broken here|sha256"):
         deploy(bad, destination, python=sys.executable, restart=None)  # the local check refuses first

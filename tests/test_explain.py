@@ -40,7 +40,7 @@ def broken_model():
 
 
 def test_broken_layer_is_named_first(broken_model):
-    from cbnet_tl.toolchain.explain import explain_model
+    from cbnet_tl.toolchain.analysis.explain import explain_model
 
     model, calibration = broken_model
     layers = explain_model(model, calibration, samples=calibration[1:])
@@ -53,7 +53,7 @@ def test_broken_layer_is_named_first(broken_model):
 
 def test_no_calibration_is_refused(broken_model):
     from cbnet_tl.runtime.errors import ConfigError
-    from cbnet_tl.toolchain.explain import explain_model
+    from cbnet_tl.toolchain.analysis.explain import explain_model
 
     with pytest.raises(ConfigError, match="Expected num_calibration_samples > 0. Received: 0"):
         explain_model(broken_model[0], np.zeros((0, 8), np.float32))
@@ -69,7 +69,7 @@ def test_check_explain_cli_on_the_tiny_build(tiny_build, mnist_dir, tmp_path):
 def test_calibration_sweep_scores_each_size():
     import keras
 
-    from cbnet_tl.toolchain.calibration import calibration_sweep
+    from cbnet_tl.toolchain.conversion.calibration import calibration_sweep
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((8,), batch_size=1)

@@ -10,7 +10,7 @@ from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.images import load_images
 from cbnet_tl.runtime.manifest import read_manifest
 from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, Pipeline
-from cbnet_tl.toolchain.fallback import choose_threshold
+from cbnet_tl.toolchain.training.fallback import choose_threshold
 
 
 def _accuracy(confidences, threshold, cbnet_ok, lenet_ok):
@@ -53,8 +53,8 @@ def test_share_cap_is_checked():
 
 
 def test_threshold_in_the_manifest_comes_from_the_validation_split(tiny_build, mnist_dir):
-    from cbnet_tl.toolchain.evaluation import load_train_split
-    from cbnet_tl.toolchain.fallback import fallback_options
+    from cbnet_tl.toolchain.analysis.evaluation import load_train_split
+    from cbnet_tl.toolchain.training.fallback import fallback_options
 
     options = read_manifest(tiny_build).pipelines["cbnet-fallback"].options
     record = json.loads((tiny_build / "train.json").read_text())

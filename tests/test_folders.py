@@ -14,9 +14,9 @@ from conftest import stamps_folder
 from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.manifest import read_manifest
 from cbnet_tl.toolchain.cli import app
-from cbnet_tl.toolchain.datasets import load_build_data
-from cbnet_tl.toolchain.folders import scan
-from cbnet_tl.toolchain.inputs import InputChoice, parse_image_size
+from cbnet_tl.toolchain.ingest.datasets import load_build_data
+from cbnet_tl.toolchain.ingest.folders import scan
+from cbnet_tl.toolchain.ingest.inputs import InputChoice, parse_image_size
 
 
 def test_defaults_are_chosen_from_the_data_and_said_in_one_line(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
-from cbnet_tl.toolchain.train import (
+from cbnet_tl.toolchain.training.train import (
     EasyHardSplit,
     TrainConfig,
     autoencoder_pairs,

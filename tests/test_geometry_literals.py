@@ -22,7 +22,7 @@ def test_no_mnist_geometry_literal_in_the_runtime_or_the_recipes():
 
 
 def test_the_toolchain_has_them_only_in_the_idx_loader_and_text_widths():
-    """toolchain/datasets.py reads the MNIST family's IDX files, whose images are that size; a format width
+    """toolchain/ingest/datasets.py reads the MNIST family's IDX files, whose images are that size; a format width
     (``:<28``) is text layout."""
     found = []
     for path in sorted((ROOT / "toolchain").rglob("*.py")):

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cbnet_tl.toolchain.cli import app
-from cbnet_tl.toolchain.edgetpu_mapping import EDGETPU_CUSTOM_OP, inspect_model
-from cbnet_tl.toolchain.tflite_graph import read_graph
+from cbnet_tl.toolchain.edgetpu.mapping import EDGETPU_CUSTOM_OP, inspect_model
+from cbnet_tl.toolchain.edgetpu.tflite_graph import read_graph
 
 SHARED = Path(__file__).resolve().parent / "data" / "edgetpu-models"
 PAIRS = sorted(p for p in SHARED.glob("*.tflite") if not p.name.endswith("_edgetpu.tflite")

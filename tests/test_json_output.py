@@ -88,7 +88,7 @@ def test_echo_json_refuses_a_non_finite_number():
 
 
 def test_explain_records_an_unbounded_ratio_as_null():
-    from cbnet_tl.toolchain.explain import LayerError, _record, format_explanation
+    from cbnet_tl.toolchain.analysis.explain import LayerError, _record, format_explanation
 
     error = LayerError("dense", "FULLY_CONNECTED", "t", 0.5, 0.0, float("inf"), float("inf"), "keep it in float")
     record = _record(error)

@@ -7,6 +7,7 @@ whose right answer is known.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from cbnet_tl.runtime.pipelines import (
     deployed_pipelines,
     models_for,
 )
-from cbnet_tl.toolchain.exit_choice import choose_thresholds, exit_depths, exit_table
+from cbnet_tl.toolchain.training.exit_choice import choose_thresholds, exit_depths, exit_table
 
 DATA = Path(__file__).parent / "data"
 
@@ -62,6 +63,29 @@ def test_a_wider_margin_buys_a_cheaper_path():
     loose = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=5.0)
     assert loose["validation_macs_per_image"] < tight["validation_macs_per_image"]
     assert loose["validation_accuracy"] >= loose["validation_last_exit_accuracy"] - 0.05
+
+
+def test_the_margin_holds_at_95_percent_not_on_the_mean():
+    """Exit 1 is wrong on a random 3% of the images it is sure of: a rule on the mean loss takes the cheap
+    thresholds that lose just under the margin on these images; the bound keeps room for the next sample."""
+    labels, confidences, truth = _three_exits(n=2000, seed=1)
+    rng = np.random.default_rng(2)
+    slips = (confidences[0] >= 0.65) & (rng.random(truth.size) < 0.03)
+    labels[0, slips] = (truth[slips] + 1) % 10
+    margin = 1.0
+    options = choose_thresholds(labels, confidences, truth, [1, 3, 8], margin_pt=margin)
+    depth = exit_depths(confidences, options[EXIT_THRESHOLDS])
+    right = labels[depth, np.arange(truth.size)] == truth
+    loss = 1.0 - right  # the last exit is always right here
+    bound = loss.mean() + 1.645 * loss.std(ddof=1) / np.sqrt(truth.size)
+    assert options["validation_loss_bound_pt"] == pytest.approx(100 * bound)
+    assert 100 * bound <= margin
+    # a cheaper pair whose mean loss is within the margin exists, and was refused for its bound
+    mean_rule = [(macs, t) for t in itertools.product(np.linspace(0.3, 1.0, 71), [0.5, NEVER])
+                 for d in [exit_depths(confidences, t)]
+                 for macs in [np.cumsum([1, 3, 8])[d].mean()]
+                 if (labels[d, np.arange(truth.size)] != truth).mean() <= margin / 100]
+    assert min(mean_rule, key=lambda pair: pair[0])[0] < options["validation_macs_per_image"]
 
 
 def test_never_exiting_is_chosen_when_every_early_exit_is_wrong():
@@ -102,7 +126,7 @@ def test_no_held_out_images_is_a_clear_error():
 
 # the runner, on segments that answer from a table ---------------------------------------------------------------
 
-def _table_pipeline(confidences: np.ndarray, thresholds):
+def _table_pipeline(confidences: np.ndarray, thresholds, hook=None):
     """multi_exit over three stand-in segments: image i (its pixels hold i) gets class (i + k) % 10 at exit k with
     confidence ``confidences[k, i]`` (float32, as the runtime's); returns the runner and the images each ran."""
     from types import SimpleNamespace
@@ -129,7 +153,7 @@ def _table_pipeline(confidences: np.ndarray, thresholds):
         from_pixels=lambda name, go: go, from_output=lambda link, go: go,
         reads={m: (logits(k, m), lambda m=m: held[m][:, None]) for k, m in enumerate(MULTIEXIT_STAGES)},
         confidence=lambda name: (lambda raw: confidences[MULTIEXIT_STAGES.index(name), held[name]]))
-    return multi_exit(pipeline, {m: run(m) for m in MULTIEXIT_STAGES}), ran
+    return multi_exit(pipeline, {m: run(m) for m in MULTIEXIT_STAGES}, hook), ran
 
 
 def test_each_image_is_answered_by_the_exit_the_build_chose_for_it_at_any_batch_size():
@@ -150,6 +174,29 @@ def test_each_image_is_answered_by_the_exit_the_build_chose_for_it_at_any_batch_
     for i in range(64):  # one image at a time: the same class from the same exit
         one, _, route = classify(images[i:i + 1])
         assert (one[0], route) == (labels[i], names[depth[i]])
+
+
+def test_a_hook_hears_the_confidence_of_one_image_at_each_exit_it_goes_on_past():
+    """What EENet predicts the rest of one image's work from; a batch of several tells only its counts."""
+    rng = np.random.default_rng(4)
+    confidences = rng.uniform(0.3, 1.0, (3, 64)).astype(np.float32)
+    thresholds = (0.8, 0.7)
+    depth = exit_depths(confidences.astype(np.float64), thresholds)
+    told = []
+
+    class Hook:
+        def exit_confidence(self, stage, confidence):
+            told.append((stage, confidence))
+
+    classify, _ = _table_pipeline(confidences, thresholds, Hook())
+    for i in range(64):
+        told.clear()
+        classify(np.array([[i]]))
+        assert told == [(MULTIEXIT_STAGES[k], float(confidences[k, i])) for k in range(depth[i])]
+    told.clear()
+    classify(np.arange(64)[:, None])
+    assert told == [] and depth.max() == 2 and depth.min() == 0
+
 
 # the spec table ----------------------------------------------------------------------------------------
 
@@ -178,8 +225,8 @@ def multiexit_build(tmp_path_factory, mnist_dir):
     pytest.importorskip("tensorflow")
     from cbnet_tl.recipes.multiexit import MultiExitConfig
     from cbnet_tl.toolchain.build import BuildConfig, build
-    from cbnet_tl.toolchain.checks import CheckConfig
-    from cbnet_tl.toolchain.train import TrainConfig
+    from cbnet_tl.toolchain.conversion.checks import CheckConfig
+    from cbnet_tl.toolchain.training.train import TrainConfig
 
     out = tmp_path_factory.mktemp("builds") / "multiexit"
     build(BuildConfig(
@@ -194,7 +241,7 @@ def multiexit_build(tmp_path_factory, mnist_dir):
 
 @pytest.fixture(scope="module")
 def test_images(mnist_dir):
-    from cbnet_tl.toolchain.datasets import Split, load_dataset
+    from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
 
     test = load_dataset("mnist", Split.TEST, mnist_dir)
     return test.images[:300], test.labels[:300]
@@ -245,7 +292,7 @@ def test_the_recipe_takes_the_input_spec_and_costs_what_the_int8_graphs_count(mu
 @pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_every_segment_maps_fully_to_the_edge_tpu(multiexit_build):
     from cbnet_tl.runtime.manifest import read_manifest
-    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
+    from cbnet_tl.toolchain.edgetpu.mapping import inspect_model
 
     manifest = read_manifest(multiexit_build)
     for name in (*MULTIEXIT_STAGES, MULTIEXIT_FULL):
@@ -289,9 +336,53 @@ def test_the_cpu_stops_at_the_exit_taken(multiexit_build, test_images):
 
 
 @pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
+def test_the_device_session_gives_the_policy_the_exit_table_and_each_exit_confidence(multiexit_build, test_images,
+                                                                                        tmp_path):
+    """As the simulator does: the manifest's exit table once, before the first batch; for a batch of one image,
+    the confidence it had at each exit it went on past, through the real pipeline's stage hook."""
+    from test_dvfs import make_tree
+
+    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
+    from cbnet_tl.runtime.dvfs.energy import model_for
+    from cbnet_tl.runtime.dvfs.policies import EENetPolicy
+    from cbnet_tl.runtime.dvfs.session import DvfsSession
+    from cbnet_tl.runtime.exits import EXIT_TABLE, exit_scores
+
+    images, _ = test_images
+    bundle = load_bundle(multiexit_build, models=list(MULTIEXIT_STAGES))
+    every_exit = Pipeline(bundle, MULTIEXIT_PIPELINE, options={EXIT_THRESHOLDS: [NEVER, NEVER]})  # all go on
+    _, confidences = exit_scores(every_exit, images[:3])
+
+    class Recording(EENetPolicy):
+        def __init__(self):
+            super().__init__()
+            self.tables, self.told = [], []
+
+        def learn_exits(self, pipeline, table):
+            self.tables.append((pipeline, table))
+            super().learn_exits(pipeline, table)
+
+        def on_batch_confidence(self, stage, confidence):
+            self.told.append((stage, confidence))
+            super().on_batch_confidence(stage, confidence)
+
+    make_tree(tmp_path)
+    policy = Recording()
+    with CpufreqController(tmp_path) as controller:
+        with DvfsSession(policy, controller, model_for("rpi4", controller.frequencies_khz), deadline_s=0.05) as session:
+            for i in range(3):
+                session.classify_batch(every_exit, images[i:i + 1], [0.0])
+            session.classify_batch(every_exit, images[:8], [0.0] * 8)
+    assert policy.tables == [(MULTIEXIT_PIPELINE, every_exit.options[EXIT_TABLE])]
+    assert policy.told == [(stage, pytest.approx(confidences[k, i]))
+                           for i in range(3) for k, stage in enumerate(MULTIEXIT_STAGES[:2])]
+
+
+@pytest.mark.slow  # the module's tiny build: about 2-5 min on 2 loaded cores
 def test_evaluate_and_simulate_take_multiexit_by_default(multiexit_build, mnist_dir):
     from cbnet_tl.toolchain.cli.simulate import default_pipelines
-    from cbnet_tl.toolchain.evaluation import evaluate_bundle
+    from cbnet_tl.toolchain.analysis.evaluation import evaluate_bundle
 
     result = evaluate_bundle(multiexit_build / "bundle", "mnist", mnist_dir, limit=50)
     assert MULTIEXIT_PIPELINE in result["pipelines"] and FALLBACK_PIPELINE in result["pipelines"]
@@ -341,3 +432,14 @@ def test_eenet_runs_an_unsure_image_faster_than_a_sure_one():
     unsure, sure = _frequency_before_exit2(0.1), _frequency_before_exit2(0.9)
     assert unsure > sure
     assert _frequency_before_exit2(None) >= sure  # the average share plans for exit 3 half the time
+
+
+def test_the_cli_default_margin_is_the_choosers():
+    import inspect
+
+    from cbnet_tl.toolchain.build import BuildConfig
+    from cbnet_tl.toolchain.cli.build import build
+    from cbnet_tl.toolchain.training.exit_choice import DEFAULT_MARGIN_PT
+
+    assert inspect.signature(build).parameters["multiexit_margin"].default == DEFAULT_MARGIN_PT
+    assert BuildConfig("fashion-mnist", Path("out")).multiexit_margin_pt == DEFAULT_MARGIN_PT

@@ -9,8 +9,8 @@ from pathlib import Path
 from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
-READERS = ["toolchain/arm64_cost.py", "toolchain/fallback.py", "toolchain/sizes.py", "toolchain/report.py", "toolchain/bench.py",
-           "toolchain/bundle.py", "toolchain/evaluation.py", "examples/classify_folder.py", "runtime/cli.py",
+READERS = ["toolchain/arm64/cost.py", "toolchain/training/fallback.py", "toolchain/analysis/sizes.py", "toolchain/analysis/report.py", "toolchain/analysis/bench.py",
+           "toolchain/delivery/bundle.py", "toolchain/analysis/evaluation.py", "examples/classify_folder.py", "runtime/cli.py",
            *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "toolchain" / "cli").glob("*.py"))]
 NAMES = ({*PIPELINE_SPECS, CONVERTER, INVOKE_PROBE}
          | {model for spec in PIPELINE_SPECS.values() for model in spec.models}
@@ -51,7 +51,7 @@ def test_the_bundles_run_py_lists_every_deployed_pipeline(tiny_bundle):
 def test_cli_choices_are_the_recipe_tables():
     from cbnet_tl.recipes.fast import SIZES
     from cbnet_tl.toolchain.cli.common import RecipeChoice, SizeChoice
-    from cbnet_tl.toolchain.train import Recipe
+    from cbnet_tl.toolchain.training.train import Recipe
 
     assert [s.value for s in SizeChoice] == list(SIZES)
     assert [r.value for r in RecipeChoice] == [r.value for r in Recipe]

@@ -18,7 +18,7 @@ from PIL import Image
 import edge_images
 from cbnet_tl.runtime.api import open_pipeline
 from cbnet_tl.runtime.manifest import read_manifest
-from cbnet_tl.toolchain.datasets import Split, load_dataset
+from cbnet_tl.toolchain.ingest.datasets import Split, load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ import numpy as np
 from cbnet_tl.toolchain.quiet import configure
 configure(verbose=sys.argv[1] == "verbose")
 import tensorflow as tf
-from cbnet_tl.toolchain.convert import Precision, to_tflite
+from cbnet_tl.toolchain.conversion.convert import Precision, to_tflite
 double = tf.function(lambda x: x * 2)
 for n in range(1, 8):
     double(tf.zeros((n,)))

@@ -60,8 +60,8 @@ def test_autoencoder_shape():
 def test_mac_counts_match_the_papers_figures(tmp_path, views):
     from cbnet_tl.recipes.autoencoder import build_autoencoder
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.toolchain.convert import Precision, to_tflite
-    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.conversion.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.conversion.modelstats import count_macs_and_params
 
     def macs(model, name):
         path = tmp_path / f"{name}.tflite"
@@ -83,8 +83,8 @@ def test_layer_sizes_follow_the_input_spec(tmp_path):
     """At 32x32 RGB every flatten and the trunk come from the input: trunk 17, branch 9, main 6."""
     from cbnet_tl.recipes import blenet, fast
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.toolchain.convert import Precision, to_tflite
-    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.conversion.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.conversion.modelstats import count_macs_and_params
 
     shape = (32, 32, 3)
     parts = blenet.make_layers(shape, 5)
@@ -107,9 +107,9 @@ def test_fast_recipe_turns_convolutional_above_the_dense_limit_and_maps_to_the_e
     its MACs as counted from the converted graph, and every op of the int8 graph maps to the Edge TPU."""
     from cbnet_tl.recipes import fast
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.toolchain.convert import Precision, to_tflite
-    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
-    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.conversion.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.edgetpu.mapping import inspect_model
+    from cbnet_tl.toolchain.conversion.modelstats import count_macs_and_params
 
     config = fast.FastConfig(num_classes=4, input_shape=(70, 90, 3), dropout=0.0)
     assert config.convolutional and fast.FastConfig(input_shape=(64, 64, 3)).convolutional is False
@@ -134,9 +134,9 @@ def test_fast_recipe_pools_inputs_above_the_dense_budget(tmp_path):
     are not pooled."""
     from cbnet_tl.recipes import fast
     from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.toolchain.convert import Precision, to_tflite
-    from cbnet_tl.toolchain.edgetpu_mapping import inspect_model
-    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.conversion.convert import Precision, to_tflite
+    from cbnet_tl.toolchain.edgetpu.mapping import inspect_model
+    from cbnet_tl.toolchain.conversion.modelstats import count_macs_and_params
 
     assert [fast.FastConfig(input_shape=s).pool for s in (MNIST_SHAPE, (32, 32, 3), (61, 61, 3), (63, 63, 3))] \
         == [1, 1, 1, 3]

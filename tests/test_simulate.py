@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cbnet_tl.runtime.errors import DataError, DvfsError
-from cbnet_tl.toolchain.simulate import (
+from cbnet_tl.toolchain.simulation.simulate import (
     default_deadline_ms,
     infer_pipeline,
     path_of,

@@ -208,7 +208,8 @@ def test_recorded_arrivals_get_a_deadline_from_the_slowest_batch(tiny_bundle, mn
 
 
 def test_time_scale_from_the_recorded_device_checks(monkeypatch, tmp_path):
-    from cbnet_tl.toolchain import bundle, time_scale
+    from cbnet_tl.toolchain.delivery import bundle
+    from cbnet_tl.toolchain.simulation import time_scale
 
     record = {"target": "rpi4", "qemu_cpu": "cortex-a72",
               "instructions_per_image": {"branchynet": {"1": 1_200_000, "32": 960_000}}}

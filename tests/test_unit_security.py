@@ -17,7 +17,7 @@ MAX_EXPOSURE = 3.0
 
 
 def _render(dvfs: str, deadline_ms) -> str:
-    from cbnet_tl.toolchain.bundle import render
+    from cbnet_tl.toolchain.delivery.bundle import render
 
     return render("bundle/cbnet-tl.service.j2", dataset="mnist", target="rpi4", install_dir="/opt/cbnet-tl",
                   pipeline="cbnet", dvfs=dvfs, deadline_ms=deadline_ms, power_model="rpi4",

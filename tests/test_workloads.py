@@ -19,9 +19,9 @@ from cbnet_tl.runtime.dvfs.energy import model_for
 from cbnet_tl.runtime.dvfs.policies import EENetPolicy
 from cbnet_tl.runtime.dvfs.table_file import load_power_table
 from cbnet_tl.runtime.errors import ConfigError, DataError
-from cbnet_tl.toolchain.batch_sim import Job, simulate_jobs
-from cbnet_tl.toolchain.stage_costs import StageCosts
-from cbnet_tl.toolchain.workloads import form_batches, parse_workload
+from cbnet_tl.toolchain.simulation.batch_sim import Job, simulate_jobs
+from cbnet_tl.toolchain.simulation.stage_costs import StageCosts
+from cbnet_tl.toolchain.simulation.workloads import form_batches, parse_workload
 
 WIDE = Path(__file__).parent / "data" / "wide_range_power_table.json"
 

@@ -21,9 +21,10 @@ from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationC
 from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.runtime.manifest import Manifest
 from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE, MULTIEXIT_PIPELINE, PIPELINE_SPECS
-from cbnet_tl.toolchain.checks import CheckConfig
-from cbnet_tl.toolchain.inputs import InputChoice
-from cbnet_tl.toolchain.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
+from cbnet_tl.toolchain.conversion.checks import CheckConfig
+from cbnet_tl.toolchain.ingest.inputs import InputChoice
+from cbnet_tl.toolchain.training.exit_choice import DEFAULT_MARGIN_PT
+from cbnet_tl.toolchain.training.train import CUSTOM_THRESHOLD, DEFAULT_THRESHOLDS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BuildConfig:
     with_pipelines: tuple = ()  # optional pipelines to build too (runtime.pipelines.OPTIONAL_PIPELINES)
     fallback: str = BASELINE_PIPELINE  # cbnet-fallback's second network: a key of runtime.pipelines.FALLBACK_NETWORKS
     multiexit: Optional[object] = None  # recipes.multiexit.MultiExitConfig; None: the recipe's default
-    multiexit_margin_pt: float = 0.25  # multiexit's thresholds: accuracy at most this far below its last exit
+    multiexit_margin_pt: float = DEFAULT_MARGIN_PT  # multiexit's thresholds: loss against its last exit within this, at 95%
 
     def __post_init__(self):
         from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
@@ -94,7 +95,7 @@ def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) ->
     """int8 accuracy of every image model the deployed pipelines ship, at a few calibration sizes (the report
     shows how many are needed)."""
     from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, models_for
-    from cbnet_tl.toolchain.calibration import calibration_sweep
+    from cbnet_tl.toolchain.conversion.calibration import calibration_sweep
 
     shipped = models_for(p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional)
     sizes = sorted({10, 50, 100, chosen})
@@ -110,11 +111,11 @@ def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) ->
 def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=print) -> dict:
     """Train the Keras models into ``work/keras`` and write ``work/train.json``; return that record. A stage
     the user's --time-budget-minutes cut short is said in one line."""
-    from cbnet_tl.toolchain.train import train_all
+    from cbnet_tl.toolchain.training.train import train_all
 
     record = train_all(train, work, threshold, config.train)
     if MULTIEXIT_PIPELINE in config.with_pipelines:  # on the same split: its thresholds come from the held-out half
-        from cbnet_tl.toolchain.train_multiexit import train_multiexit
+        from cbnet_tl.toolchain.training.multiexit import train_multiexit
 
         held_out = np.asarray(record["validation_indices"], dtype=np.int64)
         record["multiexit"] = train_multiexit(train, work, held_out, config.multiexit, seed=config.train.seed,
@@ -129,8 +130,8 @@ def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=pr
 
 def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, progress) -> dict:
     """Convert ``work/keras``'s models to float32 and int8 ``work/models/*.tflite``; return the manifest's models."""
-    from cbnet_tl.toolchain.convert import convert_all
-    from cbnet_tl.toolchain.export import export_specs
+    from cbnet_tl.toolchain.conversion.convert import convert_all
+    from cbnet_tl.toolchain.training.export import export_specs
 
     specs = export_specs(work, train_images, config.calibration_samples)
     return convert_all(specs, work / "models", progress=progress)
@@ -139,7 +140,7 @@ def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, pro
 def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
     """cbnet-fallback's options, chosen on the validation split ``work/train.json`` names, through the model files
     of ``work/models`` (``manifest``: the build's, before it is written)."""
-    from cbnet_tl.toolchain.fallback import fallback_options
+    from cbnet_tl.toolchain.training.fallback import fallback_options
 
     validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
     return fallback_options(work, train.images[validation], train.labels[validation], manifest=manifest,
@@ -149,13 +150,14 @@ def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
 def multiexit_stage(work: Path, train, manifest: Manifest, margin_pt: float, log) -> dict:
     """multiexit's exit thresholds and EENet's exit table, chosen on the held-out images ``work/train.json`` names."""
     from cbnet_tl.runtime.exits import EXIT_THRESHOLDS
-    from cbnet_tl.toolchain.exit_choice import multiexit_options
+    from cbnet_tl.toolchain.training.exit_choice import multiexit_options
 
     validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
     options = multiexit_options(work, train.images[validation], train.labels[validation], manifest, margin_pt)
     log(f"{MULTIEXIT_PIPELINE}: exit thresholds {', '.join(f'{t:.4f}' for t in options[EXIT_THRESHOLDS])} (held-out "
         f"images: accuracy {options['validation_accuracy']:.2%} vs the last exit's "
-        f"{options['validation_last_exit_accuracy']:.2%}, margin {margin_pt:g} pt; exit shares "
+        f"{options['validation_last_exit_accuracy']:.2%}, loss bound {options['validation_loss_bound_pt']:.2f} pt "
+        f"within the margin {margin_pt:g} pt; exit shares "
         + " / ".join(f"{s:.1%}" for s in options["validation_exit_shares"])
         + f"; {options['validation_macs_per_image'] / 1e6:.2f} M MACs per image, "
         f"{options['validation_macs_share_of_last']:.1%} of the whole path's)")
@@ -189,7 +191,7 @@ def check_stage(work: Path, train, test, config: BuildConfig, log, progress) -> 
     """Score both precisions of every pipeline in ``work``, write ``work/checks.json``; on a failure, say which
     layers lost the accuracy (``explain_stage``) and raise."""
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain import checks
+    from cbnet_tl.toolchain.conversion import checks
 
     record = checks.run_checks(work, test.images, test.labels, config.check, progress=progress)
     write_json_atomic(work / checks.CHECKS_NAME, record)
@@ -203,7 +205,7 @@ def check_stage(work: Path, train, test, config: BuildConfig, log, progress) -> 
 
 
 def explain_stage(work: Path, train_images: np.ndarray, test_images: np.ndarray, log) -> None:
-    from cbnet_tl.toolchain.explain import explain_build, format_explanation
+    from cbnet_tl.toolchain.analysis.explain import explain_build, format_explanation
 
     log("which layers lost the accuracy (int8 against float, per layer, worst first):")
     log(format_explanation(explain_build(work, train_images, test_images)))
@@ -212,7 +214,7 @@ def explain_stage(work: Path, train_images: np.ndarray, test_images: np.ndarray,
 def calibration_stage(work: Path, train_images: np.ndarray, test, chosen: int) -> dict:
     """``work/calibration.json``: the shipped image models (from ``work/keras``) at a few calibration sizes."""
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.export import export_specs
+    from cbnet_tl.toolchain.training.export import export_specs
 
     record = calibration_table(export_specs(work, train_images, chosen), test, chosen)
     write_json_atomic(work / "calibration.json", record)
@@ -221,7 +223,7 @@ def calibration_stage(work: Path, train_images: np.ndarray, test, chosen: int) -
 
 def bundle_stage(work: Path, target, test_images: np.ndarray, log) -> Path:
     """Render ``work/bundle`` and its tarball from ``work``'s manifest, models and checks; return the tarball."""
-    from cbnet_tl.toolchain.bundle import write_bundle
+    from cbnet_tl.toolchain.delivery.bundle import write_bundle
 
     tarball = write_bundle(work, target, test_images)
     if target.uses_edgetpu:
@@ -231,7 +233,7 @@ def bundle_stage(work: Path, target, test_images: np.ndarray, log) -> Path:
 
 def coral_stage(work: Path, log) -> None:
     """Say what ``work/bundle/edgetpu_report.json`` holds: the Edge TPU mapping and whether the compiler ran."""
-    from cbnet_tl.toolchain.coral import format_inspection
+    from cbnet_tl.toolchain.edgetpu.coral import format_inspection
 
     edgetpu = json.loads((work / "bundle" / "edgetpu_report.json").read_text())
     log("\n".join(line for line in format_inspection(edgetpu["inspect"]).splitlines() if not line.startswith("  ")))
@@ -243,8 +245,8 @@ def coral_stage(work: Path, log) -> None:
 def report_stage(work: Path, test, target) -> None:
     """A quick ``work/bench.json`` and ``work/report/`` from everything the build wrote."""
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.bench import BenchConfig, run_bench
-    from cbnet_tl.toolchain.report import write_report
+    from cbnet_tl.toolchain.analysis.bench import BenchConfig, run_bench
+    from cbnet_tl.toolchain.analysis.report import write_report
 
     quick = BenchConfig(batch_sizes=(1,), num_images=min(512, len(test)), power_model=target.power_model)
     write_json_atomic(work / "bench.json", run_bench(work, test.images, test.labels, quick))
@@ -256,7 +258,7 @@ def multiexit_summary(work: Path, manifest: Manifest, test) -> dict:
     from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, exit_scores
     from cbnet_tl.runtime.pipelines import Pipeline
-    from cbnet_tl.toolchain.exit_choice import exit_depths
+    from cbnet_tl.toolchain.training.exit_choice import exit_depths
 
     spec, options = PIPELINE_SPECS[MULTIEXIT_PIPELINE], manifest.pipelines[MULTIEXIT_PIPELINE].options
     pipeline = Pipeline(load_bundle(work, precision="int8", models=list(spec.models), manifest=manifest), spec)
@@ -278,8 +280,8 @@ def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: di
     every pipeline but the optional ones not asked for, cbnet-fallback with the build's --fallback network."""
     from cbnet_tl.runtime.manifest import PipelineEntry
     from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, FALLBACK_PIPELINE, PIPELINE_SPECS
-    from cbnet_tl.toolchain.bundle import new_version
-    from cbnet_tl.toolchain.convert import file_hashes
+    from cbnet_tl.toolchain.delivery.bundle import new_version
+    from cbnet_tl.toolchain.conversion.convert import file_hashes
 
     hashes = file_hashes(work, [f.file for m in models.values() for f in m.files.values()])
     return Manifest(
@@ -297,7 +299,7 @@ def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: di
 def build(config: BuildConfig, log=print) -> dict:
     """Run every stage; return the build record (also written to ``OUT/build.json``)."""
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.datasets import load_build_data, seeded_subset
+    from cbnet_tl.toolchain.ingest.datasets import load_build_data, seeded_subset
     from cbnet_tl.toolchain.targets import get_target
 
     target = get_target(config.target)

@@ -1,6 +1,6 @@
 """The DVFS policy protocol: a ``Policy`` is a pure decision object bound to a ``DvfsContext``.
 
-A driver (``session.DvfsSession`` on a device, ``cbnet_tl.toolchain.simulate`` offline) tells a bound policy
+A driver (``session.DvfsSession`` on a device, ``cbnet_tl.toolchain.simulation.simulate`` offline) tells a bound policy
 what happens and sets whatever frequency (kHz) the policy returns. The policy never reads a clock or a
 file; every time it needs is passed in, in seconds:
 
@@ -99,3 +99,7 @@ class Policy:
 
     def on_batch_confidence(self, stage: str, confidence: float) -> None:
         """What a multi-exit pipeline's exit said of the one image going on (default: not used)."""
+
+    def learn_exits(self, pipeline: str, table: dict) -> None:
+        """A multi-exit pipeline's exit table (its manifest's ``exit_table``), given once before its first batch
+        (default: not used)."""

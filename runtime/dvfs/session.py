@@ -12,6 +12,7 @@ import numpy as np
 from cbnet_tl.runtime.dvfs.base import PRE_STAGE, DvfsContext, Policy
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, EnergySource
 from cbnet_tl.runtime.errors import DvfsError
+from cbnet_tl.runtime.exits import EXIT_TABLE
 
 LATENCY_WINDOW = 65_536  # latencies kept for the median and p95: a service's memory stays bounded
 
@@ -65,8 +66,9 @@ class DvfsSession:
         self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
         self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue, image waits) of the next batch
         self._segment_images, self._answer_later = 0, False
+        self._exit_tables: set = set()  # pipelines whose exit table the policy has been given
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
-        self.num_inferences = self.num_misses = 0
+        self.num_inferences = self.num_misses = self.num_batches = 0
         self.busy_seconds: dict = {}
         self.stage_seconds: dict = {}
         self.switches: Counter = Counter()  # (from kHz, to kHz) -> how many times
@@ -127,6 +129,7 @@ class DvfsSession:
             raise DvfsError(f"Expected one wait per image of the batch, {num_images}. Received: {len(image_waits)}")
         younger = None if image_waits is None else np.maximum(0.0, waited_s - np.asarray(image_waits, dtype=float))
         self._batch = (int(num_images), float(waited_s), tuple(queue), younger)
+        self.num_batches += 1
 
     def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = (),
                        answered_later: bool = False):
@@ -139,6 +142,10 @@ class DvfsSession:
         self.begin_batch(pipeline.name, len(image_waits), waited, queue, image_waits)
         self._answer_later = answered_later
         if self.policy is not None:
+            if pipeline.name not in self._exit_tables:  # a multi-exit pipeline's table, learned by the build
+                self._exit_tables.add(pipeline.name)
+                if pipeline.options.get(EXIT_TABLE):
+                    self.policy.learn_exits(pipeline.name, pipeline.options[EXIT_TABLE])
             return pipeline.classify(images, hook=self)
         self.begin_inference(pipeline.name)
         result = pipeline.classify(images)
@@ -181,6 +188,10 @@ class DvfsSession:
             self.policy.on_stage_done(self._segment, seconds, self._khz)
             self._apply(self.policy.on_stage(stage, now - self._arrival))
         self._mark, self._segment = self._clock(), stage
+
+    def exit_confidence(self, stage: str, confidence: float) -> None:
+        if self.policy is not None and self._batch is not None:
+            self.policy.on_batch_confidence(stage, confidence)
 
     def after_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
@@ -232,6 +243,7 @@ class DvfsSession:
             "dvfs": self.policy.name if self.policy is not None else "off",
             "method": getattr(getattr(self.controller, "method", None), "value", None),
             "num_inferences": count,
+            "num_batches": self.num_batches,  # 0: one inference at a time
             "deadline_ms": self.deadline_s * 1e3 if math.isfinite(self.deadline_s) else None,  # None: no deadline
             "deadline_misses": self.num_misses,
             "miss_rate": self.num_misses / count if count else 0.0,

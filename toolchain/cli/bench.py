@@ -57,8 +57,8 @@ def bench(
     from tqdm.auto import tqdm
 
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.bench import BenchConfig, format_bench, run_bench
-    from cbnet_tl.toolchain.evaluation import load_test_split
+    from cbnet_tl.toolchain.analysis.bench import BenchConfig, format_bench, run_bench
+    from cbnet_tl.toolchain.analysis.evaluation import load_test_split
 
     if not arm64 and (arm64_cpu or arm64_root):
         raise typer.BadParameter("--arm64-cpu and --arm64-root go with --arm64. Add --arm64 to count instructions.")
@@ -97,7 +97,7 @@ def _count_arm64(bundle: Path, test, batch_sizes: tuple, num_images: int, cpu, r
     from tqdm.auto import tqdm
 
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.arm64_cost import CountConfig, count_pipelines, format_counts
+    from cbnet_tl.toolchain.arm64.cost import CountConfig, count_pipelines, format_counts
 
     config = CountConfig(cpu=cpu.value if cpu else None, batch_sizes=batch_sizes, num_images=num_images,
                          **({"root": root} if root else {}))
@@ -118,8 +118,8 @@ def report(
     data_dir: DataDir = None,
 ):
     """Write BUILD_DIR/report/index.html: latency and accuracy beside the paper's, checks, confusion, hard images, DVFS."""
-    from cbnet_tl.toolchain.evaluation import load_test_split
-    from cbnet_tl.toolchain.report import write_report
+    from cbnet_tl.toolchain.analysis.evaluation import load_test_split
+    from cbnet_tl.toolchain.analysis.report import write_report
 
     _, test = load_test_split(build_dir, data_dir)
     typer.echo(str(write_report(build_dir, test.images, test.labels)))

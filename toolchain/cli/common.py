@@ -12,9 +12,9 @@ from typing_extensions import Annotated
 
 from cbnet_tl.runtime.manifest import PRECISIONS
 from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, OPTIONAL_PIPELINES, PIPELINE_SPECS
-from cbnet_tl.toolchain.datasets import DatasetName
+from cbnet_tl.toolchain.ingest.datasets import DatasetName
 from cbnet_tl.toolchain.targets import TARGETS
-from cbnet_tl.toolchain.train import Recipe
+from cbnet_tl.toolchain.training.train import Recipe
 
 
 def _choices(name: str, values) -> type:

@@ -32,7 +32,7 @@ def deploy(
 ):
     """Deploy a bundle to a device (upload into releases/VERSION, verify every sha256 there, self-test, tune once per bundle version, switch
     current, restart the service), or --rollback to the previous release. A failed step keeps the running version."""
-    from cbnet_tl.toolchain import deploy as deploying
+    from cbnet_tl.toolchain.delivery import deploy as deploying
 
     expected = 1 if rollback else 2
     if len(arguments) != expected:

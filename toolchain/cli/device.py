@@ -21,7 +21,7 @@ def inspect(
 ):
     """Which ops of each model map to the Edge TPU, which fall back to the CPU, and where the graph splits."""
     from cbnet_tl.runtime.errors import CbnetError
-    from cbnet_tl.toolchain.coral import collect_models, format_inspection, inspect_model
+    from cbnet_tl.toolchain.edgetpu.coral import collect_models, format_inspection, inspect_model
     from cbnet_tl.toolchain.targets import get_target
 
     if not get_target(target.value).uses_edgetpu:

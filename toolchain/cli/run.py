@@ -58,7 +58,7 @@ def run(
     from cbnet_tl.runtime.api import classify_paths, open_pipeline
     from cbnet_tl.runtime.dvfs.run import dvfs_session
     from cbnet_tl.runtime.images import collect_image_paths
-    from cbnet_tl.toolchain.evaluation import format_dvfs_summary, write_converted
+    from cbnet_tl.toolchain.analysis.evaluation import format_dvfs_summary, write_converted
 
     # the device's tuning file (`cbnet-tl tune`) when there is one; it says so and what it runs
     runner = open_pipeline(bundle, pipeline.value, num_threads=threads, options=fallback_options(fallback_threshold))
@@ -104,10 +104,12 @@ def evaluate_command(
 ):
     """Accuracy, share of each path and time per image on this machine, through the runtime only.
 
-    With --dvfs other than off (or --deadline-ms/--period-ms), images run one at a time under the policy
-    and each pipeline also reports misses, latency, energy per inference and time at each frequency.
+    With --dvfs other than off (or --deadline-ms/--period-ms), images run under the policy and each pipeline
+    also reports misses, latency, energy per inference and time at each frequency: one at a time (arriving every
+    --period-ms if given), or with --batch-size N as a burst in batches of N, each one DVFS batch whose deadline
+    counts from the start.
     """
-    from cbnet_tl.toolchain.evaluation import evaluate_bundle, format_evaluation
+    from cbnet_tl.toolchain.analysis.evaluation import evaluate_bundle, format_evaluation
 
     names = [p.value for p in pipeline] if pipeline else None
     dvfs_options = None

@@ -65,8 +65,8 @@ def simulate(
     from cbnet_tl.runtime.dvfs.power_tables import power_table as named_table
     from cbnet_tl.runtime.dvfs.table_file import load_power_table
     from cbnet_tl.runtime.files import write_json_atomic
-    from cbnet_tl.toolchain.dvfs_report import format_simulation, simulate_bundle
-    from cbnet_tl.toolchain.workload_report import format_workload
+    from cbnet_tl.toolchain.simulation.dvfs_report import format_simulation, simulate_bundle
+    from cbnet_tl.toolchain.simulation.workload_report import format_workload
 
     frequencies_khz = None if frequencies_mhz is None else parse_frequencies_khz(frequencies_mhz)
     names = [p.value for p in pipeline] if pipeline else default_pipelines(bundle)
@@ -88,7 +88,7 @@ def simulate(
                                  limit=limit, repeats=repeats, switch_us=switch_us, frequencies_khz=frequencies_khz,
                                  threads=threads)
     else:
-        from cbnet_tl.toolchain.workload_report import run_workload
+        from cbnet_tl.toolchain.simulation.workload_report import run_workload
 
         result = run_workload(bundle, dataset.value if dataset else None, data_dir, names,
                               table, workload, deadline_ms=deadline_ms, batch_size=batch_size, threads=threads,

@@ -10,7 +10,7 @@
  * between two marks is what the program ran between them, with nothing of its start-up.
  * Each translated block adds its instruction count when it starts to execute, with an atomic add, so the
  * total is exact for blocks that run to their end (a block cut short by a fault or a signal still counts
- * whole: rare, and the same in every run). Used by cbnet_tl/toolchain/arm64_cost.py.
+ * whole: rare, and the same in every run). Used by cbnet_tl/toolchain/arm64/cost.py.
  *
  * Debian's qemu-user ships no qemu-plugin.h, so the few parts of QEMU's plugin API used here are declared
  * below, as QEMU 7.2 defines them (API version 1).

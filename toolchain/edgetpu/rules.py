@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.toolchain.tflite_graph import Op, Tensor
+from cbnet_tl.toolchain.edgetpu.tflite_graph import Op, Tensor
 
 
 @lru_cache(maxsize=None)

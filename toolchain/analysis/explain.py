@@ -128,7 +128,7 @@ def explain_model(model, representative: np.ndarray, samples: Optional[np.ndarra
 
 def build_training_images(build_dir: Path, data_dir: Optional[Path] = None) -> np.ndarray:
     """The training images the build calibrated from (the same seeded subset for a --max-train-images build)."""
-    from cbnet_tl.toolchain.evaluation import load_train_split
+    from cbnet_tl.toolchain.analysis.evaluation import load_train_split
 
     return load_train_split(Path(build_dir), data_dir)[0].images
 
@@ -137,7 +137,7 @@ def explain_build(build_dir: Path, train_images: np.ndarray, test_images: np.nda
                   models: Optional[Sequence[str]] = None, num_samples: int = 64) -> dict:
     """Per-layer error of each of the build's int8 models (the specs ``export_specs`` converts)."""
     from cbnet_tl.runtime.errors import BundleError
-    from cbnet_tl.toolchain.export import export_specs
+    from cbnet_tl.toolchain.training.export import export_specs
 
     keras_dir = Path(build_dir) / "keras"
     if not any(keras_dir.glob("*.keras")):

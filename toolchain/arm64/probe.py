@@ -11,7 +11,7 @@ loading and one warm-up call (in which XNNPACK packs its weights), the same loop
 counting plugin records (data/insncount.c): on the N images, then on 0. (count between the first two marks -
 count between the last two) / N is the loop's instructions per image, with none of the start-up and its
 run-to-run noise. Only the stdlib, numpy and the bundle's runtime are used; this file is copied into the root
-(toolchain/arm64_cost.py) and is not imported by the toolchain.
+(toolchain/arm64/cost.py) and is not imported by the toolchain.
 """
 
 import importlib.metadata

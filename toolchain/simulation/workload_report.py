@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cbnet_tl.runtime.dvfs.energy import model_for
-from cbnet_tl.toolchain.evaluation import load_test_split
-from cbnet_tl.toolchain.workload_sim import WorkloadConfig, simulate_workload_bundle
-from cbnet_tl.toolchain.workloads import parse_workload
+from cbnet_tl.toolchain.analysis.evaluation import load_test_split
+from cbnet_tl.toolchain.simulation.workload_sim import WorkloadConfig, simulate_workload_bundle
+from cbnet_tl.toolchain.simulation.workloads import parse_workload
 
 
 def run_workload(bundle_dir: Path, dataset: Optional[str], data_dir: Optional[Path], pipelines: Sequence[str], table,

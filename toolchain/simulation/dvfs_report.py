@@ -11,8 +11,8 @@ from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
 from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline, models_for
-from cbnet_tl.toolchain.evaluation import load_test_split
-from cbnet_tl.toolchain.simulate import HOST_STAGE, default_deadline_ms, simulate, top_frequency_latency
+from cbnet_tl.toolchain.analysis.evaluation import load_test_split
+from cbnet_tl.toolchain.simulation.simulate import HOST_STAGE, default_deadline_ms, simulate, top_frequency_latency
 
 
 def frequency_curve(model: EnergyModel, top_latency_ms: dict) -> dict:

@@ -48,7 +48,7 @@ def _counts_from_bench(bundle_dir: Path, pipeline: str) -> Optional[tuple]:
 
 
 def _counts_from_checks(target: str, pipeline: str) -> Optional[tuple]:
-    from cbnet_tl.toolchain.bundle import device_checks
+    from cbnet_tl.toolchain.delivery.bundle import device_checks
 
     for record in device_checks().get("instruction_counts", []):
         if record.get("target") == target and pipeline in record.get("instructions_per_image", {}):

@@ -26,7 +26,7 @@ from cbnet_tl.runtime.pipelines import (
     convert_images,
     models_for,
 )
-from cbnet_tl.toolchain import charts
+from cbnet_tl.toolchain.analysis import charts
 
 NUM_GRID_IMAGES = 12
 
@@ -145,9 +145,9 @@ def _charts(out: Path, dataset: str, bench: Optional[dict], checks: Optional[dic
 def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
                  test_labels: Optional[np.ndarray] = None) -> Path:
     """Render ``build_dir/report/index.html``; return its path."""
-    from cbnet_tl.toolchain.arm64_cost import side_by_side
-    from cbnet_tl.toolchain.bench import SPEEDUP_BASES
-    from cbnet_tl.toolchain.bundle import render
+    from cbnet_tl.toolchain.arm64.cost import side_by_side
+    from cbnet_tl.toolchain.analysis.bench import SPEEDUP_BASES
+    from cbnet_tl.toolchain.delivery.bundle import render
 
     build_dir, manifest = open_manifest(build_dir)
     checks = _read_json(build_dir / "checks.json")

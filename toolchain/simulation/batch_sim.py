@@ -31,7 +31,7 @@ from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy
 from cbnet_tl.runtime.dvfs.energy import EnergyModel
 from cbnet_tl.runtime.dvfs.policies import EENetPolicy
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.toolchain.simulate import ORACLE, bound_policy, compare_to_references
+from cbnet_tl.toolchain.simulation.simulate import ORACLE, bound_policy, compare_to_references
 
 _TOLERANCE = 1e-12
 

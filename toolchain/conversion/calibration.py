@@ -39,7 +39,7 @@ def calibration_sweep(spec_or_model, images: np.ndarray, labels: np.ndarray,
     """
     from cbnet_tl.runtime.files import write_bytes_atomic
     from cbnet_tl.runtime.interpreter import Model
-    from cbnet_tl.toolchain.convert import ModelSpec, Precision, to_tflite
+    from cbnet_tl.toolchain.conversion.convert import ModelSpec, Precision, to_tflite
 
     input_type = "int8"
     if isinstance(spec_or_model, ModelSpec):

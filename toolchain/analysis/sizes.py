@@ -56,10 +56,10 @@ def _size_pipelines(build_dir: Path, manifest, models: dict) -> dict:
 def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int = 0, progress: bool = True,
               log: Callable = print, num_timed: int = 200) -> dict:
     from cbnet_tl.recipes import fast
-    from cbnet_tl.toolchain.convert import Precision, check_raw_pixel_input, to_tflite
-    from cbnet_tl.toolchain.export import _calibration_pixels
-    from cbnet_tl.toolchain.train import split_validation
-    from cbnet_tl.toolchain.train_fast import train_fast
+    from cbnet_tl.toolchain.conversion.convert import Precision, check_raw_pixel_input, to_tflite
+    from cbnet_tl.toolchain.training.export import _calibration_pixels
+    from cbnet_tl.toolchain.training.train import split_validation
+    from cbnet_tl.toolchain.training.fast import train_fast
 
     unknown = [s for s in sizes if s not in fast.SIZES]
     if unknown:
@@ -90,7 +90,7 @@ def run_sizes(build_dir: Path, train, test, sizes: Sequence[str], *, seed: int =
     for size in results:
         results[size]["us_per_image"] = timed[size]
     reference = {name: timed[name] for name in REFERENCE_PIPELINES}
-    from cbnet_tl.toolchain.bench import cpu_model
+    from cbnet_tl.toolchain.analysis.bench import cpu_model
 
     method = ("batch 1, 1 thread, through the pipeline code as bench times it, interleaved image by image with "
               f"the build's {' and '.join(reference)}, median")

@@ -19,7 +19,7 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.files import write_json_atomic
-from cbnet_tl.toolchain.datasets import Dataset
+from cbnet_tl.toolchain.ingest.datasets import Dataset
 
 RECORD_NAME = "multiexit.json"
 KERAS_NAME = "multiexit.keras"
@@ -84,7 +84,7 @@ def export_multiexit(build_dir: Path, pixels: np.ndarray) -> list:
 
     from cbnet_tl.recipes.multiexit import MultiExitConfig, build_full, build_segments, layers_of
     from cbnet_tl.runtime.pipelines import MULTIEXIT_FULL, MULTIEXIT_STAGES
-    from cbnet_tl.toolchain.convert import ModelSpec
+    from cbnet_tl.toolchain.conversion.convert import ModelSpec
 
     record = read_record(build_dir)
     config = MultiExitConfig.from_dict(record["config"])

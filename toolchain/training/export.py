@@ -17,8 +17,8 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import CONVERTER, INVOKE_PROBE
-from cbnet_tl.toolchain.convert import ModelSpec
-from cbnet_tl.toolchain.train_multiexit import RECORD_NAME as MULTIEXIT_RECORD
+from cbnet_tl.toolchain.conversion.convert import ModelSpec
+from cbnet_tl.toolchain.training.multiexit import RECORD_NAME as MULTIEXIT_RECORD
 
 
 def _calibration_pixels(train_images: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def export_specs(build_dir: Path, train_images: np.ndarray, calibration_samples:
         classifier.set_weights(fast_classifier.get_weights())
     multiexit = []
     if (Path(build_dir) / MULTIEXIT_RECORD).is_file():  # built --with multiexit: its segments and its whole path
-        from cbnet_tl.toolchain.train_multiexit import export_multiexit
+        from cbnet_tl.toolchain.training.multiexit import export_multiexit
 
         multiexit = export_multiexit(build_dir, pixels)
     return [

@@ -2,8 +2,8 @@
 
 Each pipeline of a bundle runs inside the Debian arm64 root the arm64 check builds (scripts/arm64_check.py),
 under the dynamic ``qemu-aarch64`` emulating the target's core (``-cpu cortex-a72`` for a Raspberry Pi 4), with
-a small TCG plugin (``data/insncount.c``, compiled here) counting the guest instructions executed. One run per
-pipeline and batch size (``arm64_probe.py``): after start-up, loading and a warm-up call, the same loop runs on
+a small TCG plugin (``toolchain/data/insncount.c``, compiled here) counting the guest instructions executed. One run per
+pipeline and batch size (``probe.py``, copied into the root as ``arm64_probe.py``): after start-up, loading and a warm-up call, the same loop runs on
 N images and on 0, each between two marks the plugin records, so (count(N) - count(0)) / N is the instructions
 per image, with none of the start-up (whose run-to-run noise, about 8 M instructions a process, would be 8 k
 per image at N = 1,024 in two separate runs). The guest sees the emulated core's /proc/cpuinfo
@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE as BASELINE  # ratios are to it
-from cbnet_tl.toolchain.arm64_setup import (
+from cbnet_tl.toolchain.arm64.setup import (
     CORES,
     DEFAULT_CACHE,
     DEFAULT_SUITE,
@@ -50,7 +50,7 @@ from cbnet_tl.toolchain.arm64_setup import (
     require_root,
 )
 
-PROBE_SOURCE = Path(__file__).parent / "arm64_probe.py"
+PROBE_SOURCE = Path(__file__).parent / "probe.py"
 METHOD = ("instructions per image counted under qemu-aarch64 emulation (TCG plugin), (count of a loop on N images - "
           "count of the same loop on 0) / N, in one process after start-up, the guest shown the emulated core's "
           "/proc/cpuinfo (the interpreter picks its kernels as on the board): a proxy for time on the board, "

@@ -129,7 +129,7 @@ def check_raw_pixel_input(path: Path, tensor: dict) -> None:
 
 def convert_all(specs: list, models_dir: Path, progress: Callable = lambda iterable, **_: iterable) -> dict:
     """Convert every spec to both precisions; return the manifest's ``models`` section (name -> ModelEntry)."""
-    from cbnet_tl.toolchain.modelstats import count_macs_and_params
+    from cbnet_tl.toolchain.conversion.modelstats import count_macs_and_params
 
     entries = {}
     for spec in progress(specs, desc="convert", unit="model"):

@@ -31,7 +31,7 @@ from cbnet_tl.runtime.pipelines import (
     deployed_pipelines,
     models_for,
 )
-from cbnet_tl.toolchain.checks import read_checks
+from cbnet_tl.toolchain.conversion.checks import read_checks
 from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -158,7 +158,7 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
 
 def _edgetpu_stage(staging: Path, models: dict) -> dict:
     """Check every model against the Edge TPU's ops; compile when edgetpu_compiler is on PATH."""
-    from cbnet_tl.toolchain.coral import check_edgetpu_versions, compile_models, inspect_model
+    from cbnet_tl.toolchain.edgetpu.coral import check_edgetpu_versions, compile_models, inspect_model
 
     files = [staging / entry.files["int8"].file for entry in models.values()]
     check_edgetpu_versions(files)  # a version edgetpu_compiler 16 rejects fails the build, naming op and fix

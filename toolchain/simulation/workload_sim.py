@@ -21,11 +21,11 @@ from cbnet_tl.runtime.dvfs.energy import EnergyModel
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, read_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
-from cbnet_tl.toolchain.exit_choice import EXIT_TABLE
-from cbnet_tl.toolchain.batch_sim import ORACLE, Job, simulate_jobs
-from cbnet_tl.toolchain.stage_costs import StageCosts
-from cbnet_tl.toolchain.time_scale import TimeScale, time_scale
-from cbnet_tl.toolchain.workloads import Workload, form_batches
+from cbnet_tl.runtime.exits import EXIT_TABLE
+from cbnet_tl.toolchain.simulation.batch_sim import ORACLE, Job, simulate_jobs
+from cbnet_tl.toolchain.simulation.stage_costs import StageCosts
+from cbnet_tl.toolchain.simulation.time_scale import TimeScale, time_scale
+from cbnet_tl.toolchain.simulation.workloads import Workload, form_batches
 
 NO_SAVING = 0.001  # a best possible saving below this is no saving: say why
 MAX_TIMED_BATCHES = 512
@@ -211,8 +211,8 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
     """Every pipeline over the workload; the first one's policies are the headline (``policies``)."""
     from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.pipelines import models_for
-    from cbnet_tl.toolchain.dvfs_report import frequency_curve
-    from cbnet_tl.toolchain.evaluation import load_test_split
+    from cbnet_tl.toolchain.simulation.dvfs_report import frequency_curve
+    from cbnet_tl.toolchain.analysis.evaluation import load_test_split
 
     manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     pool = test.images[:limit]

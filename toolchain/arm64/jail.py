@@ -1,8 +1,8 @@
 """Run one command in an arm64 root with the /proc, /dev and minimal /sys the arm64 check gives it.
 
-    unshare --mount --propagation private python -m cbnet_tl.toolchain.arm64_jail ROOT CWD [--bind SRC:DEST]... -- ARGV...
+    unshare --mount --propagation private python -m cbnet_tl.toolchain.arm64.jail ROOT CWD [--bind SRC:DEST]... -- ARGV...
 
-Started by ``toolchain/arm64_cost.py`` in a private mount namespace, so every mount here ends with the
+Started by ``toolchain/arm64/cost.py`` in a private mount namespace, so every mount here ends with the
 command, even when it is killed. /sys is a tmpfs holding only ``devices/system/cpu/{possible,present,online}``
 (four cores, as on a Raspberry Pi 4 or 5): the host's real /sys describes x86 CPUs and makes the interpreter's
 CPU detection crash under qemu (see scripts/arm64_check.py). A bind goes after /proc is mounted, so a file can

@@ -27,7 +27,7 @@ DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/ar
 DEFAULT_SUITE = "bookworm"
 IN_ROOT = "/opt/cbnet-tl-count"  # what counting keeps in a root: host/ (qemu, plugin), venv/, work/
 QEMU = Path("/usr/bin/qemu-aarch64")  # Debian's qemu-user: dynamic, loads plugins
-PLUGIN_SOURCE = Path(__file__).parent / "data" / "insncount.c"
+PLUGIN_SOURCE = Path(__file__).parent.parent / "data" / "insncount.c"
 RUN_TIMEOUT = 3600
 
 
@@ -80,7 +80,7 @@ def in_root(root: Path, argv: list, *, env: dict, cwd: str = "/", binds: tuple =
             timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``argv`` chrooted in ``root`` with /proc, /dev and a minimal /sys, in a private mount namespace."""
     require_root(root)
-    command = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "cbnet_tl.toolchain.arm64_jail",
+    command = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "cbnet_tl.toolchain.arm64.jail",
                str(root), cwd]
     for source, dest in binds:
         command += ["--bind", f"{source}:{dest}"]

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from cbnet_tl.runtime.errors import CompileError
-from cbnet_tl.toolchain.edgetpu_rules import op_problem, rules, version_problem
-from cbnet_tl.toolchain.tflite_graph import Graph, Op, read_graph
+from cbnet_tl.toolchain.edgetpu.rules import op_problem, rules, version_problem
+from cbnet_tl.toolchain.edgetpu.tflite_graph import Graph, Op, read_graph
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 BEFORE, EDGETPU, AFTER = "cpu-before-edgetpu", "edgetpu", "cpu-after-split"

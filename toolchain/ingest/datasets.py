@@ -20,8 +20,8 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import DataError
 from cbnet_tl.runtime.preprocess import InputSpec, to_model_inputs
-from cbnet_tl.toolchain import folders
-from cbnet_tl.toolchain.inputs import InputChoice, choose_for_headers, choose_for_idx
+from cbnet_tl.toolchain.ingest import folders
+from cbnet_tl.toolchain.ingest.inputs import InputChoice, choose_for_headers, choose_for_idx
 
 
 class DatasetName(str, Enum):

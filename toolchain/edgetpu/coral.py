@@ -1,7 +1,7 @@
-"""Edge TPU: which ops of a ``.tflite`` map (``edgetpu_mapping``), and compiling with ``edgetpu_compiler``.
+"""Edge TPU: which ops of a ``.tflite`` map (``edgetpu.mapping``), and compiling with ``edgetpu_compiler``.
 
-The mapping prediction, the rules data and the op-version check live in ``edgetpu_mapping``,
-``edgetpu_rules`` and ``data/edgetpu_ops.json``; this module keeps the names the build and the
+The mapping prediction, the rules data and the op-version check live in ``edgetpu.mapping``,
+``edgetpu.rules`` and ``data/edgetpu_ops.json``; this module keeps the names the build and the
 bundle import, collects model files, and runs the real compiler when it is on PATH.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cbnet_tl.runtime.errors import CbnetError, CompileError
-from cbnet_tl.toolchain.edgetpu_mapping import (  # noqa: F401  (re-exported for build, bundle and the CLI)
+from cbnet_tl.toolchain.edgetpu.mapping import (  # noqa: F401  (re-exported for build, bundle and the CLI)
     check_edgetpu_versions,
     format_inspection,
     inspect_model,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
-from cbnet_tl.runtime.errors import CbnetError, DataError
+from cbnet_tl.runtime.errors import CbnetError, ConfigError, DataError
 from cbnet_tl.runtime.pipelines import Pipeline, deployed_pipelines, models_for
-from cbnet_tl.toolchain.datasets import DatasetName, Split, load_dataset, seeded_subset
+from cbnet_tl.toolchain.ingest.datasets import DatasetName, Split, load_dataset, seeded_subset
 from cbnet_tl.toolchain.scoring import evaluate
 
 
@@ -69,7 +70,12 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
                     pipelines: Optional[Sequence[str]] = None, *, precision: str = "int8",
                     batch_size: int = 1, limit: Optional[int] = None, num_threads: int = 1,
                     dvfs: Optional[dict] = None, options: Optional[dict] = None) -> dict:
-    """Score each pipeline; with ``dvfs`` (options of ``dvfs_session``), one image at a time under that policy."""
+    """Score each pipeline; with ``dvfs`` (options of ``dvfs_session``) under that policy: one image at a time
+    (arriving every ``period_ms`` if set), or batches of ``batch_size`` of a burst (every image there at the start,
+    each batch one DVFS batch with those behind it as its queue, as ``run --batch-size`` runs files)."""
+    if dvfs is not None and batch_size > 1 and dvfs.get("period_ms") is not None:
+        raise ConfigError(f"Expected --batch-size 1 with --period-ms (images arriving one at a time), or no "
+                          f"--period-ms with --batch-size {batch_size} (a burst). Received both")
     manifest, test = load_test_split(bundle_dir, data_dir, dataset)
     images, labels = test.images[:limit], test.labels[:limit]
     names = list(pipelines or deployed_pipelines(manifest))
@@ -78,7 +84,8 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
               "precision": precision, "batch_size": batch_size, "num_threads": num_threads, "pipelines": {}}
     for name in names:
         if dvfs is not None:
-            result["pipelines"][name] = _evaluate_with_dvfs(Pipeline(bundle, name, options), images, labels, dvfs)
+            result["pipelines"][name] = _evaluate_with_dvfs(Pipeline(bundle, name, options), images, labels, dvfs,
+                                                            batch_size)
             continue
         scored = evaluate(Pipeline(bundle, name, options), images, labels, batch_size=batch_size)
         scored.pop("predictions")
@@ -87,17 +94,20 @@ def evaluate_bundle(bundle_dir: Path, dataset: Optional[str], data_dir: Optional
     return result
 
 
-def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict) -> dict:
+def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict, batch_size: int) -> dict:
     from collections import Counter
 
     from cbnet_tl.runtime.dvfs.run import dvfs_session
 
     with dvfs_session(options["dvfs"], deadline_ms=options["deadline_ms"], period_ms=options["period_ms"],
                       sysfs_root=options["sysfs_root"], target=options["target"]) as session:
-        predicted, paths = classify_each(pipeline, images, session)
+        if batch_size == 1:
+            predicted, paths = classify_each(pipeline, images, session)
+        else:
+            predicted, paths = classify_burst(pipeline, images, session, batch_size)
     summary = session.summary()
     counts = Counter(paths)
-    return {"accuracy": float((predicted == labels).mean()), "num_images": int(len(labels)), "batch_size": 1,
+    return {"accuracy": float((predicted == labels).mean()), "num_images": int(len(labels)), "batch_size": batch_size,
             "path_shares": {p: c / len(labels) for p, c in sorted(counts.items())},
             "ms_per_image_median": summary["latency_ms_median"], "dvfs": summary}
 
@@ -121,6 +131,18 @@ def classify_each(pipeline, images, session) -> tuple:
         result = pipeline.classify(image, hook=session)
         labels.append(int(result.labels[0]))
         paths.append(result.paths[0])
+    return np.asarray(labels), paths
+
+
+def classify_burst(pipeline, images, session, batch_size: int) -> tuple:
+    """Classify a burst (every image there at the start) in batches of ``batch_size``, each one DVFS batch."""
+    from cbnet_tl.runtime.api import burst_batch
+
+    labels, paths, began = [], [], time.monotonic()
+    for start in range(0, len(images), batch_size):
+        result = burst_batch(session, pipeline, images[start:start + batch_size], began, start, len(images), batch_size)
+        labels.extend(result.labels.tolist())
+        paths.extend(result.paths)
     return np.asarray(labels), paths
 
 

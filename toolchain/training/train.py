@@ -17,7 +17,7 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
-from cbnet_tl.toolchain.datasets import Dataset
+from cbnet_tl.toolchain.ingest.datasets import Dataset
 
 
 class Recipe(str, Enum):
@@ -241,7 +241,7 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         autoencoder.save(keras_dir / "autoencoder.keras")
     else:
         from cbnet_tl.recipes.fast import SIZES, small_data
-        from cbnet_tl.toolchain.train_fast import train_fast
+        from cbnet_tl.toolchain.training.fast import train_fast
 
         started = time.perf_counter()
         fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes, input_shape=image_shape)
