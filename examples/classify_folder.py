@@ -15,7 +15,7 @@ from pathlib import Path
 from cbnet_tl.runtime.api import classify_paths, open_pipeline
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.images import collect_image_paths
-from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, PIPELINES
+from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, PIPELINES
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,8 @@ from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, load_image, load_images
 from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
-from cbnet_tl.runtime.pipelines import Pipeline, models_for
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import models_for
 from cbnet_tl.runtime.tuning import default_tuning_path, read_tuning
 
 SELFTEST_MIN_AGREEMENT = 0.9
@@ -133,7 +134,7 @@ def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: in
                 if_missing: bool = False) -> Optional[dict]:
     """Measure every configuration on the bundle's own samples (selftest images, or the build's) and write
     the winners to ``out`` (default: the state folder). None when ``if_missing`` and a tuning file exists."""
-    from cbnet_tl.runtime.pipelines import deployed_pipelines
+    from cbnet_tl.runtime.specs import deployed_pipelines
     from cbnet_tl.runtime.tuning import measure, write_tuning
 
     directory, manifest = open_manifest(bundle_dir)

@@ -17,7 +17,7 @@ from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
 from cbnet_tl.runtime.inbox import InboxConfig
-from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, DEPLOYED_PIPELINES, PIPELINES
+from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, DEPLOYED_PIPELINES, PIPELINES
 from cbnet_tl.runtime.service import StopRequested, format_summary, grant_cpufreq, serve, status
 from cbnet_tl.runtime.tuning import format_tuning
 

@@ -1,10 +1,8 @@
-"""The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
-``lenet``, the truncated ``branch`` and, in builds made ``--with multiexit``, the three-exit ``multiexit``.
+"""``Pipeline``: one pipeline of the spec table (``specs``) run on a bundle's models.
 
 Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs its models and
 its decision (argmax and top probability, or BranchyNet's entropy gate), and returns an immutable
-``BatchResult``. A spec names the pipeline's models in order, the links between them (which output feeds which
-model), the path label of each set of models an image can run through, and the runner that drives them.
+``BatchResult``.
 
 The per-call path is built once, when a ``Pipeline`` is made: every model's feeder and output readers
 (``Model.bind``), the input tables, and a runner bound to them. A call checks the images once, runs the
@@ -18,9 +16,8 @@ timed and nothing is counted.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Protocol
 
@@ -28,11 +25,11 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
-from cbnet_tl.runtime.exits import multi_exit
 from cbnet_tl.runtime.gate import decide, top_probability_bytes
 from cbnet_tl.runtime.interpreter import dequantize, quantize
-from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD, chain, early_exit, fallback
+from cbnet_tl.runtime.specs import PIPELINE_SPECS, Link, PipelineSpec, as_built
 from cbnet_tl.runtime.tables import dequantize_table, exp_difference_table, input_table, lookup, requantize_table
+
 
 class StageHook(Protocol):
     def begin_inference(self, pipeline: str) -> None: ...
@@ -41,60 +38,6 @@ class StageHook(Protocol):
     def end_inference(self, path: str) -> None: ...
     # optional: exit_confidence(stage, confidence), what a multi-exit pipeline's exit said of the one image of a
     # batch that goes on past it (the top softmax probability), told before the next stage
-
-
-@dataclass(frozen=True)
-class Link:
-    """``source``'s output number ``output`` (raw bytes) is ``target``'s input."""
-
-    source: str
-    output: int
-    target: str
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    name: str
-    models: tuple  # in the order they run
-    paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, {model: run}, hook or None) -> classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
-    links: tuple = ()
-    deployed: bool = True  # shipped in bundles and checked by the build
-    description: str = ""
-    optional: bool = False  # built only when asked for (`cbnet-tl build --with NAME`): deployed where the manifest has it
-    choices: dict = field(default_factory=dict)  # model -> the models a build may put in its place (the manifest says)
-
-    def with_models(self, models) -> "PipelineSpec":
-        """This spec with the models a manifest names in the place of its own (``choices``), or a clear error."""
-        models = tuple(models)
-        if not models or models == self.models:
-            return self
-        allowed = len(models) == len(self.models) and all(
-            new == old or new in self.choices.get(old, ()) for new, old in zip(models, self.models))
-        if not allowed:
-            raise BundleError(f"Pipeline {self.name} cannot run models {list(models)}; expected {list(self.models)}"
-                              + (f" with {self.choices} in their place" if self.choices else "") + "; rebuild the bundle")
-        renamed = {old: new for old, new in zip(self.models, models)}
-        paths = {tuple(renamed[m] for m in key): "+".join(renamed.get(part, part) for part in label.split("+"))
-                 for key, label in self.paths.items()}
-        links = tuple(Link(renamed[l.source], l.output, renamed[l.target]) for l in self.links)
-        return dataclasses.replace(self, models=models, paths=paths, links=links)
-
-    def path_of(self, stages) -> str:
-        """The path label of an image that ran through ``stages`` (stage names = model names)."""
-        ran = tuple(s for s in self.models if s in set(stages))
-        return self.paths.get(ran, "mixed")
-
-    @property
-    def full_path(self) -> str:
-        """The path label of an image that ran through every model (branchynet: ``branch+main``)."""
-        return self.paths[self.models]
-
-    @property
-    def tail(self) -> tuple:
-        """Models only some images run (an early exit's later stages)."""
-        always = set.intersection(*(set(models) for models in self.paths))
-        return tuple(m for m in self.models if m not in always)
 
 
 @dataclass(frozen=True)
@@ -339,80 +282,3 @@ def convert_images(autoencoder, images: np.ndarray) -> np.ndarray:
     raw = autoencoder.invoke_quantized(check_images(images, autoencoder.input.shape[1:]))[0]
     out = dequantize(raw, autoencoder.outputs[0])
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
-
-
-# The pipelines other code refers to by their role; everything else about them is in their spec.
-DEFAULT_PIPELINE = "cbnet"  # CBNet itself: the default of every command and the bundle's service
-FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its CONFIDENCE_THRESHOLD
-EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images from hard ones
-BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
-MULTIEXIT_PIPELINE = "multiexit"  # the three-exit network (`cbnet-tl build --with multiexit`)
-MULTIEXIT_STAGES = ("exit1", "exit2", "exit3")  # its segments, one .tflite each (recipes/multiexit.py)
-MULTIEXIT_FULL = "multiexit_full"  # its whole path in one graph: the network cbnet-fallback may fall back to
-FALLBACK_NETWORKS = {"lenet": "lenet", MULTIEXIT_PIPELINE: MULTIEXIT_FULL}  # `build --fallback` -> model
-
-PIPELINE_SPECS = {spec.name: spec for spec in (
-    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, chain,
-                 description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
-    PipelineSpec(FALLBACK_PIPELINE, ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
-                 fallback, choices={"lenet": (MULTIEXIT_FULL,)},
-                 description="cbnet; LeNet (or the build's --fallback network) too where cbnet's confidence is "
-                             "below the threshold"),
-    PipelineSpec(EARLY_EXIT_PIPELINE, ("trunk_branch", "main_tail"),
-                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, early_exit,
-                 links=(Link("trunk_branch", 1, "main_tail"),),
-                 description="B-LeNet: exits at the branch when its entropy is below the threshold"),
-    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, chain, description="the LeNet baseline"),
-    PipelineSpec(MULTIEXIT_PIPELINE, MULTIEXIT_STAGES,
-                 {MULTIEXIT_STAGES[:k]: MULTIEXIT_STAGES[k - 1] for k in range(1, len(MULTIEXIT_STAGES) + 1)},
-                 multi_exit, links=tuple(Link(a, 1, b) for a, b in zip(MULTIEXIT_STAGES, MULTIEXIT_STAGES[1:])),
-                 optional=True, description="three stages of growing cost, an exit after each; an image leaves at "
-                                            "the first exit whose confidence reaches its threshold"),
-    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, chain, deployed=False,
-                 description="the B-LeNet branch alone (truncated)"),
-)}
-PIPELINES = tuple(PIPELINE_SPECS)
-# every pipeline a bundle may deploy; a bundle deploys those its manifest lists (``deployed_pipelines``)
-DEPLOYED_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.deployed)
-OPTIONAL_PIPELINES = tuple(name for name, spec in PIPELINE_SPECS.items() if spec.optional)  # build --with NAME
-# Models a bundle carries beside its pipelines' own:
-CONVERTER = "autoencoder"  # the converting AE alone: the report's grid and `--convert-image`
-INVOKE_PROBE = "noop"  # a reshape-only model: timing it gives the fixed cost of one interpreter call (bench's floor)
-
-
-def deployed_pipelines(manifest) -> tuple:
-    """The pipelines a build or bundle deploys: those of ``DEPLOYED_PIPELINES`` its manifest lists (the optional
-    ones only when it was built with them)."""
-    return tuple(name for name in DEPLOYED_PIPELINES if name in manifest.pipelines)
-
-
-def spec_in(name: str, manifest=None) -> PipelineSpec:
-    """Pipeline ``name``'s spec with the models ``manifest`` names for it (cbnet-fallback's second network is the
-    build's choice); the table's own without a manifest or where the manifest does not list it."""
-    return as_built(PIPELINE_SPECS[name], manifest)
-
-
-def as_built(spec: PipelineSpec, manifest=None) -> PipelineSpec:
-    """``spec`` with the models ``manifest`` names for it in the place of the table's (``PipelineSpec.choices``)."""
-    entry = manifest.pipelines.get(spec.name) if manifest is not None else None
-    return spec.with_models(entry.models) if entry is not None and spec.choices else spec
-
-
-def models_for(pipelines, manifest=None) -> list:
-    """The model names a set of pipelines needs, in a stable order (a ``manifest``'s own where it names them:
-    cbnet-fallback's second network is the build's choice)."""
-    names = []
-    for pipeline in pipelines:
-        for model in spec_in(pipeline, manifest).models:
-            if model not in names:
-                names.append(model)
-    return names
-
-
-def spec_for_stages(stage_names) -> Optional[PipelineSpec]:
-    """The pipeline whose models cover ``stage_names`` and whose first model ran (every path runs it)."""
-    names = set(stage_names)
-    for spec in PIPELINE_SPECS.values():
-        if spec.models[0] in names and names <= set(spec.models):
-            return spec
-    return None

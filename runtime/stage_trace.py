@@ -25,7 +25,8 @@ from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
 from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
-from cbnet_tl.runtime.pipelines import MULTIEXIT_STAGES, TIME_STAGES, deployed_pipelines
+from cbnet_tl.runtime.pipelines import TIME_STAGES
+from cbnet_tl.runtime.specs import MULTIEXIT_STAGES, deployed_pipelines
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 
 # no probability reaches 2: the fallback runs for every image, and every image runs every stage of multiexit

@@ -90,7 +90,8 @@ def measure(bundle_dir: Path, images: np.ndarray, *, pipelines: Sequence[str], n
             rounds: int = 5, num_timed: int = 32) -> dict:
     """Time and check every (model, configuration); return the tuning record (not yet written)."""
     from cbnet_tl.runtime.bundle import Bundle, load_bundle, open_manifest
-    from cbnet_tl.runtime.pipelines import Pipeline, models_for, spec_in
+    from cbnet_tl.runtime.pipelines import Pipeline
+    from cbnet_tl.runtime.specs import models_for, spec_in
 
     directory, manifest = open_manifest(bundle_dir)
     names = models_for(pipelines, manifest)

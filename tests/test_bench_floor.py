@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle
-from cbnet_tl.runtime.pipelines import FALLBACK_PIPELINE, INVOKE_PROBE, PIPELINE_SPECS, Pipeline
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import FALLBACK_PIPELINE, INVOKE_PROBE, PIPELINE_SPECS
 from cbnet_tl.toolchain.analysis.bench import BareCalls, BenchConfig, Timing, run_bench, time_pipelines
 
 from conftest import MNIST_8K

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_fresh_build_has_every_stage(fresh_build):
     from cbnet_tl.runtime.manifest import read_manifest
-    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINE_SPECS
+    from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINE_SPECS
 
     manifest = read_manifest(fresh_build)
     bundle = read_manifest(fresh_build / "bundle")

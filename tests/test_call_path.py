@@ -29,17 +29,9 @@ from cbnet_tl.runtime.gate import (
     top_probability_bytes,
 )
 from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
-from cbnet_tl.runtime.pipelines import (
-    CONFIDENCE_THRESHOLD,
-    EARLY_EXIT_PIPELINE,
-    FALLBACK_PIPELINE,
-    NO_STAGES,
-    PIPELINE_SPECS,
-    PIPELINES,
-    TIME_STAGES,
-    Pipeline,
-    models_for,
-)
+from cbnet_tl.runtime.pipelines import NO_STAGES, TIME_STAGES, Pipeline
+from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
+from cbnet_tl.runtime.specs import EARLY_EXIT_PIPELINE, FALLBACK_PIPELINE, PIPELINE_SPECS, PIPELINES, models_for
 from cbnet_tl.runtime.tables import exp_difference_table
 
 from conftest import MNIST_8K

@@ -125,7 +125,8 @@ def test_simulate_rejects_a_bad_opp_list(tiny_bundle):
 
 def test_trace_keeps_each_images_path_and_a_median_per_stage(tiny_bundle, mnist_dir):
     from cbnet_tl.runtime.bundle import load_bundle
-    from cbnet_tl.runtime.pipelines import Pipeline, models_for
+    from cbnet_tl.runtime.pipelines import Pipeline
+    from cbnet_tl.runtime.specs import models_for
     from cbnet_tl.toolchain.ingest.datasets import read_idx_pair
     from cbnet_tl.toolchain.simulation.dvfs_report import trace_of
 

@@ -9,7 +9,8 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.images import load_images
 from cbnet_tl.runtime.manifest import read_manifest
-from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, Pipeline
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 from cbnet_tl.toolchain.training.fallback import choose_threshold
 
 

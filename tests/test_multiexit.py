@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
-from cbnet_tl.runtime.pipelines import (
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import (
     FALLBACK_PIPELINE,
     MULTIEXIT_FULL,
     MULTIEXIT_PIPELINE,
     MULTIEXIT_STAGES,
     PIPELINE_SPECS,
-    Pipeline,
     deployed_pipelines,
     models_for,
 )

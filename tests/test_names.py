@@ -1,4 +1,4 @@
-"""Pipeline and model names live in one table (runtime/pipelines.py); other code reads them from it."""
+"""Pipeline and model names live in one table (runtime/specs.py); other code reads them from it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from cbnet_tl.runtime.pipelines import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import CONVERTER, DEPLOYED_PIPELINES, INVOKE_PROBE, PIPELINE_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 READERS = ["toolchain/arm64/cost.py", "toolchain/training/fallback.py", "toolchain/analysis/sizes.py", "toolchain/analysis/report.py", "toolchain/analysis/bench.py",
@@ -40,7 +40,7 @@ def test_the_report_template_names_no_pipeline():
 def test_the_bundles_run_py_lists_every_deployed_pipeline(tiny_bundle):
     """Every pipeline the bundle deploys: the default build's, none of the optional ones it was not built with."""
     from cbnet_tl.runtime.manifest import read_manifest
-    from cbnet_tl.runtime.pipelines import deployed_pipelines
+    from cbnet_tl.runtime.specs import deployed_pipelines
 
     usage = next(line for line in (tiny_bundle / "run.py").read_text().splitlines() if "classify IMAGE_OR_DIR" in line)
     deployed = deployed_pipelines(read_manifest(tiny_bundle))

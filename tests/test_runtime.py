@@ -14,7 +14,8 @@ from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ChecksumError, ImageError, ModelError
 from cbnet_tl.runtime.images import load_image, load_images
 from cbnet_tl.runtime.manifest import read_manifest
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINE_SPECS, PIPELINES, Pipeline
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINE_SPECS, PIPELINES
 
 from conftest import TINY_BUILD
 

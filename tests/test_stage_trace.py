@@ -6,7 +6,7 @@ from __future__ import annotations
 from cbnet_tl.runtime.cli import main
 from cbnet_tl.runtime.dvfs.trace_file import read_trace
 from cbnet_tl.runtime.manifest import read_manifest
-from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINE_SPECS
 from test_cpufreq import PI_OS_KHZ, make_tree, snapshot
 
 

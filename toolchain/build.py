@@ -20,7 +20,7 @@ import numpy as np
 from cbnet_tl.runtime.errors import CbnetError, OutputExistsError, QuantizationCheckError
 from cbnet_tl.runtime.files import staged_directory
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE, MULTIEXIT_PIPELINE, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import BASELINE_PIPELINE, MULTIEXIT_PIPELINE, PIPELINE_SPECS
 from cbnet_tl.toolchain.conversion.checks import CheckConfig
 from cbnet_tl.toolchain.ingest.inputs import InputChoice
 from cbnet_tl.toolchain.training.exit_choice import DEFAULT_MARGIN_PT
@@ -42,13 +42,13 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
     inputs: InputChoice = field(default_factory=InputChoice)  # size, colour, resize, background; None: from the data
-    with_pipelines: tuple = ()  # optional pipelines to build too (runtime.pipelines.OPTIONAL_PIPELINES)
-    fallback: str = BASELINE_PIPELINE  # cbnet-fallback's second network: a key of runtime.pipelines.FALLBACK_NETWORKS
+    with_pipelines: tuple = ()  # optional pipelines to build too (runtime.specs.OPTIONAL_PIPELINES)
+    fallback: str = BASELINE_PIPELINE  # cbnet-fallback's second network: a key of runtime.specs.FALLBACK_NETWORKS
     multiexit: Optional[object] = None  # recipes.multiexit.MultiExitConfig; None: the recipe's default
     multiexit_margin_pt: float = DEFAULT_MARGIN_PT  # multiexit's thresholds: loss against its last exit within this, at 95%
 
     def __post_init__(self):
-        from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
+        from cbnet_tl.runtime.specs import FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
 
         unknown = [p for p in self.with_pipelines if p not in OPTIONAL_PIPELINES]
         if unknown:
@@ -94,7 +94,7 @@ def check_output(out: Path, force: bool) -> Path:
 def calibration_table(specs: list, test, chosen: int, num_images: int = 2000) -> dict:
     """int8 accuracy of every image model the deployed pipelines ship, at a few calibration sizes (the report
     shows how many are needed)."""
-    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, models_for
+    from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, models_for
     from cbnet_tl.toolchain.conversion.calibration import calibration_sweep
 
     shipped = models_for(p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional)
@@ -168,7 +168,8 @@ def manifest_stage(work: Path, draft: Manifest, train, log, config: BuildConfig)
     """Add the options chosen on held-out images (multiexit's thresholds where built, cbnet-fallback's threshold)
     to the draft manifest and write ``work/manifest.json``, once."""
     from cbnet_tl.runtime.manifest import PipelineEntry
-    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE
+    from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
+    from cbnet_tl.runtime.specs import FALLBACK_PIPELINE
 
     pipelines = dict(draft.pipelines)
     if MULTIEXIT_PIPELINE in pipelines:
@@ -279,7 +280,7 @@ def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: di
     """The build's manifest before the options chosen on held-out images are known (``manifest_stage`` adds them):
     every pipeline but the optional ones not asked for, cbnet-fallback with the build's --fallback network."""
     from cbnet_tl.runtime.manifest import PipelineEntry
-    from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, FALLBACK_PIPELINE, PIPELINE_SPECS
+    from cbnet_tl.runtime.specs import FALLBACK_NETWORKS, FALLBACK_PIPELINE, PIPELINE_SPECS
     from cbnet_tl.toolchain.delivery.bundle import new_version
     from cbnet_tl.toolchain.conversion.convert import file_hashes
 

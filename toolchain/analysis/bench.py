@@ -27,13 +27,13 @@ from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.interpreter import Model, find_interpreter
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import (
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import (
     BASELINE_PIPELINE,
     DEFAULT_PIPELINE,
     EARLY_EXIT_PIPELINE,
     INVOKE_PROBE,
     PIPELINE_SPECS,
-    Pipeline,
     PipelineSpec,
     models_for,
     spec_in,

@@ -10,7 +10,8 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError, ConfigError, DataError
-from cbnet_tl.runtime.pipelines import Pipeline, deployed_pipelines, models_for
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import deployed_pipelines, models_for
 from cbnet_tl.toolchain.ingest.datasets import DatasetName, Split, load_dataset, seeded_subset
 from cbnet_tl.toolchain.scoring import evaluate
 
@@ -163,7 +164,8 @@ def write_converted(bundle_dir: Path, paths: list, out_dir: Path) -> list:
 
     from cbnet_tl.runtime.files import write_bytes_atomic
     from cbnet_tl.runtime.images import as_pil, load_images
-    from cbnet_tl.runtime.pipelines import CONVERTER, convert_images
+    from cbnet_tl.runtime.pipelines import convert_images
+    from cbnet_tl.runtime.specs import CONVERTER
 
     bundle = load_bundle(bundle_dir, models=[CONVERTER])
     written = []

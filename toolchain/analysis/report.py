@@ -15,15 +15,14 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.files import staged_directory
-from cbnet_tl.runtime.pipelines import (
+from cbnet_tl.runtime.pipelines import Pipeline, convert_images
+from cbnet_tl.runtime.specs import (
     BASELINE_PIPELINE,
     CONVERTER,
     DEFAULT_PIPELINE,
     DEPLOYED_PIPELINES,
     EARLY_EXIT_PIPELINE,
     PIPELINE_SPECS,
-    Pipeline,
-    convert_images,
     models_for,
 )
 from cbnet_tl.toolchain.analysis import charts

@@ -18,7 +18,7 @@ from cbnet_tl.runtime.bundle import open_manifest
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.files import write_bytes_atomic, write_json_atomic
 from cbnet_tl.runtime.interpreter import Model
-from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE, DEFAULT_PIPELINE, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import BASELINE_PIPELINE, DEFAULT_PIPELINE, PIPELINE_SPECS
 
 
 def _timed(pipelines: dict, images: np.ndarray, rounds: int = 5) -> dict:
@@ -37,7 +37,8 @@ REFERENCE_PIPELINES = (DEFAULT_PIPELINE, BASELINE_PIPELINE)  # the build's own, 
 def _size_pipelines(build_dir: Path, manifest, models: dict) -> dict:
     """Each size's fused graph as a one-model pipeline like the default one, beside the reference pipelines."""
     from cbnet_tl.runtime.bundle import Bundle, load_bundle
-    from cbnet_tl.runtime.pipelines import Pipeline, PipelineSpec, models_for
+    from cbnet_tl.runtime.pipelines import Pipeline
+    from cbnet_tl.runtime.specs import PipelineSpec, models_for
 
     reference = load_bundle(build_dir, models=models_for(REFERENCE_PIPELINES))
     default = PIPELINE_SPECS[DEFAULT_PIPELINE]

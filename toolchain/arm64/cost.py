@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE as BASELINE  # ratios are to it
+from cbnet_tl.runtime.specs import BASELINE_PIPELINE as BASELINE  # ratios are to it
 from cbnet_tl.toolchain.arm64.setup import (
     CORES,
     DEFAULT_CACHE,
@@ -164,7 +164,7 @@ def count_pipelines(path: Path, images: np.ndarray, config: CountConfig, progres
     ratios to LeNet, each model's bare call, and each pipeline's count beyond the bare calls of the models it ran."""
     from cbnet_tl.runtime.api import open_pipeline
     from cbnet_tl.runtime.bundle import open_manifest
-    from cbnet_tl.runtime.pipelines import DEPLOYED_PIPELINES, INVOKE_PROBE, spec_in
+    from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, INVOKE_PROBE, spec_in
     from cbnet_tl.toolchain.scoring import run_pipeline
     from cbnet_tl.toolchain.targets import TARGETS
 

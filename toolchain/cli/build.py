@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.runtime.pipelines import BASELINE_PIPELINE
+from cbnet_tl.runtime.specs import BASELINE_PIPELINE
 from cbnet_tl.toolchain.cli.common import (DataDir, DatasetChoice, FallbackChoice, OptionalPipelineChoice, RecipeChoice,
                                            SizeChoice, TargetChoice, echo_json)
 

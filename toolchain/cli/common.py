@@ -11,7 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from cbnet_tl.runtime.manifest import PRECISIONS
-from cbnet_tl.runtime.pipelines import FALLBACK_NETWORKS, OPTIONAL_PIPELINES, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import FALLBACK_NETWORKS, OPTIONAL_PIPELINES, PIPELINE_SPECS
 from cbnet_tl.toolchain.ingest.datasets import DatasetName
 from cbnet_tl.toolchain.targets import TARGETS
 from cbnet_tl.toolchain.training.train import Recipe

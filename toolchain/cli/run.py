@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE
+from cbnet_tl.runtime.specs import DEFAULT_PIPELINE
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -33,7 +33,7 @@ FallbackThreshold = Annotated[Optional[float], typer.Option(
 
 
 def fallback_options(threshold: Optional[float]) -> Optional[dict]:
-    from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD
+    from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
 
     return None if threshold is None else {CONFIDENCE_THRESHOLD: threshold}
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.runtime.pipelines import DEFAULT_PIPELINE, EARLY_EXIT_PIPELINE
+from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, EARLY_EXIT_PIPELINE
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -28,7 +28,7 @@ def default_pipelines(bundle: Path) -> list:
     """What simulate replays without --pipeline: the optional pipelines the bundle deploys (their work is the
     longest), then the early exit and CBNet."""
     from cbnet_tl.runtime.bundle import open_manifest
-    from cbnet_tl.runtime.pipelines import OPTIONAL_PIPELINES, deployed_pipelines
+    from cbnet_tl.runtime.specs import OPTIONAL_PIPELINES, deployed_pipelines
 
     deployed = deployed_pipelines(open_manifest(bundle)[1])
     return [p for p in OPTIONAL_PIPELINES if p in deployed] + [EARLY_EXIT_PIPELINE, DEFAULT_PIPELINE]

@@ -15,7 +15,8 @@ from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import BundleError, ConfigError, QuantizationCheckError
 from cbnet_tl.runtime.files import read_json
 from cbnet_tl.runtime.manifest import read_manifest
-from cbnet_tl.runtime.pipelines import Pipeline, deployed_pipelines, models_for
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import deployed_pipelines, models_for
 from cbnet_tl.toolchain.scoring import evaluate
 
 

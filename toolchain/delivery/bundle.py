@@ -22,12 +22,12 @@ from cbnet_tl.runtime.bundle import sha256_of
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.files import move_file_into_place, staged_directory
 from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
-from cbnet_tl.runtime.pipelines import (
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.specs import (
     CONVERTER,
     DEFAULT_PIPELINE,
     INVOKE_PROBE,
     PIPELINE_SPECS,
-    Pipeline,
     deployed_pipelines,
     models_for,
 )

@@ -10,7 +10,8 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
-from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline, models_for
+from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
+from cbnet_tl.runtime.specs import models_for
 from cbnet_tl.toolchain.analysis.evaluation import load_test_split
 from cbnet_tl.toolchain.simulation.simulate import HOST_STAGE, default_deadline_ms, simulate, top_frequency_latency
 

@@ -29,7 +29,7 @@ from cbnet_tl.runtime.dvfs.energy import EnergySource, model_for
 from cbnet_tl.runtime.dvfs.policies import DvfsContext, Policy, parse_policy
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE  # a trace's time outside the model calls
 from cbnet_tl.runtime.errors import DataError, DvfsError
-from cbnet_tl.runtime.pipelines import PIPELINE_SPECS, spec_for_stages
+from cbnet_tl.runtime.specs import PIPELINE_SPECS, spec_for_stages
 
 ORACLE = "oracle"
 

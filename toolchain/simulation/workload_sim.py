@@ -210,7 +210,7 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
                              limit: Optional[int] = None, threads: int = 1) -> dict:
     """Every pipeline over the workload; the first one's policies are the headline (``policies``)."""
     from cbnet_tl.runtime.bundle import load_bundle
-    from cbnet_tl.runtime.pipelines import models_for
+    from cbnet_tl.runtime.specs import models_for
     from cbnet_tl.toolchain.simulation.dvfs_report import frequency_curve
     from cbnet_tl.toolchain.analysis.evaluation import load_test_split
 

@@ -125,7 +125,8 @@ def multiexit_options(build_dir: Path, images: np.ndarray, truth: np.ndarray, ma
     """Run the int8 segments of a build on held-out images; return multiexit's options (thresholds, exit table)."""
     from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.runtime.exits import exit_scores
-    from cbnet_tl.runtime.pipelines import MULTIEXIT_PIPELINE, PIPELINE_SPECS, Pipeline
+    from cbnet_tl.runtime.pipelines import Pipeline
+    from cbnet_tl.runtime.specs import MULTIEXIT_PIPELINE, PIPELINE_SPECS
 
     spec = PIPELINE_SPECS[MULTIEXIT_PIPELINE]
     bundle = load_bundle(build_dir, precision="int8", models=list(spec.models), manifest=manifest)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError
-from cbnet_tl.runtime.pipelines import CONVERTER, INVOKE_PROBE
+from cbnet_tl.runtime.specs import CONVERTER, INVOKE_PROBE
 from cbnet_tl.toolchain.conversion.convert import ModelSpec
 from cbnet_tl.toolchain.training.multiexit import RECORD_NAME as MULTIEXIT_RECORD
 

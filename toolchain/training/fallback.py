@@ -19,7 +19,9 @@ import numpy as np
 from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import CONFIDENCE_THRESHOLD, FALLBACK_PIPELINE, PIPELINE_SPECS, Pipeline
+from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
+from cbnet_tl.runtime.specs import FALLBACK_PIPELINE, PIPELINE_SPECS
 
 
 DEFAULT_MAX_SHARE = 0.04

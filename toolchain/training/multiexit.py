@@ -83,7 +83,7 @@ def export_multiexit(build_dir: Path, pixels: np.ndarray) -> list:
     import keras
 
     from cbnet_tl.recipes.multiexit import MultiExitConfig, build_full, build_segments, layers_of
-    from cbnet_tl.runtime.pipelines import MULTIEXIT_FULL, MULTIEXIT_STAGES
+    from cbnet_tl.runtime.specs import MULTIEXIT_FULL, MULTIEXIT_STAGES
     from cbnet_tl.toolchain.conversion.convert import ModelSpec
 
     record = read_record(build_dir)
