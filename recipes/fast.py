@@ -217,7 +217,7 @@ SIZES = {
     "small": FastConfig(encoder_units=(128,), code_units=32, classifier_units=16, recon_weight=0.3,
                         joint_epochs=40, patience=0),
     # FMNIST int8 89.9-90.1 %, MNIST-8k 97.75 % (with small_data()); 3-3.8× LeNet at batch 1, 8× at 32
-    "default": FastConfig(encoder_units=(512,), code_units=128, classifier_units=64, joint_epochs=30, patience=0),
+    "default": FastConfig(encoder_units=(512,), code_units=96, classifier_units=32, joint_epochs=30, patience=0),
     "large": FastConfig(encoder_units=(768,), code_units=128, classifier_units=128, joint_epochs=30, patience=0),
 }
 

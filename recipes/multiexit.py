@@ -35,12 +35,13 @@ class MultiExitConfig:
     stage_channels: tuple = ((16, 32), (48, 64), (96, 96))  # two convolutions per stage
     head_units: int = 128  # the last exit's hidden dense layer
     num_classes: int = 10
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 128
     learning_rate: float = 2e-3
-    lr_decay_per_epoch: float = 0.75
+    lr_decay_per_epoch: float = 0.8
     exit_loss_weights: tuple = (0.6, 0.8, 1.0)  # the joint loss; SDN-style, the later exits weigh more
     dropout: float = 0.2  # before each head's dense layer, training only
+    shift_pixels: int = 2  # random translation by up to this many pixels each way (edges repeated), training only
 
     def __post_init__(self):
         if not 2 <= len(self.stage_channels) <= len(SEGMENT_NAMES):
@@ -50,6 +51,8 @@ class MultiExitConfig:
                              f"Received: {self.exit_loss_weights}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"Expected epochs >= 1 and batch_size >= 1. Received: {self.epochs}, {self.batch_size}")
+        if not isinstance(self.shift_pixels, int) or self.shift_pixels < 0:
+            raise ValueError(f"Expected shift_pixels >= 0 (an int). Received: {self.shift_pixels!r}")
 
     @property
     def names(self) -> tuple:
@@ -143,9 +146,16 @@ def _apply(stack: list, tensor):
 
 
 def build_training_model(parts: _Layers) -> keras.Model:
-    """Image in [0, 1] → {exit name: logits}, for the joint loss."""
+    """Image in [0, 1] → {exit name: logits}, for the joint loss; with ``shift_pixels``, each training image is
+    first moved by a random whole-pixel-range translation (the export views have no such layer)."""
     image = keras.Input(parts.image_shape, name="image")
     x, outputs = image, {}
+    shift = parts.config.shift_pixels
+    if shift:
+        height, width, _ = parts.image_shape
+        if 2 * shift >= min(height, width):
+            raise ValueError(f"Expected shift_pixels below half the input side. Received: {shift} for {parts.image_shape}")
+        x = layers.RandomTranslation(shift / height, shift / width, fill_mode="nearest", name="shift")(x)
     for name, stage, head in zip(parts.config.names, parts.stages, parts.heads):
         for conv, norm in stage:
             x = layers.ReLU()(norm(conv(x)))

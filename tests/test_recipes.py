@@ -157,3 +157,30 @@ def test_fast_recipe_pools_inputs_above_the_dense_budget(tmp_path):
     report = inspect_model(path)
     assert report["fully_mapped"], [(op["op_name"], op["reason"]) for op in report["ops"] if not op["on_edgetpu"]]
     assert {op["op_name"] for op in report["ops"]} >= {"AVERAGE_POOL_2D", "FULLY_CONNECTED"}
+
+
+def test_multiexit_shift_moves_training_images_only():
+    """The random translation is in the training model and in no export view, and moves images only in training."""
+    import keras
+
+    from cbnet_tl.recipes.multiexit import MultiExitConfig, build_segments, build_training_model, make_layers
+
+    config = MultiExitConfig(stage_channels=((4, 8), (8, 8), (8, 8)), head_units=16, shift_pixels=2)
+    parts = make_layers(MNIST_SHAPE, config)
+    model = build_training_model(parts)
+    shift = model.get_layer("shift")
+    images = np.zeros((64, *MNIST_SHAPE), np.float32)
+    images[:, 14, 14, 0] = 1.0  # one bright pixel in the middle
+    keras.utils.set_random_seed(0)
+    moved = keras.ops.convert_to_numpy(shift(images, training=True))
+    still = keras.ops.convert_to_numpy(shift(images, training=False))
+    assert np.array_equal(still, images)
+    where = [np.unravel_index(np.argmax(m[..., 0]), m.shape[:2]) for m in moved]
+    offsets = {(int(r) - 14, int(c) - 14) for r, c in where}
+    assert len(offsets) > 3 and all(abs(dr) <= 2 and abs(dc) <= 2 for dr, dc in offsets)
+    for _, segment, _ in build_segments(parts):
+        assert not any(isinstance(layer, keras.layers.RandomTranslation) for layer in segment.layers)
+    with pytest.raises(ValueError, match="shift_pixels below half"):
+        build_training_model(make_layers((4, 4, 1), MultiExitConfig(shift_pixels=2)))
+    with pytest.raises(ValueError, match="shift_pixels >= 0"):
+        MultiExitConfig(shift_pixels=-1)
