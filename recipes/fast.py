@@ -9,18 +9,18 @@ Architecture (``SIZES["default"]``), for an input spec of (height, width, channe
 
     uint8-range pixels (height, width, channels), float in [0, 255]
       → Rescaling(1/255) → flatten (batch -1)                       (folded into encoder_0 on export)
-      → Dense 512 relu → Dense 128 (linear code)                    encoder
+      → Dense 512 relu → Dense 96 (linear code)                     encoder
       → Dense P sigmoid → reshape to the input shape                decoder: the converted image
-      → flatten → Dense 64 relu → Dense classes (logits)            light classifier
+      → flatten → Dense 32 relu → Dense classes (logits)            light classifier
 
 MACs = Σ fan_in·fan_out of the dense layers (``FastConfig.macs()``); at the MNIST family's size
 (one channel, 10 classes):
 
 - ``small``   P→128→32→P, classifier P→16→10:   0.142 M
-- ``default`` P→512→128→P, classifier P→64→10:  0.618 M
+- ``default`` P→512→96→P, classifier P→32→10:   0.551 M (until 44b15c9: P→512→128→P, P→64→10, 0.618 M)
 - ``large``   P→768→128→P, classifier P→128→10: 0.902 M
 
-MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.2 M. Above ``DENSE_POOL_VALUES``
+MACs grow linearly with P: at 32×32 RGB (P = 3,072) ``default`` is 2.0 M. Above ``DENSE_POOL_VALUES``
 (32×32 RGB) both models open with an average pooling by ``FastConfig.pool`` (the smallest whole factor
 that divides height and width and brings P within it; 56×56 RGB is pooled 2×2, P = 2,352) and the AE decodes
 at that size, up-sampled back to the input size; the fused graph keeps neither the up-sampling nor the
@@ -31,7 +31,8 @@ classifier's pooling, which cancel. The recipe stays dense up to ``DENSE_MAX_VAL
 
 Measured (scratch experiments, AMD EPYC, ai-edge-litert 2.3, 1 thread, XNNPACK, whole call incl.
 set_tensor/invoke/get_tensor/argmax, interleaved with LeNet int8): FMNIST int8 88.5 / 89.9-90.1 %,
-speed-up over LeNet 6.5× / 3.0-3.8× at batch 1 and 16.6× / 8.0× at batch 32 for small / default.
+speed-up over LeNet 6.5× / 3.0-3.8× at batch 1 and 16.6× / 8.0× at batch 32 for small / default (the 0.618 M default
+before 44b15c9).
 At batch 1 an empty call already costs ≈1.9 µs (≈11 % of LeNet), so 6× there leaves ≈1 µs of
 compute: only ``small`` gets there, at ≈1.3 points less accuracy.
 
@@ -216,7 +217,8 @@ SIZES = {
     # the only size ≥ 6× LeNet at batch 1 on the measuring host; FMNIST int8 ≈ 88.5 %
     "small": FastConfig(encoder_units=(128,), code_units=32, classifier_units=16, recon_weight=0.3,
                         joint_epochs=40, patience=0),
-    # FMNIST int8 89.9-90.1 %, MNIST-8k 97.75 % (with small_data()); 3-3.8× LeNet at batch 1, 8× at 32
+    # FMNIST int8 89.96 % (the 0.618 M-MAC P→512→128→P / P→64→10 it replaced: 89.97 %); on the Pi 4's core
+    # (arm64 count) 6.9× fewer instructions than LeNet at batch 1, 9.3× at 32 (the old one 6.3× / 8.4×)
     "default": FastConfig(encoder_units=(512,), code_units=96, classifier_units=32, joint_epochs=30, patience=0),
     "large": FastConfig(encoder_units=(768,), code_units=128, classifier_units=128, joint_epochs=30, patience=0),
 }
