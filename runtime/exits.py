@@ -9,11 +9,14 @@ images. Only the images still in the network run the next segment, so the CPU st
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from cbnet_tl.runtime.errors import BundleError
+from cbnet_tl.runtime.gate import confidence_row_test
+from cbnet_tl.runtime.runners import one_row
 
 if TYPE_CHECKING:
     from cbnet_tl.runtime.pipelines import Pipeline
@@ -55,8 +58,27 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     stages, thresholds = _stages(pipeline, runs), thresholds_of(pipeline) + (-1.0,)  # the last exit takes all
     labels_of = tuple(spec.paths[spec.models[: k + 1]] for k in range(len(spec.models)))
 
+    # one image: each exit's test on Python floats, exact (float64, as the batch path and the build compare) only
+    # where they cannot tell; confidences made when read
+    stays_one = tuple(one_row(pipeline.row_test(confidence_row_test, name, threshold),
+                               lambda raw, top=stage[3], threshold=threshold: float(top(raw)[0]) < threshold)
+                      for name, stage, threshold in zip(spec.models, stages, thresholds))
+    last = len(stages) - 1
+
+    def one(image):
+        stages[0][0](image)
+        for k, (_, read_logits, read_features, confidence) in enumerate(stages):
+            raw = read_logits()
+            if k == last or not stays_one[k](raw):
+                return raw.argmax(axis=-1), partial(_float64, confidence, raw), labels_of[k]
+            if tell is not None:  # it goes on: what this exit said of it
+                tell(spec.models[k], float(confidence(raw)[0]))
+            stages[k + 1][0](read_features())
+
     def classify(images):
         count = len(images)
+        if count == 1:
+            return one(images)
         labels = np.zeros(count, dtype=np.int64)
         confidences = np.zeros(count, dtype=np.float64)
         depth = np.zeros(count, dtype=np.int64)
@@ -73,8 +95,6 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
             if leaves.all():
                 break
             stays = ~leaves
-            if tell is not None and count == 1:  # the one image goes on: what this exit said of it
-                tell(spec.models[k], float(top[0]))
             features = read_features()
             stages[k + 1][0](features if not leaves.any() else features[stays])
             left = np.flatnonzero(stays) if left is None else left[stays]
@@ -84,6 +104,10 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
         return labels, confidences, (depth, labels_of)
 
     return classify
+
+
+def _float64(confidence: Callable, raw: np.ndarray) -> np.ndarray:
+    return confidence(raw).astype(np.float64)
 
 
 def exit_scores(pipeline: Pipeline, images: np.ndarray, chunk: int = 256) -> tuple:

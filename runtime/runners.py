@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
 
 
-def _one_row(row_test: Callable, exact: Callable) -> Callable:
+def one_row(row_test: Callable, exact: Callable) -> Callable:
     """A gate's test of one image's raw scores (1, K): on Python floats (``gate.*_row_test``), and where that
     defers, near the threshold, ``exact(scores)``: the decision of the batch computation either way."""
 
@@ -62,7 +62,7 @@ def fallback(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     run_first, run_second = pipeline.from_pixels(first, runs[first]), pipeline.from_pixels(second, runs[second])
     read_first, read_second = pipeline.reads[first][0], pipeline.reads[second][0]
     confidence_first, confidence_second = pipeline.confidence(first), pipeline.confidence(second)
-    unsure_one = _one_row(pipeline.row_test(confidence_row_test, first, threshold),
+    unsure_one = one_row(pipeline.row_test(confidence_row_test, first, threshold),
                           lambda scores: confidence_first(scores)[0] < threshold)
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
@@ -97,7 +97,7 @@ def early_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
     read_tail = pipeline.reads[link.target][0]
     branch_logits, tail_logits = pipeline.logits64(first), pipeline.logits64(link.target)
-    exits_one = _one_row(pipeline.row_test(entropy_row_test, first, threshold),
+    exits_one = one_row(pipeline.row_test(entropy_row_test, first, threshold),
                          lambda raw: exit_gate(branch_logits(raw), threshold)[0][0])
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
