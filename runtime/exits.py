@@ -62,7 +62,7 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     # where they cannot tell; confidences made when read
     stays_one = tuple(one_row(pipeline.row_test(confidence_row_test, name, threshold),
                                lambda raw, top=stage[3], threshold=threshold: float(top(raw)[0]) < threshold)
-                      for name, stage, threshold in zip(spec.models, stages, thresholds))
+                      for name, stage, threshold in zip(spec.models[:-1], stages, thresholds))  # the last takes all
     last = len(stages) - 1
 
     def one(image):

@@ -287,7 +287,7 @@ def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: Ener
         if isinstance(policy, EENetPolicy) and profile:
             for (stage, count), seconds in profile.items():
                 policy.learn(pipeline, stage, count, seconds, model.top_khz)
-        if isinstance(policy, EENetPolicy) and exits:
+        if exits:  # every policy hears the table (Policy.learn_exits); those that plan by it use it
             policy.learn_exits(pipeline, exits)
         results[policy.name] = replay(policy, jobs, dur, context, pipeline, stages, horizon)
     compare_to_references(results)
