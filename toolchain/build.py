@@ -147,24 +147,27 @@ def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
                             max_share=max_share)
 
 
-def multiexit_stage(work: Path, train, manifest: Manifest, margin_pt: float, log) -> dict:
-    """multiexit's exit thresholds and EENet's exit table, chosen on the held-out images ``work/train.json`` names."""
+def multiexit_stage(work: Path, train, manifest: Manifest, margin_pt: float, num_test: int, log) -> dict:
+    """multiexit's exit thresholds and EENet's exit table, chosen on the held-out images ``work/train.json`` names,
+    for a margin that holds on a test set of ``num_test`` images."""
     from cbnet_tl.runtime.exits import EXIT_THRESHOLDS
     from cbnet_tl.toolchain.training.exit_choice import multiexit_options
 
     validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
-    options = multiexit_options(work, train.images[validation], train.labels[validation], manifest, margin_pt)
+    options = multiexit_options(work, train.images[validation], train.labels[validation], manifest, margin_pt,
+                                num_new_images=num_test)
     log(f"{MULTIEXIT_PIPELINE}: exit thresholds {', '.join(f'{t:.4f}' for t in options[EXIT_THRESHOLDS])} (held-out "
         f"images: accuracy {options['validation_accuracy']:.2%} vs the last exit's "
-        f"{options['validation_last_exit_accuracy']:.2%}, loss bound {options['validation_loss_bound_pt']:.2f} pt "
-        f"within the margin {margin_pt:g} pt; exit shares "
+        f"{options['validation_last_exit_accuracy']:.2%}; loss bound {options['validation_loss_bound_pt']:.2f} pt, "
+        f"certified on {options['num_certification']} of them for a sample of {num_test}, within the margin "
+        f"{margin_pt:g} pt; exit shares "
         + " / ".join(f"{s:.1%}" for s in options["validation_exit_shares"])
         + f"; {options['validation_macs_per_image'] / 1e6:.2f} M MACs per image, "
         f"{options['validation_macs_share_of_last']:.1%} of the whole path's)")
     return options
 
 
-def manifest_stage(work: Path, draft: Manifest, train, log, config: BuildConfig) -> Manifest:
+def manifest_stage(work: Path, draft: Manifest, train, num_test: int, log, config: BuildConfig) -> Manifest:
     """Add the options chosen on held-out images (multiexit's thresholds where built, cbnet-fallback's threshold)
     to the draft manifest and write ``work/manifest.json``, once."""
     from cbnet_tl.runtime.manifest import PipelineEntry
@@ -173,7 +176,7 @@ def manifest_stage(work: Path, draft: Manifest, train, log, config: BuildConfig)
 
     pipelines = dict(draft.pipelines)
     if MULTIEXIT_PIPELINE in pipelines:
-        options = multiexit_stage(work, train, draft, config.multiexit_margin_pt, log)
+        options = multiexit_stage(work, train, draft, config.multiexit_margin_pt, num_test, log)
         pipelines[MULTIEXIT_PIPELINE] = PipelineEntry(pipelines[MULTIEXIT_PIPELINE].models, options=options)
     options = fallback_stage(work, train, draft, config.max_fallback_share)
     pipelines[FALLBACK_PIPELINE] = PipelineEntry(pipelines[FALLBACK_PIPELINE].models, options=options)
@@ -332,7 +335,7 @@ def build(config: BuildConfig, log=print) -> dict:
             log(f"{MULTIEXIT_PIPELINE}: MACs per image to each exit " + ", ".join(
                 f"{m / 1e6:.3f} M" for m in np.cumsum([models[s].macs for s in PIPELINE_SPECS[MULTIEXIT_PIPELINE].models])))
         draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, config, threshold)
-        manifest = manifest_stage(work, draft, train, log, config)
+        manifest = manifest_stage(work, draft, train, len(test), log, config)
         record = timed("check_s", check_stage, work, train, test, config, log, progress)
         timed("calibration_s", calibration_stage, work, train.images, test, config.calibration_samples)
         tarball = timed("bundle_s", bundle_stage, work, target, test.images, log)
