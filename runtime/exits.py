@@ -16,7 +16,6 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.gate import confidence_row_test
-from cbnet_tl.runtime.runners import one_row
 
 if TYPE_CHECKING:
     from cbnet_tl.runtime.pipelines import Pipeline
@@ -59,21 +58,27 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     labels_of = tuple(spec.paths[spec.models[: k + 1]] for k in range(len(spec.models)))
 
     # one image: each exit's test on Python floats, exact (float64, as the batch path and the build compare) only
-    # where they cannot tell; confidences made when read
-    stays_one = tuple(one_row(pipeline.row_test(confidence_row_test, name, threshold),
-                               lambda raw, top=stage[3], threshold=threshold: float(top(raw)[0]) < threshold)
-                      for name, stage, threshold in zip(spec.models[:-1], stages, thresholds))  # the last takes all
+    # where they cannot tell; confidences made when read; one tuple per exit that can be left early, read in order
     last = len(stages) - 1
+    early = tuple((stages[k][1], pipeline.row_test(confidence_row_test, spec.models[k], thresholds[k]),
+                   partial(_stays, stages[k][3], thresholds[k]), stages[k][2], stages[k + 1][0], stages[k][3],
+                   labels_of[k], spec.models[k]) for k in range(last))
+    run_first, (_, read_last, _, confidence_last) = stages[0][0], stages[last]
 
     def one(image):
-        stages[0][0](image)
-        for k, (_, read_logits, read_features, confidence) in enumerate(stages):
+        run_first(image)
+        for read_logits, row_stays, stays_exact, read_features, run_next, confidence, label, name in early:
             raw = read_logits()
-            if k == last or not stays_one[k](raw):
-                return raw.argmax(axis=-1), partial(_float64, confidence, raw), labels_of[k]
+            stays = row_stays(raw[0].tolist())
+            if stays is None:  # too near the threshold for Python floats
+                stays = stays_exact(raw)
+            if not stays:
+                return raw.argmax(axis=-1), partial(_float64, confidence, raw), label
             if tell is not None:  # it goes on: what this exit said of it
-                tell(spec.models[k], float(confidence(raw)[0]))
-            stages[k + 1][0](read_features())
+                tell(name, float(confidence(raw)[0]))
+            run_next(read_features())
+        raw = read_last()
+        return raw.argmax(axis=-1), partial(_float64, confidence_last, raw), labels_of[last]
 
     def classify(images):
         count = len(images)
@@ -104,6 +109,10 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
         return labels, confidences, (depth, labels_of)
 
     return classify
+
+
+def _stays(confidence: Callable, threshold: float, raw: np.ndarray) -> bool:
+    return float(confidence(raw)[0]) < threshold
 
 
 def _float64(confidence: Callable, raw: np.ndarray) -> np.ndarray:

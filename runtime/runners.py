@@ -20,17 +20,6 @@ if TYPE_CHECKING:
 CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
 
 
-def one_row(row_test: Callable, exact: Callable) -> Callable:
-    """A gate's test of one image's raw scores (1, K): on Python floats (``gate.*_row_test``), and where that
-    defers, near the threshold, ``exact(scores)``: the decision of the batch computation either way."""
-
-    def test(scores: np.ndarray) -> bool:
-        told = row_test(scores[0].tolist())
-        return bool(exact(scores)) if told is None else told
-
-    return test
-
-
 def chain(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     """Models one after another, each link feeding the next; the last model's scores decide."""
     spec = pipeline.spec
@@ -62,15 +51,17 @@ def fallback(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     run_first, run_second = pipeline.from_pixels(first, runs[first]), pipeline.from_pixels(second, runs[second])
     read_first, read_second = pipeline.reads[first][0], pipeline.reads[second][0]
     confidence_first, confidence_second = pipeline.confidence(first), pipeline.confidence(second)
-    unsure_one = one_row(pipeline.row_test(confidence_row_test, first, threshold),
-                          lambda scores: confidence_first(scores)[0] < threshold)
+    row_unsure = pipeline.row_test(confidence_row_test, first, threshold)  # one image, on Python floats
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
     def classify(images):
         run_first(images)
         scores = read_first()
         if len(scores) == 1:  # one image: confidences when read
-            if not unsure_one(scores):
+            unsure = row_unsure(scores[0].tolist())
+            if unsure is None:  # too near the threshold for Python floats
+                unsure = confidence_first(scores)[0] < threshold
+            if not unsure:
                 return scores.argmax(axis=-1), partial(confidence_first, scores), short
             run_second(images)
             scores = read_second()
@@ -97,8 +88,7 @@ def early_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
     read_tail = pipeline.reads[link.target][0]
     branch_logits, tail_logits = pipeline.logits64(first), pipeline.logits64(link.target)
-    exits_one = one_row(pipeline.row_test(entropy_row_test, first, threshold),
-                         lambda raw: exit_gate(branch_logits(raw), threshold)[0][0])
+    row_exits = pipeline.row_test(entropy_row_test, first, threshold)  # one image, on Python floats
     short, full = spec.paths[(first,)], spec.paths[spec.models]
 
     def branch_confidences(raw):
@@ -111,7 +101,10 @@ def early_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
         run_first(images)
         raw = read_branch()
         if len(raw) == 1:  # one image: confidences when read
-            if exits_one(raw):
+            exits = row_exits(raw[0].tolist())
+            if exits is None:  # too near the threshold for Python floats
+                exits = exit_gate(branch_logits(raw), threshold)[0][0]
+            if exits:
                 return raw.argmax(axis=-1), partial(branch_confidences, raw), short
             run_tail(read_features())
             tail = read_tail()

@@ -37,6 +37,13 @@ def requantize_table(out_spec, in_spec) -> Optional[np.ndarray]:
     return quantize(dequantize(codes, out_spec), in_spec)
 
 
+def is_identity(table: np.ndarray, out_spec, in_spec) -> bool:
+    """Whether a requantize table maps every byte to itself (scales a rounding apart): the raw output is then the
+    next model's input as it is."""
+    codes = _byte_codes(out_spec.dtype)
+    return codes is not None and np.dtype(out_spec.dtype) == np.dtype(in_spec.dtype) and np.array_equal(table, codes)
+
+
 def dequantize_table(spec) -> Optional[np.ndarray]:
     """Output byte → real value (float32), the numbers ``dequantize`` gives, as a table. None for float outputs."""
     codes = _byte_codes(spec.dtype)

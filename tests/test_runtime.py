@@ -197,3 +197,22 @@ def test_row_by_row_invokes_equal_a_real_batch(tiny_bundle, mnist_samples):
     rows = model.invoke_quantized(images)[0]
     assert np.array_equal(rows, batched) and model.num_invokes - before == len(images)
 
+
+
+def test_a_requantize_table_of_scales_a_rounding_apart_is_known_as_the_identity():
+    """The three-exit network's segments: the features' output scale and the next input's differ in the last bit
+    of float32; every byte maps to itself, so the runtime feeds the raw output on. Scales that truly differ, or
+    another storage type, are not the identity."""
+    from cbnet_tl.runtime.interpreter import TensorSpec
+    from cbnet_tl.runtime.tables import is_identity, requantize_table
+
+    out = TensorSpec("f", 0, (1, 14, 14, 32), np.dtype(np.int8), 0.02786240354180336, -128)
+    near = TensorSpec("g", 0, (1, 14, 14, 32), np.dtype(np.int8), 0.02786240167915821, -128)
+    assert out.scale != near.scale
+    assert is_identity(requantize_table(out, near), out, near)
+    other = TensorSpec("h", 0, (1, 14, 14, 32), np.dtype(np.int8), 0.03, -128)
+    assert not is_identity(requantize_table(out, other), out, other)
+    shifted = TensorSpec("s", 0, (1, 14, 14, 32), np.dtype(np.int8), out.scale, -127)
+    assert not is_identity(requantize_table(out, shifted), out, shifted)
+    unsigned = TensorSpec("u", 0, (1, 14, 14, 32), np.dtype(np.uint8), out.scale, 0)
+    assert not is_identity(requantize_table(out, unsigned), out, unsigned)
