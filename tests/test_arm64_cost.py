@@ -265,3 +265,14 @@ def test_each_pipeline_counts_beyond_the_bare_calls_of_the_models_its_images_ran
     went_on = sum(p == "cbnet+lenet" for p in run_pipeline(open_pipeline(tiny_bundle, "cbnet-fallback", tuning=None),
                                                            images, batch_size=256)["paths"])
     assert report["arm64_beyond_bare"]["cbnet-fallback"] == round(2_000_000 - 200_000 - 1_400_000 * went_on / 64)
+
+
+def test_the_set_up_lock_is_taken_on_a_root_counting_has_never_touched(tmp_path):
+    # A fresh root (as debootstrap leaves it) has no opt/cbnet-tl-count yet: the first `bench --arm64` must still
+    # take the lock, not fail on a path through a folder that does not exist.
+    root = tmp_path / "bookworm"
+    (root / "usr").mkdir(parents=True)
+    with arm64_setup.setup_lock(root):
+        locks = list(root.rglob("*.lock"))
+    assert len(locks) == 1 and locks[0].is_file()
+    assert not (root / arm64_setup.IN_ROOT.lstrip("/")).exists()  # set-up, not the lock, makes its own folder

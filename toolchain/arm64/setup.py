@@ -99,7 +99,8 @@ def guest_env(extra: Optional[dict] = None) -> dict:
 @contextlib.contextmanager
 def setup_lock(root: Path):
     """One set-up of a root at a time (two `bench --arm64` at once share it once it is made)."""
-    lock_path = root / IN_ROOT.lstrip("/") / ".." / "cbnet-tl-count.lock"
+    lock_path = (root / IN_ROOT.lstrip("/")).parent / "cbnet-tl-count.lock"  # beside the folder set-up makes
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
