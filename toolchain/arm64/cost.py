@@ -38,6 +38,7 @@ from cbnet_tl.toolchain.arm64.setup import (
     DEFAULT_CACHE,
     DEFAULT_SUITE,
     IN_ROOT,
+    count_dir,
     Arm64CountError,
     guest_env,
     setup_lock,
@@ -139,8 +140,8 @@ def count_bundle(bundle: Path, images: np.ndarray, pipelines: dict, config: Coun
     if config.bare:
         jobs += [Job("bare", model, b, (config.num_images // b) * b, resolver)
                  for model in models for b in _bare_batches(config) for resolver in RESOLVERS]
-    (config.root / IN_ROOT.lstrip("/") / "work").mkdir(parents=True, exist_ok=True)
-    host_work = Path(tempfile.mkdtemp(prefix="run-", dir=config.root / IN_ROOT.lstrip("/") / "work"))
+    (count_dir(config.root) / "work").mkdir(parents=True, exist_ok=True)
+    host_work = Path(tempfile.mkdtemp(prefix="run-", dir=count_dir(config.root) / "work"))
     work = f"{IN_ROOT}/work/{host_work.name}"
     try:
         _copy_bundle(bundle, host_work / "bundle", models)

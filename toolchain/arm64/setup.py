@@ -26,6 +26,13 @@ from cbnet_tl.runtime.errors import CbnetError
 DEFAULT_CACHE = Path(os.environ.get("CBNET_ARM64_CACHE", "/var/cache/cbnet-tl/arm64"))
 DEFAULT_SUITE = "bookworm"
 IN_ROOT = "/opt/cbnet-tl-count"  # what counting keeps in a root: host/ (qemu, plugin), venv/, work/
+
+
+def count_dir(root: Path) -> Path:
+    """IN_ROOT as seen from the host: the folder counting keeps in ``root``."""
+    return root / IN_ROOT.lstrip("/")
+
+
 QEMU = Path("/usr/bin/qemu-aarch64")  # Debian's qemu-user: dynamic, loads plugins
 PLUGIN_SOURCE = Path(__file__).parent.parent / "data" / "insncount.c"
 RUN_TIMEOUT = 3600
@@ -99,7 +106,7 @@ def guest_env(extra: Optional[dict] = None) -> dict:
 @contextlib.contextmanager
 def setup_lock(root: Path):
     """One set-up of a root at a time (two `bench --arm64` at once share it once it is made)."""
-    lock_path = (root / IN_ROOT.lstrip("/")).parent / "cbnet-tl-count.lock"  # beside the folder set-up makes
+    lock_path = count_dir(root).parent / "cbnet-tl-count.lock"  # beside the folder set-up makes
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -158,7 +165,7 @@ def _stamped(path: Path, stamp: str) -> bool:
 
 
 def is_prepared(root: Path, requirements: str) -> bool:
-    base = root / IN_ROOT.lstrip("/")
+    base = count_dir(root)
     return _stamped(base / "host" / "stamp.json", _host_stamp()) \
         and _stamped(base / "venv" / "stamp.json", _venv_stamp(requirements))
 
@@ -222,7 +229,7 @@ def prepare(root: Path, requirements: str, pip_cache: Optional[Path] = None, log
     """Put qemu, its libraries and the compiled plugin, and a venv with ``requirements``, into ``root`` (each
     only when missing or stale; the venv needs the network)."""
     require_root(root)
-    base = root / IN_ROOT.lstrip("/")
+    base = count_dir(root)
     if not _stamped(base / "host" / "stamp.json", _host_stamp()):
         log(f"arm64 count: copying qemu-aarch64 and building the counting plugin in {base / 'host'}")
         _install_host(base)
