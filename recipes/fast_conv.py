@@ -17,7 +17,7 @@ from typing import Optional
 import keras
 from keras import layers
 
-from cbnet_tl.recipes.layers import NearestUpsample, batch_flatten
+from cbnet_tl.recipes.layers import BatchReshape, NearestUpsample, batch_flatten
 
 ENCODER_CHANNELS = (16, 32, 32)
 DECODER_CHANNELS = 16  # after the decoder's dense layer, at an eighth of the input size
@@ -64,7 +64,7 @@ def build_autoencoder(shape: tuple, code_units: int, dropout: float, batch_size:
     x = layers.Dense(code_units, name="code")(x)
     small = (math.ceil(height / 8), math.ceil(width / 8), DECODER_CHANNELS)
     x = layers.Dense(math.prod(small), activation="relu", name="decoder_dense")(x)
-    x = layers.Reshape(small, name="decoder_reshape")(x)
+    x = BatchReshape(small, name="decoder_reshape")(x)  # batch -1: the interpreter can resize the batch
     for i, out in enumerate((*UPSAMPLE_CHANNELS, channels)):
         x = NearestUpsample(2, name=f"decoder_up_{i}")(x)
         last = i == len(UPSAMPLE_CHANNELS)

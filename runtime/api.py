@@ -10,14 +10,14 @@ import hashlib
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest, verify_files
 from cbnet_tl.runtime.delegates import Device
-from cbnet_tl.runtime.errors import BundleError
-from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, load_image, load_images
+from cbnet_tl.runtime.errors import BundleError, ImageError
+from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, error_reason, load_image
 from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.runtime.specs import models_for
@@ -59,30 +59,68 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
 
 
 def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int = 1, hook=None,
-                   max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False, session=None) -> list:
+                   max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False, session=None,
+                   collect_errors: bool = False) -> list:
     """Classify image files of any size and mode (each through the bundle's input spec); one dict per image
     with class, confidence, path taken and time. ``input_digest`` adds the sha256 of each model input (the
     bytes the models read), to compare pre-processing between machines. ``session``: a ``DvfsSession`` that runs
-    each batch as one DVFS batch, every file arrived when the call began (a burst) and the batches after it
-    its queue; ``hook`` is then not used."""
-    records, class_names = [], pipeline.bundle.class_names
+    each batch as one DVFS batch, every file arrived when the call began (a burst) and the files not read yet
+    its queue; ``hook`` is then not used. ``collect_errors``: an unreadable file (corrupt, not an image, over
+    ``max_pixels``, no permission) gets ``{"file": ..., "error": ...}`` (no ``label``) in its place and every
+    other file is still classified; without it, its ``ImageError`` is raised. Batches hold readable files only."""
+    entries, class_names = {}, pipeline.bundle.class_names
+    failed = entries if collect_errors else None
     began = time.monotonic()
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        images = load_images(chunk, pipeline.input_spec, max_pixels=max_pixels)
+    for indices, images, num_read in _readable_batches(paths, pipeline.input_spec, batch_size, max_pixels, failed):
         if session is None:
             result = pipeline.classify(images, hook=hook)
-        else:
-            result = burst_batch(session, pipeline, images, began, start, len(paths), batch_size)
-        ms = round(result.seconds / len(chunk) * 1e3, 4)
-        answers = zip(chunk, result.labels.tolist(), result.confidences.tolist(), result.paths)
-        for index, (path, label, confidence, taken) in enumerate(answers):
-            record = {"file": str(path), "label": label, "class_name": class_names[label],
+        else:  # as if this batch were images ``num_read - batch_size`` on: the files not read yet wait behind it
+            result = burst_batch(session, pipeline, images, began, num_read - batch_size, len(paths), batch_size)
+        ms = round(result.seconds / len(indices) * 1e3, 4)
+        answers = zip(indices, result.labels.tolist(), result.confidences.tolist(), result.paths)
+        for position, (index, label, confidence, taken) in enumerate(answers):
+            record = {"file": str(paths[index]), "label": label, "class_name": class_names[label],
                       "confidence": round(confidence, 6), "path": taken, "ms": ms, "device": pipeline.device}
             if input_digest:
-                record["input_sha256"] = hashlib.sha256(np.ascontiguousarray(images[index]).tobytes()).hexdigest()
-            records.append(record)
-    return records
+                record["input_sha256"] = hashlib.sha256(np.ascontiguousarray(images[position]).tobytes()).hexdigest()
+            entries[index] = record
+    return [entries[index] for index in sorted(entries)]
+
+
+def _readable_batches(paths: Sequence[Path], spec, batch_size: int, max_pixels: int,
+                      failed: Optional[dict]) -> Iterator[tuple]:
+    """(indices, images, number of files read so far) for every ``batch_size`` readable files, in order, and the
+    last, shorter batch; an unreadable file's entry goes into ``failed`` under its index (None: raise its error)."""
+    indices, images = [], []
+    for index, path in enumerate(paths):
+        try:
+            images.append(load_image(path, spec, max_pixels=max_pixels))
+            indices.append(index)
+        except ImageError as error:
+            if failed is None:
+                raise
+            failed[index] = {"file": str(path), "error": error_reason(error, path)}
+        if images and (len(images) == batch_size or index == len(paths) - 1):
+            yield indices, np.stack(images), index + 1
+            indices, images = [], []
+
+
+def format_results(records: Sequence[dict]) -> list:
+    """The text table of ``classify_paths``' entries, one line each: file, class, confidence, path taken and time,
+    or file and ``error: why`` for an unreadable one."""
+    return [f"{r['file']}\terror: {r['error']}" if "error" in r else
+            f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms" for r in records]
+
+
+def unreadable_error(records: Sequence[dict]) -> Optional[str]:
+    """The closing error line when some files could not be classified (the command then exits 1), else None."""
+    failed = [r for r in records if "error" in r]
+    if not failed:
+        return None
+    first = f"{failed[0]['file']}: {failed[0]['error']}"
+    if len(failed) == 1:
+        return f"error: {first}"
+    return f"error: {len(failed)} of {len(records)} files unreadable, each with its error entry; the first: {first}"
 
 
 def burst_batch(session, pipeline: Pipeline, images: np.ndarray, began: float, start: int, total: int,

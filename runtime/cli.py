@@ -12,12 +12,19 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.api import classify_paths, open_pipeline, selftest, tune_bundle
+from cbnet_tl.runtime.api import (
+    classify_paths,
+    format_results,
+    open_pipeline,
+    selftest,
+    tune_bundle,
+    unreadable_error,
+)
 from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import CbnetError, ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
 from cbnet_tl.runtime.inbox import InboxConfig
-from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, DEPLOYED_PIPELINES, PIPELINES
+from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINES, default_pipeline
 from cbnet_tl.runtime.service import StopRequested, format_summary, grant_cpufreq, serve, status
 from cbnet_tl.runtime.tuning import format_tuning
 
@@ -27,9 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: this script's)")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     commands = parser.add_subparsers(dest="command", required=True)
-    classify = commands.add_parser("classify", help="classify image files or folders")
+    classify = commands.add_parser("classify", help="classify image files or folders (an unreadable file gets an "
+                                                      "error entry; exit 1 after all if any)")
     classify.add_argument("images", nargs="+", type=Path)
-    classify.add_argument("--pipeline", choices=PIPELINES, default=DEFAULT_PIPELINE)
+    classify.add_argument("--pipeline", choices=PIPELINES, default=None, help="default: the build's recommendation")
     classify.add_argument("--convert", action="store_true",
                           help="no longer needed: every image goes through the bundle's input spec (accepted, ignored)")
     classify.add_argument("--batch-size", type=int, default=1, help="images per interpreter call (default 1)")
@@ -52,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser = commands.add_parser("watch", help="classify images dropped into a folder (the service)")
     _folders(watch_parser)
     watch_parser.add_argument("--outbox", type=Path, required=True)
-    watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default=DEFAULT_PIPELINE)
+    watch_parser.add_argument("--pipeline", choices=DEPLOYED_PIPELINES, default=None,
+                              help="default: the build's recommendation")
     watch_parser.add_argument("--poll-seconds", type=float, default=0.2,
                               help="scan the inbox this often while it is empty (default 0.2; idle time under DVFS)")
     watch_parser.add_argument("--settle-seconds", type=float, default=1.0,
@@ -117,40 +126,54 @@ def _folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="state file (default: state/ beside the inbox)")
 
 
+def _classify(args, bundle_dir: Path) -> int:
+    """``run.py classify``: every readable file classified, an entry for each unreadable one, then 1 if any."""
+    pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
+    if args.convert:
+        print("note: --convert is no longer needed; every image goes through the bundle's input spec "
+              f"({pipeline.input_spec.describe()})", file=sys.stderr)
+    if args.batch_size < 1:
+        raise ConfigError(f"Expected --batch-size >= 1. Received: {args.batch_size}")
+    paths, options = collect_image_paths(args.images), _session_options(args)
+    how = {"batch_size": args.batch_size, "max_pixels": args.max_pixels, "input_digest": args.input_sha256,
+           "collect_errors": True}
+    if options["dvfs"] == "off" and options["deadline_ms"] is None:
+        records, summary = classify_paths(pipeline, paths, **how), None
+    else:
+        from cbnet_tl.runtime.dvfs.run import dvfs_session
+
+        with dvfs_session(**options) as session:
+            records = classify_paths(pipeline, paths, session=session, **how)
+        summary = session.summary()
+    if args.json:
+        print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
+                          "input": pipeline.input_spec.to_dict(), "results": records,
+                          **({} if summary is None else {"dvfs": summary})}, indent=2, allow_nan=False))
+    else:
+        for line in format_results(records):
+            print(line)
+        print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()), file=sys.stderr)
+        if summary is not None:
+            print(format_summary(summary, "classify"), file=sys.stderr)
+    failure = unreadable_error(records)
+    if failure is not None:
+        print(failure, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = None) -> int:
     args = _parser().parse_args(argv)
     bundle_dir = args.bundle or default_bundle or Path.cwd()
     try:
+        if args.command in ("classify", "watch") and args.pipeline is None:  # the manifest's (the build's choice)
+            from cbnet_tl.runtime.bundle import open_manifest
+
+            args.pipeline = default_pipeline(open_manifest(bundle_dir)[1])
         if args.command == "selftest":
             print(json.dumps(selftest(bundle_dir, args.threads), indent=2))
         elif args.command == "classify":
-            pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
-            if args.convert:
-                print("note: --convert is no longer needed; every image goes through the bundle's input spec "
-                      f"({pipeline.input_spec.describe()})", file=sys.stderr)
-            if args.batch_size < 1:
-                raise ConfigError(f"Expected --batch-size >= 1. Received: {args.batch_size}")
-            paths, options = collect_image_paths(args.images), _session_options(args)
-            how = {"batch_size": args.batch_size, "max_pixels": args.max_pixels, "input_digest": args.input_sha256}
-            if options["dvfs"] == "off" and options["deadline_ms"] is None:
-                records, summary = classify_paths(pipeline, paths, **how), None
-            else:
-                from cbnet_tl.runtime.dvfs.run import dvfs_session
-
-                with dvfs_session(**options) as session:
-                    records = classify_paths(pipeline, paths, session=session, **how)
-                summary = session.summary()
-            if args.json:
-                print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
-                                  "input": pipeline.input_spec.to_dict(), "results": records,
-                                  **({} if summary is None else {"dvfs": summary})}, indent=2, allow_nan=False))
-            else:
-                for r in records:
-                    print(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
-                print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()),
-                      file=sys.stderr)
-                if summary is not None:
-                    print(format_summary(summary, "classify"), file=sys.stderr)
+            return _classify(args, bundle_dir)
         elif args.command == "tune":
             record = tune_bundle(bundle_dir, args.out, num_threads=args.threads, if_missing=args.if_missing)
             if record is not None:

@@ -8,6 +8,7 @@ RGBA, CMYK, 16-bit and 32-bit grayscale, float.
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -60,21 +61,25 @@ def _arrays(image: Image.Image) -> tuple:
 @contextlib.contextmanager
 def _opened(path: Path, max_pixels: Optional[int]) -> Iterator[Image.Image]:
     """The opened image, its size checked against ``max_pixels`` from the header; any problem with the file,
-    in the block too (decoding, a truncated stream), is one ``ImageError`` line naming it."""
+    in the block too (decoding, a truncated stream), is one ``ImageError`` line naming it. Pillow's own warnings
+    (its decompression-bomb warning, notices about malformed tags), in the block too, are kept out of the output:
+    that one line, or nothing for a file that is read, is the message."""
     try:
-        with Image.open(path) as image:
-            if max_pixels is not None:
-                check_pixels(path, image.size, max_pixels)
-            yield image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            with Image.open(path) as image:
+                if max_pixels is not None:
+                    check_pixels(path, image.size, max_pixels)
+                yield image
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, expected an image file") from None
     except PermissionError:
         raise ImageError(f"{path}: permission denied") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: over the pixel limit of {max_pixels:,} pixels (Pillow refused it as a "
-                         "decompression bomb)") from None
+    except Image.DecompressionBombError as error:
+        raise _refused_by_pillow(path, error, max_pixels) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if _is_empty(path):
             raise ImageError(f"{path}: empty file (0 bytes), expected an image") from None
@@ -86,9 +91,7 @@ def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
     """(pixels, alpha) of one file, oriented as its EXIF tag says; one ``ImageError`` line for any problem."""
     path = Path(path)
     with _opened(path, max_pixels) as image:
-        with warnings.catch_warnings():  # our limit is checked from the header; Pillow's warning would repeat it
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image.load()
+        image.load()
         oriented = ImageOps.exif_transpose(image)
         return _arrays(oriented if oriented is not None else image)
 
@@ -138,8 +141,32 @@ def _is_empty(path: Path) -> bool:
 def check_pixels(path: Path, size: Sequence[int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
-        raise ImageError(f"{path}: {width}x{height} is {width * height:,} pixels, over the pixel limit of "
-                         f"{max_pixels:,} (--max-pixels); refused before decoding")
+        raise ImageError(_over_limit(path, _our_limit(max_pixels), f"{width}x{height} is {width * height:,} pixels"))
+
+
+def _our_limit(max_pixels: int) -> str:
+    return f"the pixel limit of {max_pixels:,} (--max-pixels)"
+
+
+def _over_limit(path: Path, limit: str, size: str) -> str:
+    return f"{path}: over {limit}: {size}; refused before decoding"
+
+
+def _refused_by_pillow(path: Path, error: Exception, max_pixels: Optional[int]) -> ImageError:
+    """Pillow's ``DecompressionBombError`` (it refuses more than twice ``Image.MAX_IMAGE_PIXELS`` while opening,
+    before our own check) as our one line: our limit when it is the lower one, else Pillow's."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if max_pixels is not None and max_pixels < pillow_limit:
+        return ImageError(_over_limit(path, _our_limit(max_pixels), size))
+    return ImageError(_over_limit(path, f"Pillow's decompression-bomb limit of {pillow_limit:,} pixels", size))
+
+
+def error_reason(error: ImageError, path: Path) -> str:
+    """An ``ImageError``'s text without the file name it opens with: "PATH: reason" → "reason"."""
+    text, prefix = str(error), f"{Path(path)}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def collect_image_paths(inputs: Iterable[Path]) -> list:

@@ -137,6 +137,10 @@ class Manifest:
     target: Optional[str] = None  # bundles
     accelerator: Optional[str] = None  # bundles: "edgetpu" for Coral targets
     selftest: Optional[dict] = None  # bundles: {"files": [...], "expected": {pipeline: [labels]}}
+    # what a command runs when no pipeline is named (``specs.default_pipeline``): the build's recommendation or its
+    # --default-pipeline; and the recommendation ({"pipeline": name or None, "reason": ...}). Older builds: neither
+    default_pipeline: Optional[str] = None
+    recommendation: Optional[dict] = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":
@@ -149,6 +153,7 @@ class Manifest:
             built_at=str(data.get("built_at", "")), tools=dict(data.get("tools", {})), input=dict(data["input"]),
             format_version=int(data["format_version"]), data=data.get("data"), target=data.get("target"),
             accelerator=data.get("accelerator"), selftest=data.get("selftest"),
+            default_pipeline=data.get("default_pipeline"), recommendation=data.get("recommendation"),
         )
 
     def to_dict(self) -> dict:
@@ -157,7 +162,7 @@ class Manifest:
             "class_names": list(self.class_names), "input": self.input, "entropy_threshold": self.entropy_threshold,
             "version": self.version, "built_at": self.built_at, "tools": self.tools,
         }
-        for key in ("target", "accelerator"):
+        for key in ("target", "accelerator", "default_pipeline", "recommendation"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["models"] = {n: m.to_dict() for n, m in self.models.items()}

@@ -73,7 +73,7 @@ class PipelineSpec:
 
 
 # The pipelines other code refers to by their role; everything else about them is in their spec.
-DEFAULT_PIPELINE = "cbnet"  # CBNet itself: the default of every command and the bundle's service
+DEFAULT_PIPELINE = "cbnet"  # CBNet itself; the default of builds made before they recommended one (default_pipeline)
 FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its runners.CONFIDENCE_THRESHOLD
 EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images from hard ones
 BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
@@ -115,6 +115,25 @@ def deployed_pipelines(manifest) -> tuple:
     """The pipelines a build or bundle deploys: those of ``DEPLOYED_PIPELINES`` its manifest lists (the optional
     ones only when it was built with them)."""
     return tuple(name for name in DEPLOYED_PIPELINES if name in manifest.pipelines)
+
+
+def default_pipeline(manifest=None, required: bool = True) -> Optional[str]:
+    """The pipeline every command and the bundle's service run when none is named: the manifest's
+    ``default_pipeline`` (the build's recommendation, or its --default-pipeline); ``DEFAULT_PIPELINE`` without a
+    manifest or for one made before builds recommended a pipeline. When the build recommended none (every pipeline
+    failed its learning check), a ``BundleError`` that says to name one, or None if not ``required``."""
+    if manifest is None or (manifest.default_pipeline is None and manifest.recommendation is None):
+        return DEFAULT_PIPELINE
+    name = manifest.default_pipeline
+    if name is None:
+        if not required:
+            return None
+        raise BundleError("Expected a default pipeline that passed the build's learning check. Received: none "
+                          "passed (see `cbnet-tl check`); name one with --pipeline to run it anyway")
+    if name not in manifest.pipelines:
+        raise BundleError(f"Expected the manifest's default_pipeline to be one of its pipelines "
+                          f"{list(manifest.pipelines)}. Received: {name!r}; rebuild the bundle")
+    return name
 
 
 def spec_in(name: str, manifest=None) -> PipelineSpec:

@@ -57,12 +57,12 @@ SUITES = {"bookworm": "Debian 12 (bookworm)", "bullseye": "Debian 11 (bullseye)"
 # The alternative interpreter the rpi4 bundle README offers: tflite-runtime's last release, which needs numpy<2.
 TFLITE_RUNTIME_REQUIREMENTS = ("tflite-runtime==2.14.*", "numpy<2")
 BUILD_ARGS = ("--dataset", "mnist", "--data-dir", str(REPO / "tests" / "data" / "mnist-8k"),
-              "--max-train-images", "1000", "--blenet-epochs", "2", "--autoencoder-epochs", "3",
+              "--max-train-images", "1000", "--blenet-epochs", "2", "--autoencoder-epochs", "3", "--steps", "100",
               "--time-budget-minutes", "2", "--max-accuracy-drop", "100", "--force")
 # The RGB bundle: real drawings with transparency (Debian's tuxpaint-stamps-default) through the input spec.
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 STAMP_CLASSES = ("animals/birds", "food/fruit", "plants/flowers", "town/houses", "vehicles")
-RGB_BUILD_ARGS = ("--image-size", "16", "--blenet-epochs", "2", "--time-budget-minutes", "2",
+RGB_BUILD_ARGS = ("--image-size", "16", "--blenet-epochs", "2", "--steps", "100", "--time-budget-minutes", "2",
                   "--max-accuracy-drop", "100", "--force")
 IN_ROOT = "/opt/cbnet-check"  # everything this check puts into a root lives here (removed before and after)
 PIP_TIMEOUT, RUN_TIMEOUT = 900, 600

@@ -95,6 +95,7 @@ def fresh_build(tmp_path_factory) -> Path:
         BuildConfig(
             dataset="mnist", out=out, data_dir=MNIST_8K, max_train_images=1000,
             train=TrainConfig(blenet_epochs=3, autoencoder_epochs=6, progress=False, min_autoencoder_pairs=0,
+                              few_image_steps=120,
                               augment_shift_pixels=0),
             check=CheckConfig(max_accuracy_drop=10.0),
             write_report=True,
@@ -136,7 +137,7 @@ def rgb_build(tmp_path_factory) -> Path:
     (data / "fruit" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path_factory.mktemp("builds") / "rgb"
     result = CliRunner().invoke(app, ["build", "--data-dir", str(data), "--image-size", "16", "--out", str(out),
-                                      "--blenet-epochs", "2", "--no-progress", "--no-report",
+                                      "--blenet-epochs", "2", "--steps", "60", "--no-progress", "--no-report",
                                       "--max-accuracy-drop", "100", "--max-fallback-share", "0.5"])
     assert result.exit_code == 0, result.output
     (out / "build-output.txt").write_text(result.output)

@@ -37,7 +37,8 @@ def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monk
     out = tmp_path / "out"
     record = building.build(building.BuildConfig(
         dataset="mnist", out=out, data_dir=mnist_dir, max_train_images=2000, write_report=True,
-        train=TrainConfig(progress=False), check=CheckConfig(max_accuracy_drop=100.0)), log=lines.append)
+        train=TrainConfig(progress=False, few_image_steps=150), check=CheckConfig(max_accuracy_drop=100.0)),
+        log=lines.append)
 
     build_writes = [d for d in written if d.name.startswith(".out.partial-")]
     assert len(build_writes) == 1  # once, with cbnet-fallback's options already in it

@@ -281,7 +281,7 @@ def multiexit_build(tmp_path_factory, mnist_dir):
         fallback=MULTIEXIT_PIPELINE, multiexit_margin_pt=2.0,
         multiexit=MultiExitConfig(stage_channels=((4, 8), (8, 8), (8, 8)), head_units=16, epochs=2),
         train=TrainConfig(blenet_epochs=1, autoencoder_epochs=1, progress=False, min_autoencoder_pairs=0,
-                          augment_shift_pixels=0),
+                          augment_shift_pixels=0, few_image_steps=40),
         check=CheckConfig(max_accuracy_drop=20.0), write_report=False), log=lambda message: None)
     return out
 

@@ -155,7 +155,7 @@ def test_cli_build_prints_only_our_lines(mnist_dir, tmp_path):
     result = subprocess.run(
         cli() + ["build", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "build"),
                  "--recipe", "paper", "--max-train-images", "50", "--blenet-epochs", "1", "--autoencoder-epochs", "1",
-                 "--calibration-samples", "5", "--max-accuracy-drop", "100", "--no-report"],
+                 "--steps", "10", "--calibration-samples", "5", "--max-accuracy-drop", "100", "--no-report"],
         capture_output=True, text=True, env=clean_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert library_lines(result.stdout + result.stderr) == []

@@ -107,6 +107,21 @@ def test_bundle_runner_works_in_light_venv(light_venv, tiny_bundle, samples_dir)
     assert bad.stderr.strip().splitlines()[-1] == "error: /nonexistent.png: no such file or directory"
 
 
+def test_an_unreadable_file_among_others_in_light_venv(light_venv, tiny_bundle, samples_dir, tmp_path):
+    """The per-file error entries need nothing beyond the light runtime either."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    (tmp_path / "empty.png").write_bytes(b"")
+    out = subprocess.run([str(light_venv), str(tiny_bundle / "run.py"), "classify", str(tmp_path / "empty.png"),
+                          str(samples_dir / "mnist_00_7.png"), "--json"], capture_output=True, text=True, env=env,
+                         cwd="/")
+    assert out.returncode == 1, out.stderr
+    empty, sample = json.loads(out.stdout)["results"]
+    reason = "empty file (0 bytes), expected an image"
+    assert empty == {"file": str(tmp_path / "empty.png"), "error": reason}
+    assert sample["class_name"] == str(sample["label"])
+    assert out.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'empty.png'}: {reason}"
+
+
 @pytest.mark.tf  # typer is imported in the child process, which the automatic marking cannot see
 def test_cli_help_does_not_import_tensorflow():
     code = (

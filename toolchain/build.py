@@ -46,9 +46,15 @@ class BuildConfig:
     fallback: str = BASELINE_PIPELINE  # cbnet-fallback's second network: a key of runtime.specs.FALLBACK_NETWORKS
     multiexit: Optional[object] = None  # recipes.multiexit.MultiExitConfig; None: the recipe's default
     multiexit_margin_pt: float = DEFAULT_MARGIN_PT  # multiexit's thresholds: loss against its last exit within this, at 95%
+    default_pipeline: Optional[str] = None  # what the bundle runs when none is named; None: the build's recommendation
 
     def __post_init__(self):
-        from cbnet_tl.runtime.specs import FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
+        from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, FALLBACK_NETWORKS, MULTIEXIT_PIPELINE, OPTIONAL_PIPELINES
+
+        built = [p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional or p in self.with_pipelines]
+        if self.default_pipeline is not None and self.default_pipeline not in built:
+            raise CbnetError(f"Expected --default-pipeline one of the pipelines this build makes {built}. "
+                             f"Received: {self.default_pipeline!r}")
 
         unknown = [p for p in self.with_pipelines if p not in OPTIONAL_PIPELINES]
         if unknown:
@@ -114,6 +120,13 @@ def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=pr
     from cbnet_tl.toolchain.training.train import train_all
 
     record = train_all(train, work, threshold, config.train)
+    if record["schedule"] == "few images":
+        from cbnet_tl.toolchain.training.schedule import BATCH_SIZE, FEW_IMAGES
+
+        log(f"few images ({len(train)} < {FEW_IMAGES:,}): B-LeNet and the convolutional fast recipe each trained for "
+            f"{config.train.few_image_steps:,} optimizer steps at batch {BATCH_SIZE} ({record['blenet']['epochs_run']} "
+            f"epochs; --steps), on augmented images with balanced classes; {record['num_validation']} images held "
+            f"out for the choices below (README 'Few images')")
     if MULTIEXIT_PIPELINE in config.with_pipelines:  # on the same split: its thresholds come from the held-out half
         from cbnet_tl.toolchain.training.multiexit import train_multiexit
 
@@ -137,75 +150,106 @@ def convert_stage(work: Path, train_images: np.ndarray, config: BuildConfig, pro
     return convert_all(specs, work / "models", progress=progress)
 
 
-def fallback_stage(work: Path, train, manifest, max_share: float) -> dict:
-    """cbnet-fallback's options, chosen on the validation split ``work/train.json`` names, through the model files
-    of ``work/models`` (``manifest``: the build's, before it is written)."""
-    from cbnet_tl.toolchain.training.fallback import fallback_options
-
-    validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
-    return fallback_options(work, train.images[validation], train.labels[validation], manifest=manifest,
-                            max_share=max_share)
+def _held_out(work: Path) -> np.ndarray:
+    """The held-out training images ``work/train.json`` names (no model was trained on them or stopped by them)."""
+    return np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
 
 
 def multiexit_stage(work: Path, train, manifest: Manifest, margin_pt: float, num_test: int, log) -> dict:
     """multiexit's exit thresholds and EENet's exit table, chosen on the held-out images ``work/train.json`` names,
     for a margin that holds on a test set of ``num_test`` images."""
     from cbnet_tl.runtime.exits import EXIT_THRESHOLDS
+    from cbnet_tl.toolchain.scoring import format_share
     from cbnet_tl.toolchain.training.exit_choice import multiexit_options
 
-    validation = np.asarray(json.loads((work / "train.json").read_text())["validation_indices"], dtype=np.int64)
+    validation = _held_out(work)
     options = multiexit_options(work, train.images[validation], train.labels[validation], manifest, margin_pt,
                                 num_new_images=num_test)
-    log(f"{MULTIEXIT_PIPELINE}: exit thresholds {', '.join(f'{t:.4f}' for t in options[EXIT_THRESHOLDS])} (held-out "
-        f"images: accuracy {options['validation_accuracy']:.2%} vs the last exit's "
-        f"{options['validation_last_exit_accuracy']:.2%}; loss bound {options['validation_loss_bound_pt']:.2f} pt, "
-        f"certified on {options['num_certification']} of them for a sample of {num_test}, within the margin "
-        f"{margin_pt:g} pt; exit shares "
-        + " / ".join(f"{s:.1%}" for s in options["validation_exit_shares"])
+    n = options["num_selection"] + options["num_certification"]
+    log(f"{MULTIEXIT_PIPELINE}: exit thresholds {', '.join(f'{t:.4f}' for t in options[EXIT_THRESHOLDS])} (on {n} "
+        f"held-out images: accuracy {format_share(round(options['validation_accuracy'] * n), n)} vs the last exit's "
+        f"{format_share(round(options['validation_last_exit_accuracy'] * n), n)}; loss bound "
+        f"{options['validation_loss_bound_pt']:.2f} pt, certified on {options['num_certification']} of them for a "
+        f"sample of {num_test}, within the margin {margin_pt:g} pt; exit shares "
+        + " / ".join(format_share(round(s * n), n) for s in options["validation_exit_shares"])
         + f"; {options['validation_macs_per_image'] / 1e6:.2f} M MACs per image, "
         f"{options['validation_macs_share_of_last']:.1%} of the whole path's)")
     return options
 
 
-def manifest_stage(work: Path, draft: Manifest, train, num_test: int, log, config: BuildConfig) -> Manifest:
-    """Add the options chosen on held-out images (multiexit's thresholds where built, cbnet-fallback's threshold)
-    to the draft manifest and write ``work/manifest.json``, once."""
+def evidence_stage(work: Path, train, manifest: Manifest):
+    """The evidence the build's held-out choices are made on (``training.evidence``): every pipeline ``manifest``
+    deploys, int8, on the held-out images ``work/train.json`` names. Another source of ``Evidence`` goes here."""
+    from cbnet_tl.toolchain.training.evidence import held_out_evidence
+
+    validation = _held_out(work)
+    return held_out_evidence(work, train.images[validation], train.labels[validation], manifest)
+
+
+def options_stage(work: Path, draft: Manifest, train, num_test: int, log, config: BuildConfig) -> tuple:
+    """The options chosen on held-out images (multiexit's thresholds where built, then cbnet-fallback's threshold on
+    the held-out evidence), added to the draft manifest (not written yet); return it and the evidence, with
+    cbnet-fallback's outcomes at its threshold."""
     from cbnet_tl.runtime.manifest import PipelineEntry
     from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
     from cbnet_tl.runtime.specs import FALLBACK_PIPELINE
+    from cbnet_tl.toolchain.training.fallback import describe_threshold, threshold_from
 
     pipelines = dict(draft.pipelines)
     if MULTIEXIT_PIPELINE in pipelines:
         options = multiexit_stage(work, train, draft, config.multiexit_margin_pt, num_test, log)
         pipelines[MULTIEXIT_PIPELINE] = PipelineEntry(pipelines[MULTIEXIT_PIPELINE].models, options=options)
-    options = fallback_stage(work, train, draft, config.max_fallback_share)
+    evidence = evidence_stage(work, train, draft.replace(pipelines=pipelines))
+    options = threshold_from(evidence, config.max_fallback_share)
     pipelines[FALLBACK_PIPELINE] = PipelineEntry(pipelines[FALLBACK_PIPELINE].models, options=options)
-    network = pipelines[FALLBACK_PIPELINE].models[-1]
-    manifest = draft.replace(pipelines=pipelines)
-    manifest.write(work)
-    log(f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (validation: "
-        f"{options['validation_fallback_share']:.1%} of held-out images to {network}, at most "
-        f"{options['max_fallback_share']:.1%}; accuracy {options['validation_accuracy']:.2%} vs cbnet "
-        f"{options['validation_cbnet_accuracy']:.2%}, {network} "
-        f"{options['validation_lenet_accuracy']:.2%})")
-    return manifest
+    log(describe_threshold(options, evidence, pipelines[FALLBACK_PIPELINE].models[-1]))
+    return draft.replace(pipelines=pipelines), evidence.with_fallback(options[CONFIDENCE_THRESHOLD])
 
 
-def check_stage(work: Path, train, test, config: BuildConfig, log, progress) -> dict:
-    """Score both precisions of every pipeline in ``work``, write ``work/checks.json``; on a failure, say which
+def check_stage(work: Path, manifest: Manifest, train, test, config: BuildConfig, log, progress) -> dict:
+    """Score both precisions of every pipeline in ``work`` (``manifest``: the build's, not written yet), write
+    ``work/checks.json`` and say which pipelines failed the learning check; on a quantization failure, say which
     layers lost the accuracy (``explain_stage``) and raise."""
     from cbnet_tl.runtime.files import write_json_atomic
     from cbnet_tl.toolchain.conversion import checks
 
-    record = checks.run_checks(work, test.images, test.labels, config.check, progress=progress)
+    record = checks.run_checks(work, test.images, test.labels, config.check, progress=progress, manifest=manifest)
     write_json_atomic(work / checks.CHECKS_NAME, record)
     log(checks.format_table(record, list(train.class_names)))
+    for line in checks.learning_failures(record, list(train.class_names)).values():
+        log(line)
     try:
         checks.raise_on_failures(record)
     except QuantizationCheckError:
         explain_stage(work, train.images, test.images, log)
         raise
     return record
+
+
+def default_stage(work: Path, manifest: Manifest, evidence, checks_record: dict, config: BuildConfig, log) -> Manifest:
+    """The recommended pipeline (never one that failed the learning check) and the default one (the user's
+    --default-pipeline, else the recommendation) into the manifest, written to ``work/manifest.json`` once."""
+    from cbnet_tl.toolchain.conversion.checks import failed_learning
+    from cbnet_tl.runtime.specs import DEFAULT_PIPELINE
+    from cbnet_tl.toolchain.training.evidence import recommend_pipeline
+
+    failed = failed_learning(checks_record)
+    recommendation = recommend_pipeline(evidence.correct, failed, evidence.source)
+    log(recommendation["reason"])
+    chosen = config.default_pipeline or recommendation["pipeline"]
+    if chosen is None:  # every pipeline failed: the bundle still runs, on the most accurate, and says so
+        counts = recommendation["num_correct"]
+        chosen = max(counts, key=lambda name: counts[name]) if counts else DEFAULT_PIPELINE
+        log(f"warning: no pipeline passed the learning check; the bundle's default is {chosen}, the most accurate on "
+            f"the {recommendation['source']}, so that it and its service run; `cbnet-tl check` fails until one "
+            f"learns (more images per class, fewer classes, or a larger --image-size)")
+    elif config.default_pipeline is not None:
+        log(f"default pipeline: {chosen} (--default-pipeline)"
+            + (", which failed the learning check" if chosen in failed else ""))
+    manifest = manifest.replace(default_pipeline=chosen, recommendation={
+        k: recommendation[k] for k in ("pipeline", "best", "reason", "source", "num_images")})
+    manifest.write(work)
+    return manifest
 
 
 def explain_stage(work: Path, train_images: np.ndarray, test_images: np.ndarray, log) -> None:
@@ -280,7 +324,7 @@ def multiexit_summary(work: Path, manifest: Manifest, test) -> dict:
 
 def _draft_manifest(work: Path, models: dict, train, test, spec, data_record: dict, dataset: str,
                     config: BuildConfig, threshold: float) -> Manifest:
-    """The build's manifest before the options chosen on held-out images are known (``manifest_stage`` adds them):
+    """The build's manifest before the options chosen on held-out images are known (``options_stage`` adds them):
     every pipeline but the optional ones not asked for, cbnet-fallback with the build's --fallback network."""
     from cbnet_tl.runtime.manifest import PipelineEntry
     from cbnet_tl.runtime.specs import FALLBACK_NETWORKS, FALLBACK_PIPELINE, PIPELINE_SPECS
@@ -335,8 +379,9 @@ def build(config: BuildConfig, log=print) -> dict:
             log(f"{MULTIEXIT_PIPELINE}: MACs per image to each exit " + ", ".join(
                 f"{m / 1e6:.3f} M" for m in np.cumsum([models[s].macs for s in PIPELINE_SPECS[MULTIEXIT_PIPELINE].models])))
         draft = _draft_manifest(work, models, train, test, spec, data_record, dataset_name, config, threshold)
-        manifest = manifest_stage(work, draft, train, len(test), log, config)
-        record = timed("check_s", check_stage, work, train, test, config, log, progress)
+        manifest, evidence = options_stage(work, draft, train, len(test), log, config)
+        record = timed("check_s", check_stage, work, manifest, train, test, config, log, progress)
+        manifest = default_stage(work, manifest, evidence, record, config, log)
         timed("calibration_s", calibration_stage, work, train.images, test, config.calibration_samples)
         tarball = timed("bundle_s", bundle_stage, work, target, test.images, log)
         timings["total_s"] = time.perf_counter() - started
@@ -345,8 +390,10 @@ def build(config: BuildConfig, log=print) -> dict:
             "threshold": threshold, "timings": {k: round(v, 2) for k, v in timings.items()},
             "input": spec.to_dict(), "num_skipped_images": data_record["num_skipped"],
             "train": train_record, "tarball": tarball.name,
-            "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"]}
+            "accuracy": {name: {"float32": r["float32"]["accuracy"], "int8": r["int8"]["accuracy"],
+                                "int8_interval": r["int8_accuracy_interval"], "learned": r["learned"]}
                          for name, r in record["pipelines"].items()},
+            "default_pipeline": manifest.default_pipeline, "recommendation": manifest.recommendation,
         }
         if MULTIEXIT_PIPELINE in manifest.pipelines:
             build_record[MULTIEXIT_PIPELINE] = multiexit_summary(work, manifest, test)

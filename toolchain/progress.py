@@ -25,11 +25,13 @@ class BudgetedBest(keras.callbacks.Callback):
     """Early stopping on ``val_loss`` plus a wall-clock budget; always ends on the best weights.
 
     Keras's EarlyStopping restores the best weights only when it is the one that stops training;
-    this restores them however training ends (patience, budget or the last epoch).
+    this restores them however training ends (patience, budget or the last epoch), unless ``restore_best`` is
+    False (a fixed schedule that chooses nothing on validation images keeps its last weights).
     """
 
-    def __init__(self, patience: int, budget_seconds: float | None):
+    def __init__(self, patience: int, budget_seconds: float | None, restore_best: bool = True):
         super().__init__()
+        self.restore_best = restore_best
         self.patience = patience
         self.budget_seconds = budget_seconds
         self.best = float("inf")
@@ -60,5 +62,5 @@ class BudgetedBest(keras.callbacks.Callback):
             self.stopped_by, self.model.stop_training = "time budget", True
 
     def on_train_end(self, logs=None):
-        if self.best_weights is not None:
+        if self.restore_best and self.best_weights is not None:
             self.model.set_weights(self.best_weights)

@@ -88,6 +88,15 @@ def _hard_share(checks: Optional[dict]) -> Optional[float]:
     return entry["int8"]["path_shares"].get(PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path, 0.0)
 
 
+def _learning(checks: Optional[dict], class_names) -> list:
+    """One row per pipeline of the learning check (none for a checks.json made before it)."""
+    return [{"name": name, "accuracy": r["int8"]["accuracy"], "interval": r["int8_accuracy_interval"],
+             "largest": class_names[r["largest_class"]], "largest_share": r["largest_class_share"],
+             "most_answered": class_names[r["most_answered_class"]], "most_answered_share": r["most_answered_share"],
+             "most_answered_frequency": r["most_answered_frequency"], "learned": r["learned"]}
+            for name, r in (checks or {}).get("pipelines", {}).items() if "learned" in r]
+
+
 def _calibration(record: Optional[dict]) -> Optional[dict]:
     """calibration.json as one row per calibration size and one column per model (older builds: one model)."""
     if not record:
@@ -146,6 +155,7 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
     """Render ``build_dir/report/index.html``; return its path."""
     from cbnet_tl.toolchain.arm64.cost import side_by_side
     from cbnet_tl.toolchain.analysis.bench import SPEEDUP_BASES
+    from cbnet_tl.toolchain.conversion.checks import MAX_ANSWER_RATIO
     from cbnet_tl.toolchain.delivery.bundle import render
 
     build_dir, manifest = open_manifest(build_dir)
@@ -166,6 +176,7 @@ def write_report(build_dir: Path, test_images: Optional[np.ndarray] = None,
             "charts": made, "grid": grid, "paper": paper_figures(), "speedup_bases": SPEEDUP_BASES,
             "early_exit": {"name": EARLY_EXIT_PIPELINE, "full_path": PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path,
                            "hard_share_test": _hard_share(checks)},
+            "learning": _learning(checks, manifest.class_names), "max_answer_ratio": MAX_ANSWER_RATIO,
             "confusions": {name: _confusion_rows(r["int8"]["confusion"]) for name, r in (checks or {}).get("pipelines", {}).items()},
         }
         (staging / "index.html").write_text(render("report/index.html.j2", **context))

@@ -10,6 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cbnet_tl.runtime.specs import BASELINE_PIPELINE
+from cbnet_tl.toolchain.training.schedule import TARGET_STEPS
 from cbnet_tl.toolchain.cli.common import (DataDir, DatasetChoice, FallbackChoice, OptionalPipelineChoice, RecipeChoice,
                                            SizeChoice, TargetChoice, echo_json)
 
@@ -29,6 +30,7 @@ def build(
     max_accuracy_drop: Annotated[float, typer.Option(help="Fail if an int8 pipeline is more than this many points below float32.")] = 1.0,
     blenet_epochs: Annotated[int, typer.Option(min=1, help="Maximum B-LeNet epochs (early stopping).")] = 20,
     autoencoder_epochs: Annotated[int, typer.Option(min=1, help="Maximum converting-AE epochs (early stopping).")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="With fewer than 5,000 training images: optimizer steps of B-LeNet and of the fast recipe each, at batch 32 (the epoch options apply only to larger sets; README 'Few images').")] = TARGET_STEPS,
     recipe: Annotated[RecipeChoice, typer.Option(help="fast: dense converting AE + dense classifier, trained paper-style then jointly, fused in one graph; paper: the authors' AE with the B-LeNet branch as classifier.")] = RecipeChoice("fast"),
     size: Annotated[SizeChoice, typer.Option(help="Size of the fast recipe's layers (recipes/fast.py SIZES); not the image size, see --image-size.")] = SizeChoice("default"),
     image_size: Annotated[Optional[str], typer.Option(help="Model input size: N (square) or HxW, e.g. 32 or 48x64. Default: an IDX dataset's own size; for an image folder the median shorter side, capped at 32.")] = None,
@@ -46,6 +48,7 @@ def build(
     with_pipelines: Annotated[Optional[List[OptionalPipelineChoice]], typer.Option("--with", help="Also build an optional pipeline (repeatable). multiexit: a three-exit CNN (about 12 M MACs on its whole path at 28x28, trained jointly for a fixed 10 epochs: minutes per epoch on 2 cores), its exit thresholds chosen on held-out images; the bundle then deploys, evaluates, benches, simulates and serves it too.")] = None,
     fallback: Annotated[FallbackChoice, typer.Option(help="cbnet-fallback's second network: lenet, or multiexit (the multi-exit network's whole path; needs --with multiexit).")] = FallbackChoice(BASELINE_PIPELINE),
     multiexit_margin: Annotated[float, typer.Option(min=0.0, max=100.0, help="multiexit's thresholds give the least average MACs whose accuracy loss against its last exit stays within this many points at 95% confidence on held-out images.")] = 0.5,
+    default_pipeline: Annotated[Optional[str], typer.Option(help="The pipeline the bundle runs when none is named (run.py classify and watch, its service, `cbnet-tl run`). Default: the build's recommendation: cbnet when its accuracy on held-out training images is within the uncertainty of the most accurate pipeline's, else the most accurate; never one that failed the learning check.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     report: Annotated[bool, typer.Option(help="Write OUT/report/index.html at the end.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -70,10 +73,11 @@ def build(
         calibration_samples=calibration_samples,
         max_fallback_share=max_fallback_share,
         train=TrainConfig(seed=seed, recipe=Recipe(recipe.value), fast_size=size.value, blenet_epochs=blenet_epochs, autoencoder_epochs=autoencoder_epochs, progress=progress,
+                          few_image_steps=steps,
                           time_budget_s=time_budget_minutes * 60 or None),
         check=CheckConfig(max_accuracy_drop=max_accuracy_drop), inputs=inputs,
         with_pipelines=tuple(p.value for p in with_pipelines or ()), fallback=fallback.value,
-        multiexit_margin_pt=multiexit_margin,
+        multiexit_margin_pt=multiexit_margin, default_pipeline=default_pipeline,
     )
     record = run_build(config, log=(lambda m: typer.echo(m, err=True)) if json_output else typer.echo)
     if json_output:
@@ -90,7 +94,9 @@ def check(
     json_output: Annotated[bool, typer.Option("--json", help="Print the checks record as JSON.")] = False,
     explain: Annotated[bool, typer.Option(help="Also show each int8 model's worst layers (int8 vs float error per layer) and what to change.")] = False,
 ):
-    """Re-run the float32 vs int8 quantization checks of a build on its test split."""
+    """Re-run a build's checks on its test split: float32 vs int8 (quantization), and whether each pipeline learned
+    (int8 accuracy surely above always answering the largest class; no class answered more than twice as often as
+    it occurs). Exits 1 on a failure, one line per failed pipeline."""
     from cbnet_tl.runtime.files import write_json_atomic
     from cbnet_tl.toolchain.conversion import checks as checks_stage
     from cbnet_tl.toolchain.analysis.evaluation import load_test_split
@@ -114,7 +120,12 @@ def check(
     if explain and not json_output:
         typer.echo("\nworst layers per int8 model (int8 vs float, each layer on its own inputs):")
         typer.echo(format_explanation(record["explain"]))
+    failures = checks_stage.learning_failures(record, list(manifest.class_names))
+    for line in failures.values():
+        typer.echo(f"error: {line}", err=True)
     checks_stage.raise_on_failures(record)
+    if failures:
+        raise typer.Exit(code=1)
 
 
 

@@ -41,6 +41,8 @@ DeadlineMs = Annotated[Optional[float], typer.Option(help="Deadline per inferenc
 PeriodMs = Annotated[Optional[float], typer.Option(help="Inferences arrive every PERIOD ms (default: back to back).")]
 SysfsRoot = Annotated[Path, typer.Option(help="Root of the sysfs tree holding cpufreq (tests pass a copy).")]
 PowerTarget = Annotated[TargetChoice, typer.Option(help="Target whose power model gives modelled energy.")]
+MaxPixels = Annotated[int, typer.Option(min=1, help="Largest image accepted, in pixels, checked from the header "
+                                                   "before decoding; a larger file gets an error entry.")]
 DEFAULT_TARGET = TargetChoice("rpi4")
 
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.runtime.specs import DEFAULT_PIPELINE
+from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -16,6 +16,7 @@ from cbnet_tl.toolchain.cli.common import (
     DeadlineMs,
     Dvfs,
     JsonOutput,
+    MaxPixels,
     PeriodMs,
     PipelineChoice,
     PowerTarget,
@@ -42,7 +43,7 @@ def fallback_options(threshold: Optional[float]) -> Optional[dict]:
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
-    pipeline: Annotated[PipelineChoice, typer.Option(help="Which pipeline classifies.")] = PipelineChoice(DEFAULT_PIPELINE),
+    pipeline: Annotated[Optional[PipelineChoice], typer.Option(help="Which pipeline classifies (default: the build's recommendation, in its manifest).")] = None,
     convert: Annotated[bool, typer.Option(help="No longer needed: every image goes through the bundle's input spec (accepted and ignored).")] = False,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
     fallback_threshold: FallbackThreshold = None,
@@ -52,14 +53,22 @@ def run(
     period_ms: PeriodMs = None,
     sysfs_root: SysfsRoot = Path("/"),
     target: PowerTarget = DEFAULT_TARGET,
+    max_pixels: MaxPixels = MAX_PIXELS_DEFAULT,
     json_output: JsonOutput = False,
 ):
-    """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy."""
-    from cbnet_tl.runtime.api import classify_paths, open_pipeline
+    """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy.
+
+    Every readable file is classified; an unreadable one (corrupt, not an image, over --max-pixels, no permission)
+    gets an error entry in the table and in --json, and the command then exits 1."""
+    from cbnet_tl.runtime.api import classify_paths, format_results, open_pipeline, unreadable_error
     from cbnet_tl.runtime.dvfs.run import dvfs_session
     from cbnet_tl.runtime.images import collect_image_paths
     from cbnet_tl.toolchain.analysis.evaluation import format_dvfs_summary, write_converted
 
+    from cbnet_tl.runtime.bundle import open_manifest
+    from cbnet_tl.runtime.specs import default_pipeline
+
+    pipeline = pipeline or PipelineChoice(default_pipeline(open_manifest(bundle)[1]))
     # the device's tuning file (`cbnet-tl tune`) when there is one; it says so and what it runs
     runner = open_pipeline(bundle, pipeline.value, num_threads=threads, options=fallback_options(fallback_threshold))
     if convert:
@@ -71,18 +80,24 @@ def run(
         records = []
         for path in paths:
             session.wait_for_arrival()
-            records.extend(classify_paths(runner, [path], hook=session))
+            records.extend(classify_paths(runner, [path], hook=session, max_pixels=max_pixels, collect_errors=True))
     summary = session.summary()
-    if convert_image is not None:
-        write_converted(bundle, paths, convert_image)
+    readable = [Path(r["file"]) for r in records if "error" not in r]
+    if convert_image is not None and readable:
+        write_converted(bundle, readable, convert_image)
     if json_output:
         echo_json({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
                    "dvfs": summary})
-        return
-    typer.echo("configuration: " + ", ".join(f"{m} {c}" for m, c in runner.configuration.items()), err=True)
-    for r in records:
-        typer.echo(f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms")
-    typer.echo(format_dvfs_summary(summary))
+    else:
+        typer.echo("configuration: " + ", ".join(f"{m} {c}" for m, c in runner.configuration.items()), err=True)
+        for line in format_results(records):
+            typer.echo(line)
+        if summary["num_inferences"]:
+            typer.echo(format_dvfs_summary(summary))
+    failure = unreadable_error(records)
+    if failure is not None:
+        typer.echo(failure, err=True)
+        raise typer.Exit(code=1)
 
 
 @app.command("eval")

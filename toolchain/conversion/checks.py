@@ -1,6 +1,13 @@
-"""Quantization checks: every pipeline, float32 vs int8, through our runtime on the test split.
+"""The build's checks: every pipeline, float32 vs int8, through our runtime on the test split.
 
-Collects every pipeline's figures, then fails once naming each pipeline that lost too much.
+Two checks, each collecting every pipeline's figures before it fails:
+
+- quantization: int8 no more than ``max_accuracy_drop`` points below float32 (``passed``); a failure fails the build.
+- learning (``learned``), against the simplest baseline, a model that always answers the test labels' largest
+  class: a pipeline fails when the 95% lower bound of its int8 accuracy (Wilson, ``scoring.wilson_interval``) is
+  not above the largest class's share of the test labels, or when it answers its most-answered class more than
+  ``MAX_ANSWER_RATIO`` times as often as that class occurs in the test labels. A build that fails it is still
+  written, but never defaults to a failed pipeline; ``cbnet-tl check`` exits 1, one line per failed pipeline.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from cbnet_tl.runtime.errors import BundleError, ConfigError, QuantizationCheckE
 from cbnet_tl.runtime.files import read_json
 from cbnet_tl.runtime.manifest import read_manifest
 from cbnet_tl.runtime.pipelines import Pipeline
-from cbnet_tl.runtime.specs import deployed_pipelines, models_for
-from cbnet_tl.toolchain.scoring import evaluate
+from cbnet_tl.runtime.specs import BASELINE_PIPELINE, deployed_pipelines, models_for
+from cbnet_tl.toolchain.scoring import evaluate, format_share, wilson_interval
+
+MAX_ANSWER_RATIO = 2.0  # most-answered class: at most this many times its share of the test labels
+ADVICE = ("more images per class, a larger --image-size or fewer classes, --recipe paper or --with multiexit, "
+          "or another default pipeline (--default-pipeline)")
 
 
 @dataclass(frozen=True)
@@ -31,13 +42,31 @@ class CheckConfig:
             raise ConfigError(f"Expected max_accuracy_drop >= 0. Received: {self.max_accuracy_drop}")
 
 
+def learning_figures(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """The learning check's figures of one pipeline's answers on labelled images (module docstring)."""
+    num, correct = len(labels), int(np.sum(predictions == labels))
+    label_counts = np.bincount(labels, minlength=num_classes)
+    answer_counts = np.bincount(predictions, minlength=num_classes)
+    low, high = wilson_interval(correct, num)
+    largest = float(label_counts.max() / max(num, 1))
+    # the most answered class; among equal counts the rarest in the labels (the worst ratio)
+    most = int(np.lexsort((label_counts, -answer_counts))[0])
+    share, frequency = float(answer_counts[most] / max(num, 1)), float(label_counts[most] / max(num, 1))
+    above, over = bool(low > largest), bool(share > MAX_ANSWER_RATIO * frequency)
+    return {"num_correct": correct, "int8_accuracy_interval": [low, high], "largest_class": int(label_counts.argmax()),
+            "largest_class_share": largest, "above_largest_class": above, "most_answered_class": most,
+            "most_answered_share": share, "most_answered_frequency": frequency, "over_answered": over,
+            "learned": above and not over}
+
+
 def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: CheckConfig,
-               progress: Optional[Callable] = None) -> dict:
-    """Evaluate both precisions of each pipeline; return the checks record (never raises on drops)."""
-    manifest = read_manifest(build_dir)
+               progress: Optional[Callable] = None, manifest=None) -> dict:
+    """Evaluate both precisions of each pipeline; return the checks record (never raises on drops).
+    ``manifest``: the build's, before it is written (the model files are read from ``build_dir``)."""
+    manifest = manifest if manifest is not None else read_manifest(build_dir)
     pipelines = config.pipelines if config.pipelines is not None else deployed_pipelines(manifest)
     names = models_for(pipelines, manifest)
-    bundles = {p: load_bundle(build_dir, precision=p, models=names) for p in ("float32", "int8")}
+    bundles = {p: load_bundle(build_dir, precision=p, models=names, manifest=manifest) for p in ("float32", "int8")}
     record = {"num_images": int(len(labels)), "max_accuracy_drop": config.max_accuracy_drop, "pipelines": {}}
     for pipeline_name in pipelines:
         results = {}
@@ -53,6 +82,7 @@ def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: 
             "accuracy_drop_points": drop,
             "top1_agreement": float(np.mean(fp32["predictions"] == int8["predictions"])),
             "passed": drop <= config.max_accuracy_drop,
+            **learning_figures(int8["predictions"], labels, len(manifest.class_names)),
         }
     return record
 
@@ -88,6 +118,52 @@ def raise_on_failures(record: dict) -> None:
         raise QuantizationCheckError("Quantization check failed: " + "; ".join(failures))
 
 
+def failed_learning(record: dict) -> list:
+    """The pipelines of a checks record that failed the learning check (records made before it have none)."""
+    return [name for name, r in record["pipelines"].items() if r.get("learned") is False]
+
+
+def learning_failures(record: dict, class_names) -> dict:
+    """pipeline -> one line saying which learning rule it failed, with figures, and what to try."""
+    lines = {}
+    for name in failed_learning(record):
+        r = record["pipelines"][name]
+        num, largest = record["num_images"], r["largest_class_share"]
+        why = []
+        if not r["above_largest_class"]:
+            why.append(f"int8 accuracy {format_share(r['num_correct'], num)} on {num} test images: its 95% lower bound "
+                       f"is not above the largest class's share {largest:.2%} ({class_names[r['largest_class']]!r})")
+        if r["over_answered"]:
+            why.append(f"answers {class_names[r['most_answered_class']]!r} for {r['most_answered_share']:.2%} of "
+                       f"{num} test images, more than {MAX_ANSWER_RATIO:g}x its {r['most_answered_frequency']:.2%} of "
+                       "the labels")
+        lines[name] = f"{name} failed the learning check: {'; and it '.join(why)}; try {ADVICE}"
+    return lines
+
+
+def format_learning(record: dict, class_names, reference: str) -> str:
+    """Each pipeline's int8 accuracy with its 95% interval beside the largest class's share and ``reference``'s."""
+    num = record["num_images"]
+    rows = {n: r for n, r in record["pipelines"].items() if "learned" in r}
+    if not rows:
+        return "learning check: not in this checks record (made before it); run `cbnet-tl check` again"
+    first = next(iter(rows.values()))
+    base = rows.get(reference)
+    lines = [f"on {num} test images (95% intervals): the largest class {class_names[first['largest_class']]!r} is "
+             f"{first['largest_class_share']:.2%} of them"
+             + (f"; {reference} {format_share(base['num_correct'], num)}" if base else ""),
+             f"{'pipeline':<16}{'int8 [95%]':>26}{'vs largest':>12}{'vs ' + reference:>12}  most answered (labels)"
+             "        learned"]
+    for name, r in rows.items():
+        versus = f"{(r['num_correct'] - base['num_correct']) / num * 100:+.2f} pt" if base else "-"
+        answered = (f"{class_names[r['most_answered_class']][:12]!r} {r['most_answered_share']:.1%} "
+                    f"({r['most_answered_frequency']:.1%})")
+        lines.append(f"{name:<16}{format_share(r['num_correct'], num):>26}"
+                     f"{(r['int8']['accuracy'] - r['largest_class_share']) * 100:>+9.2f} pt{versus:>12}  "
+                     f"{answered:<30}{'ok' if r['learned'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
 def format_table(record: dict, class_names: list) -> str:
     lines = [f"{'pipeline':<12}{'float32':>9}{'int8':>9}{'drop':>8}{'agree':>8}  result"]
     for name, r in record["pipelines"].items():
@@ -105,4 +181,5 @@ def format_table(record: dict, class_names: list) -> str:
             a, b = r["float32"]["per_class_accuracy"][cls], r["int8"]["per_class_accuracy"][cls]
             row += f"{'-' if a is None else f'{a * 100:.1f}':>14} / {'-' if b is None else f'{b * 100:.1f}':>5}"
         lines.append(row)
+    lines += ["", format_learning(record, class_names, BASELINE_PIPELINE)]
     return "\n".join(lines)

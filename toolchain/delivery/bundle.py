@@ -25,13 +25,13 @@ from cbnet_tl.runtime.manifest import ModelEntry, PipelineEntry, read_manifest
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.runtime.specs import (
     CONVERTER,
-    DEFAULT_PIPELINE,
     INVOKE_PROBE,
     PIPELINE_SPECS,
+    default_pipeline,
     deployed_pipelines,
     models_for,
 )
-from cbnet_tl.toolchain.conversion.checks import read_checks
+from cbnet_tl.toolchain.conversion.checks import failed_learning, read_checks
 from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -130,7 +130,10 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "version": build_manifest.version, "built_at": build_manifest.built_at,
             "tool_version": build_manifest.tools.get("cbnet-tl", "?"), "threshold": build_manifest.entropy_threshold,
             "num_test": checks["num_images"], "accuracy": accuracy, "install_dir": target.install_dir,
-            "install_notes": target.install_notes, "requirements": target.requirements, "pipeline": DEFAULT_PIPELINE,
+            "install_notes": target.install_notes, "requirements": target.requirements,
+            "pipeline": default_pipeline(build_manifest, required=False),  # None: no pipeline passed the checks
+            "recommendation": (build_manifest.recommendation or {}).get("reason"),
+            "failed": failed_learning(checks),
             "pipelines": [name for name in deployed if name in accuracy], "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
             "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
             "device_checks": device_checks(), "input_text": build_manifest.input_spec.describe(),

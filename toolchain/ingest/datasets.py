@@ -24,6 +24,13 @@ from cbnet_tl.toolchain.ingest import folders
 from cbnet_tl.toolchain.ingest.inputs import InputChoice, choose_for_headers, choose_for_idx
 
 
+# The classes are checked on their training images: a class with fewer than MIN_TRAIN_PER_CLASS shows too little of
+# its variety to learn it, and when the largest class has more than MAX_CLASS_RATIO times the smallest's, a model
+# learns to favour the large classes. Both are warnings (``class_lines``), not errors.
+MIN_TRAIN_PER_CLASS = 10
+MAX_CLASS_RATIO = 3.0
+
+
 class DatasetName(str, Enum):
     MNIST = "mnist"
     FASHION_MNIST = "fashion-mnist"
@@ -188,7 +195,8 @@ def _folder_split(layout, split: Split, spec: InputSpec, choice: InputChoice, re
 def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *, log=print,
                     progress=lambda iterable, **_: iterable) -> tuple:
     """(train, test, spec, record) for a build: the input spec decided from ``choice`` and the data (said in
-    one line), both splits through it, the class counts and skipped files said and kept in ``record``."""
+    one line), both splits through it, the class counts (with warnings, ``class_lines``) and skipped files said
+    and kept in ``record``."""
     if data_dir is not None and not Path(data_dir).exists():
         raise DataError(f"--data-dir {data_dir} does not exist")
     if data_dir is not None and folders.is_image_folder(Path(data_dir)):
@@ -199,11 +207,11 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
         log(reason)
         train = _folder_split(layout, Split.TRAIN, spec, choice, report, log, progress)
         test = _folder_split(layout, Split.TEST, spec, choice, report, log, progress)
-        counts = layout.class_counts()
-        log(f"classes ({len(layout.class_names)}): " + ", ".join(
-            f"{cls} {sum(row.values())}" for cls, row in counts.items())
-            + (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else "")
-            + (f"; ignored {layout.num_ignored} non-image file(s)" if layout.num_ignored else ""))
+        counts = class_counts(train, test)
+        tail = (f"; skipped {len(report.skipped)} unreadable file(s)" if report.skipped else "") + (
+            f"; ignored {layout.num_ignored} non-image file(s)" if layout.num_ignored else "")
+        for line in class_lines(counts, tail):
+            log(line)
         record = {"name": layout.root.name, "custom": True, "data_dir": str(layout.root.absolute()),
                   "layout": layout.layout, "class_counts": counts, "num_skipped": len(report.skipped),
                   "skipped": [{"file": f, "reason": r} for f, r in report.skipped],
@@ -214,9 +222,40 @@ def load_build_data(name: str, data_dir: Optional[Path], choice: InputChoice, *,
     log(reason)
     test = load_dataset(name, Split.TEST, data_dir, spec)
     train = replace(train, images=to_model_inputs(train.images, spec))
-    record = {"name": train.name, "custom": False, "num_skipped": 0,
+    counts = class_counts(train, test)
+    for line in class_lines(counts):
+        log(line)
+    record = {"name": train.name, "custom": False, "num_skipped": 0, "class_counts": counts,
               "data_dir": None if data_dir is None else str(Path(data_dir).absolute())}
     return train, test, spec, record
+
+
+def class_counts(train: Dataset, test: Dataset) -> dict:
+    """{class name: {"train": N, "val": N (with a val/ folder), "test": N}} of the images loaded, in class order."""
+    labels = {"train": train.labels, "test": test.labels}
+    if train.validation_indices is not None:
+        labels = {"train": np.delete(train.labels, train.validation_indices),
+                  "val": train.labels[train.validation_indices], "test": test.labels}
+    return {name: {split: int(np.count_nonzero(values == label)) for split, values in labels.items()}
+            for label, name in enumerate(train.class_names)}
+
+
+def class_lines(counts: dict, tail: str = "") -> list:
+    """One line with each class's training images (then ``tail``), a warning when the largest class has more than
+    ``MAX_CLASS_RATIO`` times the smallest's, and one naming each class with fewer than ``MIN_TRAIN_PER_CLASS``."""
+    train = {name: row["train"] for name, row in counts.items()}
+    lines = [f"classes ({len(train)}), training images per class: "
+             + ", ".join(f"{name} {count}" for name, count in train.items()) + tail]
+    largest, smallest = max(train, key=train.get), min(train, key=train.get)
+    if 0 < train[smallest] and train[largest] > MAX_CLASS_RATIO * train[smallest]:
+        lines.append(f"warning: the classes are imbalanced: {largest} has {train[largest]} training images, "
+                     f"{smallest} {train[smallest]} ({train[largest] / train[smallest]:.1f}x; expected at most "
+                     f"{MAX_CLASS_RATIO:g}x): a model then favours the larger classes; add images to the smaller ones")
+    small = [f"{name} has {count}" for name, count in train.items() if count < MIN_TRAIN_PER_CLASS]
+    if small:
+        lines.append(f"warning: too few training images to learn a class from: {', '.join(small)}; expected at "
+                     f"least {MIN_TRAIN_PER_CLASS} a class: add images to these classes")
+    return lines
 
 
 def load_dataset(

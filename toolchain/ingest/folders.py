@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cbnet_tl.runtime.errors import DataError, ImageError
-from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT, MAX_PIXELS_DEFAULT, header, load_image
+from cbnet_tl.runtime.images import IMAGE_SUFFIXES_DEFAULT, MAX_PIXELS_DEFAULT, error_reason, header, load_image
 from cbnet_tl.runtime.preprocess import InputSpec
 
 TEST_SHARE = 0.2
@@ -36,14 +36,6 @@ class FolderLayout:
     class_names: tuple
     splits: dict  # "train" / "val" / "test" -> list of (path, label)
     num_ignored: int = 0  # files without an image suffix
-
-    def class_counts(self) -> dict:
-        counts = {name: {} for name in self.class_names}
-        for split, items in self.splits.items():
-            for _, label in items:
-                row = counts[self.class_names[label]]
-                row[split] = row.get(split, 0) + 1
-        return counts
 
 
 def is_image_folder(data_dir: Path) -> bool:
@@ -135,7 +127,7 @@ class LoadReport:
         """Skip ``path`` with a one-line notice, or with ``strict``, refuse the dataset."""
         if strict:
             raise DataError(f"{error} (--strict refuses a dataset with an unreadable image)") from None
-        reason = str(error).replace(f"{path}: ", "", 1)
+        reason = error_reason(error, path)
         self.skipped.append((str(path), reason))
         log(f"skipped {path}: {reason}")
 

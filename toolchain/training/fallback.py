@@ -7,6 +7,11 @@ among equal accuracies, the one with the least LeNet work. The cap keeps the pip
 cbnet's cost plus ``max_share`` of LeNet's (at the default 4%, a few times cheaper than LeNet). The second network
 is LeNet, or the build's ``--fallback`` choice (``multiexit``: the multi-exit network's whole path,
 ``multiexit_full``); the pipeline's models in the manifest name it, and its options keep LeNet's name in their keys.
+
+So the threshold never loses accuracy against cbnet on the held-out images: cbnet alone (threshold 0) is always a
+candidate, and images are sent on only for a strictly positive gain there (one more image right). When no threshold
+within the cap gains, the build says so in one line, with the least share that would (``describe_threshold``).
+The held-out outcomes come as arrays (``evidence.Evidence``), whatever their source.
 """
 
 from __future__ import annotations
@@ -16,15 +21,30 @@ from typing import Optional
 
 import numpy as np
 
-from cbnet_tl.runtime.bundle import load_bundle
 from cbnet_tl.runtime.errors import ConfigError
-from cbnet_tl.runtime.manifest import Manifest
-from cbnet_tl.runtime.pipelines import Pipeline
+from cbnet_tl.runtime.manifest import Manifest, read_manifest
 from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
-from cbnet_tl.runtime.specs import FALLBACK_PIPELINE, PIPELINE_SPECS
+from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, FALLBACK_PIPELINE
+from cbnet_tl.toolchain.scoring import format_share
+from cbnet_tl.toolchain.training.evidence import Evidence, held_out_evidence
 
 
 DEFAULT_MAX_SHARE = 0.04
+
+
+def _cuts(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.ndarray) -> tuple:
+    """(sorted confidences, images right at each cut k = sending the k least confident on, which cuts a threshold
+    can make: only between different confidences)."""
+    if not len(confidences) == len(cbnet_correct) == len(lenet_correct):
+        raise ConfigError(f"Expected as many held-out confidences as outcomes of each network. Received: "
+                          f"{len(confidences)} confidences, {len(cbnet_correct)} and {len(lenet_correct)} outcomes")
+    order = np.argsort(confidences, kind="stable")
+    conf, c_ok, l_ok = confidences[order], cbnet_correct[order].astype(np.int64), lenet_correct[order].astype(np.int64)
+    # sending the k least confident images to LeNet: correct = LeNet's on the first k + cbnet's on the rest
+    correct = np.concatenate([[0], np.cumsum(l_ok)]) + np.concatenate([np.cumsum(c_ok[::-1])[::-1], [0]])
+    splits = np.ones(len(conf) + 1, bool)
+    splits[1:-1] = conf[1:] > conf[:-1]
+    return conf, correct, splits
 
 
 def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.ndarray,
@@ -33,35 +53,61 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
     LeNet, the least LeNet work among equals (0: never LeNet; 1: LeNet allowed for every image)."""
     if not 0.0 <= max_share <= 1.0:
         raise ConfigError(f"Expected a fallback share between 0 and 1. Received: {max_share}")
-    n = len(confidences)
-    order = np.argsort(confidences, kind="stable")
-    conf, c_ok, l_ok = confidences[order], cbnet_correct[order].astype(np.int64), lenet_correct[order].astype(np.int64)
-    # sending the k least confident images to LeNet: correct = LeNet's on the first k + cbnet's on the rest
-    correct = np.concatenate([[0], np.cumsum(l_ok)]) + np.concatenate([np.cumsum(c_ok[::-1])[::-1], [0]])
-    # a threshold can only split between different confidences, and may send at most max_share to LeNet
-    splits = np.ones(n + 1, bool)  # cut k sends the k least confident images on
-    splits[1:n] = conf[1:] > conf[:-1]
-    allowed = splits & (np.arange(n + 1) <= max_share * n + 1e-9)
-    candidates = np.flatnonzero(allowed)
+    conf, correct, splits = _cuts(confidences, cbnet_correct, lenet_correct)
+    n = len(conf)
+    candidates = np.flatnonzero(splits & (np.arange(n + 1) <= max_share * n + 1e-9))  # cut 0 is always one
     k = int(candidates[np.argmax(correct[candidates])])  # argmax: the first (fewest to LeNet) of equal counts
     # k = 0: never LeNet (not "below the least confident held-out image", which new images can be, uncapped)
     threshold = 0.0 if k == 0 else float(conf[k]) if k < n else 1.0 + 1e-9
-    return {CONFIDENCE_THRESHOLD: threshold, "validation_accuracy": float(correct[k] / n),
-            "validation_lenet_accuracy": float(lenet_correct.mean()),
-            "validation_cbnet_accuracy": float(cbnet_correct.mean()),
+    share = (lambda count: float(count / n)) if n else (lambda count: 0.0)  # no held-out images: nothing is sent
+    return {CONFIDENCE_THRESHOLD: threshold, "validation_accuracy": share(correct[k]),
+            "validation_lenet_accuracy": share(np.sum(lenet_correct)),
+            "validation_cbnet_accuracy": share(np.sum(cbnet_correct)),
             "max_fallback_share": float(max_share),
-            "validation_fallback_share": k / n, "num_validation": int(n)}
+            "validation_fallback_share": share(k), "num_validation": int(n)}
+
+
+def least_gaining_share(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.ndarray):
+    """The least share of these images a threshold must send to LeNet to gain over cbnet alone on them, whatever
+    the cap; None when no threshold gains."""
+    conf, correct, splits = _cuts(confidences, cbnet_correct, lenet_correct)
+    gaining = np.flatnonzero(splits & (correct > correct[0]))
+    return float(gaining[0] / len(conf)) if len(gaining) else None
+
+
+def threshold_from(evidence: Evidence, max_share: float = DEFAULT_MAX_SHARE) -> dict:
+    """cbnet-fallback's options chosen on ``evidence``."""
+    return choose_threshold(evidence.cbnet_confidences, evidence.correct[DEFAULT_PIPELINE], evidence.second_correct,
+                            max_share)
+
+
+def describe_threshold(options: dict, evidence: Evidence, network: str) -> str:
+    """The build's one line on the threshold, every held-out figure with its 95% interval; when no threshold within
+    the cap gains on the evidence, it says so, with the least share that would."""
+    n = options["num_validation"]
+    if n == 0:
+        return f"{FALLBACK_PIPELINE}: sends no image to {network} (threshold 0): no {evidence.source} to choose on"
+    figures = (f"accuracy {format_share(round(options['validation_accuracy'] * n), n)} vs cbnet "
+               f"{format_share(round(options['validation_cbnet_accuracy'] * n), n)}, {network} "
+               f"{format_share(round(options['validation_lenet_accuracy'] * n), n)}")
+    if options["validation_fallback_share"] > 0:
+        sent = round(options["validation_fallback_share"] * n)
+        return (f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (on {n} "
+                f"{evidence.source}: {format_share(sent, n)} of them to {network}, at most "
+                f"{options['max_fallback_share']:.1%}; {figures})")
+    needed = least_gaining_share(evidence.cbnet_confidences, evidence.correct[DEFAULT_PIPELINE],
+                                 evidence.second_correct)
+    cap = options["max_fallback_share"]
+    why = (f"no threshold gains over cbnet on the {n} {evidence.source}, at any share" if needed is None else
+           f"no threshold within it ({cap * n:.1f} of the {n} {evidence.source}) gains over cbnet on them; the "
+           f"least share that gains is {needed:.1%} ({round(needed * n)} images)")
+    return (f"{FALLBACK_PIPELINE}: sends no image to {network} (threshold 0; the cap: at most {cap:.1%}): {why} "
+            f"({figures})")
 
 
 def fallback_options(build_dir: Path, images: np.ndarray, labels: np.ndarray,
                      manifest: Optional[Manifest] = None, max_share: float = DEFAULT_MAX_SHARE) -> dict:
-    """Run int8 cbnet-fallback of a build on validation images, with no image and with every image sent to its
-    second model; return its options (the threshold chosen from both). ``manifest``: the build's, before it is
-    written (the model files are read from ``build_dir``)."""
-    spec = PIPELINE_SPECS[FALLBACK_PIPELINE]
-    if manifest is not None and FALLBACK_PIPELINE in manifest.pipelines:  # the build's --fallback network
-        spec = spec.with_models(manifest.pipelines[FALLBACK_PIPELINE].models)
-    bundle = load_bundle(build_dir, precision="int8", models=list(spec.models), manifest=manifest)
-    first = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 0.0}).classify(images)  # nothing is unsure
-    second = Pipeline(bundle, spec, options={CONFIDENCE_THRESHOLD: 2.0}).classify(images)  # everything is
-    return choose_threshold(np.asarray(first.confidences), first.labels == labels, second.labels == labels, max_share)
+    """cbnet-fallback's options for a build, chosen on labelled held-out images (``held_out_evidence``).
+    ``manifest``: the build's, before it is written (the model files are read from ``build_dir``)."""
+    manifest = manifest if manifest is not None else read_manifest(build_dir)
+    return threshold_from(held_out_evidence(build_dir, images, labels, manifest), max_share)

@@ -29,6 +29,7 @@ from cbnet_tl.recipes.fast import (
     build_joint_trainer,
 )
 from cbnet_tl.toolchain.progress import EpochBar
+from cbnet_tl.toolchain.training.schedule import class_balance_weights
 
 
 def _onehot_smooth_ce(label_smoothing, num_classes):
@@ -126,7 +127,12 @@ def train_fast(x_fit_uint8, y_fit, x_val_uint8, y_val, canonical_uint8, config: 
             loss_weights={"converted": config.recon_weight, "logits": 1.0},
         )
         cb = _BestOnVal(x_val, y_val, config.patience, history)
-        joint.fit(x_fit, {"converted": target_fit, "logits": yf}, batch_size=bs,
+        weights = None
+        if config.balance_classes:  # per image, for both outputs (the converted image's loss is per pixel)
+            per_image = class_balance_weights(y_fit, config.num_classes)
+            weights = {"converted": np.broadcast_to(per_image[:, None, None], target_fit.shape[:3]).copy(),
+                       "logits": per_image}
+        joint.fit(x_fit, {"converted": target_fit, "logits": yf}, sample_weight=weights, batch_size=bs,
                   epochs=config.joint_epochs, verbose=0, shuffle=True,
                   callbacks=[cb, EpochBar("fine-tune AE + classifier jointly", config.joint_epochs, progress)])
         history["best_val_acc"] = cb.best

@@ -18,6 +18,8 @@ import numpy as np
 from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.runtime.gate import entropy, exits_early, softmax
 from cbnet_tl.toolchain.ingest.datasets import Dataset
+from cbnet_tl.toolchain.training import schedule
+from cbnet_tl.toolchain.training.schedule import class_balance_weights
 
 
 class Recipe(str, Enum):
@@ -60,12 +62,17 @@ class TrainConfig:
     autoencoder_learning_rate: float = 1e-3
     autoencoder_lr_decay_per_epoch: float = 0.9
     autoencoder_patience: int = 6
+    # below schedule.FEW_IMAGES training images: optimizer steps of B-LeNet and of the fast recipe (the epoch
+    # counts above do not apply there)
+    few_image_steps: int = schedule.TARGET_STEPS
 
     def __post_init__(self):
         if not 0.0 < self.validation_fraction < 0.5:
             raise ConfigError(f"Expected 0 < validation_fraction < 0.5. Received: {self.validation_fraction}")
         if self.blenet_epochs < 1 or self.autoencoder_epochs < 1:
             raise ConfigError("Expected at least 1 epoch per stage")
+        if self.few_image_steps < 1:
+            raise ConfigError(f"Expected --steps >= 1. Received: {self.few_image_steps}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,18 @@ def _with_augmentation(model, shift: float, seed: int):
     return keras.Model(image, outputs, name=f"{model.name}_trainer")
 
 
+def _with_layers(model, augmentation: list):
+    """Wrap a model with ``augmentation`` layers (active only while training) in front of its input."""
+    import keras
+
+    image = keras.Input(tuple(model.input_shape[1:]), name="image")
+    tensor = image
+    for layer in augmentation:
+        tensor = layer(tensor)
+    outputs = {name: keras.layers.Identity(name=name)(t) for name, t in model(tensor).items()}
+    return keras.Model(image, outputs, name=f"{model.name}_trainer")
+
+
 def _decaying(rate: float, decay_per_epoch: float, num_samples: int, batch_size: int, min_steps: int):
     """Multiply the rate by ``decay_per_epoch`` once per epoch, but at most once per ``min_steps`` updates:
     a small dataset (few updates per epoch) must not freeze its rate before it has converged."""
@@ -179,27 +198,46 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
     keras.utils.set_random_seed(config.seed)
     num_classes = len(train.class_names)
+    few = schedule.few_images(len(train))  # a step-counted schedule, nothing chosen by early stopping
     if train.validation_indices is not None and len(train.validation_indices):  # a val/ folder
         validation = np.asarray(train.validation_indices, dtype=np.int64)
         fit_index = np.setdiff1d(np.arange(len(train)), validation)
     else:
-        fit_index, validation = split_validation(len(train), config.validation_fraction, config.seed)
-    # half the validation split stops training (early stopping, best epoch); the other half is never seen by
-    # training or model selection, so cbnet-fallback's threshold is chosen on unbiased accuracies
-    val_index, held_out = _halves(validation, config.seed)
+        fraction = schedule.VALIDATION_FRACTION if few else config.validation_fraction
+        fit_index, validation = split_validation(len(train), fraction, config.seed)
+    if few:  # nothing stops on validation images: all of them are held out for the choices after training
+        val_index, held_out = validation, validation
+    else:
+        # half the validation split stops training (early stopping, best epoch); the other half is never seen by
+        # training or model selection, so cbnet-fallback's threshold is chosen on unbiased accuracies
+        val_index, held_out = _halves(validation, config.seed)
     x, y = _to_float(train.images), train.labels
-    record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index))}
+    record: dict = {"config": asdict(config), "num_train": int(len(fit_index)), "num_validation": int(len(val_index)),
+                    "schedule": "few images" if few else "epochs"}
 
     started = stage_started = time.perf_counter()
     image_shape = tuple(train.images.shape[1:])
     parts = blenet.make_layers(image_shape, num_classes)
     b_lenet = blenet.build_training_model(parts, image_shape)
-    shift = augmentation_shift(config, len(fit_index))
-    model = _with_augmentation(b_lenet, shift, config.seed)
-    budget = BudgetedBest(config.patience, None if config.time_budget_s is None else config.time_budget_s * 2 / 3)
+    if few:
+        shift, batch_size = 0.0, schedule.BATCH_SIZE
+        epochs = schedule.epochs_for_steps(len(fit_index), batch_size, config.few_image_steps)
+        model = _with_layers(b_lenet, schedule.augmentation_layers(train.images, 1.0, config.seed))
+        rate = keras.optimizers.schedules.CosineDecay(schedule.BLENET_LEARNING_RATE,
+                                                      epochs * -(-len(fit_index) // batch_size))
+        weights = class_balance_weights(y[fit_index], num_classes)
+    else:
+        shift, batch_size, epochs, weights = augmentation_shift(config, len(fit_index)), config.batch_size, \
+            config.blenet_epochs, None
+        model = _with_augmentation(b_lenet, shift, config.seed)
+        rate = _decaying(config.learning_rate, config.lr_decay_per_epoch, len(fit_index), config.batch_size,
+                         min_steps=400)
+    # with few images nothing stops early (patience beyond the schedule); a --time-budget still cuts
+    budget = BudgetedBest(epochs + 1 if few else config.patience,
+                          None if config.time_budget_s is None else config.time_budget_s * 2 / 3,
+                          restore_best=not few)
     model.compile(
-        optimizer=keras.optimizers.Adam(_decaying(config.learning_rate, config.lr_decay_per_epoch, len(fit_index),
-                                                  config.batch_size, min_steps=400)),
+        optimizer=keras.optimizers.Adam(rate),
         loss={"branch": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               "main": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
         loss_weights={"branch": config.branch_loss_weight, "main": config.main_loss_weight},
@@ -208,12 +246,12 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
     )
 
     history = model.fit(
-        x[fit_index], {"branch": y[fit_index], "main": y[fit_index]},
+        x[fit_index], {"branch": y[fit_index], "main": y[fit_index]}, sample_weight=weights,
         validation_data=(x[val_index], {"branch": y[val_index], "main": y[val_index]}),
-        epochs=config.blenet_epochs, batch_size=config.batch_size, verbose=0, shuffle=True,
+        epochs=epochs, batch_size=batch_size, verbose=0, shuffle=True,
         callbacks=[
             budget,
-            EpochBar("train B-LeNet", config.blenet_epochs, config.progress),
+            EpochBar("train B-LeNet", epochs, config.progress),
         ],
     )
     record["blenet"] = {
@@ -240,16 +278,23 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
         autoencoder = _train_paper_autoencoder(_Data(x, y, canonical, val_index, held_out), split, shift, remaining, config, record)
         autoencoder.save(keras_dir / "autoencoder.keras")
     else:
-        from cbnet_tl.recipes.fast import SIZES, small_data
+        from cbnet_tl.recipes.fast import SIZES, few_images, small_data
         from cbnet_tl.toolchain.training.fast import train_fast
 
         started = time.perf_counter()
         fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes, input_shape=image_shape)
-        if len(fit_index) < SMALL_DATASET:  # small sets: augmentation, more epochs (recipes/fast.py SMALL_DATA)
+        if few:  # the convolutional recipe on a step-counted schedule (recipes/fast.py FEW_IMAGES)
+            jitter = schedule.COLOUR_JITTER if schedule.colour(train.images) else 0.0
+            fast_config = few_images(fast_config, flip=schedule.colour(train.images), colour_jitter=jitter,
+                                     fill_value=schedule.fill_value(train.images),
+                                     joint_epochs=schedule.epochs_for_steps(len(fit_index), schedule.BATCH_SIZE,
+                                                                            config.few_image_steps))
+        elif len(fit_index) < SMALL_DATASET:  # small sets: augmentation, more epochs (recipes/fast.py SMALL_DATA)
             fast_config = small_data(fast_config)
         # without early stopping the recipe also trains on the images that stopped B-LeNet; the held-out half
-        # (cbnet-fallback's threshold) stays unseen
-        train_index = np.sort(np.concatenate([fit_index, val_index])) if fast_config.patience == 0 else fit_index
+        # (cbnet-fallback's threshold) stays unseen (with few images, every validation image is held out)
+        train_index = np.sort(np.concatenate([fit_index, val_index])) \
+            if fast_config.patience == 0 and not few else fit_index
         fast_ae, fast_classifier, history = train_fast(
             train.images[train_index], y[train_index], train.images[val_index], y[val_index],
             train.images[split.canonical_indices], fast_config, seed=config.seed, progress=config.progress)
