@@ -95,7 +95,7 @@ def fresh_build(tmp_path_factory) -> Path:
         BuildConfig(
             dataset="mnist", out=out, data_dir=MNIST_8K, max_train_images=1000,
             train=TrainConfig(blenet_epochs=3, autoencoder_epochs=6, progress=False, min_autoencoder_pairs=0,
-                              few_image_steps=120,
+                              few_image_steps=300,
                               augment_shift_pixels=0),
             check=CheckConfig(max_accuracy_drop=10.0),
             write_report=True,

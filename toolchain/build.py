@@ -120,13 +120,13 @@ def train_stage(work: Path, train, threshold: float, config: BuildConfig, log=pr
     from cbnet_tl.toolchain.training.train import train_all
 
     record = train_all(train, work, threshold, config.train)
-    if record["schedule"] == "few images":
-        from cbnet_tl.toolchain.training.schedule import BATCH_SIZE, FEW_IMAGES
+    if record.get("schedule") == "few images":
+        from cbnet_tl.toolchain.training.schedule import BATCH_SIZE, FAST_STEP_FACTOR, FEW_IMAGES
 
-        log(f"few images ({len(train)} < {FEW_IMAGES:,}): B-LeNet and the convolutional fast recipe each trained for "
-            f"{config.train.few_image_steps:,} optimizer steps at batch {BATCH_SIZE} ({record['blenet']['epochs_run']} "
-            f"epochs; --steps), on augmented images with balanced classes; {record['num_validation']} images held "
-            f"out for the choices below (README 'Few images')")
+        log(f"few images ({len(train)} < {FEW_IMAGES:,}): B-LeNet trained for {config.train.few_image_steps:,} "
+            f"optimizer steps at batch {BATCH_SIZE} (--steps; {record['blenet']['epochs_run']} epochs), the fast recipe "
+            f"for {FAST_STEP_FACTOR}x as many, on augmented images with balanced classes; {record['num_validation']} "
+            f"images held out for the choices below (README 'Few images')")
     if MULTIEXIT_PIPELINE in config.with_pipelines:  # on the same split: its thresholds come from the held-out half
         from cbnet_tl.toolchain.training.multiexit import train_multiexit
 

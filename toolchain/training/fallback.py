@@ -3,13 +3,15 @@
 Images whose cbnet top-class probability is below the threshold also run LeNet, whose answer is used. The
 threshold chosen gives the best int8 accuracy (through the runtime) on held-out training images, which no model
 was trained on or selected by, among the thresholds that send at most ``max_share`` of those images to LeNet;
-among equal accuracies, the one with the least LeNet work. The cap keeps the pipeline what it is for: about
+among equal accuracies, the one with the most LeNet work when LeNet is the more accurate network on those images
+(its answers are then expected to be at least as good on the images cbnet is least sure of), else the least. The cap keeps the pipeline what it is for: about
 cbnet's cost plus ``max_share`` of LeNet's (at the default 4%, a few times cheaper than LeNet). The second network
 is LeNet, or the build's ``--fallback`` choice (``multiexit``: the multi-exit network's whole path,
 ``multiexit_full``); the pipeline's models in the manifest name it, and its options keep LeNet's name in their keys.
 
 So the threshold never loses accuracy against cbnet on the held-out images: cbnet alone (threshold 0) is always a
-candidate, and images are sent on only for a strictly positive gain there (one more image right). When no threshold
+candidate, and images are sent on only for a gain there (one more image right), or at no loss there when the
+second network is the more accurate one on the held-out images. When no threshold
 within the cap gains, the build says so in one line, with the least share that would (``describe_threshold``).
 The held-out outcomes come as arrays (``evidence.Evidence``), whatever their source.
 """
@@ -50,13 +52,16 @@ def _cuts(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.
 def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_correct: np.ndarray,
                      max_share: float = DEFAULT_MAX_SHARE) -> dict:
     """The threshold of the best accuracy on these images among those sending at most ``max_share`` of them to
-    LeNet, the least LeNet work among equals (0: never LeNet; 1: LeNet allowed for every image)."""
+    LeNet; among equals the most LeNet work when LeNet is right on more of these images than cbnet, else the least
+    (0: never LeNet; 1: LeNet allowed for every image)."""
     if not 0.0 <= max_share <= 1.0:
         raise ConfigError(f"Expected a fallback share between 0 and 1. Received: {max_share}")
     conf, correct, splits = _cuts(confidences, cbnet_correct, lenet_correct)
     n = len(conf)
     candidates = np.flatnonzero(splits & (np.arange(n + 1) <= max_share * n + 1e-9))  # cut 0 is always one
-    k = int(candidates[np.argmax(correct[candidates])])  # argmax: the first (fewest to LeNet) of equal counts
+    tied = candidates[correct[candidates] == correct[candidates].max()]
+    stronger = int(np.sum(lenet_correct)) > int(np.sum(cbnet_correct))  # then ties go to the most sent on
+    k = int(tied[-1] if stronger else tied[0])
     # k = 0: never LeNet (not "below the least confident held-out image", which new images can be, uncapped)
     threshold = 0.0 if k == 0 else float(conf[k]) if k < n else 1.0 + 1e-9
     share = (lambda count: float(count / n)) if n else (lambda count: 0.0)  # no held-out images: nothing is sent
@@ -92,9 +97,11 @@ def describe_threshold(options: dict, evidence: Evidence, network: str) -> str:
                f"{format_share(round(options['validation_lenet_accuracy'] * n), n)}")
     if options["validation_fallback_share"] > 0:
         sent = round(options["validation_fallback_share"] * n)
+        tie = ("; no gain on them at this share, sent on because " + network + " is right on more of them than cbnet"
+               if options["validation_accuracy"] <= options["validation_cbnet_accuracy"] else "")
         return (f"{FALLBACK_PIPELINE}: confidence threshold {options[CONFIDENCE_THRESHOLD]:.4f} (on {n} "
                 f"{evidence.source}: {format_share(sent, n)} of them to {network}, at most "
-                f"{options['max_fallback_share']:.1%}; {figures})")
+                f"{options['max_fallback_share']:.1%}; {figures}{tie})")
     needed = least_gaining_share(evidence.cbnet_confidences, evidence.correct[DEFAULT_PIPELINE],
                                  evidence.second_correct)
     cap = options["max_fallback_share"]

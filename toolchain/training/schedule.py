@@ -2,10 +2,11 @@
 
 Below ``FEW_IMAGES`` training images an epoch is a handful of optimizer steps, so a schedule counted in epochs
 stops long before a network has learned (357 images at batch 128: 3 steps an epoch). There every model trains
-for a fixed number of optimizer steps (``TARGET_STEPS`` at batch ``BATCH_SIZE``, the learning rate cosine-decayed
-to 0), on augmented images (shifts, zooms, small rotations; horizontal flips and colour jitter for colour
+for a fixed number of optimizer steps (``TARGET_STEPS`` at batch ``BATCH_SIZE`` for B-LeNet, ``FAST_STEP_FACTOR``
+times as many for the fast recipe; the learning rate cosine-decayed to 0), on augmented images (shifts, zooms, small rotations; horizontal flips and colour jitter for colour
 images, whose classes are drawings and photos of things that a mirror does not change; grey digit and
-character sets get neither), with each image weighed by the inverse of its class's count. Nothing is chosen by
+character sets get neither), with each image weighed by the inverse of its class's count. The fast recipe is convolutional for colour images
+and dense for grey ones (``recipes/fast.py`` FEW_IMAGES says why). Nothing is chosen by
 early stopping: the validation images are all held out for the choices made after training (cbnet-fallback's
 threshold, the recommended pipeline). At ``FEW_IMAGES`` and above the schedules are the ones counted in epochs,
 unchanged.
@@ -18,7 +19,10 @@ import math
 import numpy as np
 
 FEW_IMAGES = 5000  # fewer training images than this: the schedule below
-TARGET_STEPS = 3000  # optimizer steps of each model
+TARGET_STEPS = 3000  # optimizer steps of B-LeNet
+# the convolutional fast recipe learns more slowly (deeper, no shortcut from pixels to classes): on 570 clip-art
+# images at 32x32 RGB its int8 test accuracy was 37.8% after 3,000 steps and 60.8% after 11,250 (lenet 64.3%)
+FAST_STEP_FACTOR = 3
 BATCH_SIZE = 32
 VALIDATION_FRACTION = 0.2  # held out for the choices after training (nothing trains or stops on them)
 BLENET_LEARNING_RATE = 2e-3

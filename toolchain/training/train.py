@@ -283,12 +283,14 @@ def train_all(train: Dataset, build_dir: Path, threshold: float, config: TrainCo
 
         started = time.perf_counter()
         fast_config = dataclasses.replace(SIZES[config.fast_size], num_classes=num_classes, input_shape=image_shape)
-        if few:  # the convolutional recipe on a step-counted schedule (recipes/fast.py FEW_IMAGES)
+        if few:  # a step-counted schedule; convolutional for colour images (recipes/fast.py FEW_IMAGES)
             jitter = schedule.COLOUR_JITTER if schedule.colour(train.images) else 0.0
             fast_config = few_images(fast_config, flip=schedule.colour(train.images), colour_jitter=jitter,
                                      fill_value=schedule.fill_value(train.images),
-                                     joint_epochs=schedule.epochs_for_steps(len(fit_index), schedule.BATCH_SIZE,
-                                                                            config.few_image_steps))
+                                     joint_epochs=schedule.epochs_for_steps(
+                                         len(fit_index), schedule.BATCH_SIZE,
+                                         config.few_image_steps * schedule.FAST_STEP_FACTOR),
+                                     conv=schedule.colour(train.images))
         elif len(fit_index) < SMALL_DATASET:  # small sets: augmentation, more epochs (recipes/fast.py SMALL_DATA)
             fast_config = small_data(fast_config)
         # without early stopping the recipe also trains on the images that stopped B-LeNet; the held-out half
@@ -341,13 +343,16 @@ def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Option
     ae_fit, ae_val = pairs[~pair_val], pairs[pair_val]
     autoencoder = ae_recipe.build_autoencoder(tuple(x.shape[1:]), dropout=config.autoencoder_dropout)
     trainer = _with_augmentation(autoencoder, shift, config.seed)
-    ae_budget = BudgetedBest(config.autoencoder_patience, None if remaining is None else max(remaining, 30.0))
+    # with few images every validation image is held out: no pair stops training, the schedule runs whole
+    stopping = len(ae_val) > 0
+    ae_budget = BudgetedBest(config.autoencoder_patience if stopping else config.autoencoder_epochs + 1,
+                             None if remaining is None else max(remaining, 30.0), restore_best=stopping)
     trainer.compile(optimizer=keras.optimizers.Adam(_decaying(config.autoencoder_learning_rate, config.autoencoder_lr_decay_per_epoch,
                                                               len(ae_fit), config.autoencoder_batch_size, min_steps=200)),
                     loss="binary_crossentropy", jit_compile=False)
     history = trainer.fit(
         x[ae_fit], canonical[y[ae_fit]],
-        validation_data=(x[ae_val], canonical[y[ae_val]]),
+        validation_data=(x[ae_val], canonical[y[ae_val]]) if stopping else None,
         epochs=config.autoencoder_epochs, batch_size=config.autoencoder_batch_size, verbose=0, shuffle=True,
         callbacks=[
             ae_budget,
@@ -358,6 +363,6 @@ def _train_paper_autoencoder(data: _Data, split, shift: float, remaining: Option
         "pairs": int(len(pairs)), "hard_pairs": int((~split.easy[pairs]).sum()),
         "epochs_run": len(history.history["loss"]), "stopped_by": ae_budget.stopped_by,
         "seconds": round(time.perf_counter() - started, 2),
-        "val_loss": float(min(history.history["val_loss"])),
+        "val_loss": float(min(history.history["val_loss"])) if stopping else None,
     }
     return autoencoder
