@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from cbnet_tl.toolchain.analysis.evaluation import load_test_split, load_train_split
     from cbnet_tl.toolchain.scoring import format_share, wilson_interval
 
