@@ -313,3 +313,28 @@ def test_the_bundle_and_its_service_follow_the_manifests_default(tiny_build, mni
         assert read_manifest(copy / "bundle").default_pipeline == default
         readme = (copy / "bundle" / "README.md").read_text()
         assert (f"run `{default}` unless" in readme) if default else ("every command needs `--pipeline NAME`" in readme)
+
+
+@pytest.mark.parametrize("num_lost, passed", [(0, True), (1, True), (2, False)])
+def test_the_quantization_check_never_fails_on_one_image(tiny_build, monkeypatch, num_lost, passed):
+    """On 94 test images one image is 1.06 points: above the default 1.0, but below what the split resolves, so one
+    image lost in int8 never fails a build; two do (2.13 points)."""
+    from cbnet_tl.toolchain.conversion import checks
+    from cbnet_tl.toolchain.scoring import score
+
+    labels = np.arange(94) % 10
+
+    def fake_evaluate(pipeline, images, labels_seen, **_):
+        predictions = labels_seen.copy()
+        if pipeline.bundle.precision == "int8":
+            predictions[:num_lost] = (predictions[:num_lost] + 1) % 10
+        return {**score(predictions, labels_seen, 10), "path_shares": {}, "predictions": predictions}
+
+    monkeypatch.setattr(checks, "evaluate", fake_evaluate)
+    record = checks.run_checks(tiny_build, np.zeros((94, 28, 28, 1), np.uint8), labels,
+                               checks.CheckConfig(max_accuracy_drop=1.0, pipelines=("lenet",)))
+    result = record["pipelines"]["lenet"]
+    assert result["images_lost"] == num_lost and result["passed"] is passed
+    if not passed:
+        with pytest.raises(Exception, match=r"drop 2\.13 points > 1\.00, 2 of 94 test images"):
+            checks.raise_on_failures(record)

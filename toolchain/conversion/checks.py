@@ -31,6 +31,9 @@ ADVICE = ("more images per class, a larger --image-size or fewer classes, --reci
           "or another default pipeline (--default-pipeline)")
 
 
+MAX_IMAGES_LOST_ALWAYS_ALLOWED = 1  # int8 may lose one test image whatever --max-accuracy-drop says
+
+
 @dataclass(frozen=True)
 class CheckConfig:
     max_accuracy_drop: float = 1.0  # percentage points
@@ -76,12 +79,16 @@ def run_checks(build_dir: Path, images: np.ndarray, labels: np.ndarray, config: 
                                           batch_size=config.batch_size, progress=wrapped)
         fp32, int8 = results["float32"], results["int8"]
         drop = (fp32["accuracy"] - int8["accuracy"]) * 100.0
+        images_lost = int(np.sum(fp32["predictions"] == labels)) - int(np.sum(int8["predictions"] == labels))
         record["pipelines"][pipeline_name] = {
             "float32": {k: fp32[k] for k in ("accuracy", "per_class_accuracy", "path_shares", "confusion")},
             "int8": {k: int8[k] for k in ("accuracy", "per_class_accuracy", "path_shares", "confusion")},
             "accuracy_drop_points": drop,
             "top1_agreement": float(np.mean(fp32["predictions"] == int8["predictions"])),
-            "passed": drop <= config.max_accuracy_drop,
+            # one image is never a failure: on a small test split (94 images: 1.06 points) it is below what the
+            # split can resolve, and one rounding flip would fail every build of a user's small folder
+            "passed": drop <= config.max_accuracy_drop or images_lost <= MAX_IMAGES_LOST_ALWAYS_ALLOWED,
+            "images_lost": images_lost,
             **learning_figures(int8["predictions"], labels, len(manifest.class_names)),
         }
     return record
@@ -111,7 +118,8 @@ def read_checks(build_dir: Path, required: bool = True) -> Optional[dict]:
 def raise_on_failures(record: dict) -> None:
     failures = [
         f"{name}: int8 {r['int8']['accuracy'] * 100:.2f}% vs float32 {r['float32']['accuracy'] * 100:.2f}% "
-        f"(drop {r['accuracy_drop_points']:.2f} points > {record['max_accuracy_drop']:.2f})"
+        f"(drop {r['accuracy_drop_points']:.2f} points > {record['max_accuracy_drop']:.2f}, "
+        f"{r.get('images_lost', '?')} of {record['num_images']} test images)"
         for name, r in record["pipelines"].items() if not r["passed"]
     ]
     if failures:
