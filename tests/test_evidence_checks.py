@@ -315,10 +315,11 @@ def test_the_bundle_and_its_service_follow_the_manifests_default(tiny_build, mni
         assert (f"run `{default}` unless" in readme) if default else ("every command needs `--pipeline NAME`" in readme)
 
 
-@pytest.mark.parametrize("num_lost, passed", [(0, True), (1, True), (2, False)])
-def test_the_quantization_check_never_fails_on_one_image(tiny_build, monkeypatch, num_lost, passed):
-    """On 94 test images one image is 1.06 points: above the default 1.0, but below what the split resolves, so one
-    image lost in int8 never fails a build; two do (2.13 points)."""
+@pytest.mark.parametrize("num_lost, passed", [(0, True), (1, True), (2, True), (4, False)])
+def test_the_quantization_check_fails_only_a_drop_beyond_chance(tiny_build, monkeypatch, num_lost, passed):
+    """On 94 test images one image is 1.06 points: above the default 1.0, but below what the split resolves. int8
+    fails when it loses more than --max-accuracy-drop points and, of the images only one precision gets right,
+    float32's share is above one half at 95%: 1 or 2 images lost of 1 or 2 that differ are not; 4 of 4 are."""
     from cbnet_tl.toolchain.conversion import checks
     from cbnet_tl.toolchain.scoring import score
 
@@ -336,5 +337,5 @@ def test_the_quantization_check_never_fails_on_one_image(tiny_build, monkeypatch
     result = record["pipelines"]["lenet"]
     assert result["images_lost"] == num_lost and result["passed"] is passed
     if not passed:
-        with pytest.raises(Exception, match=r"drop 2\.13 points > 1\.00, 2 of 94 test images"):
+        with pytest.raises(Exception, match=r"drop 4\.26 points > 1\.00, 4 of 94 test images; beyond chance"):
             checks.raise_on_failures(record)
