@@ -211,6 +211,11 @@ def test_cbnet_is_recommended_within_the_uncertainty_else_the_most_accurate():
     assert worse["pipeline"] == "lenet" and "more accurate than cbnet" in worse["reason"]
     # equal counts: cbnet
     assert recommend_pipeline({"lenet": lenet, "cbnet": lenet.copy()})["pipeline"] == "cbnet"
+    # a cbnet that costs LeNet's MACs or more (few colour images) is not preferred within the uncertainty
+    costly = recommend_pipeline({"cbnet": np.concatenate([_outcomes(20, 6)[:18], [True, True]]),
+                                 "lenet": _outcomes(20, 12)}, cbnet_cheaper=False)
+    assert costly["pipeline"] == "lenet" and "cbnet is not preferred" in costly["reason"]
+    assert recommend_pipeline({"lenet": lenet, "cbnet": lenet.copy()}, cbnet_cheaper=False)["pipeline"] == "cbnet"
 
 
 def test_a_pipeline_that_failed_the_check_is_never_recommended():

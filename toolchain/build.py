@@ -234,7 +234,9 @@ def default_stage(work: Path, manifest: Manifest, evidence, checks_record: dict,
     from cbnet_tl.toolchain.training.evidence import recommend_pipeline
 
     failed = failed_learning(checks_record)
-    recommendation = recommend_pipeline(evidence.correct, failed, evidence.source)
+    macs = {name: entry.macs for name, entry in manifest.models.items()}
+    cheaper = not (macs.get("cbnet") and macs.get("lenet")) or macs["cbnet"] < macs["lenet"]
+    recommendation = recommend_pipeline(evidence.correct, failed, evidence.source, cbnet_cheaper=cheaper)
     log(recommendation["reason"])
     chosen = config.default_pipeline or recommendation["pipeline"]
     if chosen is None:  # every pipeline failed: the bundle still runs, on the most accurate, and says so
