@@ -151,15 +151,9 @@ def _with_augmentation(model, shift: float, seed: int):
 
     if shift <= 0:
         return model
-    shape = tuple(model.input_shape[1:])
-    fraction = shift / shape[0]
-    image = keras.Input(shape, name="image")
-    shifted = keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
-                                             name="augment_shift")(image)
-    outputs = model(shifted)
-    if isinstance(outputs, dict):
-        outputs = {name: keras.layers.Identity(name=name)(tensor) for name, tensor in outputs.items()}
-    return keras.Model(image, outputs, name=f"{model.name}_trainer")
+    fraction = shift / model.input_shape[1]
+    return _with_layers(model, [keras.layers.RandomTranslation(fraction, fraction, fill_mode="constant", seed=seed,
+                                                               name="augment_shift")])
 
 
 def _with_layers(model, augmentation: list):
@@ -170,7 +164,9 @@ def _with_layers(model, augmentation: list):
     tensor = image
     for layer in augmentation:
         tensor = layer(tensor)
-    outputs = {name: keras.layers.Identity(name=name)(t) for name, t in model(tensor).items()}
+    outputs = model(tensor)
+    if isinstance(outputs, dict):
+        outputs = {name: keras.layers.Identity(name=name)(t) for name, t in outputs.items()}
     return keras.Model(image, outputs, name=f"{model.name}_trainer")
 
 
