@@ -98,8 +98,20 @@ def test_layer_sizes_follow_the_input_spec(tmp_path):
     branch_macs, _ = count_macs_and_params(path)
     assert branch_macs == 34 * 34 * 5 * 75 + 17 * 17 * 10 * 45 + 9 * 9 * 10 * 5
     config = fast.FastConfig(num_classes=5, input_shape=shape)
-    assert config.macs() == 3072 * 512 + 512 * 128 + 128 * 3072 + 3072 * 64 + 64 * 5
+    assert config.macs() == 3072 * 512 + 512 * 96 + 96 * 3072 + 3072 * 32 + 32 * 5
     assert not config.convolutional
+
+
+def test_fast_config_defaults_are_the_default_size():
+    """FastConfig() is the recipe's default size, SIZES["default"]: P→512→96→P and P→32→classes, 0.551 M MACs at
+    the MNIST family's size (recipes/fast.py's table), no early stopping."""
+    from dataclasses import replace
+
+    from cbnet_tl.recipes import fast
+
+    assert fast.FastConfig() == fast.SIZES["default"]
+    mnist = replace(fast.FastConfig(), input_shape=MNIST_SHAPE)
+    assert mnist.macs() == 784 * 512 + 512 * 96 + 96 * 784 + 784 * 32 + 32 * 10
 
 
 def test_fast_recipe_turns_convolutional_above_the_dense_limit_and_maps_to_the_edge_tpu(tmp_path):
@@ -143,7 +155,7 @@ def test_fast_recipe_pools_inputs_above_the_dense_budget(tmp_path):
     config = fast.FastConfig(num_classes=4, input_shape=(56, 56, 3), dropout=0.0)
     assert (config.pool, config.pooled_shape) == (2, (28, 28, 3))
     values = 28 * 28 * 3
-    assert config.macs() == values * 512 + 512 * 128 + 128 * values + values * 64 + 64 * 4
+    assert config.macs() == values * 512 + 512 * 96 + 96 * values + values * 32 + 32 * 4
     ae, classifier = randomize(fast.build_autoencoder(config)), randomize(fast.build_classifier(config))
     pixels = np.random.default_rng(1).integers(0, 256, (20, 56, 56, 3)).astype(np.float32)
     converted = np.asarray(ae(pixels[:2]))

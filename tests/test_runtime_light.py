@@ -19,7 +19,7 @@ def test_importing_runtime_loads_no_heavy_module():
     code = (
         "import sys, json\n"
         "import cbnet_tl.runtime, cbnet_tl.runtime.api, cbnet_tl.runtime.cli, cbnet_tl.runtime.pipelines\n"
-        "import cbnet_tl.runtime.dvfs.run, cbnet_tl.runtime.dvfs.policies\n"
+        "import cbnet_tl.runtime.dvfs.run, cbnet_tl.runtime.dvfs.eenet\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

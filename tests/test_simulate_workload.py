@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cbnet_tl.runtime.dvfs.table_file import load_power_table
-from cbnet_tl.runtime.dvfs.trace_file import TRACE_FORMAT, read_trace
+from cbnet_tl.toolchain.simulation.table_file import load_power_table
+from cbnet_tl.runtime.dvfs.trace_file import TRACE_FORMAT
+from cbnet_tl.toolchain.simulation.trace_read import read_trace
 from cbnet_tl.runtime.errors import DvfsError
 from cbnet_tl.toolchain.cli import app
 

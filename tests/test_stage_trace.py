@@ -4,7 +4,7 @@ frequency the tree offers, written as a stage trace that says the CPU did not ch
 from __future__ import annotations
 
 from cbnet_tl.runtime.cli import main
-from cbnet_tl.runtime.dvfs.trace_file import read_trace
+from cbnet_tl.toolchain.simulation.trace_read import read_trace
 from cbnet_tl.runtime.manifest import read_manifest
 from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINE_SPECS
 from test_cpufreq import PI_OS_KHZ, make_tree, snapshot

@@ -2,6 +2,7 @@
 (or from its own folder). The floors are the ones toolchain/__init__.py documents."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -68,16 +69,49 @@ def test_every_toolchain_import_points_down():
     assert upward_imports(TOOLCHAIN, FLOORS) == []
 
 
+def documented_floors(doc: str) -> dict:
+    """{unit: floor} from the "- floor N: ``unit`` ..., ``unit/`` ..." items of toolchain/__init__.py's docstring
+    (an item runs on over its indented lines)."""
+    floors, floor = {}, None
+    for line in doc.splitlines():
+        started = re.match(r"- floor (\d+)", line)
+        if started:
+            floor = int(started.group(1))
+        elif not line.startswith(" "):
+            floor = None
+        if floor is not None:
+            for unit in re.findall(r"``([a-z0-9_]+)/?``", line):
+                floors.setdefault(unit, floor)
+    return floors
+
+
+def readme_floors(readme: str) -> dict:
+    """{unit: floor} from the README's tree of toolchain/: lines ``  unit, unit/   floor N: ...``, where
+    ``floors N and M`` gives the units their floors in turn."""
+    floors = {}
+    for names, numbers in re.findall(r"^  ([a-z0-9_/., ]+?)\s{2,}floors? (\d+(?: and \d+)*):", readme, re.M):
+        units = [name.strip(",").removesuffix("/").removesuffix(".py") for name in names.split()]
+        levels = [int(n) for n in numbers.split(" and ")]
+        floors.update(zip(units, levels if len(levels) > 1 else levels * len(units)))
+    return floors
+
+
 def test_the_floors_are_the_ones_the_package_documents():
     units = {p.name if p.is_dir() else p.stem for p in TOOLCHAIN.iterdir()
              if (p.is_dir() and p.name not in NOT_CODE) or (p.suffix == ".py" and p.name != "__init__.py")}
     assert units == set(FLOORS)
     doc = ast.get_docstring(ast.parse((TOOLCHAIN / "__init__.py").read_text()))
-    for unit, floor in FLOORS.items():
-        line = next((line for line in doc.splitlines() if f"``{unit}" in line or f"``{unit}/``" in line), None)
-        assert line is not None, unit
+    assert documented_floors(doc) == FLOORS
+    assert readme_floors((TOOLCHAIN.parent / "README.md").read_text()) == FLOORS
     for folder in (p for p in TOOLCHAIN.iterdir() if p.is_dir() and p.name not in NOT_CODE):
         assert ast.get_docstring(ast.parse((folder / "__init__.py").read_text())), folder.name
+
+
+def test_the_documented_floors_are_read_from_each_item():
+    doc = ("Folders (``tests/x.py`` holds this):\n\n- floor 0: ``progress`` (bars), ``scoring``\n"
+           "  ``targets`` (the boards)\n- floor 1: ``ingest/`` (the ``.tflite`` reader), ``cbnet-tl build``\n"
+           "\nAfter the list: ``cli``\n")
+    assert documented_floors(doc) == {"progress": 0, "scoring": 0, "targets": 0, "ingest": 1}
 
 
 @pytest.mark.parametrize("source, expected", [

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbnet_tl.runtime.dvfs.base import DvfsContext
-from cbnet_tl.runtime.dvfs.batch_plan import binomial_quantile, efficient_frequencies
+from cbnet_tl.runtime.dvfs.policy import DvfsContext
+from cbnet_tl.runtime.dvfs.exit_plan import binomial_quantile, efficient_frequencies
 from cbnet_tl.runtime.dvfs.energy import model_for
-from cbnet_tl.runtime.dvfs.policies import EENetPolicy
-from cbnet_tl.runtime.dvfs.table_file import load_power_table
+from cbnet_tl.runtime.dvfs.eenet import EENetPolicy
+from cbnet_tl.toolchain.simulation.table_file import load_power_table
 from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.toolchain.simulation.batch_sim import Job, simulate_jobs
 from cbnet_tl.toolchain.simulation.stage_costs import StageCosts

@@ -1,241 +1,266 @@
-"""EENet: per-inference DVFS that predicts the remaining work and meets the deadline at the least energy.
+"""EENet: predict the work a batch still needs and set the frequency that meets its deadline at the least energy.
 
-It follows the protocol of ``base.Policy``.
+A batch (one image is a batch of one) runs its pipeline's stages one after another; after each stage the number of
+images that go on is known (an early exit's gate has decided), and the batches waiting behind it are known by their
+size and their deadline (counted from each one's oldest image). The policy keeps, per pipeline and stage, the stage's
+cost in cycles (seconds × kHz) per number of images, and the share of images that go on to each stage. Before each
+stage it predicts the work left: this stage (its count known), the rest of the batch (counts predicted from the
+shares) and every queued batch, each with its deadline.
 
-- Within an inference it splits the work into the stages every path runs and the tail some paths run
-  (BranchyNet's ``main_tail``; a CBNet has no tail). At each decision point it picks, for the work known
-  to remain, the frequency of least expected energy whose predicted finish, with the tail at its planned
-  frequency, meets the deadline. Predictions use a high quantile of each stage's cost, times (1 + margin).
-  A switch is chosen only when its time fits and its energy is repaid.
-- Across inferences it learns each stage's cost in cycles (seconds × frequency: an exponentially smoothed
-  mean and a tracked upper quantile), how often the tail runs, and whether arrivals leave idle time. From
-  these it recalibrates the base frequency and the tail's frequency for the least expected energy. After a
-  miss it raises its margin and replans; the margin decays slowly while deadlines are met (about one
-  miss in ``miss_step / margin_decay`` inferences at equilibrium).
-- Energy of running slower: back to back, the board's idle power keeps running while the inference takes
-  longer, so E(f) = P(f)·t(f). With idle gaps between arrivals, running slower only replaces idle time:
-  E(f) = (P(f) − P_idle)·t(f) + constant. The power model says which frequency wins; nothing is assumed.
-- Batches (``on_batch`` and the other batch events): ``batch_plan.BatchPlanner`` sets the frequency for the rest
-  of the batch, and the batches queued behind it, from the images known to go on and every deadline.
-  ``learn`` gives it a stage's cost from a profile (a recorded trace) before the first batch; ``learn_exits`` a
-  multi-exit pipeline's exit table, so one image's exit is predicted from the confidences seen so far
-  (``on_batch_confidence``) rather than from the average share alone.
+The least-energy way to do a known amount of work W by a deadline T on a CPU whose energy per cycle grows with the
+frequency is the constant speed W/T, or, between two operating points, a mix of the two that bracket it (points off
+the lower convex hull of energy per cycle against time per cycle never pay). So the policy takes the required speed
+s = max over the deadlines of (work due by it) / (time to it), and runs the next stage at the lower bracketing point
+when the work left after it still fits at the upper one, else at the upper one. One image alone is planned as a
+chain of coin tosses, one per exit (``exit_plan.next_frequency``), with the exit table's shares by confidence where
+the pipeline has one. Predictions are multiplied by (1 + margin); a miss raises the margin, met deadlines lower it.
+
+What a cycle costs: with arrivals that leave the board idle (a camera, a burst due by a deadline), running slower
+only replaces idle time, so a frequency costs its power above idle, (P(f) − P_idle) / f per cycle. Back to back (the
+next batch arrives when this one answers) there is no idle time to fill, so it costs P(f) / f.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
-from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy, PolicyKind
-from cbnet_tl.runtime.dvfs.batch_plan import BatchPlanner
-from cbnet_tl.runtime.errors import DvfsError
+import numpy as np
+
+from cbnet_tl.runtime.dvfs.exit_plan import Costs, binomial_quantile, efficient_frequencies, next_frequency
+from cbnet_tl.runtime.dvfs.policy import DvfsContext, Policy, PolicyKind
+
+PERSIST = 3  # decisions in a row that want the same other frequency before a switch that does not pay at once
+FORGET = 0.005  # the weight an image's exit loses per image seen after it, in the learned shares
 
 
-class _Stage:
-    __slots__ = ("mean", "high", "num_runs", "rate")
-
+class _PipelineState:
     def __init__(self):
-        self.mean = self.high = self.rate = 0.0
-        self.num_runs = 0
+        self.order: list = []  # stages in the order a batch runs them
+        self.costs: dict = {}
+        self.went_on: dict = {}  # stage -> [images that ran it, images that ran the stage before], decayed
+        self.after: dict = {}  # exit stage -> {"edges", "go_on"}: the exit table's shares by the confidence seen
 
+    def predicted(self, seen, stages: list) -> Optional[list]:
+        """``go_on`` for ``stages`` (the next one first) from the exit table, given ``seen`` = (exit, confidence) of
+        the one image going on; None when the table has nothing for it."""
+        if seen is None or seen[0] not in self.after:
+            return None
+        exit_stage, confidence = seen
+        table = self.after[exit_stage]
+        shares = table["go_on"][int(np.searchsorted(table["edges"], confidence, side="right"))]
+        if exit_stage not in self.order or self.order.index(exit_stage) + 1 >= len(self.order) or \
+                stages[0] != self.order[self.order.index(exit_stage) + 1] or len(shares) != len(stages):
+            return None
+        return [1.0] + [float(s) for s in shares[1:]]
 
-class Remaining(NamedTuple):
-    """The work known to remain at a decision point, in thousands of cycles (kHz·s)."""
+    def share(self, stage: str) -> float:
+        """The share of the previous stage's images that run ``stage``, with one image that did as a prior: 1
+        before any is seen, never quite 0 or 1 (a share seen as 0 in a few images is not certain)."""
+        ran, offered = self.went_on.get(stage, (0.0, 0.0))
+        return (ran + 1.0) / (offered + 1.0)
 
-    common_mean: float  # stages every path still runs
-    common_high: float  # their tracked upper quantile
-    tail_mean: float  # the stages only some paths run (BranchyNet's main_tail)
-    tail_high: float
-    tail_share: float  # how often the tail runs
-
-
-class Plan(NamedTuple):
-    base_khz: int  # the frequency of the common stages
-    tail_khz: int  # the frequency of the tail
-
-
-class _Pipeline:
-    def __init__(self):
-        self.order: list = []
-        self.stats: dict = {}
-        self.count = 0
-        self.plan: Optional[Plan] = None
-        self.remaining: dict = {}  # decision point (None: the arrival, else a stage) → Remaining
-        self.ran: set = set()
+    def add_cost(self, stage: str, num_images: int, kcycles: float, smoothing: float) -> None:
+        if stage not in self.costs:
+            self.costs[stage] = Costs(smoothing)
+            self.order.append(stage)
+        self.costs[stage].add(int(num_images), kcycles)
 
 
 class EENetPolicy(Policy):
     name = PolicyKind.EENET.value
 
-    def __init__(self, quantile: float = 0.995, smoothing: float = 0.05, warmup: int = 16, replan_every: int = 64,
-                 margin: float = 0.02, miss_step: float = 0.2, margin_decay: float = 0.0002):
-        if not 0.5 < quantile < 1 or not 0 < smoothing <= 1 or warmup < 1 or replan_every < 1:
-            raise DvfsError("Expected 0.5 < quantile < 1, 0 < smoothing <= 1, warmup >= 1, replan_every >= 1. "
-                            f"Received: {quantile}, {smoothing}, {warmup}, {replan_every}")
-        self.quantile, self.smoothing, self.warmup, self.replan_every = quantile, smoothing, warmup, replan_every
-        self.min_margin, self.miss_step, self.margin_decay = margin, miss_step, margin_decay
+    def __init__(self, margin: float = 0.02, miss_step: float = 0.1, margin_decay: float = 0.01,
+                 smoothing: float = 0.2):
+        self.min_margin, self.miss_step, self.margin_decay, self.smoothing = margin, miss_step, margin_decay, smoothing
 
     def bind(self, context: DvfsContext) -> None:
         super().bind(context)
+        self.model = model = context.model
+        self.credit_w = 0.0 if context.back_to_back else model.idle_w  # the power running slower does not add
         self.margin = self.min_margin
+        self.levels = efficient_frequencies(model, self.credit_w)
         self._pipelines: dict = {}
-        self._pipeline = _Pipeline()
-        self._current: Optional[int] = None
-        self._idle: Optional[float] = None  # smoothed idle time before an inference
-        self._latency: Optional[float] = None
-        self._batches = BatchPlanner(context, margin=self.min_margin)
+        self._pipe = _PipelineState()
+        self._current = model.top_khz
+        self._budget = 0.0
+        self._lateness = 0.0
+        self._queue: tuple = ()
+        self._previous_count = 0
+        self._wanted, self._streak = self._current, 0
+        self._start, self._gap_streak = self._current, 0
+        self._seen = None  # (exit stage, confidence) the one image of the batch going on had there
+        self._idle: Optional[float] = None  # the idle time before a batch: smoothed, and never above the last one
 
-    def learn(self, pipeline: str, stage: str, num_images: int, seconds: float, khz: int) -> None:
-        """A stage's cost for a batch of ``num_images`` from a profile, before the first batch (batches only)."""
-        self._batches.learn(pipeline, stage, num_images, seconds, khz)
+    # what is known before the first batch ---------------------------------------------------------
+    def learn(self, pipeline, stage, num_images, seconds, khz):
+        self._pipelines.setdefault(pipeline, _PipelineState()).add_cost(stage, num_images, seconds * khz,
+                                                                        self.smoothing)
 
-    def learn_exits(self, pipeline: str, table: dict) -> None:
-        """A multi-exit pipeline's exit table (its manifest's ``exit_table``, learned on held-out images): the share
-        of images going on to each stage as the prior, and those shares by the confidence seen at an exit."""
-        self._batches.learn_exits(pipeline, table)
+    def learn_exits(self, pipeline, table, weight: float = 1.0 / FORGET):
+        """The exit table's shares as if ``weight`` images had shown them, and its shares by confidence."""
+        pipe = self._pipelines.setdefault(pipeline, _PipelineState())
+        for stage, share in zip(table["stages"][1:], table["go_on"][1:]):
+            pipe.went_on[stage] = (float(share) * weight, weight)
+        pipe.after = {stage: {"edges": np.asarray(after["edges"], dtype=np.float64), "go_on": after["go_on"]}
+                      for stage, after in table.get("after", {}).items()}
 
-    def on_batch_confidence(self, stage, confidence):
-        self._batches.confidence(stage, confidence)
-
-    # batches ------------------------------------------------------------------------------------
+    # events ------------------------------------------------------------------------------------------
     def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
-        return self._batches.start(pipeline, num_images, lateness_s, queue)
-
-    def on_batch_stage(self, stage, num_images, elapsed_s):
-        return self._batches.before_stage(stage, num_images, elapsed_s)
-
-    def on_batch_stage_done(self, stage, num_images, seconds, khz):
-        self._batches.stage_done(stage, num_images, seconds, khz)
-
-    def on_batch_end(self, latency_s, queue):
-        return self._batches.end(latency_s)
-
-    # events -------------------------------------------------------------------------------------
-    def on_begin(self, pipeline, lateness_s, idle_s):
-        self._idle = idle_s if self._idle is None else self._idle + 0.05 * (idle_s - self._idle)
-        self._pipeline = self._pipelines.setdefault(pipeline, _Pipeline())
-        self._pipeline.ran = set()
-        return self._choose(None, lateness_s)
-
-    def on_stage(self, stage, elapsed_s):
-        return self._choose(stage, elapsed_s)
-
-    def on_stage_done(self, stage, seconds, khz):
-        pipe = self._pipeline
-        st = pipe.stats.get(stage)
-        if st is None:
-            st = pipe.stats[stage] = _Stage()
-            pipe.order.append(stage)
-        if stage in pipe.ran:
-            return  # counted once per inference
-        pipe.ran.add(stage)
-        cycles = seconds * khz  # kHz·s: thousands of cycles
-        st.num_runs += 1
-        st.mean += max(1.0 / st.num_runs, self.smoothing) * (cycles - st.mean)
-        if st.num_runs <= self.warmup:
-            st.high = max(st.high, cycles)
-        else:  # stochastic quantile tracking: rises τ·step when exceeded, falls (1 − τ)·step otherwise
-            step = 0.1 * st.mean
-            st.high += step * self.quantile if cycles > st.high else -step * (1 - self.quantile)
-            st.high = max(st.high, st.mean)
-
-    def on_end(self, path, latency_s):
-        pipe, context = self._pipeline, self.context
-        pipe.count += 1
-        for stage in pipe.order:
-            st = pipe.stats[stage]
-            st.rate += max(1.0 / pipe.count, 0.01) * ((stage in pipe.ran) - st.rate)
-        self._latency = latency_s if self._latency is None else self._latency + 0.05 * (latency_s - self._latency)
-        missed = latency_s > context.deadline_s
-        if missed:
-            self.margin = min(1.0, self.margin + self.miss_step)
-        else:
-            self.margin = max(self.min_margin, self.margin - self.margin_decay)
-        if pipe.count >= self.warmup and (missed or pipe.plan is None or pipe.count % self.replan_every == 0):
-            self._replan(pipe)
-        if pipe.plan and self._periodic() and self._current != pipe.plan.base_khz and self._gap() >= self._switch_s():
-            self._current = pipe.plan.base_khz  # go back to the base frequency while idle, off the critical path
-        return self._current if self._current is not None else context.model.top_khz
-
-    # model --------------------------------------------------------------------------------------
-    def _switch_s(self) -> float:
-        return self.context.model.switch_seconds
-
-    def _periodic(self) -> bool:
-        return self.context.period_s is not None or (self._idle or 0.0) > 0.0
-
-    def _gap(self) -> float:
-        if self.context.period_s is not None:
-            return self.context.period_s - (self._latency or 0.0)
-        return self._idle or 0.0
-
-    def _switch_cost(self, a: int, b: int, idle_credit: float) -> float:
-        return 0.0 if a == b else self.context.model.switch_j(a, b) - idle_credit * self._switch_s()
-
-    def _choose(self, key, elapsed_s: float) -> int:
-        pipe, model = self._pipeline, self.context.model
-        remaining = pipe.remaining.get(key) if pipe.plan else None
-        if remaining is None:  # warming up, or a stage never seen: run at the top
-            self._current = model.top_khz
-            return self._current
-        c_mean, c_high, t_high, p = remaining.common_mean, remaining.common_high, remaining.tail_high, remaining.tail_share
-        base, tail = pipe.plan.base_khz, pipe.plan.tail_khz
-        credit = model.idle_w if self._periodic() else 0.0
-        budget, grow, switch = self.context.deadline_s - elapsed_s, 1.0 + self.margin, self._switch_s()
-        for tail_at_same in (False, True):
-            best, best_cost = None, math.inf
-            for f in model.frequencies_khz:
-                f_tail = f if tail_at_same else tail
-                moved = self._current is not None and f != self._current
-                finish = (switch if moved else 0.0) + c_high * grow / f
-                if finish > budget or (p > 0 and finish + (switch if f_tail != f else 0.0)
-                                       + t_high * grow / f_tail > budget):
-                    continue
-                cost = (model.active_w(f) - credit) * c_mean / f
-                cost += self._switch_cost(self._current, f, credit) if moved else 0.0
-                cost += p * self._switch_cost(f, f_tail, credit) + (1 - p) * self._switch_cost(f, base, credit)
-                if cost < best_cost:
-                    best, best_cost = f, cost
-            if best is not None:
-                self._current = best
-                return best
-        # no frequency meets the deadline: finish as early as possible, counting the switch's own time
-        self._current = min(model.frequencies_khz, key=lambda f: (switch if f != self._current else 0.0)
-                            + (c_high + t_high) / f)
+        self._pipe = self._pipelines.setdefault(pipeline, _PipelineState())
+        self._budget = self.context.deadline_s  # elapsed_s counts from the oldest image's arrival too
+        self._lateness = lateness_s  # the queue's deadlines count from now, the batch's start
+        self._queue, self._previous_count = tuple(queue), num_images
+        self._seen = None
+        self._idle = idle_s if self._idle is None else min(idle_s, self._idle + 0.2 * (idle_s - self._idle))
         return self._current
 
-    def _replan(self, pipe: _Pipeline) -> None:
-        common = [s for s in pipe.order if pipe.stats[s].num_runs == pipe.count]
-        tail = [s for s in pipe.order if s not in common]
-        mean = {s: pipe.stats[s].mean for s in pipe.order}
-        high = {s: pipe.stats[s].high for s in pipe.order}
-        p = max((pipe.stats[s].rate for s in tail), default=0.0)
-        t_mean, t_high = sum(mean[s] for s in tail), sum(high[s] for s in tail)
-        pipe.remaining = {None: Remaining(sum(mean[s] for s in common), sum(high[s] for s in common), t_mean, t_high, p)}
-        for i, stage in enumerate(common):
-            rest = common[i:]
-            pipe.remaining[stage] = Remaining(sum(mean[s] for s in rest), sum(high[s] for s in rest), t_mean, t_high, p)
-        for i, stage in enumerate(tail):
-            pipe.remaining[stage] = Remaining(sum(mean[s] for s in tail[i:]), sum(high[s] for s in tail[i:]), 0.0, 0.0, 0.0)
-        pipe.plan = self._best_plan(pipe.remaining[None])
+    def on_confidence(self, stage, confidence):
+        self._seen = (stage, float(confidence))
 
-    def _best_plan(self, work: Remaining) -> Plan:
-        a_mean, a_high, b_mean, b_high, p = work
-        model, deadline = self.context.model, self.context.deadline_s
-        credit = model.idle_w if self._periodic() else 0.0
-        grow, switch = 1.0 + self.margin, self._switch_s()
-        switch_in_critical = not self._periodic() or self._gap() < switch  # a switch back delays the next one
-        best, best_cost = Plan(model.top_khz, model.top_khz), math.inf
-        for fa in model.frequencies_khz:
-            for fb in (model.frequencies_khz if p > 0 else (fa,)):
-                moved = fa != fb
-                easy = (switch if moved and switch_in_critical else 0.0) + a_high * grow / fa
-                hard = easy + (switch if moved else 0.0) + b_high * grow / fb
-                if easy > deadline or (p > 0 and hard > deadline):
-                    continue
-                cost = (model.active_w(fa) - credit) * a_mean / fa
-                cost += p * ((model.active_w(fb) - credit) * b_mean / fb + 2 * self._switch_cost(fa, fb, credit))
-                if cost < best_cost:
-                    best, best_cost = Plan(fa, fb), cost
-        return best
+    def on_stage(self, stage, num_images, elapsed_s):
+        pipe = self._pipe
+        if num_images <= 0:  # the stage is skipped: nothing to set
+            return self._current
+        if stage not in pipe.costs:  # never seen: unknown work, run it at the top
+            self._current = self.model.top_khz
+            return self._current
+        index = pipe.order.index(stage)
+        now_cost = pipe.costs[stage].predict(num_images)
+        if num_images == 1 and not self._queue:  # one image: each exit a coin toss, planned for as such
+            single = self._single(index)
+            if single is not None:
+                left = self._budget - elapsed_s
+                start = single(left, True, True) if index == 0 else None
+                self._current = self._persist(single(left, True, False), start, single(left, False, False))
+                return self._current
+        rest = self._work(num_images, index + 1, cautious=True)
+        expected = self._work(num_images, index + 1)
+        if rest is None or expected is None or now_cost is None:
+            self._current = self.model.top_khz
+            return self._current
+        self._current = self._choose(now_cost, rest, expected, self._budget - elapsed_s, elapsed_s - self._lateness,
+                                     index == 0)
+        return self._current
+
+    def on_stage_done(self, stage, num_images, seconds, khz):
+        pipe = self._pipe
+        if pipe.order and stage != pipe.order[0] and self._previous_count:
+            ran, offered = pipe.went_on.get(stage, (0.0, 0.0))
+            keep = (1.0 - FORGET) ** self._previous_count  # about the last 1 / FORGET images count
+            pipe.went_on[stage] = (ran * keep + num_images, offered * keep + self._previous_count)
+        self._previous_count = num_images
+        if num_images > 0:
+            pipe.add_cost(stage, num_images, seconds * khz, self.smoothing)
+
+    def on_end(self, latency_s):
+        missed = latency_s > self.context.deadline_s * (1 + 1e-9)
+        self.margin = min(1.0, self.margin + self.miss_step) if missed else max(
+            self.min_margin, self.margin - self.margin_decay)
+        gap = 0.0 if self.context.back_to_back else (self._idle or 0.0)
+        if self._gap_streak and self._start != self._current and gap >= self.model.switch_seconds:
+            self._current = self._start  # where the next batch wants to start: switch in the idle gap
+        return self._current
+
+    # the prediction -----------------------------------------------------------------------------------
+    def _work(self, count: float, first: int = 0, cautious: bool = False) -> Optional[float]:
+        """Predicted kcycles of a batch's stages from index ``first`` on; ``count`` images ran the stage before it
+        (or, from the first stage, the batch has ``count`` images). ``cautious``: plan for as many images going
+        on as happen in all but 0.5% of batches (the current batch), else for the expected number (the queue:
+        its batches' surprises average out). None: a stage's cost is not known yet."""
+        pipe, total = self._pipe, 0.0
+        for i in range(first, len(pipe.order)):
+            stage = pipe.order[i]
+            if i > 0:
+                share = pipe.share(stage)
+                count = binomial_quantile(count, share) if cautious else count * share
+            cost = pipe.costs[stage].predict(count)
+            if cost is None:
+                return None
+            total += cost
+        return total
+
+    def _single(self, index: int):
+        """The exit planner for one image from stage ``index`` on (None while a stage's cost is unknown)."""
+        pipe, grow, model = self._pipe, 1.0 + self.margin, self.model
+        stages = pipe.order[index:]
+        cycles = [pipe.costs[s].predict_high(1) for s in stages]
+        if any(c is None for c in cycles):
+            return None
+        go_on = pipe.predicted(self._seen, stages) or [1.0] + [pipe.share(s) for s in stages[1:]]
+        per_kcycle = {f: self._per_kcycle(f) for f in set(self.levels) | {self._current}}
+
+        def choose(time_left: float, free_energy: bool, free_time: bool) -> int:
+            return next_frequency([c * grow for c in cycles], go_on, tuple(per_kcycle), per_kcycle,
+                                  lambda a, b: model.switch_j(a, b) - self.credit_w * model.switch_seconds,
+                                  self._current, time_left, self._budget, model.switch_seconds, free_energy, free_time)
+
+        return choose
+
+    def _choose(self, now_cost: float, rest: float, expected_rest: float, budget: float, into_batch: float,
+                first_stage: bool) -> int:
+        """The frequency of the next stage: ``now_cost`` kcycles now, then ``rest`` more of this batch (planned
+        for; ``expected_rest`` on average) by ``budget`` seconds from now, then the queued batches by theirs.
+        Of the frequencies after which the work left still fits at the top, the one of least expected energy:
+        this stage at f, plus the work left at the speed it then needs (on the hull, between two points)."""
+        grow, switch = 1.0 + self.margin, self.model.switch_seconds
+        due, expected = [(rest, budget)], expected_rest
+        for num_images, seconds in self._queue:
+            work = self._work(num_images) or 0.0
+            due.append((due[-1][0] + work, seconds - into_batch))
+            expected += work
+
+        def speed_after(elapsed: float, first: float = 0.0) -> float:
+            """The speed (kHz) the work left needs after ``elapsed`` seconds, with room for a switch per batch."""
+            need = 0.0
+            for k, (work, seconds) in enumerate(due):
+                total, room = (work + first) * grow, seconds - elapsed - (switch * (k + 1) if work + first else 0.0)
+                if room < 0 or (total > 0 and room == 0):  # what ran already overruns this deadline
+                    return math.inf
+                need = max(need, total / room if total > 0 else 0.0)
+            return need
+
+        top, planned = self.model.top_khz, due[-1][0]  # the work the speed after is for (not the expected:
+        if speed_after(0.0, now_cost) > top:          # its cost would then undercount a speed-up later)
+            return top
+        best, best_cost, free, free_cost = top, math.inf, top, math.inf
+        for f in sorted(set(self.levels) | {self._current}):
+            moved = f != self._current
+            after = speed_after((switch if moved else 0.0) + now_cost * grow / f)
+            if after > top:
+                continue
+            cost = now_cost * self._per_kcycle(f) + planned * self._per_kcycle_at(after)
+            if cost < free_cost:
+                free, free_cost = f, cost
+            if moved:
+                cost += self.model.switch_j(self._current, f) - self.credit_w * switch
+            if cost < best_cost:
+                best, best_cost = f, cost
+        return self._persist(free, free if first_stage else None, best)
+
+    def _persist(self, free: int, start: Optional[int], best: int) -> int:
+        """``best``, or ``free`` (the choice were the switch's energy free) when it has been wanted ``PERSIST``
+        decisions in a row: a switch that does not pay within this stage can pay over the stages and batches after
+        it, the frequency staying set. ``start``: at a batch's first stage, the frequency it would run at were the
+        CPU already there, which ``on_end`` switches to in an idle gap when two batches in a row wanted it."""
+        self._streak = self._streak + 1 if free == self._wanted and free != best else 0
+        self._wanted = free
+        if start is not None:
+            self._gap_streak = self._gap_streak + 1 if start == self._start else 0
+            self._start = start
+        return free if self._streak >= PERSIST else best
+
+    def _per_kcycle_at(self, speed: float) -> float:
+        """Energy per kcycle of running at ``speed`` kHz: a mix of the two hull points around it."""
+        levels = self.levels
+        if speed <= levels[0]:
+            return self._per_kcycle(levels[0])
+        upper = next((f for f in levels if f >= speed), levels[-1])
+        lower = max(f for f in levels if f <= speed) if speed < upper else upper
+        if upper == lower:
+            return self._per_kcycle(upper)
+        share_upper = (1 / lower - 1 / speed) / (1 / lower - 1 / upper)  # time per cycle mixes linearly
+        return share_upper * self._per_kcycle(upper) + (1 - share_upper) * self._per_kcycle(lower)
+
+    def _per_kcycle(self, khz: int) -> float:
+        return (self.model.active_w(khz) - self.credit_w) / khz

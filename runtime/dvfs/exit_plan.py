@@ -1,4 +1,7 @@
-"""One image, several exits: the frequency of least expected energy for the next stage, by dynamic programming.
+"""What EENet predicts with: costs per number of images, the images going on, the efficient operating points,
+and, for one image with several exits, the frequency of least expected energy for the next stage.
+
+``next_frequency`` works by dynamic programming.
 
 When a single image runs (a camera frame, a batch of one), whether it goes on after a stage is a coin toss
 with the learned share as its odds, so planning for the mean is wrong and planning for the worst case wastes
@@ -15,18 +18,22 @@ values between points are interpolated, so a choice is checked again against the
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
 GRID = 96
+QUANTILE = 0.995  # the images not yet gated that a batch plans for: all but 0.5% of batches have no more
 NEVER = 1e30  # the energy of a choice that cannot finish in time (finite, so that it interpolates)
 
 
 def next_frequency(cycles: list, go_on: list, frequencies: tuple, per_kcycle: dict, switch_excess, current: int,
-                   time_left: float, deadline: float, switch_s: float) -> int:
+                   time_left: float, deadline: float, switch_s: float, free_energy: bool = False,
+                   free_time: bool = False) -> int:
     """``cycles``: kcycles of the stages left, this one first (already grown by the margin); ``go_on[i]``: the
     chance stage i runs once stage i-1 has (``go_on[0]`` unused); ``switch_excess(a, b)``: a switch's energy
-    beyond idle. Returns the frequency (kHz) for this stage; the top when nothing fits."""
+    beyond idle. ``free_energy``: a switch now costs its time but not its energy; ``free_time`` as well: the choice
+    were the CPU already at each frequency. Returns the frequency (kHz) for this stage; the top when nothing fits."""
     freqs = np.array(sorted(set(frequencies) | {current}), dtype=np.float64)
     top = freqs[-1]
     grid = np.linspace(0.0, max(deadline, time_left), GRID)
@@ -49,11 +56,91 @@ def next_frequency(cycles: list, go_on: list, frequencies: tuple, per_kcycle: di
     choice, best_cost = int(top), math.inf
     k = int(np.searchsorted(freqs, current))
     for j, f in enumerate(freqs):
-        left = time_left - cycles[0] / f - (switch_s if j != k else 0.0)
+        left = time_left - cycles[0] / f - (switch_s if j != k and not free_time else 0.0)
         if left < worst[1] - (switch_s if f == top else 0.0):
             continue
         later = go_on[1] * float(np.interp(left, grid, value[j])) if len(cycles) > 1 else 0.0
-        cost = cycles[0] * e[j] + swx[k, j] + later
+        cost = cycles[0] * e[j] + (swx[k, j] if not free_energy else 0.0) + later
         if cost < best_cost:
             choice, best_cost = int(f), cost
     return choice
+
+
+def binomial_quantile(count: float, share: float, quantile: float = QUANTILE) -> int:
+    """The least k with P(Binomial(ceil(count), share) <= k) >= quantile."""
+    n = math.ceil(count - 1e-9)
+    cumulative = 0.0
+    for k in range(n + 1):
+        cumulative += math.comb(n, k) * share ** k * (1 - share) ** (n - k)
+        if cumulative >= quantile:
+            return k
+    return n
+
+
+def efficient_frequencies(model, credit_w: Optional[float] = None) -> tuple:
+    """The OPPs (kHz, ascending) on the lower convex hull of energy per cycle above ``credit_w`` (default: the idle
+    power) against time per cycle, from the most efficient one up to the top: the only ones a least-energy schedule
+    mixes."""
+    credit = model.idle_w if credit_w is None else credit_w
+    points = sorted(((1.0 / f, (model.active_w(f) - credit) / f, f) for f in model.frequencies_khz))
+    hull: list = []  # from the top frequency (least time per cycle) towards the most efficient one
+    for point in points:
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            if (y2 - y1) * (point[0] - x1) >= (point[1] - y1) * (x2 - x1):  # hull[-1] is not below the chord
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    best = min(range(len(hull)), key=lambda i: hull[i][1])
+    return tuple(sorted(f for _, _, f in hull[: best + 1]))
+
+
+def per_count(by_count: dict, num_images: float) -> Optional[float]:
+    """A cost for ``num_images`` from costs known per number of images: the known one, else linear between the
+    nearest known sizes (beyond them, along the line through the two nearest; one size known: ∝ images)."""
+    if num_images <= 0:
+        return 0.0
+    if num_images in by_count:
+        return by_count[num_images]
+    if not by_count:
+        return None
+    sizes = np.array(sorted(by_count), dtype=np.float64)
+    values = np.array([by_count[int(s)] for s in sizes])
+    if len(sizes) == 1:
+        return float(values[0] * num_images / sizes[0])
+    if sizes[0] <= num_images <= sizes[-1]:
+        return float(np.interp(num_images, sizes, values))
+    i, k = (0, 1) if num_images < sizes[0] else (-2, -1)
+    slope = (values[k] - values[i]) / (sizes[k] - sizes[i])
+    return float(max(0.0, values[i] + slope * (num_images - sizes[i])))
+
+
+class Costs:
+    """One stage's cost in thousands of cycles per number of images: smoothed, and a tracked upper quantile."""
+
+    __slots__ = ("by_count", "high", "runs", "smoothing")
+    WARMUP, QUANTILE = 16, 0.995
+
+    def __init__(self, smoothing: float):
+        self.by_count, self.high, self.runs = {}, {}, {}
+        self.smoothing = smoothing
+
+    def add(self, num_images: int, kcycles: float) -> None:
+        old = self.by_count.get(num_images)
+        mean = self.by_count[num_images] = kcycles if old is None else old + self.smoothing * (kcycles - old)
+        runs = self.runs[num_images] = self.runs.get(num_images, 0) + 1
+        high = self.high.get(num_images, kcycles)
+        if runs <= self.WARMUP:
+            high = max(high, kcycles)
+        else:  # stochastic quantile tracking: up τ·step when exceeded, down (1 − τ)·step otherwise
+            step = 0.1 * mean
+            high += step * self.QUANTILE if kcycles > high * (1 + 1e-9) else -step * (1 - self.QUANTILE)
+        self.high[num_images] = max(high, mean)
+
+    def predict(self, num_images: float) -> Optional[float]:
+        return per_count(self.by_count, num_images)
+
+    def predict_high(self, num_images: float) -> Optional[float]:
+        """The cost that all but about 0.5% of runs stay under (the smoothed one until sizes are seen)."""
+        return per_count({**self.by_count, **self.high}, num_images)

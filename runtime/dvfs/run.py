@@ -1,4 +1,4 @@
-"""Run a pipeline image by image under a DVFS policy, on the device or against a sysfs tree.
+"""Run pipelines under a DVFS policy, on the device or against a sysfs tree.
 
 One function sets everything up in the right order: the cpufreq controller (which always gives the
 CPU back), the energy model over the device's OPP list, a meter when the machine has one, and the
@@ -15,18 +15,65 @@ from typing import Iterator, Optional
 from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.energy import model_for
 from cbnet_tl.runtime.dvfs.meters import find_meter
-from cbnet_tl.runtime.dvfs.policies import parse_policy
+from cbnet_tl.runtime.dvfs.eenet import EENetPolicy
+from cbnet_tl.runtime.dvfs.policy import POLICY_CHOICES, Policy, PolicyKind, StaticPolicy
 from cbnet_tl.runtime.dvfs.session import DvfsSession
-from cbnet_tl.runtime.errors import DvfsError
+from cbnet_tl.runtime.errors import ConfigError, DvfsError
 
 DEFAULT_STATE_FILE = Path("/run/cbnet-tl/cpufreq-saved.json")
 
 
+def parse_policy(text: str) -> Optional[Policy]:
+    """``off`` → None; ``performance``, ``powersave``, ``fixed:<MHz>``, ``eenet`` → an unbound policy."""
+    spec = str(text).strip().lower()
+    if spec == "off":
+        return None
+    if spec in (PolicyKind.PERFORMANCE.value, PolicyKind.POWERSAVE.value):
+        return StaticPolicy(PolicyKind(spec))
+    if spec == PolicyKind.EENET.value:
+        return EENetPolicy()
+    if spec.startswith("fixed:") and spec[6:].isdigit() and int(spec[6:]) > 0:
+        return StaticPolicy(PolicyKind.FIXED, int(spec[6:]))
+    hint = " The oracle needs the whole trace: only `cbnet-tl simulate` offers it." if spec == "oracle" else ""
+    raise DvfsError(f"Expected a DVFS policy, one of {list(POLICY_CHOICES)} (e.g. fixed:1000). "
+                    f"Received: {text!r}.{hint}")
+
+
+def workload_options(workload: Optional[str], deadline_ms: Optional[float],
+                     period_ms: Optional[float] = None) -> dict:
+    """``dvfs_session``'s ``deadline_ms``, ``period_ms`` and ``burst`` from ``--workload``, ``--deadline-ms`` and
+    ``--period-ms``: ``camera:FPS`` an image every 1/FPS s, due within the period unless ``--deadline-ms`` says
+    otherwise; ``burst:K:MS`` every image there at the start, due within MS ms; neither: back to back, or one
+    image every ``--period-ms``. A mistyped workload is an error, never ignored. (``arrivals:FILE`` is for
+    ``cbnet-tl simulate``: the board's arrivals are its own.)"""
+    for name, value in (("--deadline-ms", deadline_ms), ("--period-ms", period_ms)):
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"Expected {name} > 0 and finite (milliseconds). Received: {value}")
+    if workload is None:
+        return {"deadline_ms": deadline_ms, "period_ms": period_ms, "burst": False}
+    if period_ms is not None:
+        raise ConfigError("--period-ms and --workload both say when images arrive: give one of them")
+    kind, _, rest = workload.strip().lower().partition(":")
+    parts = rest.split(":")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if kind == "camera" and len(values) == 1 and 0 < values[0] < math.inf:
+        period = 1e3 / values[0]
+        return {"deadline_ms": period if deadline_ms is None else deadline_ms, "period_ms": period, "burst": False}
+    if kind == "burst" and len(values) == 2 and parts[0].isdigit() and int(parts[0]) >= 1 and 0 < values[1] < math.inf:
+        return {"deadline_ms": values[1] if deadline_ms is None else deadline_ms, "period_ms": None, "burst": True}
+    raise ConfigError(f"Expected --workload camera:FPS or burst:K:MS (e.g. camera:30, burst:64:500). "
+                      f"Received: {workload!r}")
+
+
 @contextlib.contextmanager
 def dvfs_session(dvfs: str, *, deadline_ms: Optional[float], period_ms: Optional[float] = None,
-                 sysfs_root: Path = Path("/"), target: str = "rpi4",
+                 burst: bool = False, sysfs_root: Path = Path("/"), target: str = "rpi4",
                  state_file: Optional[Path] = None) -> Iterator[DvfsSession]:
-    """A ``DvfsSession`` for ``dvfs`` ('off', 'performance', 'powersave', 'fixed:<MHz>', 'eenet')."""
+    """A ``DvfsSession`` for ``dvfs`` ('off', 'performance', 'powersave', 'fixed:<MHz>', 'eenet'); its arrivals
+    periodic (``period_ms``), a burst (``burst``: every image there at the start) or back to back."""
     policy = parse_policy(dvfs)
     if policy is not None and deadline_ms is None:
         raise DvfsError(f"--dvfs {dvfs} needs --deadline-ms: the policy chooses frequencies to meet it")
@@ -38,12 +85,13 @@ def dvfs_session(dvfs: str, *, deadline_ms: Optional[float], period_ms: Optional
     meter = find_meter(Path(sysfs_root))
     if policy is None:
         model = model_for(target)
-        with DvfsSession(None, None, meter or model, deadline_s, period_s, model=model) as session:
+        with DvfsSession(None, None, meter or model, deadline_s, period_s, model=model, burst=burst) as session:
             yield session
         return
     if state_file is None and Path(sysfs_root) == Path("/"):
         state_file = DEFAULT_STATE_FILE
     with CpufreqController(Path(sysfs_root), state_file=state_file) as controller:
         model = model_for(target, controller.frequencies_khz, controller.transition_latency_s)
-        with DvfsSession(policy, controller, meter or model, deadline_s, period_s, model=model) as session:
+        with DvfsSession(policy, controller, meter or model, deadline_s, period_s, model=model,
+                         burst=burst) as session:
             yield session

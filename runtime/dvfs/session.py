@@ -1,4 +1,8 @@
-"""``DvfsSession``: applies a DVFS policy on a device while the pipelines run, and sums up what it cost."""
+"""``DvfsSession``: applies a DVFS policy while the pipelines run, and keeps the energy books.
+
+The one driver of every policy: on the board (a ``CpufreqController`` and the real clock) and in
+``cbnet-tl simulate`` (a simulated cpufreq and clock), so the simulator's totals are the board's books.
+"""
 
 from __future__ import annotations
 
@@ -9,44 +13,42 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.dvfs.base import PRE_STAGE, DvfsContext, Policy
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, EnergySource
+from cbnet_tl.runtime.dvfs.policy import DvfsContext, Policy
 from cbnet_tl.runtime.errors import DvfsError
 from cbnet_tl.runtime.exits import EXIT_TABLE
 
 LATENCY_WINDOW = 65_536  # latencies kept for the median and p95: a service's memory stays bounded
+LATE = 1 + 1e-9  # a latency over deadline × LATE misses (a plan that finishes on the deadline meets it)
 
 
 class DvfsSession:
-    """The pipelines' stage hook on a device: applies a policy through a ``CpufreqController``, times every
-    stage and sums up misses, latency, energy and time per frequency.
+    """The pipelines' stage hook: applies a policy through a controller, times every stage and sums up misses,
+    latency, energy and time per frequency.
 
-    ``energy`` is an ``EnergyModel`` (energy ``modelled`` from the time spent at each frequency) or a meter
-    from ``meters`` (energy ``measured`` over the session's window). A policy decides from a power model
-    even when energy is measured: pass ``model`` then. ``controller=None`` means DVFS off: no policy, and
-    the frequency is whatever the governor chooses (modelled energy then assumes the top frequency).
-    Use ``with session:`` to start and stop a meter; call ``wait_for_arrival()`` before each inference
-    when ``period_s`` is set, so that lateness and idle time are known.
+    ``energy`` is an ``EnergyModel`` (energy ``modelled`` from the time spent at each frequency) or a meter from
+    ``meters`` (energy ``measured`` over the session's window); a policy decides from a power model even then:
+    pass ``model``. ``controller=None`` means DVFS off: no policy, the governor chooses (modelled energy assumes
+    the top frequency). ``with session:`` sets the policy's first frequency and starts a meter.
 
-    Batches: call ``begin_batch(pipeline, num_images, waited_s, queue)`` before ``classify`` on a batch whose
-    oldest image arrived ``waited_s`` ago (or ``classify_batch``, which does both); the policy then hears the
-    batch events (``Policy.on_batch`` ...), with each stage's number of images when the stage hook passes it
-    (``before_stage(stage, num_images)``; else the batch's size), and the deadline counts from that oldest image.
-    Each image counts as one inference, with a latency from its own arrival when ``image_waits`` gives each
-    image's wait (else its oldest image's: an upper bound for the others). A caller that waits for work between
-    batches (a service polling its inbox) says so with ``idle(seconds)``: that time is idle, not busy.
+    Arrivals: ``classify_next`` runs the next batch of a stream, with a period (image k arrives at t0 + k·period),
+    as a burst (``burst=True``: every image there when the first batch began, the rest queued behind each batch)
+    or back to back (each batch arrives when the previous one has answered). ``classify_batch`` runs a batch whose
+    arrivals the caller knows (a service's inbox). A caller that waits for work says so with ``idle(seconds)``.
 
-    Counts, misses, energy and time per frequency are totals (``totals()``, cheap enough after every batch);
-    the latency median and p95 in ``summary()`` cover the last ``LATENCY_WINDOW`` images.
+    The policy hears every stage of the pipeline in order, a stage no image reached with 0 images; the time before
+    the first stage counts in the books but not as a stage. Each image counts as one inference.
     """
 
     def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
-                 period_s: Optional[float] = None, *, model: Optional[EnergyModel] = None,
+                 period_s: Optional[float] = None, *, model: Optional[EnergyModel] = None, burst: bool = False,
                  clock=time.perf_counter, sleep=time.sleep):
         if (policy is None) != (controller is None):
             raise DvfsError("A DVFS policy needs a CpufreqController, and a controller needs a policy. Received "
                             f"policy={getattr(policy, 'name', None)!r}, controller={controller!r}. Use DVFS off "
                             "(no policy, no controller) to run without frequency control")
+        if period_s is not None and not period_s > 0:
+            raise DvfsError(f"Expected a period > 0 s, or none. Received: {period_s}")
         self.meter = None if isinstance(energy, EnergyModel) else energy
         model = energy if isinstance(energy, EnergyModel) else model
         if model is None and (policy is not None or self.meter is None):
@@ -56,16 +58,18 @@ class DvfsSession:
                             f"CPU's {list(controller.frequencies_khz)}; build it with model_for(target, "
                             "controller.frequencies_khz)")
         self.policy, self.controller, self.model = policy, controller, model
-        self.context = DvfsContext(model, deadline_s, period_s)
+        self.period_s, self.burst = period_s, burst and period_s is None
+        self.context = DvfsContext(model, deadline_s, back_to_back=period_s is None and not burst)
         if policy is not None:
             policy.bind(self.context)
         self._clock, self._sleep = clock, sleep
-        self._khz: Optional[int] = None
-        self._next_arrival: Optional[float] = None
+        self._khz: Optional[int] = getattr(controller, "khz_at_start", None)  # a simulated CPU says; a governor not
+        self._next_arrival = self._began = None
         self._arrival = self._mark = self._last_end = None
-        self._segment, self._slept, self._reading = PRE_STAGE, 0.0, None
-        self._batch: Optional[tuple] = None  # (num_images, seconds waited, queue, image waits) of the next batch
-        self._segment_images, self._answer_later = 0, False
+        self._slept, self._reading = 0.0, None
+        self._batch: Optional[tuple] = None  # (num_images, queue, how much younger each image is) of this batch
+        self._stages: tuple = ()  # the pipeline's stages, in order, and how many the policy has heard of
+        self._heard, self._segment, self._segment_images = 0, None, 0
         self._exit_tables: set = set()  # pipelines whose exit table the policy has been given
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self.num_inferences = self.num_misses = self.num_batches = 0
@@ -78,10 +82,6 @@ class DvfsSession:
     def deadline_s(self) -> float:
         return self.context.deadline_s
 
-    @property
-    def period_s(self) -> Optional[float]:
-        return self.context.period_s
-
     def __enter__(self) -> "DvfsSession":
         if self.policy is not None:
             self._apply(self.policy.initial_khz())  # before the first arrival: no inference waits for it
@@ -93,15 +93,131 @@ class DvfsSession:
         if self.meter is not None and self._reading is None:
             self._reading = self.meter.stop()
 
-    def wait_for_arrival(self) -> None:
-        """Periodic arrivals: sleep until the next one (t0 + k·period); return at once when late."""
-        if self.period_s is None:
-            return
+    # arrivals -----------------------------------------------------------------------------------------
+    def wait_for_arrival(self) -> float:
+        """Periodic arrivals: sleep until the next one (t0 + k·period); how late it is taken (0 when waited for)."""
         now = self._clock()
         self._next_arrival = now if self._next_arrival is None else self._next_arrival + self.period_s
         if now < self._next_arrival:
             self._sleep(self._next_arrival - now)
             self.idle(self._clock() - now)
+        return max(0.0, self._clock() - self._next_arrival)
+
+    def classify_next(self, pipeline, images: np.ndarray, behind: int = 0):
+        """The next batch of this session's arrival stream (see the class); ``behind``: images still to come after
+        it in a burst, queued in batches of this one's size."""
+        count = len(images)
+        if self.period_s is not None:
+            if count != 1:
+                raise DvfsError(f"Periodic arrivals come one image at a time: expected batches of 1. Received {count}")
+            return self.classify_batch(pipeline, images, [self.wait_for_arrival()])
+        if not self.burst:
+            return self.classify_batch(pipeline, images, [0.0] * count)
+        self._began = self._clock() if self._began is None else self._began
+        waited = self._clock() - self._began
+        queue = [(min(count, behind - first), waited) for first in range(0, behind, count)]
+        return self.classify_batch(pipeline, images, [waited] * count, queue)
+
+    def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = (),
+                       answered_later: bool = False):
+        """``pipeline.classify(images)`` as one batch. ``image_waits``: seconds each image has waited since it
+        arrived; ``queue_waits``: the batches behind it as (num_images, seconds its oldest image has waited).
+        ``answered_later``: the latency runs on until the caller's ``answered()`` (its results written)."""
+        num_images, waited = len(image_waits), max(image_waits, default=-1.0)
+        if num_images < 1 or min(image_waits) < 0:
+            raise DvfsError(f"Expected a batch of >= 1 images waited for >= 0 s. Received: {list(image_waits)}")
+        younger = np.maximum(0.0, waited - np.asarray(image_waits, dtype=np.float64))
+        queue = tuple((num, self.deadline_s - seconds) for num, seconds in queue_waits)
+        self._batch, self._stages = (num_images, queue, younger), tuple(pipeline.spec.models)
+        self.num_batches += 1
+        self._begin(pipeline, waited)
+        if self.policy is None:  # nothing to decide between stages: no hook, no overhead
+            result = pipeline.classify(images)
+        else:
+            if pipeline.name not in self._exit_tables:  # a multi-exit pipeline's table, learned by the build
+                self._exit_tables.add(pipeline.name)
+                if pipeline.options.get(EXIT_TABLE):
+                    self.policy.learn_exits(pipeline.name, pipeline.options[EXIT_TABLE])
+            result = pipeline.classify(images, hook=self)
+        self._finish()
+        if not answered_later:
+            self.answered()
+        return result
+
+    def idle(self, seconds: float) -> None:
+        """The caller waited ``seconds`` for work: idle time, not busy, in the totals at once."""
+        seconds = max(0.0, seconds)
+        self._slept += seconds  # until the next batch: told to the policy, and kept out of the busy time
+        self.idle_seconds += seconds
+
+    # the stage hook (``Pipeline.classify`` calls it) ----------------------------------------------------
+    def begin_inference(self, pipeline: str) -> None:
+        pass  # ``classify_batch`` began the batch
+
+    def before_stage(self, stage: str, num_images: Optional[int] = None) -> None:
+        now = self._clock()
+        seconds = self._account(now)
+        count = self._batch[0] if num_images is None else num_images
+        if self._segment is not None:
+            self.policy.on_stage_done(self._segment, self._segment_images, seconds, self._khz)
+        for skipped in self._stages[self._heard:self._stages.index(stage) if stage in self._stages else self._heard]:
+            self._skip(skipped, now)
+        self._heard = self._stages.index(stage) + 1 if stage in self._stages else self._heard
+        self._apply(self.policy.on_stage(stage, count, now - self._arrival))
+        self._mark, self._segment, self._segment_images = self._clock(), stage, count
+
+    def exit_confidence(self, stage: str, confidence: float) -> None:
+        self.policy.on_confidence(stage, confidence)
+
+    def after_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def end_inference(self, path: str) -> None:
+        pass  # ``classify_batch`` ends the batch
+
+    def answered(self) -> None:
+        """The batch's answers are out: its latency ends now, and the policy hears the batch's end. ``classify_batch``
+        calls it unless ``answered_later``; a service calls it once the batch's results are written."""
+        if self._batch is None or self._last_end is None:
+            raise DvfsError("answered() needs a batch that ran (classify_batch)")
+        now = self._clock()
+        self._mark = self._last_end
+        self._account(now)  # writing the answers: busy, at the frequency of the batch's last stage
+        num_images, _, younger = self._batch
+        latency = now - self._arrival
+        self._count((latency - younger).tolist())
+        if self.policy is not None:
+            self._apply(self.policy.on_end(latency))
+        self._batch = None
+        self._last_end = self._clock()
+
+    # the books ------------------------------------------------------------------------------------------
+    def _begin(self, pipeline, waited: float) -> None:
+        now = self._clock()
+        idle, self._slept = self._slept, 0.0
+        if self._last_end is not None:  # time between batches not spent waiting is the caller's work
+            self._mark = self._last_end
+            self._account(now - idle)
+        self._arrival, self._heard, self._segment = now - waited, 0, None
+        num_images, queue, _ = self._batch
+        if self.policy is not None:
+            self._apply(self.policy.on_batch(pipeline.name, num_images, waited, idle, queue))
+        self._mark = self._clock()
+
+    def _finish(self) -> None:
+        now = self._clock()
+        seconds = self._account(now)
+        if self.policy is not None:
+            if self._segment is not None:
+                self.policy.on_stage_done(self._segment, self._segment_images, seconds, self._khz)
+            for skipped in self._stages[self._heard:]:
+                self._skip(skipped, now)
+        self._last_end = self._clock()
+
+    def _skip(self, stage: str, now: float) -> None:
+        """A stage no image of the batch reached: the policy hears it with 0 images, so that it learns the shares."""
+        self._apply(self.policy.on_stage(stage, 0, now - self._arrival))
+        self.policy.on_stage_done(stage, 0, 0.0, self._khz)
 
     def _apply(self, khz: int) -> None:
         if khz == self._khz:
@@ -118,123 +234,12 @@ class DvfsSession:
         self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
         return seconds
 
-    def begin_batch(self, pipeline: str, num_images: int, waited_s: float = 0.0, queue: tuple = (),
-                    image_waits: Optional[Sequence[float]] = None) -> None:
-        """The next ``classify`` runs a batch of ``num_images``, the oldest of which arrived ``waited_s`` ago;
-        ``queue``: the batches waiting behind it, as (num_images, seconds to its deadline); ``image_waits``: how
-        long each image of the batch waited (for each one's latency), at most ``waited_s``."""
-        if num_images < 1 or waited_s < 0:
-            raise DvfsError(f"Expected a batch of >= 1 images waited for >= 0 s. Received: {num_images}, {waited_s}")
-        if image_waits is not None and len(image_waits) != num_images:
-            raise DvfsError(f"Expected one wait per image of the batch, {num_images}. Received: {len(image_waits)}")
-        younger = None if image_waits is None else np.maximum(0.0, waited_s - np.asarray(image_waits, dtype=float))
-        self._batch = (int(num_images), float(waited_s), tuple(queue), younger)
-        self.num_batches += 1
-
-    def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = (),
-                       answered_later: bool = False):
-        """``pipeline.classify(images)`` as one batch under this session. ``image_waits``: seconds each image has
-        waited since it arrived; ``queue_waits``: the batches behind it as (num_images, seconds its oldest image
-        has waited). The policy hears every stage; DVFS off, the pipeline runs without a stage hook.
-        ``answered_later``: the latency runs on until the caller's ``answered()`` (its results written)."""
-        waited = max(image_waits)
-        queue = tuple((num, self.deadline_s - seconds) for num, seconds in queue_waits)
-        self.begin_batch(pipeline.name, len(image_waits), waited, queue, image_waits)
-        self._answer_later = answered_later
-        if self.policy is not None:
-            if pipeline.name not in self._exit_tables:  # a multi-exit pipeline's table, learned by the build
-                self._exit_tables.add(pipeline.name)
-                if pipeline.options.get(EXIT_TABLE):
-                    self.policy.learn_exits(pipeline.name, pipeline.options[EXIT_TABLE])
-            return pipeline.classify(images, hook=self)
-        self.begin_inference(pipeline.name)
-        result = pipeline.classify(images)
-        self.end_inference(result.path)
-        return result
-
-    def idle(self, seconds: float) -> None:
-        """The caller waited ``seconds`` for work (not inferring): idle time, not busy, in the totals at once (a
-        service idle after its last batch reports that time too)."""
-        seconds = max(0.0, seconds)
-        self._slept += seconds  # until the next inference: told to the policy, and kept out of the busy time
-        self.idle_seconds += seconds
-
-    # the stage hook -----------------------------------------------------------------------------
-    def begin_inference(self, pipeline: str) -> None:
-        now = self._clock()
-        idle, self._slept = self._slept, 0.0
-        if self._last_end is not None:  # time between inferences not spent asleep is the caller's work
-            self._mark = self._last_end
-            self._account(now - idle)
-        self._arrival = self._next_arrival if self._next_arrival is not None else now
-        if self._batch is not None:
-            num_images, waited, queue, _ = self._batch
-            self._arrival, self._segment_images = now - waited, num_images
-            if self.policy is not None:
-                self._apply(self.policy.on_batch(pipeline, num_images, waited, idle, queue))
-        elif self.policy is not None:
-            self._apply(self.policy.on_begin(pipeline, max(0.0, now - self._arrival), idle))
-        self._mark, self._segment = self._clock(), PRE_STAGE
-
-    def before_stage(self, stage: str, num_images: Optional[int] = None) -> None:
-        now = self._clock()
-        seconds = self._account(now)
-        if self.policy is not None and self._batch is not None:
-            count = self._batch[0] if num_images is None else num_images
-            self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
-            self._apply(self.policy.on_batch_stage(stage, count, now - self._arrival))
-            self._segment_images = count
-        elif self.policy is not None:
-            self.policy.on_stage_done(self._segment, seconds, self._khz)
-            self._apply(self.policy.on_stage(stage, now - self._arrival))
-        self._mark, self._segment = self._clock(), stage
-
-    def exit_confidence(self, stage: str, confidence: float) -> None:
-        if self.policy is not None and self._batch is not None:
-            self.policy.on_batch_confidence(stage, confidence)
-
-    def after_stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
-
-    def end_inference(self, path: str) -> None:
-        now = self._clock()
-        seconds = self._account(now)
-        latency = now - self._arrival
-        if self._batch is not None:
-            if self.policy is not None:
-                self.policy.on_batch_stage_done(self._segment, self._segment_images, seconds, self._khz)
-            self._last_end = self._clock()
-            if not self._answer_later:
-                self.answered()
-            return
-        self._count((latency,))
-        if self.policy is not None:
-            self.policy.on_stage_done(self._segment, seconds, self._khz)
-            self._apply(self.policy.on_end(path, latency))
-        self._last_end = self._clock()
-
-    def answered(self) -> None:
-        """The batch's answers are out: its latency ends now, and the policy hears the batch's end. ``classify_batch``
-        calls it unless ``answered_later``; a service calls it once the batch's results are written."""
-        if self._batch is None or self._last_end is None:
-            raise DvfsError("answered() needs a batch that ran (classify_batch, or begin_batch and classify)")
-        now = self._clock()
-        self._mark = self._last_end
-        self._account(now)  # writing the answers: busy, at the frequency of the batch's last stage
-        num_images, _, queue, younger = self._batch
-        latency = now - self._arrival
-        self._count([latency] * num_images if younger is None else (latency - younger).tolist())
-        if self.policy is not None:
-            self._apply(self.policy.on_batch_end(latency, queue))
-        self._batch, self._answer_later = None, False
-        self._last_end = self._clock()
-
     def _count(self, latencies) -> None:
         self.latencies.extend(latencies)
         self.num_inferences += len(latencies)
-        self.num_misses += sum(1 for latency in latencies if latency > self.deadline_s)
+        self.num_misses += sum(1 for latency in latencies if latency > self.deadline_s * LATE)
 
-    # results ------------------------------------------------------------------------------------
+    # results --------------------------------------------------------------------------------------------
     def totals(self) -> dict:
         """Inferences, misses, energy (``energy_source``: modelled or measured) and time per frequency so far,
         strict JSON (no deadline: ``deadline_ms`` None). A meter keeps measuring."""
@@ -243,7 +248,7 @@ class DvfsSession:
             "dvfs": self.policy.name if self.policy is not None else "off",
             "method": getattr(getattr(self.controller, "method", None), "value", None),
             "num_inferences": count,
-            "num_batches": self.num_batches,  # 0: one inference at a time
+            "num_batches": self.num_batches,
             "deadline_ms": self.deadline_s * 1e3 if math.isfinite(self.deadline_s) else None,  # None: no deadline
             "deadline_misses": self.num_misses,
             "miss_rate": self.num_misses / count if count else 0.0,
@@ -258,14 +263,17 @@ class DvfsSession:
             joules = reading.joules
             result.update(energy_source=EnergySource.MEASURED.value, energy_meter=reading.meter)
         else:
-            busy = {(self.model.top_khz if khz is None else khz): s for khz, s in self.busy_seconds.items()}
-            joules = self.model.energy_j(busy, self.idle_seconds) + sum(
-                self.model.switch_j(a, b) * n for (a, b), n in self.switches.items())
+            joules = self.modelled_joules()
             result.update(energy_source=EnergySource.MODELLED.value, energy_model=self.model.table.target)
             if self.controller is None:
                 result["energy_note"] = "DVFS off: the frequency was not controlled; modelled at the top frequency"
         result.update(energy_j=joules / count if count else None, energy_j_total=joules)
         return result
+
+    def modelled_joules(self) -> float:
+        """The power model over the books: busy time at P(f), idle time at P_idle, each switch its energy."""
+        busy = {(self.model.top_khz if khz is None else khz): s for khz, s in self.busy_seconds.items()}
+        return self.model.energy_j(busy, self.idle_seconds, list(self.switches.elements()))
 
     def summary(self) -> dict:
         """``totals()`` (a meter stops) with the period and the latency median and p95 (of the last

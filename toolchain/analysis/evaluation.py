@@ -101,11 +101,9 @@ def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict, batch
     from cbnet_tl.runtime.dvfs.run import dvfs_session
 
     with dvfs_session(options["dvfs"], deadline_ms=options["deadline_ms"], period_ms=options["period_ms"],
-                      sysfs_root=options["sysfs_root"], target=options["target"]) as session:
-        if batch_size == 1:
-            predicted, paths = classify_each(pipeline, images, session)
-        else:
-            predicted, paths = classify_burst(pipeline, images, session, batch_size)
+                      burst=options.get("burst", batch_size > 1), sysfs_root=options["sysfs_root"],
+                      target=options["target"]) as session:
+        predicted, paths = classify_stream(pipeline, images, session, batch_size)
     summary = session.summary()
     counts = Counter(paths)
     return {"accuracy": float((predicted == labels).mean()), "num_images": int(len(labels)), "batch_size": batch_size,
@@ -124,24 +122,13 @@ def format_evaluation(result: dict) -> str:
     return "\n".join(lines)
 
 
-def classify_each(pipeline, images, session) -> tuple:
-    """Classify one image at a time (one inference each), waiting for periodic arrivals."""
+def classify_stream(pipeline, images, session, batch_size: int) -> tuple:
+    """Classify ``images`` in batches of ``batch_size`` as the session's arrival stream (``classify_next``: periodic,
+    a burst or back to back), each batch one DVFS batch: (labels, paths)."""
     labels, paths = [], []
-    for image in images:
-        session.wait_for_arrival()
-        result = pipeline.classify(image, hook=session)
-        labels.append(int(result.labels[0]))
-        paths.append(result.paths[0])
-    return np.asarray(labels), paths
-
-
-def classify_burst(pipeline, images, session, batch_size: int) -> tuple:
-    """Classify a burst (every image there at the start) in batches of ``batch_size``, each one DVFS batch."""
-    from cbnet_tl.runtime.api import burst_batch
-
-    labels, paths, began = [], [], time.monotonic()
     for start in range(0, len(images), batch_size):
-        result = burst_batch(session, pipeline, images[start:start + batch_size], began, start, len(images), batch_size)
+        result = session.classify_next(pipeline, images[start:start + batch_size],
+                                       behind=max(0, len(images) - start - batch_size))
         labels.extend(result.labels.tolist())
         paths.extend(result.paths)
     return np.asarray(labels), paths

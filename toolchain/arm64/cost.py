@@ -5,8 +5,8 @@ under the dynamic ``qemu-aarch64`` emulating the target's core (``-cpu cortex-a7
 a small TCG plugin (``toolchain/data/insncount.c``, compiled here) counting the guest instructions executed. One run per
 pipeline and batch size (``probe.py``, copied into the root as ``arm64_probe.py``): after start-up, loading and a warm-up call, the same loop runs on
 N images and on 0, each between two marks the plugin records, so (count(N) - count(0)) / N is the instructions
-per image, with none of the start-up (whose run-to-run noise, about 8 M instructions a process, would be 8 k
-per image at N = 1,024 in two separate runs). The guest sees the emulated core's /proc/cpuinfo
+per image, with none of the start-up (whose run-to-run noise would land on the per-image figure if the two
+counts came from two separate runs). The guest sees the emulated core's /proc/cpuinfo
 (``arm64_setup.proc_cpuinfo``), so the interpreter picks the kernels it picks on the board (qemu 7.2 would show
 it the host's x86 one, and XNNPACK would take its generic kernels). It is an instruction count under emulation,
 from the same aarch64 kernels the board runs: a proxy for time on the board, not a time (no caches, no memory

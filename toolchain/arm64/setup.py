@@ -48,7 +48,7 @@ class Arm64CountError(CbnetError):
 # qemu-aarch64 7.2 passes the host's /proc/cpuinfo through (an x86 one here), so the interpreter's CPU detection
 # (cpuinfo, under XNNPACK and ruy) finds no core and takes its generic kernels, where a board's finds its own: on
 # a Pi 4, XNNPACK's int8 GEMMs for the Cortex-A72 are the prefetching variants (its src/configs/gemm-config.c picks
-# per core), about 8.8 k more instructions per cbnet image at batch 32 (benchmarks/RESULTS.md). The count puts the
+# per core), a count that differs from the generic kernels' (benchmarks/RESULTS.md). The count puts the
 # emulated core's /proc/cpuinfo in its place. MIDR_EL1 as qemu's models give it (target/arm/cpu64.c), the same as
 # the boards' (BCM2711: A72 r0p3; BCM2712: A76 r4p1); Features as the arm64 kernel prints them on those boards.
 CORES = {

@@ -63,7 +63,7 @@ def simulate(
     With --workload: batches of a camera stream, a burst or recorded arrivals, with stage times from a board's trace (--trace) or from this machine scaled to the target by a stated factor. Without: each test image's host times, unscaled, back to back and periodic. Times count as times at the top frequency, scaled by f_max/f.
     """
     from cbnet_tl.runtime.dvfs.power_tables import power_table as named_table
-    from cbnet_tl.runtime.dvfs.table_file import load_power_table
+    from cbnet_tl.toolchain.simulation.table_file import load_power_table
     from cbnet_tl.runtime.files import write_json_atomic
     from cbnet_tl.toolchain.simulation.dvfs_report import format_simulation, simulate_bundle
     from cbnet_tl.toolchain.simulation.workload_report import format_workload

@@ -206,8 +206,3 @@ def version_problem(op: Op) -> Optional[str]:
         return None
     return (f"{op.name} version {op.version} is newer than edgetpu_compiler 16 accepts (max {entry['max']}); "
             f"it stops with \"Didn't find op for builtin opcode '{op.name}' version '{op.version}'\"")
-
-
-def version_source(name: str) -> str:
-    entry = rules()["max_versions"].get(name, {})
-    return entry.get("report") or ("coral-truth" if "observed" in entry else "tf-2.5-register")

@@ -7,8 +7,8 @@ A batch starts when the CPU is free and its last image has arrived; its deadline
 image's arrival; an image misses when its batch answers after the image's own arrival + deadline. Waiting
 for arrivals is idle time. Energy is modelled over the same window for every policy, from the first arrival
 to the last image's deadline (or the last answer, if later): the board's idle power all the time, plus,
-while inferring, P_active(f) − P_idle, plus, for every switch, its energy beyond idle. Policies hear the
-batch events of ``dvfs.base.Policy``: after each stage they know how many images go on.
+while inferring, P_active(f) − P_idle, plus, for every switch, its energy beyond idle. Every policy runs on the
+device's own session (``replay``): after each stage it knows how many images go on.
 
 The **oracle** knows everything in advance. By dynamic programming over the batches it finds, among all
 schedules that give each stage of each batch its own frequency, the one of least energy that meets every
@@ -22,33 +22,17 @@ ends, as the policies make it. Its plan is replayed through the same simulator a
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.dvfs.base import DvfsContext, Policy
 from cbnet_tl.runtime.dvfs.energy import EnergyModel
-from cbnet_tl.runtime.dvfs.policies import EENetPolicy
+from cbnet_tl.runtime.dvfs.policy import Policy
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.toolchain.simulation.simulate import ORACLE, bound_policy, compare_to_references
+from cbnet_tl.toolchain.simulation.replay import Job, replay
+from cbnet_tl.toolchain.simulation.simulate import ORACLE, compare_to_references, named_policy
 
 _TOLERANCE = 1e-12
-
-
-@dataclass(frozen=True)
-class Job:
-    arrivals_s: np.ndarray  # each image's arrival, ascending
-    counts: tuple  # images that run each stage, in the pipeline's stage order (0: the stage is skipped)
-    confidences: Optional[tuple] = None  # one image: its confidence at each stage's exit (None: not an exit)
-
-    @property
-    def oldest_s(self) -> float:
-        return float(self.arrivals_s[0])
-
-    @property
-    def ready_s(self) -> float:
-        return float(self.arrivals_s[-1])
 
 
 def durations(jobs: Sequence[Job], stages: Sequence[str], costs, frequencies_khz) -> np.ndarray:
@@ -78,90 +62,25 @@ def image_misses(jobs: Sequence[Job], finishes: np.ndarray, deadline_s: float) -
     return int(sum(np.sum(job.arrivals_s + deadline_s < finish - _TOLERANCE) for job, finish in zip(jobs, finishes)))
 
 
-def _queue(jobs, j: int, now: float, deadline_s: float, oldest: np.ndarray) -> tuple:
-    """The batches behind job ``j`` with images already arrived: (images arrived, seconds to its deadline)."""
-    last = int(np.searchsorted(oldest, now, side="right"))
-    return tuple((int(np.searchsorted(jobs[k].arrivals_s, now, side="right")), jobs[k].oldest_s + deadline_s - now)
-                 for k in range(j + 1, last))
-
-
-def replay(policy: Policy, jobs: Sequence[Job], dur: np.ndarray, context: DvfsContext, pipeline: str,
-           stages: Sequence[str], horizon_s: float) -> dict:
-    """Drive a bound policy through the jobs with the batch events; energy, misses, time per frequency."""
-    model, deadline = context.model, context.deadline_s
-    index = {f: i for i, f in enumerate(model.frequencies_khz)}
-    oldest = np.array([job.oldest_s for job in jobs])
-    state = {"now": 0.0, "khz": model.top_khz}
-    busy, switches, finishes = {}, [], np.empty(len(jobs))
-
-    def switch(khz, timed=True):
-        if khz != state["khz"]:
-            if khz not in index:
-                raise DvfsError(f"Policy {policy.name} chose {khz} kHz, not in {list(model.frequencies_khz)}")
-            switches.append((state["khz"], khz))
-            state["khz"] = khz
-            state["now"] += model.switch_seconds if timed else 0.0
-
-    switch(policy.initial_khz(), timed=False)  # set before the first arrival: it delays nothing
-    for j, job in enumerate(jobs):
-        idle = max(0.0, job.ready_s - state["now"])
-        state["now"] += idle
-        switch(policy.on_batch(pipeline, len(job.arrivals_s), state["now"] - job.oldest_s, idle,
-                               _queue(jobs, j, state["now"], deadline, oldest)))
-        for s, (stage, count) in enumerate(zip(stages, job.counts)):
-            switch(policy.on_batch_stage(stage, count, state["now"] - job.oldest_s))
-            seconds = float(dur[j, s, index[state["khz"]]]) if count else 0.0
-            busy[state["khz"]] = busy.get(state["khz"], 0.0) + seconds
-            state["now"] += seconds
-            policy.on_batch_stage_done(stage, count, seconds, state["khz"])
-            if job.confidences is not None and s + 1 < len(stages) and job.counts[s + 1] \
-                    and job.confidences[s] is not None:  # the image goes on: what its exit said of it
-                policy.on_batch_confidence(stage, job.confidences[s])
-        finishes[j] = state["now"]
-        switch(policy.on_batch_end(state["now"] - job.oldest_s, _queue(jobs, j, state["now"], deadline, oldest)))
-    energy = total_energy(model, busy, switches, max(horizon_s, state["now"]))
-    num_images = sum(len(job.arrivals_s) for job in jobs)
-    misses = image_misses(jobs, finishes, deadline)
-    latencies = np.concatenate([finish - job.arrivals_s for job, finish in zip(jobs, finishes)]) * 1e3
-    return {"energy_j": energy / num_images, "energy_j_total": energy, "misses": misses,
-            "miss_rate": misses / num_images,
-            "batch_misses": int(sum(f > job.oldest_s + deadline + _TOLERANCE for job, f in zip(jobs, finishes))),
-            "latency_ms_median": float(np.median(latencies)), "latency_ms_p95": float(np.percentile(latencies, 95)),
-            "time_at_frequency": {str(k // 1000): round(v, 9) for k, v in sorted(busy.items()) if v > 0},
-            "switches": len(switches), "decisions": _decisions(switches)}
-
-
-def _decisions(switches: list) -> list:
-    return [int(b) for _, b in switches]
-
-
-def total_energy(model: EnergyModel, busy: dict, switches: list, window_s: float) -> float:
-    """Idle power over the whole window, plus what inferring and switching add to it."""
-    extra = sum((model.active_w(f) - model.idle_w) * s for f, s in busy.items())
-    extra += sum(model.switch_j(a, b) - model.idle_w * model.switch_seconds for a, b in switches)
-    return model.idle_w * window_s + extra
-
-
 class _Schedule(Policy):
     """Replays the oracle's plan: one frequency per stage per job; a switch between jobs as a job ends."""
 
     name = ORACLE
 
-    def __init__(self, plan: list):
-        self.plan, self.j, self.s = plan, -1, 0
+    def __init__(self, plan: list, stages: Sequence[str]):
+        self.plan, self.position, self.j = plan, {stage: s for s, stage in enumerate(stages)}, -1
 
     def initial_khz(self):
         return self.plan[0][0]
 
     def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
-        self.j, self.s = self.j + 1, 0
+        self.j += 1
         return self.plan[self.j][0]
 
-    def on_batch_stage(self, stage, num_images, elapsed_s):
-        self.s += 1
-        return self.plan[self.j][self.s - 1]
+    def on_stage(self, stage, num_images, elapsed_s):
+        return self.plan[self.j][self.position[stage]]
 
-    def on_batch_end(self, latency_s, queue):
+    def on_end(self, latency_s):
         return self.plan[self.j + 1][0] if self.j + 1 < len(self.plan) else self.plan[self.j][-1]
 
 
@@ -204,7 +123,7 @@ def oracle_plan(jobs: Sequence[Job], dur: np.ndarray, model: EnergyModel, deadli
         new_delta = np.maximum(end[prev, pick] - following, -sw)
         f_state, delta, cost, prev, pick = _thin(last[pick], new_delta, total[prev, pick], prev, pick, grid)
         history.append((prev, combos[pick], active))
-    final = cost + idle * (horizon_s + np.maximum(0.0, delta))
+    final = cost + idle * (horizon_s + np.maximum(0.0, delta) + sw)  # the window starts a switch early (replay)
     state = int(final.argmin())
     best = float(final[state])
     plan = []
@@ -272,7 +191,6 @@ def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: Ener
     exit table (its manifest's), which eenet predicts an image's exit from."""
     if not jobs:
         raise DvfsError("Expected a workload with at least one image. Received none")
-    context = DvfsContext(model, deadline_s)
     dur = durations(jobs, stages, costs, model.frequencies_khz)
     horizon = max(job.arrivals_s[-1] for job in jobs) + deadline_s
     num_images = sum(len(job.arrivals_s) for job in jobs)
@@ -280,16 +198,13 @@ def simulate_jobs(jobs: Sequence[Job], stages: Sequence[str], costs, model: Ener
     for name in policies:
         if name == ORACLE:
             plan, planned = oracle_plan(jobs, dur, model, deadline_s, horizon)
-            results[name] = replay(_Schedule(plan), jobs, dur, context, pipeline, stages, horizon)
+            policy = _Schedule(plan, stages)
+        else:
+            policy = named_policy(name)
+        results[policy.name] = replay(policy, model, deadline_s, pipeline, stages, jobs, dur, horizon_s=horizon,
+                                      exit_table=exits, profile=profile)
+        if name == ORACLE:
             results[name]["planned_energy_j"] = planned / num_images
-            continue
-        policy = bound_policy(name, context)
-        if isinstance(policy, EENetPolicy) and profile:
-            for (stage, count), seconds in profile.items():
-                policy.learn(pipeline, stage, count, seconds, model.top_khz)
-        if exits:  # every policy hears the table (Policy.learn_exits); those that plan by it use it
-            policy.learn_exits(pipeline, exits)
-        results[policy.name] = replay(policy, jobs, dur, context, pipeline, stages, horizon)
     compare_to_references(results)
     top = top_finishes(jobs, dur)
     return {"policies": results, "num_images": num_images, "num_batches": len(jobs),

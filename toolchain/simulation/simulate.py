@@ -5,7 +5,7 @@ machine. Those times count as times at the target's top frequency and scale as f
 back to back (the next inference arrives when the previous one has answered) or periodic (inference k
 arrives at k · period). The deadline counts from the arrival. Energy is modelled (``energy.EnergyModel``):
 busy time at P_active(f), idle time at P_idle, and every frequency switch its time and energy. Every
-policy is driven through the same event protocol as on a device (``dvfs.Policy``), with simulated times.
+policy runs on the device's own session (``replay``), with a simulated clock and cpufreq.
 
 The **oracle** knows the whole trace. Among all schedules that give every stage of every sample its own
 frequency from the OPP list, it finds by dynamic programming the one of least total energy that meets
@@ -26,10 +26,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cbnet_tl.runtime.dvfs.energy import EnergySource, model_for
-from cbnet_tl.runtime.dvfs.policies import DvfsContext, Policy, parse_policy
+from cbnet_tl.runtime.dvfs.policy import Policy
+from cbnet_tl.runtime.dvfs.run import parse_policy
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE  # a trace's time outside the model calls
 from cbnet_tl.runtime.errors import DataError, DvfsError
 from cbnet_tl.runtime.specs import PIPELINE_SPECS, spec_for_stages
+from cbnet_tl.toolchain.simulation.replay import Job, replay
 
 ORACLE = "oracle"
 
@@ -90,68 +92,54 @@ def default_deadline_ms(latency: dict, switch_seconds: float = 0.0) -> float:
     return max(2 * max(latency["median_by_path"].values()), 2 * switch_seconds * 1e3)
 
 
-def replay(policy: Policy, samples: list, context: DvfsContext, pipeline: str) -> dict:
-    """Drive a bound policy through the trace; energy per inference and deadline statistics."""
-    model, period = context.model, context.period_s
-    top, switch_s = model.top_khz, model.switch_seconds
-    now, current, idle = 0.0, top, 0.0
-    busy, switches, latencies = {}, [], np.empty(len(samples))
-
-    def switch(khz):
-        nonlocal now, current
-        if khz != current:
-            if khz not in model.frequencies_khz:
-                raise DvfsError(f"Policy {policy.name} chose {khz} kHz, not in {list(model.frequencies_khz)}")
-            switches.append((current, khz))
-            now, current = now + switch_s, khz
-
-    switch(policy.initial_khz())  # set before the first arrival: it delays nothing and, when arrivals are
-    if switches and period is not None:  # periodic, costs what it adds to the idle board, like any switch in a gap
-        idle -= switch_s
-    now, answered = 0.0, 0.0
-    for k, stages in enumerate(samples):
-        arrival = k * period if period is not None else answered
-        idle_s = max(0.0, arrival - now)
-        idle, now = idle + idle_s, max(now, arrival)
-        switch(policy.on_begin(pipeline, now - arrival, idle_s))
-        for stage, top_seconds in stages:
-            switch(policy.on_stage(stage, now - arrival))
-            seconds = top_seconds * top / current
-            busy[current] = busy.get(current, 0.0) + seconds
-            now += seconds
-            policy.on_stage_done(stage, seconds, current)
-        latencies[k], answered = now - arrival, now
-        switch(policy.on_end(path_of(pipeline, [s for s, _ in stages]), latencies[k]))
-    if period is not None:
-        idle += max(0.0, len(samples) * period - now)
-    energy = model.energy_j(busy, idle, switches)
-    return {"energy_j": energy / len(samples), **_stats(latencies, context.deadline_s),
-            "time_at_frequency": {str(k // 1000): round(v, 9) for k, v in sorted(busy.items())},
-            "switches": len(switches)}
+def replay_samples(policy: Policy, samples: list, model, deadline_s: float, period_s: Optional[float],
+                   pipeline: str) -> dict:
+    """Each sample a job of one image on the device session (``replay``): back to back (``period_s`` None) or
+    arriving every ``period_s``; its stages' times, at the top frequency, scale as f_max / f."""
+    stages = list(dict.fromkeys(stage for sample in samples for stage, _ in sample))
+    order = {stage: s for s, stage in enumerate(stages)}
+    top = np.zeros((len(samples), len(stages)))
+    counts = np.zeros((len(samples), len(stages)), dtype=np.int64)
+    for k, sample in enumerate(samples):
+        for stage, seconds in sample:
+            top[k, order[stage]] += seconds
+            counts[k, order[stage]] = 1
+    durations = top[:, :, None] * (model.top_khz / np.array(model.frequencies_khz, dtype=np.float64))[None, None, :]
+    period = period_s or 0.0
+    jobs = [Job(np.array([k * period]), tuple(int(c) for c in row)) for k, row in enumerate(counts)]
+    result = replay(policy, model, deadline_s, pipeline, stages, jobs, durations, back_to_back=period_s is None,
+                    horizon_s=None if period_s is None else len(samples) * period_s)
+    for key in ("energy_j_total", "batch_misses", "decisions"):
+        result.pop(key)
+    return result
 
 
 class _Schedule(Policy):
-    """Replays a fixed schedule: one frequency per stage per sample (the oracle's)."""
+    """Replays a fixed schedule: one frequency per stage a sample runs (the oracle's); between samples, the next
+    sample's first frequency is set as one answers when the idle gap holds the switch."""
 
     name = ORACLE
 
     def __init__(self, schedule: list, in_gap: list):
-        self.schedule, self.in_gap, self.k, self.i = schedule, in_gap, -1, 0
+        self.schedule, self.in_gap, self.k, self.i, self.khz = schedule, in_gap, -1, 0, schedule[0][0]
 
     def initial_khz(self):
-        return self.schedule[0][0]
+        return self.khz
 
-    def on_begin(self, pipeline, lateness_s, idle_s):
+    def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
         self.k, self.i = self.k + 1, 0
-        return self.schedule[self.k][0]
+        self.khz = self.schedule[self.k][0]
+        return self.khz
 
-    def on_stage(self, stage, elapsed_s):
-        self.i += 1
-        return self.schedule[self.k][self.i - 1]
+    def on_stage(self, stage, num_images, elapsed_s):
+        if num_images:  # a stage the sample did not run keeps the frequency
+            self.khz, self.i = self.schedule[self.k][self.i], self.i + 1
+        return self.khz
 
-    def on_end(self, path, latency_s):
+    def on_end(self, latency_s):
         following = self.k + 1 < len(self.schedule) and self.in_gap[self.k]
-        return self.schedule[self.k + 1][0] if following else self.schedule[self.k][-1]
+        self.khz = self.schedule[self.k + 1][0] if following else self.schedule[self.k][-1]
+        return self.khz
 
 
 def _combos(num_freqs: int, num_stages: int) -> np.ndarray:
@@ -162,11 +150,10 @@ def _combos(num_freqs: int, num_stages: int) -> np.ndarray:
     return combos[np.argsort(combos[:, -1], kind="stable")]  # grouped by the last stage's frequency
 
 
-def oracle_schedule(samples: list, context: DvfsContext) -> tuple:
+def oracle_schedule(samples: list, model, deadline: float, period: Optional[float]) -> tuple:
     """(frequencies per stage per sample, switch-in-the-gap flags, least total energy in J) by dynamic
     programming. A state is (frequency at the end of the previous sample, whether its idle gap can hold
     a switch). Back to back there are no gaps: a switch before an inference delays it."""
-    model, deadline, period = context.model, context.deadline_s, context.period_s
     freqs = np.array(model.frequencies_khz, dtype=np.float64)
     n, top, switch_s = len(freqs), len(freqs) - 1, model.switch_seconds
     credit = model.idle_w if period is not None else 0.0  # periodic: busy time replaces idle time
@@ -211,18 +198,17 @@ def oracle_schedule(samples: list, context: DvfsContext) -> tuple:
         state = int(prev[state])
     schedule.reverse()
     in_gap.reverse()
-    if period is not None:
-        bound += model.idle_w * period * len(samples)
+    if period is not None:  # idle power over the window, from one switch before the first arrival (replay)
+        bound += model.idle_w * (period * len(samples) + switch_s)
     return schedule, in_gap, bound
 
 
-def bound_policy(name: str, context: DvfsContext) -> Policy:
-    """The named policy, bound to ``context``; 'off' cannot be simulated."""
+def named_policy(name: str) -> Policy:
+    """The named policy, unbound; 'off' cannot be simulated."""
     policy = parse_policy(name)
     if policy is None:
         raise DvfsError("DVFS 'off' leaves the frequency to the governor, which cannot be simulated. "
                         "Expected performance, powersave, fixed:<MHz>, eenet or oracle")
-    policy.bind(context)
     return policy
 
 
@@ -241,17 +227,16 @@ def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], p
     ``frequencies_khz``: the device's OPP list (default: the table's); ``period_s=None``: back to back."""
     samples = _check_trace(trace)
     model = model_for(target, frequencies_khz, switch_seconds)
-    context = DvfsContext(model, deadline_s, period_s)
     pipeline = pipeline or infer_pipeline(s for sample in samples for s, _ in sample)
     results = {}
     for name in policies:
         if name == ORACLE:
-            schedule, in_gap, bound = oracle_schedule(samples, context)
-            results[name] = replay(_Schedule(schedule, in_gap), samples, context, pipeline)
+            schedule, in_gap, bound = oracle_schedule(samples, model, deadline_s, period_s)
+            results[name] = replay_samples(_Schedule(schedule, in_gap), samples, model, deadline_s, period_s, pipeline)
             results[name]["planned_energy_j"] = bound / len(samples)
             continue
-        policy = bound_policy(name, context)
-        results[policy.name] = replay(policy, samples, context, pipeline)
+        policy = named_policy(name)
+        results[policy.name] = replay_samples(policy, samples, model, deadline_s, period_s, pipeline)
     compare_to_references(results)
     best = 1 - results[ORACLE]["energy_j"] / results["performance"]["energy_j"] \
         if ORACLE in results and "performance" in results else None

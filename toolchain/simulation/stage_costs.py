@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from cbnet_tl.runtime.dvfs.batch_plan import per_count
-from cbnet_tl.runtime.dvfs.trace_file import stage_seconds
+from cbnet_tl.runtime.dvfs.exit_plan import per_count
+from cbnet_tl.toolchain.simulation.trace_read import stage_seconds
 
 
 class StageCosts:

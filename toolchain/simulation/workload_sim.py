@@ -16,9 +16,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cbnet_tl.runtime.dvfs.batch_plan import efficient_frequencies
+from cbnet_tl.runtime.dvfs.exit_plan import efficient_frequencies
 from cbnet_tl.runtime.dvfs.energy import EnergyModel
-from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, read_trace, write_trace
+from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace
+from cbnet_tl.toolchain.simulation.trace_read import read_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
 from cbnet_tl.runtime.exits import EXIT_TABLE

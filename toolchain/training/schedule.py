@@ -20,8 +20,8 @@ import numpy as np
 
 FEW_IMAGES = 5000  # fewer training images than this: the schedule below
 TARGET_STEPS = 3000  # optimizer steps of B-LeNet
-# the convolutional fast recipe learns more slowly (deeper, no shortcut from pixels to classes): on 570 clip-art
-# images at 32x32 RGB its int8 test accuracy was 37.8% after 3,000 steps and 60.8% after 11,250 (lenet 64.3%)
+# the convolutional fast recipe learns more slowly (deeper, no shortcut from pixels to classes; how much slower on
+# clip-art images: benchmarks/RESULTS.md, "A user's few hundred images")
 FAST_STEP_FACTOR = 3
 BATCH_SIZE = 32
 VALIDATION_FRACTION = 0.2  # held out for the choices after training (nothing trains or stops on them)
