@@ -104,11 +104,12 @@ class ReplayPipeline:
 def replay(policy: Policy, model: EnergyModel, deadline_s: float, pipeline: str, stages: Sequence[str],
            jobs: Sequence[Job], durations: np.ndarray, *, back_to_back: bool = False,
            horizon_s: Optional[float] = None, exit_table: Optional[dict] = None,
-           profile: Optional[dict] = None) -> dict:
+           profile: Optional[dict] = None, start_s: Optional[float] = None) -> dict:
     """Drive an unbound policy through the jobs on the device session; energy, misses, latency, time per OPP.
     ``profile`` maps (stage, num_images) to seconds at the top frequency: what the policy knows before the first
-    job (a recorded trace); ``exit_table``: the multi-exit pipeline's, which the session hands to the policy."""
-    clock = SimClock(-model.switch_seconds)
+    job (a recorded trace); ``exit_table``: the multi-exit pipeline's, which the session hands to the policy;
+    ``start_s``: when the session starts (default: one switch before the first arrival)."""
+    clock = SimClock(-model.switch_seconds if start_s is None else start_s)
     cpu = SimCpufreq(model, clock, policy.name)
     session = DvfsSession(policy, cpu, model, deadline_s, burst=not back_to_back, clock=clock, sleep=clock.sleep)
     for (stage, count), seconds in (profile or {}).items():
