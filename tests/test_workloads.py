@@ -17,6 +17,7 @@ from cbnet_tl.runtime.dvfs.policy import DvfsContext
 from cbnet_tl.runtime.dvfs.exit_plan import binomial_quantile, efficient_frequencies
 from cbnet_tl.runtime.dvfs.energy import model_for
 from cbnet_tl.runtime.dvfs.eenet import EENetPolicy
+from cbnet_tl.toolchain.simulation.power_notes import describe_model
 from cbnet_tl.toolchain.simulation.table_file import load_power_table
 from cbnet_tl.runtime.errors import ConfigError, DataError
 from cbnet_tl.toolchain.simulation.batch_sim import Job, simulate_jobs
@@ -175,7 +176,7 @@ def test_the_power_model_counts_the_interpreters_threads():
     top = one.top_khz
     assert four.active_w(top) - four.idle_w == pytest.approx(4 * (one.active_w(top) - one.idle_w))
     assert four.active_w(top) == pytest.approx(6.4)  # the table's 4-core measurement
-    assert four.describe()["active_cores"] == 4
+    assert describe_model(four)["active_cores"] == 4
 
 
 def test_only_hull_frequencies_are_mixed():

@@ -86,20 +86,6 @@ class EnergyModel:
         busy = sum(self.active_w(khz) * seconds for khz, seconds in busy_seconds.items())
         return busy + self.idle_w * idle_seconds + sum(self.switch_j(a, b) for a, b in switches)
 
-    def describe(self) -> dict:
-        return {
-            "target": self.table.target,
-            "active_cores": self.table.active_cores,
-            "energy_source": self.source,
-            "idle_w": self.idle_w,
-            "switch_us": self.switch_seconds * 1e6,
-            "frequencies": {
-                str(khz // 1000): {"volts": round(self.volts(khz), 4), "active_w": round(self.active_w(khz), 4)}
-                for khz in self.frequencies_khz
-            },
-            "assumptions": list(self.table.notes),
-        }
-
 
 def model_for(target, frequencies_khz: Optional[Iterable] = None,
               switch_seconds: Optional[float] = None, active_cores: Optional[int] = None) -> EnergyModel:

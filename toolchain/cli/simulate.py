@@ -47,7 +47,7 @@ def simulate(
     batch_size: Annotated[int, typer.Option(min=1, help="With --workload: the most images a batch takes (as `eval` and `watch` do).")] = 1,
     threads: Annotated[int, typer.Option(min=1, help="Interpreter threads when timing here; the power model counts that many busy cores.")] = 1,
     power_table: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Your own power table: a JSON object whose keys are the PowerTable fields (target, cpu, default_frequencies_mhz, volt_points, idle_w, loaded_w, loaded_cores, loaded_mhz, switch_seconds; optional active_cores, accelerator_w, notes). Replaces --target's table.")] = None,
-    trace: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="With --workload: replay stage times recorded on the board (a cbnet-tl-stage-trace JSON: per pipeline, stage and batch size, seconds at each MHz; see runtime/dvfs/trace_file.py) instead of timing here.")] = None,
+    trace: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="With --workload: replay stage times recorded on the board (a cbnet-tl-stage-trace JSON: per pipeline, stage and batch size, seconds at each MHz; see toolchain/simulation/trace_read.py) instead of timing here.")] = None,
     save_trace: Annotated[Optional[Path], typer.Option(dir_okay=False, help="With --workload: also write the stage times this run used as a trace file (replay it with --trace).")] = None,
     time_scale: Annotated[Optional[float], typer.Option(help="With --workload and no --trace: multiply host times by this to stand for the target's top frequency (default: from recorded arm64 instruction counts, else 1; the output says which).")] = None,
     policy: Annotated[List[str], typer.Option(help="Policies to compare (oracle is the hindsight optimum).")] = ["performance", "powersave", "eenet", "oracle"],
@@ -77,6 +77,8 @@ def simulate(
         if not period_ms > 0:
             raise typer.BadParameter(f"Expected --period-ms > 0. Received: {period_ms}")
         workload = f"camera:{1000.0 / period_ms!r}"
+        typer.echo(f"note: --period-ms {period_ms:g} runs --workload camera:{1000.0 / period_ms:g}: one image every "
+                   f"{period_ms:g} ms, due within the period unless --deadline-ms says otherwise", err=True)
     if workload is None:
         given = [name for name, value in (("--trace", trace), ("--save-trace", save_trace),
                                           ("--time-scale", time_scale)) if value is not None]

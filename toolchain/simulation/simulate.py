@@ -31,6 +31,7 @@ from cbnet_tl.runtime.dvfs.run import parse_policy
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE  # a trace's time outside the model calls
 from cbnet_tl.runtime.errors import DataError, DvfsError
 from cbnet_tl.runtime.specs import PIPELINE_SPECS, spec_for_stages
+from cbnet_tl.toolchain.simulation.power_notes import assumptions
 from cbnet_tl.toolchain.simulation.replay import Job, replay
 
 ORACLE = "oracle"
@@ -257,5 +258,5 @@ def simulate(trace, target: str, deadline_s: float, period_s: Optional[float], p
             "oracle: the least-energy schedule (one OPP per stage per sample) that meets every deadline the top "
             "frequency meets, knowing the whole trace; a lower bound for policies that miss no more deadlines.",
         ],
-        "assumptions": list(model.table.notes),
+        "assumptions": assumptions(model.table),
     }

@@ -1,5 +1,32 @@
-"""Reading stage traces (the format is described in ``runtime/dvfs/trace_file.py``, whose writer the board runs):
-one ``DataError`` line naming the first problem and where it is."""
+"""Stage traces: the seconds each stage of each pipeline takes, per batch size, at each CPU frequency.
+
+A board writes one (``run.py trace``, with the runtime's ``dvfs/trace_file.py``) and ``cbnet-tl simulate
+--save-trace FILE`` the host-timed simulation's own; ``cbnet-tl simulate --trace FILE`` replays it. Reading one
+checks it: one ``DataError`` line naming the first problem and where it is. The file is JSON::
+
+    {
+      "format": "cbnet-tl-stage-trace",
+      "version": 1,
+      "source": "run.py trace on raspberrypi (Raspberry Pi 4 Model B Rev 1.4)",   # who timed it, where
+      "target": "rpi4",                    # the power table the board matches (optional)
+      "speed_changed": true,               # did the CPU really run at each listed frequency?
+      "ran_at_mhz": null,                  # speed_changed false: the one frequency every time was taken at
+      "frequencies_mhz": [600, 1500],
+      "recorded_at": "2026-12-01T00:00:00Z",   # optional
+      "notes": ["..."],                        # optional
+      "pipelines": {
+        "branchynet": {"stages": {
+          "host":         {"1": {"600": 0.00011, "1500": 0.000045}, "32": {"600": 0.0021, "1500": 0.00085}},
+          "trunk_branch": {"1": {...}, "32": {...}},
+          "main_tail":    {"1": {...}, "32": {...}}}}}
+    }
+
+Stages are listed in the order a batch runs them; ``host`` is the time outside the model calls (pre- and
+post-processing, gates). A stage's entry maps a number of images (as a string) to the seconds at each
+frequency in MHz (as a string). When ``speed_changed`` is false (cpufreq read-only, or a fake sysfs tree
+in tests), every time was taken at ``ran_at_mhz`` whatever frequency is listed, and a replay scales it as
+f_ran / f; null means the highest listed frequency.
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
 from cbnet_tl.runtime.exits import EXIT_TABLE
 from cbnet_tl.toolchain.simulation.batch_sim import ORACLE, Job, simulate_jobs
+from cbnet_tl.toolchain.simulation.power_notes import assumptions, describe_model
 from cbnet_tl.toolchain.simulation.stage_costs import StageCosts
 from cbnet_tl.toolchain.simulation.time_scale import TimeScale, time_scale
 from cbnet_tl.toolchain.simulation.workloads import Workload, form_batches
@@ -221,7 +222,7 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
     bundle = load_bundle(bundle_dir, models=models_for(pipelines, manifest), num_threads=threads)
     result = {"target": model.table.target, "energy_source": "modelled", "workload": config.workload.description,
               "batch_size": config.batch_size, "threads": threads, "num_images": int(len(images)),
-              "power_model": model.describe(), "pipelines": {}}
+              "power_model": describe_model(model), "pipelines": {}}
     traced = {}
     for name in pipelines:
         result["pipelines"][name], costs, scale = simulate_pipeline(bundle, bundle_dir, name, images, model, config)
@@ -242,7 +243,7 @@ def simulate_workload_bundle(bundle_dir: Path, dataset: Optional[str], data_dir:
         "eenet starts from each stage's cost per batch size (the profile a recorded trace gives a device) and "
         "learns the share of images that go on; oracle: the least-energy plan knowing every batch in advance.",
     ]
-    result["assumptions"] = list(model.table.notes)
+    result["assumptions"] = assumptions(model.table)
     result["frequency_curve"] = frequency_curve(model, {name: run["top_frequency_ms_per_image"]
                                                         for name, run in result["pipelines"].items()})
     if config.save_trace is not None:
