@@ -3,9 +3,11 @@
 Every size comes from the build's input spec (height, width, channels) and a ``MultiExitConfig``. Stage k is
 two 3×3 convolutions with batch normalisation and ReLU; every stage but the last ends with a stride-2
 convolution, so the next stage works at half the resolution. The exit head after a stage is a 2×2 max pool
-(stage 1 only: its features are the largest), a flatten and a dense layer to the classes; the last head has a
-hidden dense layer. At the MNIST family's input size (one channel) with the default channels, stage 1 and its exit cost
-≈1.0 M MACs, the first two stages ≈5.1 M and the whole path ≈12 M.
+(after stage 1, whose features are the largest, and after the last), a flatten and a dense layer to the classes;
+the last head has a hidden dense layer. ``segment_macs`` gives each segment's cost at an input size.
+
+The network has one stage per exit of the runtime's ``multiexit`` pipeline (``runtime.specs.MULTIEXIT_STAGES``,
+which names the segments): a config with another number of stages is refused when it is made, before training.
 
 Export views (``build_segments``): one batch-1 model per stage, the first on raw pixel bytes (the 1/255 and every
 batch normalisation folded into the convolutions), each returning its exit's logits and, except the last, the
@@ -23,16 +25,15 @@ import numpy as np
 from keras import layers
 
 from cbnet_tl.recipes.layers import batch_flatten, check_image_shape
-
-SEGMENT_NAMES = ("exit1", "exit2", "exit3", "exit4", "exit5")  # model names of the stages, in order
-_EPSILON = 1e-3  # BatchNormalization's default
+from cbnet_tl.runtime.errors import ConfigError
+from cbnet_tl.runtime.specs import MULTIEXIT_STAGES  # the model names of the stages, in order: one per exit
 
 
 @dataclass(frozen=True)
 class MultiExitConfig:
     """The network's shape and its training schedule (fixed epochs: the same seed gives the same model)."""
 
-    stage_channels: tuple = ((16, 32), (48, 64), (96, 96))  # two convolutions per stage
+    stage_channels: tuple = ((16, 32), (48, 64), (96, 96))  # two convolutions per stage, one stage per exit
     head_units: int = 128  # the last exit's hidden dense layer
     num_classes: int = 10
     epochs: int = 15
@@ -44,19 +45,21 @@ class MultiExitConfig:
     shift_pixels: int = 2  # random translation by up to this many pixels each way (edges repeated), training only
 
     def __post_init__(self):
-        if not 2 <= len(self.stage_channels) <= len(SEGMENT_NAMES):
-            raise ValueError(f"Expected 2 to {len(SEGMENT_NAMES)} stages. Received: {len(self.stage_channels)}")
+        if len(self.stage_channels) != len(MULTIEXIT_STAGES):
+            raise ConfigError(f"Expected {len(MULTIEXIT_STAGES)} stages, one per exit of the multiexit pipeline "
+                              f"{list(MULTIEXIT_STAGES)}. Received: {len(self.stage_channels)} "
+                              f"(stage_channels={self.stage_channels})")
         if len(self.exit_loss_weights) != len(self.stage_channels):
-            raise ValueError(f"Expected one loss weight per exit ({len(self.stage_channels)}). "
-                             f"Received: {self.exit_loss_weights}")
+            raise ConfigError(f"Expected one loss weight per exit ({len(self.stage_channels)}). "
+                              f"Received: {self.exit_loss_weights}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"Expected epochs >= 1 and batch_size >= 1. Received: {self.epochs}, {self.batch_size}")
+            raise ConfigError(f"Expected epochs >= 1 and batch_size >= 1. Received: {self.epochs}, {self.batch_size}")
         if not isinstance(self.shift_pixels, int) or self.shift_pixels < 0:
-            raise ValueError(f"Expected shift_pixels >= 0 (an int). Received: {self.shift_pixels!r}")
+            raise ConfigError(f"Expected shift_pixels >= 0 (an int). Received: {self.shift_pixels!r}")
 
     @property
     def names(self) -> tuple:
-        return SEGMENT_NAMES[: len(self.stage_channels)]
+        return MULTIEXIT_STAGES
 
     def to_dict(self) -> dict:
         return {k: [list(v) for v in value] if k == "stage_channels" else list(value) if isinstance(value, tuple)

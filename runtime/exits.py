@@ -1,31 +1,43 @@
 """Early exit over any number of stages: the runner of ``multiexit`` (and of any spec whose models form a chain
-of segments, each returning its exit's logits and, but the last, the features the next one reads).
+of segments, each returning its exit's logits and, but the last, the features the next one reads), and the exit
+rule itself (``leaves``, ``exit_depths``), which the build's choice of thresholds calls too.
 
 An image leaves at the first exit whose top softmax probability (``Pipeline.confidence``, the numbers
-``gate.decide`` gives) is at least that exit's threshold; the last exit takes every image left. The thresholds
-are the pipeline's option ``exit_thresholds`` (one per exit but the last), chosen by the build on held-out
-images. Only the images still in the network run the next segment, so the CPU stops at the exit taken.
+``gate.decide`` gives) is at least that exit's threshold, compared in float64; the last exit takes every image
+left. The thresholds are the pipeline's option ``exit_thresholds`` (one per exit but the last), chosen by the build
+on held-out images. Only the images still in the network run the next segment, so the CPU stops at the exit taken.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.gate import confidence_row_test
-
-if TYPE_CHECKING:
-    from cbnet_tl.runtime.pipelines import Pipeline
-
-EXIT_THRESHOLDS = "exit_thresholds"  # multiexit's option: the least confidence that exits, per exit but the last
-EXIT_TABLE = "exit_table"  # multiexit's option: the shares going on past each exit, by confidence, for EENet
-NEVER = 2.0  # a threshold no confidence reaches: the exit is never taken
+from cbnet_tl.runtime.runners import PipelineParts
+from cbnet_tl.runtime.specs import EXIT_TABLE, EXIT_THRESHOLDS  # noqa: F401 (callers import EXIT_TABLE from here)
 
 
-def _stages(pipeline: Pipeline, runs: dict) -> list:
+def leaves(confidences: np.ndarray, threshold: float) -> np.ndarray:
+    """True where an image leaves at an exit of ``threshold``: its confidence reaches it. In float64, as the build
+    chooses thresholds: float32 confidences against a Python float would round the threshold to float32 (NumPy 2),
+    and an image just below it would leave at the device but not at the build."""
+    return np.asarray(confidences).astype(np.float64, copy=False) >= threshold
+
+
+def exit_depths(confidences: np.ndarray, thresholds) -> np.ndarray:
+    """The exit (0-based) each image leaves at, from (exits, N) confidences and a threshold per exit but the last:
+    the first whose confidence reaches its threshold, else the last."""
+    num_exits = len(confidences)
+    left = np.vstack([leaves(confidences[k], thresholds[k]) for k in range(num_exits - 1)]
+                     + [np.ones(np.shape(confidences)[1], bool)])
+    return left.argmax(axis=0)
+
+
+def _stages(pipeline: PipelineParts, runs: dict) -> list:
     """(run on its input, read logits, read features or None, confidence) per segment, in order."""
     spec = pipeline.spec
     links = {link.source: link for link in spec.links}
@@ -38,7 +50,7 @@ def _stages(pipeline: Pipeline, runs: dict) -> list:
     return stages
 
 
-def thresholds_of(pipeline: Pipeline) -> tuple:
+def thresholds_of(pipeline: PipelineParts) -> tuple:
     """The pipeline's exit thresholds, checked: one number per exit but the last."""
     values = pipeline.options.get(EXIT_THRESHOLDS)
     wanted = len(pipeline.spec.models) - 1
@@ -49,7 +61,7 @@ def thresholds_of(pipeline: Pipeline) -> tuple:
     return tuple(float(v) for v in values)
 
 
-def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
+def multi_exit(pipeline: PipelineParts, runs: dict, hook=None) -> Callable:
     """Each segment's confidence decides who runs the next; labels from the exit each image took. A stage hook
     with ``exit_confidence`` hears, for a batch of one, the confidence of the image at each exit it goes on past."""
     spec = pipeline.spec
@@ -92,16 +104,14 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
         for k, (_, read_logits, read_features, confidence) in enumerate(stages):
             raw = read_logits()
             top = confidence(raw)
-            # in float64, as the build chose them: float32 confidences against a Python float would round the
-            # threshold to float32 (NumPy 2), and an image just below it would leave here but not at the build
-            leaves = top.astype(np.float64, copy=False) >= thresholds[k]
-            where = np.flatnonzero(leaves) if left is None else left[leaves]
-            labels[where], confidences[where], depth[where] = raw.argmax(axis=-1)[leaves], top[leaves], k
-            if leaves.all():
+            leaving = leaves(top, thresholds[k])
+            where = np.flatnonzero(leaving) if left is None else left[leaving]
+            labels[where], confidences[where], depth[where] = raw.argmax(axis=-1)[leaving], top[leaving], k
+            if leaving.all():
                 break
-            stays = ~leaves
+            stays = ~leaving
             features = read_features()
-            stages[k + 1][0](features if not leaves.any() else features[stays])
+            stages[k + 1][0](features if not leaving.any() else features[stays])
             left = np.flatnonzero(stays) if left is None else left[stays]
         first = depth[0]
         if (depth == first).all():
@@ -112,17 +122,17 @@ def multi_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
 
 
 def _stays(confidence: Callable, threshold: float, raw: np.ndarray) -> bool:
-    return float(confidence(raw)[0]) < threshold
+    return not leaves(confidence(raw), threshold)[0]
 
 
 def _float64(confidence: Callable, raw: np.ndarray) -> np.ndarray:
     return confidence(raw).astype(np.float64)
 
 
-def exit_scores(pipeline: Pipeline, images: np.ndarray, chunk: int = 256) -> tuple:
+def exit_scores(pipeline: PipelineParts, images: np.ndarray, chunk: int = 256) -> tuple:
     """(labels, confidences), each (exits, N): what every exit of a multi-exit pipeline says of every image (each
     segment runs on all of them). The build chooses thresholds and EENet's exit table from these."""
-    stages = _stages(pipeline, pipeline._runs)
+    stages = _stages(pipeline, pipeline.runs)
     num_exits = len(stages)
     labels = np.zeros((num_exits, len(images)), dtype=np.int64)
     confidences = np.zeros((num_exits, len(images)), dtype=np.float64)

@@ -2,11 +2,12 @@
 
 Every pipeline takes uint8 images (N, height, width, channels) of the build's input spec, runs its models and
 its decision (argmax and top probability, or BranchyNet's entropy gate), and returns an immutable
-``BatchResult``.
+``BatchResult`` (``results``).
 
 The per-call path is built once, when a ``Pipeline`` is made: every model's feeder and output readers
-(``Model.bind``), the input tables, and a runner bound to them. A call checks the images once, runs the
-models, and takes the class as the argmax of the raw scores. The confidence (top softmax probability, the
+(``Model.bind``), the input tables, and the runner its spec names by key (``RUNNERS``: ``runners``, ``exits``),
+bound to them; one made with ``gates_off`` runs every image through every model. A call checks the images once,
+runs the models, and takes the class as the argmax of the raw scores. The confidence (top softmax probability, the
 numbers ``gate.decide`` gives from dequantized logits) comes from a table of the raw bytes
 (``gate.top_probability_bytes``), when first read unless a gate needs it. Which path each image took is kept
 as a mask and spelt out only when ``paths`` is read. A stage hook (``StageHook``, e.g. a DVFS session) hears
@@ -17,7 +18,6 @@ timed and nothing is counted.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Protocol
 
@@ -25,9 +25,12 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import Bundle
 from cbnet_tl.runtime.errors import BundleError, ImageError
+from cbnet_tl.runtime.exits import multi_exit
 from cbnet_tl.runtime.gate import decide, top_probability_bytes
 from cbnet_tl.runtime.interpreter import dequantize, quantize
-from cbnet_tl.runtime.specs import PIPELINE_SPECS, Link, PipelineSpec, as_built
+from cbnet_tl.runtime.results import NO_STAGES, BatchResult
+from cbnet_tl.runtime.runners import chain, early_exit, fallback
+from cbnet_tl.runtime.specs import PIPELINE_SPECS, Link, PipelineSpec, Runner, as_built
 from cbnet_tl.runtime.tables import (
     dequantize_table,
     exp_difference_table,
@@ -47,15 +50,6 @@ class StageHook(Protocol):
     # batch that goes on past it (the top softmax probability), told before the next stage
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: int
-    class_name: str
-    confidence: float
-    path: str
-    seconds: float
-
-
 class TimeStages:
     """A stage hook that does nothing itself: pass it to ``classify`` to get each stage's time in
     ``stage_seconds`` without a DVFS policy."""
@@ -67,67 +61,11 @@ class TimeStages:
 
 
 TIME_STAGES = TimeStages()
-NO_STAGES: Mapping = MappingProxyType({})  # stage_seconds of a call without a hook: no stage was timed
 
-
-class BatchResult:
-    """One ``classify`` call, read-only. ``confidences`` (the top softmax probabilities) is computed when first
-    read where the pipeline's decision did not need it. ``route`` is the path every image took (a label),
-    (mask, label where the mask is True, label where it is False), or (index per image, labels) for more than two
-    paths; ``paths`` spells it out per image."""
-
-    __slots__ = ("_pipeline", "_labels", "_confidences", "_route", "_seconds", "_stage_seconds")
-
-    def __init__(self, pipeline: str, labels: np.ndarray, confidences, route, seconds: float,
-                 stage_seconds: Mapping = NO_STAGES):
-        """``confidences``: an array, or a function of nothing that makes it (called once, when first read)."""
-        self._pipeline, self._labels, self._confidences = pipeline, labels, confidences
-        self._route, self._seconds, self._stage_seconds = route, seconds, stage_seconds
-
-    pipeline = property(lambda self: self._pipeline)
-    labels = property(lambda self: self._labels)
-    route = property(lambda self: self._route)
-    seconds = property(lambda self: self._seconds)
-    stage_seconds = property(lambda self: self._stage_seconds)
-
-    @property
-    def confidences(self) -> np.ndarray:
-        if callable(self._confidences):
-            self._confidences = self._confidences()
-        return self._confidences
-
-    @property
-    def paths(self) -> tuple:
-        if isinstance(self._route, str):
-            return (self._route,) * len(self._labels)
-        if len(self._route) == 2:
-            index, labels = self._route
-            return tuple(labels[i] for i in index.tolist())
-        mask, yes, no = self._route
-        return tuple(yes if taken else no for taken in mask.tolist())
-
-    @property
-    def path(self) -> str:
-        """The path of the whole batch: the one every image took, or "mixed"."""
-        if isinstance(self._route, str):
-            return self._route
-        if len(self._route) == 2:
-            index, labels = self._route
-            return labels[int(index[0])] if (index == index[0]).all() else "mixed"
-        mask, yes, no = self._route
-        return yes if mask.all() else no if not mask.any() else "mixed"
-
-    def predictions(self, class_names: list) -> list:
-        per_image = self._seconds / max(1, len(self._labels))
-        return [
-            Prediction(int(label), class_names[int(label)], float(conf), path, per_image)
-            for label, conf, path in zip(self._labels.tolist(), self.confidences.tolist(), self.paths)
-        ]
-
-    def __repr__(self) -> str:
-        return (f"BatchResult(pipeline={self._pipeline!r}, labels={self._labels!r}, path={self.path!r}, "
-                f"seconds={self._seconds!r})")
-
+# The code of each runner key a spec names (``specs.Runner``): (pipeline, {model: run}, hook or None) ->
+# classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
+RUNNERS: Mapping[Runner, Callable] = MappingProxyType({
+    Runner.CHAIN: chain, Runner.FALLBACK: fallback, Runner.EARLY_EXIT: early_exit, Runner.MULTI_EXIT: multi_exit})
 
 _UINT8 = np.dtype(np.uint8)
 
@@ -158,11 +96,15 @@ def preprocess(images: np.ndarray) -> np.ndarray:
 class Pipeline:
     """One pipeline over a loaded bundle. ``classify`` is safe to call repeatedly (not from two threads)."""
 
-    def __init__(self, bundle: Bundle, name, options: Optional[dict] = None):
-        """``name``: a pipeline of the table, or a ``PipelineSpec``. ``options`` override the manifest's."""
+    def __init__(self, bundle: Bundle, name, options: Optional[dict] = None, gates_off: bool = False):
+        """``name``: a pipeline of the table, or a ``PipelineSpec``. ``options`` override the manifest's.
+        ``gates_off``: every image runs every model (the spec's gate option at its "off" value, over both)."""
         spec = name if isinstance(name, PipelineSpec) else PIPELINE_SPECS.get(name)
         if spec is None:
             raise BundleError(f"Unknown pipeline {name!r}. Expected one of {list(PIPELINE_SPECS)}")
+        if spec.runner not in RUNNERS:
+            raise BundleError(f"Pipeline {spec.name}: expected a runner of {[r.value for r in RUNNERS]}. "
+                              f"Received: {spec.runner!r}")
         name = spec.name
         spec = as_built(spec, bundle.manifest)  # e.g. cbnet-fallback's second network, chosen by the build
         entry = bundle.manifest.pipelines.get(name)
@@ -171,19 +113,31 @@ class Pipeline:
             raise BundleError(f"Pipeline {name} needs model(s) {missing}, which the bundle did not load")
         self.spec, self.name, self.bundle = spec, name, bundle
         self.models = {m: bundle.models[m] for m in spec.models}
-        self.threshold = bundle.entropy_threshold
         self.input_spec = bundle.manifest.input_spec
         self.input_shape = self.input_spec.shape
         self.device = next(iter(self.models.values())).device
-        self.options = {**(entry.options if entry is not None else {}), **(options or {})}
+        self.options = {**(entry.options if entry is not None else {}), **(options or {}),
+                        **(spec.gates_off if gates_off else {})}
         self._ranges = {m: bundle.manifest.models[m].input_range for m in self.models}
         self._input_tables = {m: input_table(model.input, self._ranges[m]) for m, model in self.models.items()}
         self._tables: dict = {}
         bound = {m: model.bind() for m, model in self.models.items()}
         self._runs = {m: run for m, (run, _) in bound.items()}
         self.reads = {m: reads for m, (_, reads) in bound.items()}
-        self._classify = spec.runner(self, self._runs)
+        self._runner = RUNNERS[spec.runner]
+        self._classify = self._runner(self, self._runs)
         self._hook, self._hooked, self._stage_seconds = None, None, None
+
+    @property
+    def runs(self) -> Mapping:
+        """Each model's run on its input storage values, unhooked and untimed (``exits.exit_scores`` reads every
+        exit with them)."""
+        return MappingProxyType(self._runs)
+
+    @property
+    def entropy_threshold(self) -> float:
+        """The manifest's BranchyNet entropy threshold (``specs.ENTROPY_THRESHOLD`` in ``options`` overrides it)."""
+        return self.bundle.entropy_threshold
 
     @property
     def configuration(self) -> dict:
@@ -198,7 +152,7 @@ class Pipeline:
             labels, confidences, route = self._classify(images)
             return BatchResult(self.name, labels, confidences, route, time.perf_counter() - start, NO_STAGES)
         if hook is not self._hook:  # the same runner, each model's run wrapped in the hook and a timer
-            self._hooked = self.spec.runner(self, {m: self._timed(m, run, hook) for m, run in self._runs.items()}, hook)
+            self._hooked = self._runner(self, {m: self._timed(m, run, hook) for m, run in self._runs.items()}, hook)
             self._hook = hook
         self._stage_seconds = stage_seconds = {}
         start = time.perf_counter()

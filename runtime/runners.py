@@ -2,25 +2,41 @@
 ``Pipeline`` calls its spec's runner when it is made, and again for a stage hook, with each run wrapped and the
 hook passed). What a runner returns classifies a checked uint8 batch: (labels, confidences or a function that makes
 them, route).
+
+A runner reads a pipeline through ``PipelineParts``, the few things it needs of one, not through ``Pipeline``
+itself, so that the runners, the table that names them (``specs``) and ``pipelines`` import in one direction only.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
 from cbnet_tl.runtime.errors import BundleError
 from cbnet_tl.runtime.gate import confidence_row_test, entropy_row_test, exit_gate, top_probability
-
-if TYPE_CHECKING:
-    from cbnet_tl.runtime.pipelines import Pipeline
-
-CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's option, chosen on validation data by the build
+from cbnet_tl.runtime.specs import CONFIDENCE_THRESHOLD, ENTROPY_THRESHOLD, Link, PipelineSpec
 
 
-def chain(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
+class PipelineParts(Protocol):
+    """What a runner reads of a pipeline (``pipelines.Pipeline`` has all of it)."""
+
+    spec: PipelineSpec
+    name: str
+    options: Mapping  # the manifest's options with the caller's over them
+    entropy_threshold: float  # the manifest's
+    reads: Mapping  # model -> its output readers, one per output: raw scores, features
+    runs: Mapping  # model -> run on its input storage values (the runners get their own, maybe wrapped, in a call)
+
+    def from_pixels(self, name: str, run: Callable) -> Callable: ...  # run on uint8 images
+    def from_output(self, link: Link, run: Callable) -> Callable: ...  # run on link.source's raw output
+    def confidence(self, name: str, index: int = 0) -> Callable: ...  # raw scores -> top probabilities
+    def logits64(self, name: str, index: int = 0) -> Callable: ...  # raw scores -> float64 logits
+    def row_test(self, make: Callable, name: str, threshold: float) -> Callable: ...  # one row's gate, or None
+
+
+def chain(pipeline: PipelineParts, runs: dict, hook=None) -> Callable:
     """Models one after another, each link feeding the next; the last model's scores decide."""
     spec = pipeline.spec
     names, route = spec.models, spec.paths[spec.models]
@@ -39,7 +55,7 @@ def chain(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     return classify
 
 
-def fallback(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
+def fallback(pipeline: PipelineParts, runs: dict, hook=None) -> Callable:
     """CBNet first; images whose top-class probability is below the threshold go to LeNet as well."""
     spec = pipeline.spec
     first, second = spec.models
@@ -79,11 +95,11 @@ def fallback(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
     return classify
 
 
-def early_exit(pipeline: Pipeline, runs: dict, hook=None) -> Callable:
+def early_exit(pipeline: PipelineParts, runs: dict, hook=None) -> Callable:
     """BranchyNet: the first model's branch logits decide, by entropy, who also runs the tail."""
     spec = pipeline.spec
     first, (link,) = spec.models[0], spec.links
-    threshold = pipeline.threshold
+    threshold = float(pipeline.options.get(ENTROPY_THRESHOLD, pipeline.entropy_threshold))
     run_first, run_tail = pipeline.from_pixels(first, runs[first]), pipeline.from_output(link, runs[link.target])
     read_branch, read_features = pipeline.reads[first][0], pipeline.reads[first][link.output]
     read_tail = pipeline.reads[link.target][0]

@@ -1,21 +1,50 @@
 """The ways to classify, as one table of ``PipelineSpec``: ``cbnet``, ``cbnet-fallback``, ``branchynet``,
-``lenet``, the truncated ``branch`` and, in builds made ``--with multiexit``, the three-exit ``multiexit``.
+``lenet``, the truncated ``branch`` and, in builds made ``--with multiexit``, the multi-exit ``multiexit``.
 
 A spec names the pipeline's models in order, the links between them (which output feeds which model), the path
-label of each set of models an image can run through, and the runner that drives them (``runners``, ``exits``).
-The names other code refers to a pipeline by (its role) are here too, with the lookups of a manifest's choices
-(``spec_in``, ``as_built``, ``models_for``); ``pipelines.Pipeline`` runs a spec on a bundle's models.
+label of each set of models an image can run through, the runner that drives them by its key (``Runner``; the
+code of each is in ``runners`` and ``exits``, found through ``pipelines.RUNNERS``) and the option of its gate with
+the value that turns the gate off. The table is data: it imports no runner. The names other code refers to a
+pipeline by (its role) are here too, with the lookups of a manifest's choices (``spec_in``, ``as_built``,
+``models_for``); ``pipelines.Pipeline`` runs a spec on a bundle's models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from cbnet_tl.runtime.errors import BundleError
-from cbnet_tl.runtime.exits import multi_exit
-from cbnet_tl.runtime.runners import chain, early_exit, fallback
+
+
+class Runner(str, enum.Enum):
+    """The key of each way to run a spec's models (``pipelines.RUNNERS`` maps it to its code)."""
+
+    CHAIN = "chain"  # models one after another; the last one's scores decide
+    FALLBACK = "fallback"  # the first model; the second too for images below a confidence threshold
+    EARLY_EXIT = "early_exit"  # BranchyNet: the branch's entropy decides who runs the tail
+    MULTI_EXIT = "multi_exit"  # an exit after each segment; an image leaves at the first confident one
+
+
+# Pipeline options (a manifest's ``pipelines.NAME.options``; ``Pipeline(options=...)`` overrides them)
+CONFIDENCE_THRESHOLD = "confidence_threshold"  # cbnet-fallback's, chosen on held-out images by the build
+EXIT_THRESHOLDS = "exit_thresholds"  # multiexit's: the least confidence that exits, per exit but the last
+EXIT_TABLE = "exit_table"  # multiexit's: the shares going on past each exit, by confidence, for EENet
+ENTROPY_THRESHOLD = "entropy_threshold"  # branchynet's; without it, the manifest's entropy_threshold
+# A confidence threshold no image reaches (a top probability is at most 1): every image goes on past the gate
+EVERY_IMAGE_GOES_ON = 2.0
+NO_ENTROPY_IS_BELOW = 0.0  # an entropy threshold no image is under: every image goes on to the tail
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The option that decides which images go on past a pipeline's first model(s), and its value that sends every
+    image through every model (what ``run.py trace`` times and the build reads every exit with)."""
+
+    option: str
+    off: object
 
 
 @dataclass(frozen=True)
@@ -32,8 +61,9 @@ class PipelineSpec:
     name: str
     models: tuple  # in the order they run
     paths: dict  # models an image ran through (tuple) -> path label
-    runner: Callable  # (pipeline, {model: run}, hook or None) -> classify(uint8 images (N, H, W, C)) -> (labels, confidences, route)
+    runner: Runner  # the key of its runner (pipelines.RUNNERS)
     links: tuple = ()
+    gate: Optional[Gate] = None  # None: every image runs every model
     deployed: bool = True  # shipped in bundles and checked by the build
     description: str = ""
     optional: bool = False  # built only when asked for (`cbnet-tl build --with NAME`): deployed where the manifest has it
@@ -66,6 +96,11 @@ class PipelineSpec:
         return self.paths[self.models]
 
     @property
+    def gates_off(self) -> dict:
+        """The options that send every image through every model: no early exit, no confidence gate."""
+        return {} if self.gate is None else {self.gate.option: self.gate.off}
+
+    @property
     def tail(self) -> tuple:
         """Models only some images run (an early exit's later stages)."""
         always = set.intersection(*(set(models) for models in self.paths))
@@ -74,32 +109,35 @@ class PipelineSpec:
 
 # The pipelines other code refers to by their role; everything else about them is in their spec.
 DEFAULT_PIPELINE = "cbnet"  # CBNet itself; the default of builds made before they recommended one (default_pipeline)
-FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its runners.CONFIDENCE_THRESHOLD
+FALLBACK_PIPELINE = "cbnet-fallback"  # the build chooses its CONFIDENCE_THRESHOLD
 EARLY_EXIT_PIPELINE = "branchynet"  # the entropy gate that tells easy images from hard ones
 BASELINE_PIPELINE = "lenet"  # what speed-ups are measured against
-MULTIEXIT_PIPELINE = "multiexit"  # the three-exit network (`cbnet-tl build --with multiexit`)
-MULTIEXIT_STAGES = ("exit1", "exit2", "exit3")  # its segments, one .tflite each (recipes/multiexit.py)
+MULTIEXIT_PIPELINE = "multiexit"  # the multi-exit network (`cbnet-tl build --with multiexit`)
+# its segments, one .tflite each: the number of exits, which recipes/multiexit.py's network is built with
+MULTIEXIT_STAGES = ("exit1", "exit2", "exit3")
 MULTIEXIT_FULL = "multiexit_full"  # its whole path in one graph: the network cbnet-fallback may fall back to
 FALLBACK_NETWORKS = {"lenet": "lenet", MULTIEXIT_PIPELINE: MULTIEXIT_FULL}  # `build --fallback` -> model
 
 PIPELINE_SPECS = {spec.name: spec for spec in (
-    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, chain,
+    PipelineSpec(DEFAULT_PIPELINE, ("cbnet",), {("cbnet",): "ae+classifier"}, Runner.CHAIN,
                  description="converting autoencoder and light classifier, fused in one graph (raw pixels in)"),
     PipelineSpec(FALLBACK_PIPELINE, ("cbnet", "lenet"), {("cbnet",): "cbnet", ("cbnet", "lenet"): "cbnet+lenet"},
-                 fallback, choices={"lenet": (MULTIEXIT_FULL,)},
+                 Runner.FALLBACK, gate=Gate(CONFIDENCE_THRESHOLD, EVERY_IMAGE_GOES_ON),
+                 choices={"lenet": (MULTIEXIT_FULL,)},
                  description="cbnet; LeNet (or the build's --fallback network) too where cbnet's confidence is "
                              "below the threshold"),
     PipelineSpec(EARLY_EXIT_PIPELINE, ("trunk_branch", "main_tail"),
-                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, early_exit,
-                 links=(Link("trunk_branch", 1, "main_tail"),),
+                 {("trunk_branch",): "branch", ("trunk_branch", "main_tail"): "branch+main"}, Runner.EARLY_EXIT,
+                 links=(Link("trunk_branch", 1, "main_tail"),), gate=Gate(ENTROPY_THRESHOLD, NO_ENTROPY_IS_BELOW),
                  description="B-LeNet: exits at the branch when its entropy is below the threshold"),
-    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, chain, description="the LeNet baseline"),
+    PipelineSpec(BASELINE_PIPELINE, ("lenet",), {("lenet",): "main"}, Runner.CHAIN, description="the LeNet baseline"),
     PipelineSpec(MULTIEXIT_PIPELINE, MULTIEXIT_STAGES,
                  {MULTIEXIT_STAGES[:k]: MULTIEXIT_STAGES[k - 1] for k in range(1, len(MULTIEXIT_STAGES) + 1)},
-                 multi_exit, links=tuple(Link(a, 1, b) for a, b in zip(MULTIEXIT_STAGES, MULTIEXIT_STAGES[1:])),
-                 optional=True, description="three stages of growing cost, an exit after each; an image leaves at "
-                                            "the first exit whose confidence reaches its threshold"),
-    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, chain, deployed=False,
+                 Runner.MULTI_EXIT, links=tuple(Link(a, 1, b) for a, b in zip(MULTIEXIT_STAGES, MULTIEXIT_STAGES[1:])),
+                 gate=Gate(EXIT_THRESHOLDS, (EVERY_IMAGE_GOES_ON,) * (len(MULTIEXIT_STAGES) - 1)),
+                 optional=True, description=f"{len(MULTIEXIT_STAGES)} stages of growing cost, an exit after each; an "
+                                            "image leaves at the first exit whose confidence reaches its threshold"),
+    PipelineSpec("branch", ("branch",), {("branch",): "branch-only"}, Runner.CHAIN, deployed=False,
                  description="the B-LeNet branch alone (truncated)"),
 )}
 PIPELINES = tuple(PIPELINE_SPECS)

@@ -24,20 +24,13 @@ from cbnet_tl.runtime.bundle import open_manifest
 from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
-from cbnet_tl.runtime.exits import EXIT_THRESHOLDS, NEVER
 from cbnet_tl.runtime.pipelines import TIME_STAGES
-from cbnet_tl.runtime.specs import MULTIEXIT_STAGES, deployed_pipelines
-from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
-
-# no probability reaches 2: the fallback runs for every image, and every image runs every stage of multiexit
-EVERY_IMAGE_GOES_ON = {CONFIDENCE_THRESHOLD: 2.0, EXIT_THRESHOLDS: [NEVER] * (len(MULTIEXIT_STAGES) - 1)}
+from cbnet_tl.runtime.specs import PIPELINE_SPECS, deployed_pipelines
 
 
 def open_every_image_on(bundle_dir: Path, name: str, num_threads: int):
-    """The pipeline with no early exit and no confidence gate: every image goes through every stage."""
-    pipeline = open_pipeline(bundle_dir, name, num_threads=num_threads, options=EVERY_IMAGE_GOES_ON)
-    pipeline.threshold = 0.0  # no entropy is below 0 (read when the timed runner is built, at the first hooked call)
-    return pipeline
+    """The pipeline built with its gate off (no early exit, no confidence gate): every image through every stage."""
+    return open_pipeline(bundle_dir, name, num_threads=num_threads, options=PIPELINE_SPECS[name].gates_off)
 
 
 def time_stages(pipeline, images: np.ndarray, repeats: int) -> dict:

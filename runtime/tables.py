@@ -65,11 +65,3 @@ def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Apply a 256-entry table to a one-byte tensor."""
     return table.take(raw.view(np.uint8))  # take: the same values as indexing, without its general machinery
 
-
-def pass_on(raw: np.ndarray, out_spec, in_spec, table: Optional[np.ndarray]) -> np.ndarray:
-    """Feed one model's raw output to the next, requantizing only when the two scales differ."""
-    if (out_spec.scale, out_spec.zero_point, out_spec.dtype) == (in_spec.scale, in_spec.zero_point, in_spec.dtype):
-        return raw
-    if table is not None:
-        return lookup(table, raw)
-    return quantize(dequantize(raw, out_spec), in_spec)

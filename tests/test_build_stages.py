@@ -59,18 +59,24 @@ def test_build_writes_the_manifest_once_with_the_fallback_options(tmp_path, monk
 
 
 def test_fallback_options_from_a_manifest_not_yet_written(tiny_build, mnist_dir, tmp_path):
+    """The build chooses cbnet-fallback's options before it writes its manifest: from the model files and the
+    manifest in memory, they measure as they say on the held-out images (the runtime's own pipelines, run apart)."""
     import numpy as np
 
+    from cbnet_tl.runtime.bundle import load_bundle
     from cbnet_tl.toolchain.analysis.evaluation import load_train_split
     from cbnet_tl.toolchain.training.fallback import fallback_options
+    from test_fallback import measured_on
 
     build = tmp_path / "build"
     shutil.copytree(tiny_build / "models", build / "models")  # the model files, and no manifest.json
     manifest = read_manifest(tiny_build)
     validation = np.asarray(json.loads((tiny_build / "train.json").read_text())["validation_indices"])
     train, _ = load_train_split(tiny_build, mnist_dir)
-    options = fallback_options(build, train.images[validation], train.labels[validation], manifest=manifest)
-    assert options == manifest.pipelines["cbnet-fallback"].options
+    images, truth = train.images[validation], train.labels[validation]
+    options = fallback_options(build, images, truth, manifest=manifest)
+    assert not (build / "manifest.json").exists()
+    measured_on(load_bundle(build, models=["cbnet", "lenet"], manifest=manifest), images, truth, options)
 
 
 def test_training_runs_its_fixed_schedule_unless_a_budget_is_asked_and_a_cut_is_said(monkeypatch, tmp_path):

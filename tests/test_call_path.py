@@ -30,8 +30,15 @@ from cbnet_tl.runtime.gate import (
 )
 from cbnet_tl.runtime.interpreter import TensorSpec, dequantize, quantize
 from cbnet_tl.runtime.pipelines import NO_STAGES, TIME_STAGES, Pipeline
-from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
-from cbnet_tl.runtime.specs import EARLY_EXIT_PIPELINE, FALLBACK_PIPELINE, PIPELINE_SPECS, PIPELINES, models_for
+from cbnet_tl.runtime.specs import (
+    CONFIDENCE_THRESHOLD,
+    EARLY_EXIT_PIPELINE,
+    ENTROPY_THRESHOLD,
+    FALLBACK_PIPELINE,
+    PIPELINE_SPECS,
+    PIPELINES,
+    models_for,
+)
 from cbnet_tl.runtime.tables import exp_difference_table
 
 from conftest import MNIST_8K
@@ -159,6 +166,9 @@ def test_the_entropy_gate_is_strict_at_a_threshold_equal_to_an_observed_entropy(
         assert expected[2].count(PIPELINE_SPECS[EARLY_EXIT_PIPELINE].full_path) == np.sum(entropies >= threshold)
         for batch_size in BATCH_SIZES:
             _assert_same(_classify_all(Pipeline(bundle, EARLY_EXIT_PIPELINE), images, batch_size), expected)
+        # the same threshold as the pipeline's option, over the manifest's
+        by_option = Pipeline(loaded, EARLY_EXIT_PIPELINE, {ENTROPY_THRESHOLD: float(threshold)})
+        _assert_same(_classify_all(by_option, images, BATCH_SIZES[1]), expected)
 
 
 # the decision from raw bytes, on every kind of row ----------------------------------------------------------

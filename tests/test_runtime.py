@@ -55,6 +55,31 @@ def test_branchynet_paths_follow_the_entropy_gate(tiny_bundle, mnist_samples):
     assert [p == "branch" for p in result.paths] == early.tolist()
 
 
+@pytest.mark.parametrize("name", [p for p in DEPLOYED_PIPELINES if not PIPELINE_SPECS[p].optional])
+def test_a_pipeline_built_with_its_gates_off_runs_every_model_on_every_image(tiny_bundle, mnist_samples, name):
+    """What `run.py trace` times and the build reads every exit with: no early exit, no confidence gate, with or
+    without a stage hook, at any batch size; a pipeline with a gate, built as the manifest says, does skip models."""
+    from cbnet_tl.runtime.specs import models_for
+
+    images = _load(mnist_samples[0])
+    bundle = load_bundle(tiny_bundle, models=models_for([name], read_manifest(tiny_bundle)))
+    spec, ran = PIPELINE_SPECS[name], {}
+
+    class Count:
+        def begin_inference(self, pipeline): pass
+        def before_stage(self, stage, num_images): ran[stage] = ran.get(stage, 0) + num_images
+        def after_stage(self, stage, seconds): pass
+        def end_inference(self, path): pass
+
+    every = Pipeline(bundle, name, gates_off=True)
+    for batch in (images, images[:1]):
+        ran.clear()
+        assert set(every.classify(batch).paths) == set(every.classify(batch, hook=Count()).paths) == {spec.full_path}
+        assert ran == {model: len(batch) for model in spec.models}
+    if spec.gate is not None:  # the manifest's gate lets some image leave early: the test above can fail
+        assert set(Pipeline(bundle, name).classify(images).paths) != {spec.full_path}
+
+
 def test_batches_match_single_images(tiny_bundle, mnist_samples):
     images = _load(mnist_samples[0])
     for name in ("cbnet", "branchynet", "lenet"):
@@ -173,18 +198,27 @@ def test_int8_pipelines_match_the_float_path_on_real_images(tiny_bundle, mnist_s
 
 
 def test_fused_cbnet_gives_the_classes_of_ae_then_classifier(tiny_build, mnist_samples):
-    """One uint8-in graph = the converting AE, then the classifier on its converted image (run apart)."""
-    from cbnet_tl.runtime.interpreter import dequantize
-    from cbnet_tl.runtime.tables import pass_on, requantize_table
+    """One uint8-in graph = the converting AE, then the classifier on its converted image, run apart as a pipeline
+    of two models. Between them the runtime requantizes the AE's output bytes to the classifier's input scale (a
+    table, ``Pipeline.from_output``); the classifier then answers what it answers to the per-element float path."""
+    from cbnet_tl.runtime.gate import decide
+    from cbnet_tl.runtime.interpreter import dequantize, quantize
+    from cbnet_tl.runtime.specs import Link, PipelineSpec, Runner
 
     images = _load(mnist_samples[0])
     bundle = load_bundle(tiny_build, models=["cbnet", "autoencoder", "classifier"])
     fused, ae, classifier = (bundle.models[m] for m in ("cbnet", "autoencoder", "classifier"))
-    together = dequantize(fused.invoke_quantized(images)[0], fused.outputs[0]).argmax(-1)
-    converted = ae.invoke_quantized(images)[0]
-    fed = pass_on(converted, ae.outputs[0], classifier.input, requantize_table(ae.outputs[0], classifier.input))
-    apart = dequantize(classifier.invoke_quantized(fed)[0], classifier.outputs[0]).argmax(-1)
-    assert np.array_equal(together, apart)
+    out, into = ae.outputs[0], classifier.input
+    assert out.scale != into.scale  # the bytes must be requantized on the way
+    apart = PipelineSpec("ae-then-classifier", ("autoencoder", "classifier"),
+                         {("autoencoder", "classifier"): "apart"}, Runner.CHAIN,
+                         links=(Link("autoencoder", 0, "classifier"),), deployed=False)
+    result = Pipeline(bundle, apart).classify(images)
+    scores = classifier.invoke_quantized(quantize(dequantize(ae.invoke_quantized(images)[0], out), into))[0]
+    labels, confidences = decide(dequantize(scores, classifier.outputs[0]))
+    assert result.path == "apart" and np.array_equal(result.labels, labels)
+    assert np.array_equal(result.confidences, confidences)
+    assert np.array_equal(dequantize(fused.invoke_quantized(images)[0], fused.outputs[0]).argmax(-1), labels)
 
 
 def test_row_by_row_invokes_equal_a_real_batch(tiny_bundle, mnist_samples):

@@ -16,7 +16,7 @@ import numpy as np
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, EnergySource
 from cbnet_tl.runtime.dvfs.policy import DvfsContext, Policy
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.runtime.exits import EXIT_TABLE
+from cbnet_tl.runtime.specs import EXIT_TABLE
 
 LATENCY_WINDOW = 65_536  # latencies kept for the median and p95: a service's memory stays bounded
 LATE = 1 + 1e-9  # a latency over deadline × LATE misses (a plan that finishes on the deadline meets it)

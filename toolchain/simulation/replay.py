@@ -25,7 +25,7 @@ from cbnet_tl.runtime.dvfs.energy import EnergyModel
 from cbnet_tl.runtime.dvfs.policy import Policy
 from cbnet_tl.runtime.dvfs.session import DvfsSession
 from cbnet_tl.runtime.errors import DvfsError
-from cbnet_tl.runtime.exits import EXIT_TABLE
+from cbnet_tl.runtime.specs import EXIT_TABLE
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from cbnet_tl.runtime.dvfs.trace_file import HOST_STAGE, make_trace
 from cbnet_tl.toolchain.simulation.trace_read import read_trace, write_trace
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.pipelines import TIME_STAGES, Pipeline
-from cbnet_tl.runtime.exits import EXIT_TABLE
+from cbnet_tl.runtime.specs import EXIT_TABLE
 from cbnet_tl.toolchain.simulation.batch_sim import ORACLE, Job, simulate_jobs
 from cbnet_tl.toolchain.simulation.power_notes import assumptions, describe_model
 from cbnet_tl.toolchain.simulation.stage_costs import StageCosts

@@ -25,8 +25,7 @@ import numpy as np
 
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.manifest import Manifest, read_manifest
-from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
-from cbnet_tl.runtime.specs import DEFAULT_PIPELINE, FALLBACK_PIPELINE
+from cbnet_tl.runtime.specs import CONFIDENCE_THRESHOLD, DEFAULT_PIPELINE, EVERY_IMAGE_GOES_ON, FALLBACK_PIPELINE
 from cbnet_tl.toolchain.scoring import format_share
 from cbnet_tl.toolchain.training.evidence import Evidence, held_out_evidence
 
@@ -53,7 +52,7 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
                      max_share: float = DEFAULT_MAX_SHARE) -> dict:
     """The threshold of the best accuracy on these images among those sending at most ``max_share`` of them to
     LeNet; among equals the most LeNet work when LeNet is right on more of these images than cbnet, else the least
-    (0: never LeNet; 1: LeNet allowed for every image)."""
+    (0: never LeNet; ``EVERY_IMAGE_GOES_ON``: LeNet for every image, new ones too)."""
     if not 0.0 <= max_share <= 1.0:
         raise ConfigError(f"Expected a fallback share between 0 and 1. Received: {max_share}")
     conf, correct, splits = _cuts(confidences, cbnet_correct, lenet_correct)
@@ -63,7 +62,7 @@ def choose_threshold(confidences: np.ndarray, cbnet_correct: np.ndarray, lenet_c
     stronger = int(np.sum(lenet_correct)) > int(np.sum(cbnet_correct))  # then ties go to the most sent on
     k = int(tied[-1] if stronger else tied[0])
     # k = 0: never LeNet (not "below the least confident held-out image", which new images can be, uncapped)
-    threshold = 0.0 if k == 0 else float(conf[k]) if k < n else 1.0 + 1e-9
+    threshold = 0.0 if k == 0 else float(conf[k]) if k < n else EVERY_IMAGE_GOES_ON
     share = (lambda count: float(count / n)) if n else (lambda count: 0.0)  # no held-out images: nothing is sent
     return {CONFIDENCE_THRESHOLD: threshold, "validation_accuracy": share(correct[k]),
             "validation_lenet_accuracy": share(np.sum(lenet_correct)),
