@@ -18,6 +18,7 @@ from cbnet_tl.runtime.exits import exit_depths
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.runtime.specs import (
     EVERY_IMAGE_GOES_ON,
+    EXIT_TABLE,
     EXIT_THRESHOLDS,
     FALLBACK_PIPELINE,
     MULTIEXIT_FULL,
@@ -508,3 +509,39 @@ def test_the_cli_default_margin_is_the_choosers():
 
     assert inspect.signature(build).parameters["multiexit_margin"].default == DEFAULT_MARGIN_PT
     assert BuildConfig("fashion-mnist", Path("out")).multiexit_margin_pt == DEFAULT_MARGIN_PT
+
+
+@pytest.mark.slow  # trains the module's tiny build (multiexit_build)
+def test_eenet_at_batch_one_on_the_three_exit_pipeline(multiexit_build, test_images):
+    """A camera's frames, each a batch of one through the device session (the simulator's driver): where each
+    frame leaves and what each exit said of it come from the build's real multiexit pipeline, the stages cost
+    0.4, 0.8 and 1.6 ms at the top of the wide-range test table. eenet plans each frame's exits as coin tosses with
+    the exit table's odds: within 5% of the hindsight oracle's energy and no more misses than the top frequency,
+    where the top frequency (doing nothing) is not within 5%."""
+    from cbnet_tl.runtime.bundle import load_bundle
+    from cbnet_tl.runtime.dvfs.energy import model_for
+    from cbnet_tl.toolchain.simulation.batch_sim import simulate_jobs
+    from cbnet_tl.toolchain.simulation.replay import Job
+    from cbnet_tl.toolchain.simulation.stage_costs import StageCosts
+    from cbnet_tl.toolchain.simulation.table_file import load_power_table
+    from cbnet_tl.toolchain.simulation.workload_sim import depths_of, exit_confidences, stage_counts
+
+    images, _ = test_images
+    pipeline = Pipeline(load_bundle(multiexit_build, models=list(MULTIEXIT_STAGES)), MULTIEXIT_PIPELINE)
+    frames = images[:300]
+    depths, confidences = depths_of(pipeline, frames), exit_confidences(pipeline, frames)
+    assert len(set(depths.tolist())) >= 2  # frames leave at different exits
+    model = model_for(load_power_table(DATA / "wide_range_power_table.json"))
+    stages = ("host",) + MULTIEXIT_STAGES
+    costs = StageCosts.from_top({"host": {1: 20e-6}, "exit1": {1: 0.4e-3}, "exit2": {1: 0.8e-3},
+                                 "exit3": {1: 1.6e-3}}, model.frequencies_khz, "synthetic")
+    period = 0.01
+    jobs = [Job(np.array([k * period]), stage_counts(depths[k:k + 1], len(MULTIEXIT_STAGES)),
+                (None, *confidences[:, k].tolist())) for k in range(len(frames))]
+    result = simulate_jobs(jobs, stages, costs, model, 0.006, ["performance", "eenet", "oracle"], MULTIEXIT_PIPELINE,
+                           profile=costs.at_top(model.top_khz), exits=pipeline.options[EXIT_TABLE])
+    named = result["policies"]
+    assert named["eenet"]["energy_j"] <= 1.05 * named["oracle"]["energy_j"], named["eenet"]
+    assert named["eenet"]["misses"] <= named["performance"]["misses"]
+    assert named["performance"]["energy_j"] > 1.05 * named["oracle"]["energy_j"]
+    assert len(set(named["eenet"]["decisions"])) >= 2  # it chose between frequencies frame by frame
