@@ -87,18 +87,33 @@ def _opened(path: Path, max_pixels: Optional[int]) -> Iterator[Image.Image]:
                          f"{str(error)[:80]})") from None
 
 
+def _oriented_arrays(image: Image.Image) -> tuple:
+    image.load()
+    oriented = ImageOps.exif_transpose(image)
+    return _arrays(oriented if oriented is not None else image)
+
+
 def decode(path: Path, max_pixels: int = MAX_PIXELS_DEFAULT) -> tuple:
     """(pixels, alpha) of one file, oriented as its EXIF tag says; one ``ImageError`` line for any problem."""
     path = Path(path)
     with _opened(path, max_pixels) as image:
-        image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return _arrays(oriented if oriented is not None else image)
+        return _oriented_arrays(image)
 
 
 def load_image(path: Path, spec: InputSpec, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
     """One file as the model's input: uint8 (height, width, channels) of ``spec``."""
     pixels, alpha = decode(path, max_pixels)
+    return to_model_input(pixels, spec, alpha)
+
+
+def prepare_image(image: Image.Image, spec: InputSpec, *, max_pixels: Optional[int] = MAX_PIXELS_DEFAULT,
+                  name: str = "image") -> np.ndarray:
+    """An image Pillow has opened or decoded (a camera frame, a posted body) as the model's input: the same bytes
+    ``load_image`` gives for a file that decodes to it. ``name`` opens the ``ImageError`` of an image over
+    ``max_pixels``."""
+    if max_pixels is not None:
+        check_pixels(name, image.size, max_pixels)
+    pixels, alpha = _oriented_arrays(image)
     return to_model_input(pixels, spec, alpha)
 
 

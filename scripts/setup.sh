@@ -19,7 +19,7 @@ APT_PACKAGES=(dataset-fashion-mnist python3-venv)
 EXTRAS="build"
 if ((tests)); then
     # openssh-server, openssh-client, rsync: deploy tests against a local sshd; ansible-core: the fleet
-    # playbook's syntax check; systemd: systemd-analyze scores the bundle's unit; chromium: opening the report (no test drives it yet);
+    # playbook's syntax check; systemd: systemd-analyze scores the bundle's units; chromium: the serve page, loaded headless in its test;
     # tuxpaint-stamps-default: RGB drawings for the image tests; qemu-user-static, binfmt-support, debootstrap:
     # the arm64 check (scripts/arm64_check.py) runs bundles on Debian arm64 roots under qemu-user emulation;
     # qemu-user: the dynamic qemu-aarch64, which loads the instruction-counting plugin (bench --arm64);
