@@ -1,14 +1,14 @@
-"""The runtime's library API: open a pipeline, classify files, self-test a bundle, watch a folder.
+"""The runtime's library API: open a pipeline, classify files, self-test and tune a bundle.
 
 Used by the device CLI (``runtime/cli.py``, ``python3 run.py …`` in a bundle), by the toolchain and by
-``examples/``. Only the stdlib, numpy, Pillow and the interpreter are used.
+``examples/``; the inbox service is ``inbox.py`` and ``service.py``. Only the stdlib, numpy, Pillow and the
+interpreter are used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -18,7 +18,6 @@ from cbnet_tl.runtime.bundle import load_bundle, open_manifest, verify_files
 from cbnet_tl.runtime.delegates import Device
 from cbnet_tl.runtime.errors import BundleError, ImageError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, error_reason, load_image
-from cbnet_tl.runtime.inbox import InboxConfig, watch_inbox
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.runtime.specs import models_for
 from cbnet_tl.runtime.tuning import default_tuning_path, read_tuning
@@ -58,24 +57,23 @@ def open_pipeline(bundle_dir: Path, name: str, *, precision: str = "int8", num_t
     return Pipeline(bundle, name, options)
 
 
-def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int = 1, hook=None,
+def classify_paths(pipeline: Pipeline, paths: Sequence[Path], *, batch_size: int = 1,
                    max_pixels: int = MAX_PIXELS_DEFAULT, input_digest: bool = False, session=None,
                    collect_errors: bool = False) -> list:
     """Classify image files of any size and mode (each through the bundle's input spec); one dict per image
     with class, confidence, path taken and time. ``input_digest`` adds the sha256 of each model input (the
     bytes the models read), to compare pre-processing between machines. ``session``: a ``DvfsSession`` that runs
-    each batch as one DVFS batch, every file arrived when the call began (a burst) and the files not read yet
-    its queue; ``hook`` is then not used. ``collect_errors``: an unreadable file (corrupt, not an image, over
-    ``max_pixels``, no permission) gets ``{"file": ..., "error": ...}`` (no ``label``) in its place and every
-    other file is still classified; without it, its ``ImageError`` is raised. Batches hold readable files only."""
+    each batch as the next of its arrival stream (``classify_next``), the files not read yet behind it.
+    ``collect_errors``: an unreadable file (corrupt, not an image, over ``max_pixels``, no permission) gets
+    ``{"file": ..., "error": ...}`` (no ``label``) in its place and every other file is still classified; without
+    it, its ``ImageError`` is raised. Batches hold readable files only."""
     entries, class_names = {}, pipeline.bundle.class_names
     failed = entries if collect_errors else None
-    began = time.monotonic()
     for indices, images, num_read in _readable_batches(paths, pipeline.input_spec, batch_size, max_pixels, failed):
         if session is None:
-            result = pipeline.classify(images, hook=hook)
-        else:  # as if this batch were images ``num_read - batch_size`` on: the files not read yet wait behind it
-            result = burst_batch(session, pipeline, images, began, num_read - batch_size, len(paths), batch_size)
+            result = pipeline.classify(images)
+        else:
+            result = session.classify_next(pipeline, images, behind=len(paths) - num_read)
         ms = round(result.seconds / len(indices) * 1e3, 4)
         answers = zip(indices, result.labels.tolist(), result.confidences.tolist(), result.paths)
         for position, (index, label, confidence, taken) in enumerate(answers):
@@ -105,33 +103,6 @@ def _readable_batches(paths: Sequence[Path], spec, batch_size: int, max_pixels: 
             indices, images = [], []
 
 
-def format_results(records: Sequence[dict]) -> list:
-    """The text table of ``classify_paths``' entries, one line each: file, class, confidence, path taken and time,
-    or file and ``error: why`` for an unreadable one."""
-    return [f"{r['file']}\terror: {r['error']}" if "error" in r else
-            f"{r['file']}\t{r['class_name']}\t{r['confidence']:.3f}\t{r['path']}\t{r['ms']:.3f} ms" for r in records]
-
-
-def unreadable_error(records: Sequence[dict]) -> Optional[str]:
-    """The closing error line when some files could not be classified (the command then exits 1), else None."""
-    failed = [r for r in records if "error" in r]
-    if not failed:
-        return None
-    first = f"{failed[0]['file']}: {failed[0]['error']}"
-    if len(failed) == 1:
-        return f"error: {first}"
-    return f"error: {len(failed)} of {len(records)} files unreadable, each with its error entry; the first: {first}"
-
-
-def burst_batch(session, pipeline: Pipeline, images: np.ndarray, began: float, start: int, total: int,
-                batch_size: int):
-    """Images ``start`` on of a burst of ``total`` that all arrived at ``began`` (``time.monotonic()``), as one DVFS
-    batch under ``session``; the batches after it are its queue."""
-    waited = time.monotonic() - began
-    queue = [(min(batch_size, total - first), waited) for first in range(start + batch_size, total, batch_size)]
-    return session.classify_batch(pipeline, images, [waited] * len(images), queue)
-
-
 def sample_images(directory: Path, manifest, what: str, spec=None) -> np.ndarray:
     """The bundle's own sample images (its selftest files) through ``spec`` (default: the manifest's), or one
     error line: "``directory``/manifest.json has no ``what``"."""
@@ -158,14 +129,6 @@ def selftest(bundle_dir: Path, num_threads: int = 1) -> dict:
         raise BundleError("Self-test failed: " + "; ".join(failed))
     report["passed"] = True
     return report
-
-
-def watch(pipeline: Pipeline, config: InboxConfig, *, max_images: Optional[int] = None, session=None,
-          drain: bool = False) -> int:
-    """Classify each image that settles in ``config.inbox`` under the inbox contract (``runtime/inbox.py``):
-    one atomic result per input in the outbox, then the input moves to done/ or failed/. ``session``: a
-    ``DvfsSession`` that runs each batch (DVFS per batch); ``drain``: stop once the inbox is empty."""
-    return watch_inbox(pipeline, config, session=session, max_images=max_images, drain=drain)
 
 
 def tune_bundle(bundle_dir: Path, out: Optional[Path] = None, *, num_threads: int = 1,

@@ -86,6 +86,7 @@ class Inbox:
 
     def __init__(self, pipeline, config: InboxConfig, session=None, clock: Callable[[], float] = time.monotonic):
         self.pipeline, self.config, self.session, self._clock = pipeline, config, session, clock
+        self.num_handled = 0  # inputs finished (result written, input moved) by this object, counted one by one
         for folder in (config.inbox, config.outbox, config.failed, config.state_dir) + \
                 (() if config.delete_processed else (config.done,)):
             folder.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,29 @@ class Inbox:
         if self.session is not None:
             self.state["session"] = self.session.totals()
         write_json_atomic(self.config.state_file, self.state, durable=True)
+
+    def watch(self, *, max_images: Optional[int] = None, drain: bool = False,
+              sleep: Callable[[float], None] = time.sleep) -> int:
+        """Classify inputs as they settle in the inbox, batch by batch; stop after ``max_images`` (None: never), or
+        with ``drain`` once the inbox holds no input, settled or not. The session, if any, is told of each batch
+        and of the polling sleep (idle). Returns ``num_handled``, which also counts an interrupted watch's inputs."""
+        config, settler = self.config, Settler(self.config.settle_seconds)
+        while max_images is None or self.num_handled < max_images:
+            ready = settler.scan(config.inbox)
+            if max_images is not None:
+                ready = ready[: max_images - self.num_handled]
+            if not ready:
+                if drain and not settler.num_seen:
+                    break
+                began = time.monotonic()
+                sleep(config.poll_seconds)
+                if self.session is not None:
+                    self.session.idle(time.monotonic() - began)
+                continue
+            for start in range(0, len(ready), config.batch_size):
+                stop = start + config.batch_size
+                self.process(ready[start:stop], ready[stop:])
+        return self.num_handled
 
     def process(self, batch: list, behind: list = ()) -> int:
         """Classify one batch of ``Entry``s; write every result, then move every input. ``behind``: the settled
@@ -136,6 +160,7 @@ class Inbox:
             self.session.answered()  # the batch's latency: until its results are in the outbox
         for name, _, record, fresh in records:
             self._finish(name, record)
+            self.num_handled += 1  # at once: a SIGTERM in this loop still finds every input it has counted
             if fresh:
                 self.state["processed" if record["status"] == "done" else "failed"] += 1
                 if record["status"] != "done":
@@ -237,27 +262,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def watch_inbox(pipeline, config: InboxConfig, *, session=None, max_images: Optional[int] = None,
                 drain: bool = False, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Classify inputs as they settle in the inbox, batch by batch; stop after ``max_images`` (None: never), or
-    with ``drain`` once the inbox holds no input, settled or not. ``session``: a ``DvfsSession``, told of each
-    batch and of the polling sleep (idle)."""
-    inbox = Inbox(pipeline, config, session=session)
-    settler, handled = Settler(config.settle_seconds), 0
-    while max_images is None or handled < max_images:
-        ready = settler.scan(config.inbox)
-        if max_images is not None:
-            ready = ready[: max_images - handled]
-        if not ready:
-            if drain and not settler.num_seen:
-                break
-            began = time.monotonic()
-            sleep(config.poll_seconds)
-            if session is not None:
-                session.idle(time.monotonic() - began)
-            continue
-        for start in range(0, len(ready), config.batch_size):
-            stop = start + config.batch_size
-            handled += inbox.process(ready[start:stop], ready[stop:])
-    return handled
+    """``Inbox(pipeline, config, session).watch(...)``: the number of inputs handled."""
+    return Inbox(pipeline, config, session=session).watch(max_images=max_images, drain=drain, sleep=sleep)
 
 
 def read_state(state_file: Path) -> dict:

@@ -5,9 +5,10 @@
     python3 run.py status --inbox /opt/cbnet-tl/inbox
     sudo python3 run.py dvfs-grant --group cbnet-tl   # the unit runs this as root (ExecStartPre=+)
 
-``serve`` runs the inbox until SIGTERM or SIGINT (or, with ``drain``, until the inbox is empty), then prints one
-summary line: inputs, misses, energy (modelled or measured, said) and the time at each frequency. SIGTERM is a
-clean stop: the CPU's frequency settings are given back first (``CpufreqController``), then the loop ends.
+``run_watch`` runs the inbox until SIGTERM or SIGINT (or, with ``drain``, until the inbox is empty), then prints one
+summary line (``formats.format_dvfs_summary``): inputs handled, misses, energy (modelled or measured, said) and the
+time at each frequency. SIGTERM is a clean stop: the CPU's frequency settings are given back first
+(``CpufreqController``), then the loop ends, and the inputs handled until then are counted.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from cbnet_tl.runtime.dvfs.cpufreq import WRITTEN_FILES, policy_files
 from cbnet_tl.runtime.errors import CbnetError
-from cbnet_tl.runtime.inbox import InboxConfig, read_state, watch_inbox
+from cbnet_tl.runtime.formats import format_dvfs_summary
+from cbnet_tl.runtime.inbox import Inbox, InboxConfig, read_state
 from cbnet_tl.runtime.settle import is_candidate
-
-CPUFREQ_DIR = Path("sys/devices/system/cpu/cpufreq")
-CPUFREQ_WRITABLE = ("scaling_governor", "scaling_setspeed", "scaling_min_freq", "scaling_max_freq")
 
 
 class StopRequested(BaseException):
@@ -38,10 +38,10 @@ def _stop(signum, frame) -> None:
     raise StopRequested()
 
 
-def serve(pipeline, config: InboxConfig, dvfs_options: dict, *, drain: bool = False,
-          log: Callable[[str], None] = functools.partial(print, flush=True)) -> dict:
+def run_watch(pipeline, config: InboxConfig, dvfs_options: dict, *, drain: bool = False,
+              log: Callable[[str], None] = functools.partial(print, flush=True)) -> dict:
     """``run.py watch``: the inbox under ``dvfs_session(**dvfs_options)`` until stopped; the summary line, logged
-    and returned (the session's ``summary()`` with ``num_inputs`` and ``seconds``)."""
+    and returned (the session's ``summary()`` with ``num_inputs``, the inputs handled, and ``seconds``)."""
     from cbnet_tl.runtime.dvfs.run import dvfs_session
 
     deadline_ms = dvfs_options.get("deadline_ms")
@@ -50,40 +50,22 @@ def serve(pipeline, config: InboxConfig, dvfs_options: dict, *, drain: bool = Fa
               f"--settle-seconds ({config.settle_seconds:g} s) before it knows: every input will miss it",
               file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _stop)  # before the controller's own: it gives the CPU back, then this
-    began, handled = time.monotonic(), 0
+    began, inbox = time.monotonic(), None
     try:
-        with dvfs_session(**dvfs_options) as session:
+        # the inputs are the arrivals (each batch's waits and queue from the inbox), not back to back: the service
+        # idles between them, as a burst's queue does
+        with dvfs_session(**{**dvfs_options, "burst": True}) as session:
             try:
-                handled = watch_inbox(pipeline, config, session=session, drain=drain)
+                inbox = Inbox(pipeline, config, session=session)
+                inbox.watch(drain=drain)
             except (StopRequested, KeyboardInterrupt):
-                handled = None
+                pass  # the inputs handled so far are counted, input by input, in inbox.num_handled
     finally:
         signal.signal(signal.SIGTERM, previous)
+    handled = 0 if inbox is None else inbox.num_handled
     summary = {**session.summary(), "num_inputs": handled, "seconds": round(time.monotonic() - began, 3)}
-    log(format_summary(summary))
+    log(format_dvfs_summary(summary, "watch"))
     return summary
-
-
-def format_summary(summary: dict, command: str = "watch") -> str:
-    """One line: inputs, deadline misses, energy (modelled or measured) and the time at each frequency."""
-    count = summary["num_inferences"]
-    inputs = "" if summary.get("num_inputs") is None else f"{summary['num_inputs']} inputs, "
-    misses = "no deadline" if summary["deadline_ms"] is None else (
-        f"deadline {summary['deadline_ms']:g} ms missed by {summary['deadline_misses']}/{count} "
-        f"({summary['miss_rate']:.1%})")
-    source = summary.get("energy_model") or summary.get("energy_meter")
-    if summary.get("energy_note"):  # DVFS off: the frequency the governor chose is not known
-        source += ", at the top frequency: DVFS off"
-    energy = f"energy {summary['energy_j_total']:.4g} J ({summary['energy_source']}, {source})"
-    if count:
-        energy += f", {summary['energy_j'] * 1e3:.4g} mJ/image"
-    busy = sum(summary["time_at_frequency"].values())
-    use = ", ".join(f"{k}{'' if k == 'uncontrolled' else ' MHz'} {v:.3f} s ({v / busy:.0%})"
-                    for k, v in summary["time_at_frequency"].items()) if busy else "none busy"
-    took = "" if summary.get("seconds") is None else f" in {summary['seconds']:.1f} s"
-    return (f"{command} summary: {inputs}{count} classified{took}; dvfs "
-            f"{summary['dvfs']}{' (' + summary['method'] + ')' if summary.get('method') else ''}; {misses}; "
-            f"{energy}; time at {use}; idle {summary['idle_s']:.3f} s; frequency switches: {summary['switches']}")
 
 
 def status(config: InboxConfig, sysfs_root: Optional[Path] = None) -> dict:
@@ -118,24 +100,22 @@ def _alive(pid) -> bool:
 
 
 def _current_khz(sysfs_root: Path) -> Optional[int]:
-    for policy in sorted((sysfs_root / CPUFREQ_DIR).glob("policy*")):
+    for path in policy_files(sysfs_root, ("scaling_cur_freq",)):
         with contextlib.suppress(OSError, ValueError):
-            return int((policy / "scaling_cur_freq").read_text().strip())
+            return int(path.read_text().strip())
     return None
 
 
 def grant_cpufreq(group: str, sysfs_root: Path = Path("/")) -> list:
-    """Give ``group`` write access to exactly the cpufreq files the DVFS controller writes."""
+    """Give ``group`` write access to exactly the cpufreq files the DVFS controller writes (``WRITTEN_FILES``)."""
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
-        raise CbnetError(f"No group {group!r}. Create it (sudo useradd --system --user-group {group})") from None
+        raise CbnetError(f"Expected an existing group. Received: --group {group!r}. Create it with the service's user "
+                         f"(sudo useradd --system --user-group {group}), or name another") from None
     granted = []
-    for policy in sorted((Path(sysfs_root) / CPUFREQ_DIR).glob("policy*")):
-        for name in CPUFREQ_WRITABLE:
-            path = policy / name
-            if path.exists():
-                os.chown(path, -1, gid)
-                os.chmod(path, (path.stat().st_mode & 0o7777) | 0o020)
-                granted.append(str(path))
+    for path in policy_files(sysfs_root, WRITTEN_FILES):
+        os.chown(path, -1, gid)
+        os.chmod(path, (path.stat().st_mode & 0o7777) | 0o020)
+        granted.append(str(path))
     return granted

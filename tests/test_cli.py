@@ -50,8 +50,11 @@ def test_eval_json(tiny_build, mnist_dir):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert set(payload["pipelines"]) == {"cbnet", "cbnet-fallback", "branchynet", "lenet"}
+    # A floor every pipeline of the tiny build clears with margin, and a broken input path (the images shifted by a
+    # few pixels, or their values scaled down) or shifted labels does not (RESULTS.md: the accuracies, the mutations
+    # tried); a pipeline that answers one class scores the largest class's share, far below it.
     for scored in payload["pipelines"].values():
-        assert 0.7 <= scored["accuracy"] <= 1.0 and scored["ms_per_image_median"] > 0
+        assert 0.85 <= scored["accuracy"] <= 1.0 and scored["ms_per_image_median"] > 0
     assert abs(sum(payload["pipelines"]["branchynet"]["path_shares"].values()) - 1.0) < 1e-9
 
 

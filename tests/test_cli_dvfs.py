@@ -63,7 +63,7 @@ def test_dvfs_needs_a_deadline(tiny_bundle, samples_dir, tmp_path):
     make_tree(tmp_path / "root")
     result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--dvfs", "eenet",
                                  "--sysfs-root", str(tmp_path / "root")])
-    assert result.exit_code == 1 and "--dvfs eenet needs --deadline-ms" in result.output
+    assert result.exit_code == 1 and "--dvfs eenet needs a deadline to meet: pass --deadline-ms" in result.output
 
 
 def test_dvfs_without_cpufreq_fails_instead_of_running_uncontrolled(tiny_bundle, samples_dir, tmp_path):

@@ -64,9 +64,14 @@ def test_json_output_is_standard_json(name, tiny_build, mnist_dir, samples_dir, 
 
 
 def test_run_json_without_a_deadline_says_null(tiny_bundle, samples_dir):
-    result = runner.invoke(app, ["run", str(tiny_bundle), str(samples_dir / "mnist_00_7.png"), "--json"])
+    """A session without a deadline (arrivals every --period-ms) has ``deadline_ms`` null; no DVFS option at all
+    means no session and no ``dvfs`` key, as in ``run.py classify --json``."""
+    image = str(samples_dir / "mnist_00_7.png")
+    result = runner.invoke(app, ["run", str(tiny_bundle), image, "--period-ms", "1", "--json"])
     assert result.exit_code == 0, result.output
     assert strict_json(result.stdout)["dvfs"]["deadline_ms"] is None
+    plain = runner.invoke(app, ["run", str(tiny_bundle), image, "--json"])
+    assert plain.exit_code == 0 and set(strict_json(plain.stdout)) == {"pipeline", "configuration", "input", "results"}
 
 
 def test_deploy_json_is_standard_json(ssh_server, tiny_bundle, tmp_path):

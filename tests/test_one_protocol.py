@@ -75,3 +75,55 @@ def test_a_board_run_replayed_through_the_simulator_gives_the_boards_totals(tmp_
     assert simulated["switches"] == totals["switches"]
     assert {k: pytest.approx(v, abs=1e-6) for k, v in simulated["time_at_frequency"].items()} == \
         {k: v for k, v in totals["time_at_frequency"].items() if v > 0}
+
+
+class TickClock:
+    """A clock that moves 40 µs of work at the top frequency at every reading (longer at a lower frequency): the same
+    calls in the same order give the same times."""
+
+    def __init__(self):
+        self.now, self.cpu = 0.0, None
+
+    def __call__(self):
+        self.now += 40e-6 * TOP / (self.cpu.current_khz if self.cpu is not None else TOP)
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("period_s", [None, 2e-3])
+def test_eval_and_classify_make_the_same_decisions_at_batch_one(tiny_bundle, mnist_dir, tmp_path, period_s):
+    """`cbnet-tl eval --dvfs eenet` (evaluation.classify_stream over the test arrays) and `run.py classify --dvfs
+    eenet` (classify_paths over the same images as files) on one fake cpufreq tree with the same clock and the same
+    arrivals: the same frequency, written to the tree, at every decision."""
+    from PIL import Image
+
+    from cbnet_tl.runtime.api import classify_paths, open_pipeline
+    from cbnet_tl.toolchain.analysis.evaluation import classify_stream, load_test_split
+
+    _, test = load_test_split(tiny_bundle, mnist_dir, None)
+    images = test.images[:40]
+    paths = []
+    for k, image in enumerate(images):
+        paths.append(tmp_path / f"{k:03d}.png")
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(paths[-1])
+    pipeline = open_pipeline(tiny_bundle, "branchynet")
+    decisions, labels = [], []
+    for run in ("eval", "classify"):
+        root = tmp_path / run
+        make_tree(root)
+        clock = TickClock()
+        with CpufreqController(root) as controller:
+            model = model_for("rpi4", controller.frequencies_khz, 10e-6)
+            cpu = clock.cpu = BoardCpu(controller, clock, 0.0)
+            with DvfsSession(EENetPolicy(), cpu, model, 0.6e-3, period_s, clock=clock, sleep=clock.sleep) as session:
+                if run == "eval":
+                    labels.append(classify_stream(pipeline, images, session, 1)[0].tolist())
+                else:
+                    labels.append([r["label"] for r in classify_paths(pipeline, paths, session=session)])
+        decisions.append(cpu.decisions)
+    assert labels[0] == labels[1]
+    assert decisions[0] == decisions[1]
+    if period_s is not None:  # idle gaps: eenet runs slower and speeds up again (back to back it races at the top)
+        assert len(set(decisions[0])) >= 2

@@ -22,19 +22,19 @@ import pytest
 from cbnet_tl.runtime.api import open_pipeline
 from cbnet_tl.runtime.cli import main
 from cbnet_tl.runtime.dvfs.energy import model_for
-from cbnet_tl.runtime.dvfs.run import dvfs_session
+from cbnet_tl.runtime.dvfs.run import dvfs_session, workload_options
 from cbnet_tl.runtime.dvfs.session import DvfsSession
-from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.inbox import Inbox, InboxConfig, watch_inbox
-from cbnet_tl.runtime.service import serve
+from cbnet_tl.runtime.service import run_watch
 from cbnet_tl.runtime.settle import Settler
 from test_cpufreq import PI_OS_KHZ, make_tree, snapshot
 from test_watch import Watch, _check_exactly_once, _fill, wait_for
 
 TOP = PI_OS_KHZ[-1]
 SUMMARY = re.compile(r"^watch summary: (\d+) inputs, (\d+) classified in [\d.]+ s; dvfs (\S+) \((\S+)\); "
-                     r"deadline ([\d.]+) ms missed by (\d+)/(\d+) \([\d.]+%\); energy [\d.e+-]+ J \(modelled, rpi4\), "
+                     r"deadline ([\d.]+) ms missed by (\d+)/(\d+) \([\d.]+%\); latency median [\d.]+ ms, p95 [\d.]+ ms; "
+                     r"energy [\d.e+-]+ J \(modelled, rpi4\), "
                      r"[\d.e+-]+ mJ/image; time at (.+); idle [\d.]+ s; frequency switches: (\d+)$", re.MULTILINE)
 
 
@@ -100,8 +100,8 @@ def test_eenet_sets_the_trees_frequency_while_a_batch_runs(tiny_bundle, samples_
     config.inbox.mkdir()
     _fill(config.inbox, samples_dir, 96)
     pipeline = open_pipeline(tiny_bundle, "branchynet")
-    with dvfs_session("eenet", deadline_ms=60_000, sysfs_root=tmp_path / "sys", target="rpi4") as session:
-        spy = FrequencyDuringStages(session, policy_dir)
+    with dvfs_session("eenet", deadline_ms=60_000, burst=True, sysfs_root=tmp_path / "sys", target="rpi4") as session:
+        spy = FrequencyDuringStages(session, policy_dir)  # burst: the inbox's arrivals, as run_watch opens it
         assert watch_inbox(pipeline, config, session=session, drain=True) == 96
     assert snapshot(tmp_path / "sys") == before
     assert spy.seen[0] == ("trunk_branch", TOP)  # nothing known yet: the first stage at the top
@@ -232,6 +232,8 @@ def test_classify_with_a_batch_size_runs_each_batch_under_the_policy(tiny_bundle
 
 
 def test_sigterm_stops_the_service_cleanly_with_its_summary(tiny_bundle, samples_dir, tmp_path):
+    """A real ``run.py watch`` stopped by SIGTERM once its five inputs are in done/: the tree given back, and the
+    summary counts the five inputs it handled (a loop that lost its count on the signal printed none)."""
     make_tree(tmp_path / "sys")
     before = snapshot(tmp_path / "sys")
     w = Watch(tiny_bundle, tmp_path, "--dvfs", "powersave", "--deadline-ms", "5000", "--sysfs-root",
@@ -240,25 +242,28 @@ def test_sigterm_stops_the_service_cleanly_with_its_summary(tiny_bundle, samples
     w.start()
     wait_for(lambda: len(list((tmp_path / "done").glob("*.png"))) == 5,
              what="five inputs in done/")
+    wait_for(lambda: json.loads((tmp_path / "state" / "watch-state.json").read_text()).get("processed") == 5,
+             what="the state file to count them")  # the batch's last step: the loop is back to polling
     w.process.send_signal(signal.SIGTERM)
     assert w.process.wait(timeout=60) == 0
     assert snapshot(tmp_path / "sys") == before
     log = (tmp_path / "watch.log").read_text()
-    assert "watch summary: " in log and "5 classified" in log and "dvfs powersave" in log and "600 MHz" in log
+    assert "watch summary: 5 inputs, 5 classified" in log and "dvfs powersave" in log and "600 MHz" in log, log
 
 
 def test_a_workload_sets_the_deadline_unless_deadline_ms_does(tiny_bundle, tmp_path, capsys):
-    assert deadline_ms_of("camera:25", None) == pytest.approx(40.0)
-    assert deadline_ms_of("burst:64:500", None) == 500.0 and deadline_ms_of("burst:64:500", 80.0) == 80.0
-    assert deadline_ms_of(None, None) is None
-    with pytest.raises(ConfigError, match="Expected --workload as"):
-        deadline_ms_of("burst:64", None)
+    assert workload_options("camera:25", None)["deadline_ms"] == pytest.approx(40.0)
+    assert workload_options("burst:64:500", None)["deadline_ms"] == 500.0
+    assert workload_options("burst:64:500", 80.0)["deadline_ms"] == 80.0
+    assert workload_options(None, None)["deadline_ms"] is None
+    with pytest.raises(ConfigError, match="Expected --workload camera:FPS or burst:K:MS"):
+        workload_options("burst:64", None)
     arrivals = tmp_path / "arrivals.txt"
-    arrivals.write_text("0\n0.5\n")
+    arrivals.write_text("0\n0.5\n")  # a simulator's arrivals file: the service's arrivals are its files
     code = main(["--bundle", str(tiny_bundle), "watch", "--inbox", str(tmp_path / "in"), "--outbox",
                  str(tmp_path / "out"), "--dvfs", "eenet", "--workload", f"arrivals:{arrivals}"])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: --workload arrivals:") and "pass --deadline-ms" in err
+    assert code == 1 and err.startswith("error: Expected --workload camera:FPS or burst:K:MS") and "arrivals:" in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -328,13 +333,13 @@ def _signal_mid_batch(tiny_bundle, samples_dir, tmp_path, monkeypatch, signum) -
     config, names = _inbox_of(tmp_path, samples_dir, 24)
     held = _in_second_batch(monkeypatch, lambda session: os.kill(os.getpid(), signum))
     lines = []
-    summary = serve(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path), drain=True,
+    summary = run_watch(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path), drain=True,
                     log=lines.append)
     assert held == [("userspace", PI_OS_KHZ[0])]  # the service had the CPU when the signal came
     assert snapshot(tmp_path / "sys") == before
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
-    assert summary["num_inputs"] is None and summary["num_inferences"] == 8
-    assert len(lines) == 1 and lines[0].startswith("watch summary: 8 classified") and "600 MHz" in lines[0]
+    assert summary["num_inputs"] == 8 and summary["num_inferences"] == 8  # the first batch's 8, kept on the signal
+    assert len(lines) == 1 and lines[0].startswith("watch summary: 8 inputs, 8 classified") and "600 MHz" in lines[0]
     left = sorted(p.name for p in config.inbox.iterdir())
     assert len(left) == 16  # the second and third batches: not answered, not lost
     assert watch_inbox(open_pipeline(tiny_bundle, "branchynet"), config, drain=True) == 16
@@ -352,7 +357,7 @@ def test_an_error_mid_batch_gives_the_cpu_back(tiny_bundle, samples_dir, tmp_pat
 
     held = _in_second_batch(monkeypatch, fail)
     with pytest.raises(RuntimeError, match="a bug in a stage"):
-        serve(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path), drain=True,
+        run_watch(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path), drain=True,
               log=lambda line: None)
     assert held == [("userspace", PI_OS_KHZ[0])]
     assert snapshot(tmp_path / "sys") == before and signal.getsignal(signal.SIGTERM) == handler
@@ -369,7 +374,7 @@ def test_bad_inputs_mid_batch_fail_alone_under_dvfs(tiny_bundle, samples_dir, tm
     (config.inbox / "img00003.png").write_bytes(b"")  # replaces a good one: the first batch, between good ones
     (config.inbox / "img00010.png").write_text("not an image")
     lines = []
-    summary = serve(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path, "eenet"), drain=True,
+    summary = run_watch(open_pipeline(tiny_bundle, "branchynet"), config, _serve_options(tmp_path, "eenet"), drain=True,
                     log=lines.append)
     assert snapshot(tmp_path / "sys") == before
     assert summary["num_inputs"] == 12 and summary["num_inferences"] == 10 and "12 inputs, 10 classified" in lines[0]
@@ -389,7 +394,7 @@ def test_without_a_policy_nothing_runs_per_stage(tiny_bundle, samples_dir, tmp_p
         self, images, hook))
     config, _ = _inbox_of(tmp_path, samples_dir, 20)
     lines = []
-    summary = serve(open_pipeline(tiny_bundle, "branchynet"), config, {"dvfs": "off", "deadline_ms": None},
+    summary = run_watch(open_pipeline(tiny_bundle, "branchynet"), config, {"dvfs": "off", "deadline_ms": None},
                     drain=True, log=lines.append)
     assert hooks == [None] * 3 and summary["num_inferences"] == 20 and summary["deadline_ms"] is None
     assert "no deadline" in lines[0] and "(modelled, rpi4, at the top frequency: DVFS off)" in lines[0]
@@ -404,15 +409,15 @@ def test_without_a_policy_nothing_runs_per_stage(tiny_bundle, samples_dir, tmp_p
 
 
 def test_the_dvfs_options_fail_in_one_line_that_says_what_to_pass(tiny_bundle, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="Expected frames per second > 0 in --workload 'camera:fast'"):
-        deadline_ms_of("camera:fast", 40.0)  # a mistyped workload is refused even when --deadline-ms is given
+    with pytest.raises(ConfigError, match="Expected --workload camera:FPS or burst:K:MS"):
+        workload_options("camera:fast", 40.0)  # a mistyped workload is refused even when --deadline-ms is given
     with pytest.raises(ConfigError, match=r"Expected --deadline-ms > 0 and finite \(milliseconds\). Received: inf"):
-        deadline_ms_of(None, float("inf"))
-    assert deadline_ms_of(f"arrivals:{tmp_path / 'absent.txt'}", 80.0) == 80.0  # its arrivals are the files
+        workload_options(None, float("inf"))
     for extra, message in ((["--dvfs", "eenet"], "error: --dvfs eenet needs a deadline to meet: pass --deadline-ms MS "
                                                   "or --workload camera:FPS|burst:K:MS"),
                            (["--dvfs", "eenet", "--deadline-ms", "0"], "error: Expected --deadline-ms > 0 and finite"),
-                           (["--workload", "burst:0:500"], "error: Expected K >= 1 images in --workload burst:K:MS")):
+                           (["--workload", "burst:0:500"], "error: Expected --workload camera:FPS or burst:K:MS"),
+                           (["--dvfs", "turbo", "--deadline-ms", "40"], "error: Expected a DVFS policy, one of")):
         code = main(["--bundle", str(tiny_bundle), "watch", "--inbox", str(tmp_path / "in"), "--outbox",
                      str(tmp_path / "out"), *extra])
         err = capsys.readouterr().err

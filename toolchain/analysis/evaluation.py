@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from cbnet_tl.runtime.bundle import load_bundle, open_manifest
 from cbnet_tl.runtime.errors import CbnetError, ConfigError, DataError
+from cbnet_tl.runtime.formats import format_dvfs_summary
 from cbnet_tl.runtime.pipelines import Pipeline
 from cbnet_tl.runtime.specs import deployed_pipelines, models_for
 from cbnet_tl.toolchain.ingest.datasets import DatasetName, Split, load_dataset, seeded_subset
@@ -118,7 +118,7 @@ def format_evaluation(result: dict) -> str:
         shares = ", ".join(f"{p} {s:.1%}" for p, s in r["path_shares"].items())
         lines.append(f"{name:<12}{r['accuracy'] * 100:>9.2f}%{r['ms_per_image_median']:>10.3f}  {shares}")
         if "dvfs" in r:
-            lines.append("            " + format_dvfs_summary(r["dvfs"]))
+            lines.append("            " + format_dvfs_summary(r["dvfs"], "eval"))
     return "\n".join(lines)
 
 
@@ -132,35 +132,3 @@ def classify_stream(pipeline, images, session, batch_size: int) -> tuple:
         labels.extend(result.labels.tolist())
         paths.extend(result.paths)
     return np.asarray(labels), paths
-
-
-def format_dvfs_summary(summary: dict) -> str:
-    misses = "" if summary["deadline_ms"] is None else (
-        f", deadline {summary['deadline_ms']:.3f} ms missed {summary['deadline_misses']}/{summary['num_inferences']}")
-    frequencies = ", ".join(f"{k} MHz {v * 1e3:.1f} ms" if k != "uncontrolled" else f"uncontrolled {v * 1e3:.1f} ms"
-                            for k, v in summary["time_at_frequency"].items())
-    method = f" ({summary['method']})" if summary.get("method") else ""
-    return (f"dvfs {summary['dvfs']}{method}: latency median {summary['latency_ms_median']:.3f} ms, "
-            f"p95 {summary['latency_ms_p95']:.3f} ms{misses}; energy {summary['energy_j'] * 1e3:.4f} mJ/inference "
-            f"({summary['energy_source']}); time at {frequencies}")
-
-
-def write_converted(bundle_dir: Path, paths: list, out_dir: Path) -> list:
-    """What the bundle's converting autoencoder makes of each image file, written as OUT/<name>.png."""
-    import io
-
-    from cbnet_tl.runtime.files import write_bytes_atomic
-    from cbnet_tl.runtime.images import as_pil, load_images
-    from cbnet_tl.runtime.pipelines import convert_images
-    from cbnet_tl.runtime.specs import CONVERTER
-
-    bundle = load_bundle(bundle_dir, models=[CONVERTER])
-    written = []
-    images = load_images(paths, bundle.manifest.input_spec)
-    for path, image in zip(paths, convert_images(bundle.models[CONVERTER], images)):
-        buffer = io.BytesIO()
-        as_pil(image).save(buffer, format="PNG")
-        target = Path(out_dir) / f"{Path(path).name}.png"
-        write_bytes_atomic(target, buffer.getvalue())
-        written.append(target)
-    return written

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT
+from cbnet_tl.runtime.classify import DEVICES, OPTION_HELP, ClassifyOptions, fallback_options
 from cbnet_tl.toolchain.cli.common import (
     DEFAULT_TARGET,
     DataDir,
@@ -16,88 +17,70 @@ from cbnet_tl.toolchain.cli.common import (
     DeadlineMs,
     Dvfs,
     JsonOutput,
-    MaxPixels,
     PeriodMs,
     PipelineChoice,
     PowerTarget,
     PrecisionChoice,
     SysfsRoot,
+    TargetChoice,
     echo_json,
     power_model,
 )
 
 app = typer.Typer()
+DeviceChoice = Enum("DeviceChoice", [(device, device) for device in DEVICES], type=str)
+# `run`'s defaults and help are `run.py classify`'s (runtime/classify.py); it leaves the ranges to ClassifyOptions,
+# so that both commands refuse a value with the same line
+DEFAULTS = ClassifyOptions()
 
-FallbackThreshold = Annotated[Optional[float], typer.Option(
-    min=0.0, max=1.0, help="cbnet-fallback: send images whose cbnet confidence is below this to LeNet "
-    "(default: the threshold the build chose on validation data, in the manifest).")]
+
+def _help(name: str) -> str:
+    """``run.py classify``'s help for option ``name``, as a sentence."""
+    return OPTION_HELP[name][0].upper() + OPTION_HELP[name][1:] + "."
 
 
-def fallback_options(threshold: Optional[float]) -> Optional[dict]:
-    from cbnet_tl.runtime.runners import CONFIDENCE_THRESHOLD
-
-    return None if threshold is None else {CONFIDENCE_THRESHOLD: threshold}
+FallbackThreshold = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help=_help("fallback_threshold"))]
 
 
 @app.command()
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle or build directory.")],
     images: Annotated[List[Path], typer.Argument(help="Image files or folders of images.")],
-    pipeline: Annotated[Optional[PipelineChoice], typer.Option(help="Which pipeline classifies (default: the build's recommendation, in its manifest).")] = None,
-    convert: Annotated[bool, typer.Option(help="No longer needed: every image goes through the bundle's input spec (accepted and ignored).")] = False,
-    threads: Annotated[int, typer.Option(min=1, help="Interpreter threads.")] = 1,
-    fallback_threshold: FallbackThreshold = None,
-    convert_image: Annotated[Optional[Path], typer.Option(help="Also write what the converting autoencoder makes of each image, as DIR/<name>.png (not timed).")] = None,
-    dvfs: Dvfs = "off",
-    deadline_ms: DeadlineMs = None,
-    period_ms: PeriodMs = None,
-    sysfs_root: SysfsRoot = Path("/"),
-    target: PowerTarget = DEFAULT_TARGET,
-    max_pixels: MaxPixels = MAX_PIXELS_DEFAULT,
-    json_output: JsonOutput = False,
+    pipeline: Annotated[Optional[PipelineChoice], typer.Option(help=_help("pipeline"))] = None,
+    threads: Annotated[int, typer.Option(help=_help("threads"))] = DEFAULTS.threads,
+    device: Annotated[DeviceChoice, typer.Option(help=_help("device"))] = DeviceChoice(DEFAULTS.device),
+    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS.batch_size,
+    max_pixels: Annotated[int, typer.Option(help=_help("max_pixels"))] = DEFAULTS.max_pixels,
+    input_sha256: Annotated[bool, typer.Option("--input-sha256", help=_help("input_sha256"))] = DEFAULTS.input_sha256,
+    fallback_threshold: Annotated[Optional[float], typer.Option(
+        help=_help("fallback_threshold"))] = DEFAULTS.fallback_threshold,
+    convert_image: Annotated[Optional[Path], typer.Option(help=_help("convert_image"))] = DEFAULTS.convert_image,
+    convert: Annotated[bool, typer.Option("--convert", help=_help("convert"))] = DEFAULTS.convert,
+    dvfs: Annotated[str, typer.Option(help=_help("dvfs"))] = DEFAULTS.dvfs,
+    deadline_ms: Annotated[Optional[float], typer.Option(help=_help("deadline_ms"))] = DEFAULTS.deadline_ms,
+    period_ms: Annotated[Optional[float], typer.Option(help=_help("period_ms"))] = DEFAULTS.period_ms,
+    workload: Annotated[Optional[str], typer.Option(help=_help("workload"))] = DEFAULTS.workload,
+    target: Annotated[TargetChoice, typer.Option(help=_help("target"))] = DEFAULT_TARGET,
+    sysfs_root: Annotated[Path, typer.Option(help=_help("sysfs_root"))] = DEFAULTS.sysfs_root,
+    json_output: Annotated[bool, typer.Option("--json", help=_help("json"))] = DEFAULTS.json,
 ):
-    """Classify images with a bundle, through the light runtime only, optionally under a DVFS policy.
+    """Classify images with a bundle through the light runtime only: the bundle's `run.py classify`, with its
+    options, table, summary and --json.
 
     Every readable file is classified; an unreadable one (corrupt, not an image, over --max-pixels, no permission)
-    gets an error entry in the table and in --json, and the command then exits 1."""
-    from cbnet_tl.runtime.api import classify_paths, format_results, open_pipeline, unreadable_error
-    from cbnet_tl.runtime.dvfs.run import dvfs_session
-    from cbnet_tl.runtime.images import collect_image_paths
-    from cbnet_tl.toolchain.analysis.evaluation import format_dvfs_summary, write_converted
+    gets an error entry in the table and in --json, and the command then exits 1. With --dvfs other than off (or
+    --deadline-ms, --period-ms, --workload) the images run under the policy, each batch one DVFS batch, and a
+    summary line follows: misses, latency, energy and the time at each frequency."""
+    from cbnet_tl.runtime.classify import classify_command
 
-    from cbnet_tl.runtime.bundle import open_manifest
-    from cbnet_tl.runtime.specs import default_pipeline
-
-    pipeline = pipeline or PipelineChoice(default_pipeline(open_manifest(bundle)[1]))
-    # the device's tuning file (`cbnet-tl tune`) when there is one; it says so and what it runs
-    runner = open_pipeline(bundle, pipeline.value, num_threads=threads, options=fallback_options(fallback_threshold))
-    if convert:
-        typer.echo(f"note: --convert is no longer needed; every image goes through the bundle's input spec "
-                   f"({runner.input_spec.describe()})", err=True)
-    paths = collect_image_paths(images)
-    with dvfs_session(dvfs, deadline_ms=deadline_ms, period_ms=period_ms, sysfs_root=sysfs_root,
-                      target=power_model(target)) as session:
-        records = []
-        for path in paths:
-            session.wait_for_arrival()
-            records.extend(classify_paths(runner, [path], hook=session, max_pixels=max_pixels, collect_errors=True))
-    summary = session.summary()
-    readable = [Path(r["file"]) for r in records if "error" not in r]
-    if convert_image is not None and readable:
-        write_converted(bundle, readable, convert_image)
-    if json_output:
-        echo_json({"pipeline": pipeline.value, "configuration": runner.configuration, "results": records,
-                   "dvfs": summary})
-    else:
-        typer.echo("configuration: " + ", ".join(f"{m} {c}" for m, c in runner.configuration.items()), err=True)
-        for line in format_results(records):
-            typer.echo(line)
-        if summary["num_inferences"]:
-            typer.echo(format_dvfs_summary(summary))
-    failure = unreadable_error(records)
-    if failure is not None:
-        typer.echo(failure, err=True)
-        raise typer.Exit(code=1)
+    options = ClassifyOptions(
+        pipeline=pipeline.value if pipeline else None, threads=threads, device=device.value, batch_size=batch_size,
+        max_pixels=max_pixels, input_sha256=input_sha256, fallback_threshold=fallback_threshold,
+        convert_image=convert_image, convert=convert, dvfs=dvfs, deadline_ms=deadline_ms, period_ms=period_ms,
+        workload=workload, target=power_model(target), sysfs_root=sysfs_root, json=json_output)
+    code = classify_command(bundle, images, options)
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command("eval")
