@@ -1,20 +1,19 @@
 """CPU frequency control over the kernel's cpufreq sysfs files, always given back.
 
 Files used, under ``ROOT/sys/devices/system/cpu/cpufreq/policyN/`` (frequencies in kHz):
-``scaling_available_frequencies``, ``scaling_available_governors``, ``scaling_governor``,
-``scaling_cur_freq``, ``scaling_setspeed``, ``scaling_{min,max}_freq``, ``cpuinfo_{min,max}_freq``.
+``scaling_available_frequencies``, ``scaling_available_governors``, ``scaling_governor``, ``scaling_cur_freq``,
+``scaling_setspeed``, ``scaling_{min,max}_freq``, ``cpuinfo_{min,max}_freq``; ``policy_files`` finds them.
 
-Control goes through the ``userspace`` governor and ``scaling_setspeed``, or else pins
-``scaling_min_freq = scaling_max_freq`` (``.method`` says which). Entering the controller saves the governor and the limits; leaving it
-restores them on normal exit, on exceptions and on SIGINT/SIGTERM. SIGKILL cannot be caught: the
-bundle's systemd unit restores the governor in ``ExecStopPost``.
-
-The OPP list comes from ``scaling_available_frequencies``, else ``stats/time_in_state``, else only the
-two end points ``cpuinfo_{min,max}_freq`` (guessing steps between them is not safe).
+Control goes through the ``userspace`` governor and ``scaling_setspeed``, or else pins ``scaling_min_freq =
+scaling_max_freq`` (``.method`` says which). Entering the controller saves the governor and the limits; leaving it
+restores them on normal exit, on exceptions and on SIGINT/SIGTERM. SIGKILL cannot be caught: the bundle's systemd
+unit restores the governor in ``ExecStopPost``. The OPP list comes from ``scaling_available_frequencies``, else
+``stats/time_in_state``, else only the two end points ``cpuinfo_{min,max}_freq`` (guessing steps is not safe).
 """
-
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -22,12 +21,13 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cbnet_tl.runtime.errors import DvfsError
 from cbnet_tl.runtime.files import write_json_atomic
 
 CPUFREQ_DIR = Path("sys/devices/system/cpu/cpufreq")
+WRITTEN_FILES = ("scaling_governor", "scaling_setspeed", "scaling_min_freq", "scaling_max_freq")  # what control writes
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _NO_LATENCY = (0, 0xFFFFFFFF)  # CPUFREQ_ETERNAL: the driver did not say
 
@@ -57,6 +57,12 @@ def list_policies(root: Path = Path("/")) -> list:
     return sorted(found, key=lambda name: int(name[6:]))
 
 
+def policy_files(root: Path, names: Sequence[str]) -> list:
+    """The files ``names`` of every cpufreq policy under ``root`` that exist, policy by policy."""
+    base = Path(root) / CPUFREQ_DIR
+    return [base / policy / name for policy in list_policies(root) for name in names if (base / policy / name).exists()]
+
+
 def _policy_dir(root: Path, policy: Optional[str]) -> Path:
     base = Path(root) / CPUFREQ_DIR
     available = list_policies(root)
@@ -84,7 +90,6 @@ class CpufreqController:
         self._previous_handlers: dict = {}
         self.signals_handled = False
 
-    # reading ------------------------------------------------------------------------------------
     def _read(self, name: str) -> str:
         path = self.directory / name
         try:
@@ -141,7 +146,6 @@ class CpufreqController:
     def held(self) -> bool:
         return self._saved is not None
 
-    # writing ------------------------------------------------------------------------------------
     def _write(self, name: str, value) -> None:
         path = self.directory / name
         try:
@@ -161,12 +165,9 @@ class CpufreqController:
 
     def _write_limits(self, low: int, high: int) -> None:
         """Set (min, max) so that min <= max holds after each single write (old kernels reject min > max)."""
-        if low > self._read_khz("scaling_max_freq"):
-            self._write("scaling_max_freq", high)
-            self._write("scaling_min_freq", low)
-        else:
-            self._write("scaling_min_freq", low)
-            self._write("scaling_max_freq", high)
+        writes = [("scaling_min_freq", low), ("scaling_max_freq", high)]
+        for name, khz in reversed(writes) if low > self._read_khz("scaling_max_freq") else writes:
+            self._write(name, khz)
 
     def set_khz(self, khz: int) -> None:
         if not self.held:
@@ -189,8 +190,7 @@ class CpufreqController:
         try:
             if self.state_file is not None:
                 save_state(self.state_file, self.directory, self._saved)
-            # Widen the limits to the whole OPP list so that every offered frequency is reachable (a
-            # clamped request would otherwise pass silently); pin mode re-pins on the first set_khz.
+            # widen to every OPP (a clamped request would pass silently); pin mode re-pins on the first set_khz
             self._write_limits(self.frequencies_khz[0], self.frequencies_khz[-1])
             if self.method is ControlMethod.USERSPACE:
                 self._write("scaling_governor", ControlMethod.USERSPACE.value)
@@ -234,10 +234,8 @@ class CpufreqController:
             except DvfsError as error:
                 problems.append(str(error))
         elif saved.setspeed is not None:  # the kernel shows "<unsupported>" by itself and refuses the write
-            try:
+            with contextlib.suppress(OSError):
                 (self.directory / "scaling_setspeed").write_text(f"{saved.setspeed}\n")
-            except OSError:
-                pass
         if problems:
             raise DvfsError(f"Could not restore cpufreq {self.directory} to governor {saved.governor!r}, "
                             f"limits {saved.min_khz}-{saved.max_khz} kHz: " + "; ".join(problems))
@@ -278,12 +276,8 @@ def save_state(path: Path, directory: Path, state: CpufreqState) -> None:
 
 
 def restore_from_file(path: Path) -> Optional[str]:
-    """Restore a state saved by a controller that never got to restore it (e.g. killed with SIGKILL).
-
-    Returns the policy directory restored, or None when there was nothing to restore.
-    """
-    import json
-
+    """Restore a state saved by a controller that never got to restore it (e.g. killed with SIGKILL): the policy
+    directory restored, or None when there was nothing to restore."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -292,7 +286,8 @@ def restore_from_file(path: Path) -> Optional[str]:
         directory = Path(saved["directory"])
         state = CpufreqState(saved["governor"], int(saved["min_khz"]), int(saved["max_khz"]), saved.get("setspeed"))
     except (ValueError, KeyError, TypeError) as error:
-        raise DvfsError(f"{path} is not a saved cpufreq state ({error}); delete it and check the governor by hand") from None
+        raise DvfsError(f"{path} is not a saved cpufreq state ({error}); "
+                        "delete it and check the governor by hand") from None
     controller = CpufreqController.__new__(CpufreqController)
     controller.directory = directory
     controller._restore(state)

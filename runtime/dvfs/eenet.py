@@ -1,23 +1,18 @@
 """EENet: predict the work a batch still needs and set the frequency that meets its deadline at the least energy.
 
-A batch (one image is a batch of one) runs its pipeline's stages one after another; after each stage the number of
-images that go on is known (an early exit's gate has decided), and the batches waiting behind it are known by their
-size and their deadline (counted from each one's oldest image). The policy keeps, per pipeline and stage, the stage's
-cost in cycles (seconds × kHz) per number of images, and the share of images that go on to each stage. Before each
-stage it predicts the work left: this stage (its count known), the rest of the batch (counts predicted from the
-shares) and every queued batch, each with its deadline.
+A batch (one image is a batch of one) runs its pipeline's stages in order; after each stage the images going on are
+known (an early exit's gate has decided), and so are the batches queued behind it (size, and deadline from each one's
+oldest image). Per pipeline and stage the policy learns the cycles (seconds × kHz) per number of images and the share
+of images going on; before each stage it predicts the work left (this stage, the rest of the batch, every queued
+batch), each part with its deadline.
 
-The least-energy way to do a known amount of work W by a deadline T on a CPU whose energy per cycle grows with the
-frequency is the constant speed W/T, or, between two operating points, a mix of the two that bracket it (points off
-the lower convex hull of energy per cycle against time per cycle never pay). So the policy takes the required speed
-s = max over the deadlines of (work due by it) / (time to it), and runs the next stage at the lower bracketing point
-when the work left after it still fits at the upper one, else at the upper one. One image alone is planned as a
-chain of coin tosses, one per exit (``exit_plan.next_frequency``), with the exit table's shares by confidence where
-the pipeline has one. Predictions are multiplied by (1 + margin); a miss raises the margin, met deadlines lower it.
-
-What a cycle costs: with arrivals that leave the board idle (a camera, a burst due by a deadline), running slower
-only replaces idle time, so a frequency costs its power above idle, (P(f) − P_idle) / f per cycle. Back to back (the
-next batch arrives when this one answers) there is no idle time to fill, so it costs P(f) / f.
+Known work W due by T costs least at the constant speed W/T, or a mix of the two operating points that bracket it on
+the lower convex hull of energy per cycle against time per cycle (energy per cycle grows with f; points off the hull
+never pay). So the policy takes s = max over the deadlines of (work due by it) / (time to it) and runs the next stage
+at the lower bracketing point when the work left after it still fits at the upper one, else at the upper one; one
+image alone is planned by ``exit_plan.next_frequency``. Predictions grow by (1 + margin): a miss raises the margin,
+met deadlines lower it. A cycle costs (P(f) − P_idle) / f when arrivals leave the board idle (running slower only
+replaces idle time), P(f) / f back to back (the next batch arrives when this one answers: no idle to fill).
 """
 
 from __future__ import annotations
@@ -81,12 +76,9 @@ class EENetPolicy(Policy):
         self.margin = self.min_margin
         self.levels = efficient_frequencies(model, self.credit_w)
         self._pipelines: dict = {}
-        self._pipe = _PipelineState()
-        self._current = model.top_khz
-        self._budget = 0.0
-        self._lateness = 0.0
-        self._queue: tuple = ()
-        self._previous_count = 0
+        self._pipe, self._current = _PipelineState(), model.top_khz
+        self._budget = self._lateness = 0.0
+        self._queue, self._previous_count = (), 0
         self._wanted, self._streak = self._current, 0
         self._start, self._gap_streak = self._current, 0
         self._seen = None  # (exit stage, confidence) the one image of the batch going on had there
@@ -105,7 +97,6 @@ class EENetPolicy(Policy):
         pipe.after = {stage: {"edges": np.asarray(after["edges"], dtype=np.float64), "go_on": after["go_on"]}
                       for stage, after in table.get("after", {}).items()}
 
-    # events ------------------------------------------------------------------------------------------
     def on_batch(self, pipeline, num_images, lateness_s, idle_s, queue):
         self._pipe = self._pipelines.setdefault(pipeline, _PipelineState())
         self._budget = self.context.deadline_s  # elapsed_s counts from the oldest image's arrival too
@@ -119,28 +110,8 @@ class EENetPolicy(Policy):
         self._seen = (stage, float(confidence))
 
     def on_stage(self, stage, num_images, elapsed_s):
-        pipe = self._pipe
-        if num_images <= 0:  # the stage is skipped: nothing to set
-            return self._current
-        if stage not in pipe.costs:  # never seen: unknown work, run it at the top
-            self._current = self.model.top_khz
-            return self._current
-        index = pipe.order.index(stage)
-        now_cost = pipe.costs[stage].predict(num_images)
-        if num_images == 1 and not self._queue:  # one image: each exit a coin toss, planned for as such
-            single = self._single(index)
-            if single is not None:
-                left = self._budget - elapsed_s
-                start = single(left, True, True) if index == 0 else None
-                self._current = self._persist(single(left, True, False), start, single(left, False, False))
-                return self._current
-        rest = self._work(num_images, index + 1, cautious=True)
-        expected = self._work(num_images, index + 1)
-        if rest is None or expected is None or now_cost is None:
-            self._current = self.model.top_khz
-            return self._current
-        self._current = self._choose(now_cost, rest, expected, self._budget - elapsed_s, elapsed_s - self._lateness,
-                                     index == 0)
+        if num_images > 0:  # else the stage is skipped: nothing to set
+            self._current = self._stage_khz(stage, num_images, elapsed_s)
         return self._current
 
     def on_stage_done(self, stage, num_images, seconds, khz):
@@ -163,11 +134,26 @@ class EENetPolicy(Policy):
         return self._current
 
     # the prediction -----------------------------------------------------------------------------------
+    def _stage_khz(self, stage: str, num_images: int, elapsed_s: float) -> int:
+        """The frequency for ``num_images`` images to run ``stage`` (the top while its work is unknown)."""
+        pipe, left = self._pipe, self._budget - elapsed_s
+        if stage not in pipe.costs:  # never seen: unknown work, run it at the top
+            return self.model.top_khz
+        index = pipe.order.index(stage)
+        if num_images == 1 and not self._queue:  # one image: each exit a coin toss, planned for as such
+            single = self._single(index)
+            if single is not None:
+                start = single(left, True, True) if index == 0 else None
+                return self._persist(single(left, True, False), start, single(left, False, False))
+        now_cost, rest = pipe.costs[stage].predict(num_images), self._work(num_images, index + 1, cautious=True)
+        if rest is None or now_cost is None:
+            return self.model.top_khz
+        return self._choose(now_cost, rest, left, elapsed_s - self._lateness, index == 0)
+
     def _work(self, count: float, first: int = 0, cautious: bool = False) -> Optional[float]:
-        """Predicted kcycles of a batch's stages from index ``first`` on; ``count`` images ran the stage before it
-        (or, from the first stage, the batch has ``count`` images). ``cautious``: plan for as many images going
-        on as happen in all but 0.5% of batches (the current batch), else for the expected number (the queue:
-        its batches' surprises average out). None: a stage's cost is not known yet."""
+        """Predicted kcycles of a batch's stages from index ``first`` on, ``count`` images having run the one before
+        (or being the batch). ``cautious``: plan for as many images going on as all but 0.5% of batches have (the
+        current batch), else the expected number (the queue: surprises average out). None: a cost is unknown."""
         pipe, total = self._pipe, 0.0
         for i in range(first, len(pipe.order)):
             stage = pipe.order[i]
@@ -194,21 +180,16 @@ class EENetPolicy(Policy):
             return next_frequency([c * grow for c in cycles], go_on, tuple(per_kcycle), per_kcycle,
                                   lambda a, b: model.switch_j(a, b) - self.credit_w * model.switch_seconds,
                                   self._current, time_left, self._budget, model.switch_seconds, free_energy, free_time)
-
         return choose
 
-    def _choose(self, now_cost: float, rest: float, expected_rest: float, budget: float, into_batch: float,
-                first_stage: bool) -> int:
-        """The frequency of the next stage: ``now_cost`` kcycles now, then ``rest`` more of this batch (planned
-        for; ``expected_rest`` on average) by ``budget`` seconds from now, then the queued batches by theirs.
-        Of the frequencies after which the work left still fits at the top, the one of least expected energy:
-        this stage at f, plus the work left at the speed it then needs (on the hull, between two points)."""
+    def _choose(self, now_cost: float, rest: float, budget: float, into_batch: float, first_stage: bool) -> int:
+        """The next stage's frequency: ``now_cost`` kcycles now, then ``rest`` more of this batch by ``budget`` s from
+        now, then the queued batches by theirs. Of the frequencies after which the work left still fits at the top, the
+        one of least energy: this stage at f, plus the work left at the speed it then needs (between hull points)."""
         grow, switch = 1.0 + self.margin, self.model.switch_seconds
-        due, expected = [(rest, budget)], expected_rest
+        due = [(rest, budget)]
         for num_images, seconds in self._queue:
-            work = self._work(num_images) or 0.0
-            due.append((due[-1][0] + work, seconds - into_batch))
-            expected += work
+            due.append((due[-1][0] + (self._work(num_images) or 0.0), seconds - into_batch))
 
         def speed_after(elapsed: float, first: float = 0.0) -> float:
             """The speed (kHz) the work left needs after ``elapsed`` seconds, with room for a switch per batch."""
@@ -220,8 +201,8 @@ class EENetPolicy(Policy):
                 need = max(need, total / room if total > 0 else 0.0)
             return need
 
-        top, planned = self.model.top_khz, due[-1][0]  # the work the speed after is for (not the expected:
-        if speed_after(0.0, now_cost) > top:          # its cost would then undercount a speed-up later)
+        top, planned = self.model.top_khz, due[-1][0]  # the planned work: the expected would undercount a speed-up
+        if speed_after(0.0, now_cost) > top:
             return top
         best, best_cost, free, free_cost = top, math.inf, top, math.inf
         for f in sorted(set(self.levels) | {self._current}):
@@ -239,10 +220,9 @@ class EENetPolicy(Policy):
         return self._persist(free, free if first_stage else None, best)
 
     def _persist(self, free: int, start: Optional[int], best: int) -> int:
-        """``best``, or ``free`` (the choice were the switch's energy free) when it has been wanted ``PERSIST``
-        decisions in a row: a switch that does not pay within this stage can pay over the stages and batches after
-        it, the frequency staying set. ``start``: at a batch's first stage, the frequency it would run at were the
-        CPU already there, which ``on_end`` switches to in an idle gap when two batches in a row wanted it."""
+        """``best``, or ``free`` (the choice were the switch's energy free) once wanted ``PERSIST`` decisions in a row:
+        a switch that does not pay within this stage can pay over the stages after it. ``start``: at a batch's first
+        stage, its choice were the CPU already there, which ``on_end`` sets in an idle gap when two batches want it."""
         self._streak = self._streak + 1 if free == self._wanted and free != best else 0
         self._wanted = free
         if start is not None:

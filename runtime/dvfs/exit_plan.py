@@ -1,18 +1,17 @@
-"""What EENet predicts with: costs per number of images, the images going on, the efficient operating points,
-and, for one image with several exits, the frequency of least expected energy for the next stage.
+"""What EENet predicts with: costs per number of images, the images going on, the efficient operating points, and,
+for one image with several exits, the frequency of least expected energy for the next stage (``next_frequency``).
 
-``next_frequency`` works by dynamic programming.
-
-When a single image runs (a camera frame, a batch of one), whether it goes on after a stage is a coin toss
-with the learned share as its odds, so planning for the mean is wrong and planning for the worst case wastes
-energy whenever the image exits. ``next_frequency`` minimises the expected energy of the stages left,
+Whether a single image (a camera frame, a batch of one) goes on after a stage is a coin toss with the learned share
+(or the exit table's share at the confidence seen) as its odds: planning for the mean is wrong, and planning for the
+worst case wastes energy whenever the image exits. ``next_frequency`` minimises, by dynamic programming, the expected
+energy of the stages left,
 
     V_i(f_prev, T) = min over f of  c_i · e(f) + switch(f_prev, f) + p_{i+1} · V_{i+1}(f, T − t_i(f))
 
-over the time T left before the deadline, where every choice must leave room to finish the worst case (every
-remaining stage runs) at the top frequency. e(f) is the energy per cycle above idle, c_i a stage's cycles,
-p_{i+1} the chance that the image runs the next stage. T is a grid of ``GRID`` points up to the deadline;
-values between points are interpolated, so a choice is checked again against the exact time left.
+over the time T left before the deadline, where every choice must leave room to finish the worst case (every remaining
+stage runs) at the top frequency. e(f) is the energy per cycle above idle, c_i a stage's cycles, p_{i+1} the chance
+that the image runs the next stage. T is a grid of ``GRID`` points up to the deadline; values between points are
+interpolated, so a choice is checked again against the exact time left.
 """
 
 from __future__ import annotations
@@ -35,9 +34,8 @@ def next_frequency(cycles: list, go_on: list, frequencies: tuple, per_kcycle: di
     beyond idle. ``free_energy``: a switch now costs its time but not its energy; ``free_time`` as well: the choice
     were the CPU already at each frequency. Returns the frequency (kHz) for this stage; the top when nothing fits."""
     freqs = np.array(sorted(set(frequencies) | {current}), dtype=np.float64)
-    top = freqs[-1]
+    top, n = freqs[-1], len(freqs)
     grid = np.linspace(0.0, max(deadline, time_left), GRID)
-    n = len(freqs)
     swx = np.array([[0.0 if a == b else switch_excess(int(a), int(b)) for b in freqs] for a in freqs])
     e = np.array([per_kcycle[int(f)] for f in freqs])
     # the least time the stages from i on can take: all at the top, with one switch to it
@@ -123,8 +121,7 @@ class Costs:
     WARMUP, QUANTILE = 16, 0.995
 
     def __init__(self, smoothing: float):
-        self.by_count, self.high, self.runs = {}, {}, {}
-        self.smoothing = smoothing
+        self.by_count, self.high, self.runs, self.smoothing = {}, {}, {}, smoothing
 
     def add(self, num_images: int, kcycles: float) -> None:
         old = self.by_count.get(num_images)

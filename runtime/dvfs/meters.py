@@ -1,17 +1,16 @@
 """Measured energy from a meter the machine exposes: a hwmon power monitor or RAPL.
 
-- hwmon (``ROOT/sys/class/hwmon/hwmon*/``) power monitors of the INA2xx/INA3221 family, found by their
-  ``name`` file. Per channel, in order of preference: ``energyN_input`` (µJ counter), ``powerN_input``
-  (µW, integrated over time with the trapezoid rule), or ``inN_input`` (mV) × ``currN_input`` (mA) = µW,
-  which is how the ina3221 driver reports a channel. The lowest-numbered channel is used unless another is
-  asked for: channels of a multi-rail monitor can nest (total and per rail), so they are never summed.
-- RAPL (``ROOT/sys/class/powercap/*-rapl:N/energy_uj``, µJ, the CPU package only, not the board), summed
-  over packages. The counter wraps at ``max_energy_range_uj``; sampling every ``interval_s`` catches
-  every wrap. Reading it needs root since Linux 5.10; an unreadable counter is skipped.
+- hwmon (``ROOT/sys/class/hwmon/hwmon*/``) power monitors of the INA2xx/INA3221 family, found by their ``name`` file.
+  Per channel, in order of preference: ``energyN_input`` (µJ counter), ``powerN_input`` (µW, integrated over time
+  with the trapezoid rule), or ``inN_input`` (mV) × ``currN_input`` (mA) = µW, as the ina3221 driver reports a
+  channel. The lowest-numbered channel is used unless another is asked for: channels of a multi-rail monitor can
+  nest (total and per rail), so they are never summed.
+- RAPL (``ROOT/sys/class/powercap/*-rapl:N/energy_uj``, µJ, the CPU package only, not the board), summed over
+  packages. The counter wraps at ``max_energy_range_uj``; sampling every ``interval_s`` catches every wrap. Reading
+  it needs root since Linux 5.10; an unreadable counter is skipped.
 
-A meter measures a window: ``start()``, then ``stop()`` returns an ``EnergyReading`` labelled
-``measured``. A background thread samples every ``interval_s``; tests call ``start(background=False)``
-and ``sample()`` themselves, with a fake clock.
+A meter measures a window: ``start()``, then ``stop()`` returns an ``EnergyReading`` labelled ``measured``; a
+background thread samples every ``interval_s`` (tests: ``start(background=False)``, ``sample()``, a fake clock).
 """
 
 from __future__ import annotations
@@ -64,15 +63,12 @@ class Meter:
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
         if not interval_s > 0:
             raise MeterError(f"Expected interval_s > 0. Received: {interval_s}")
-        self.interval_s = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
+        self.interval_s, self._clock = interval_s, clock
+        self._lock, self._stop = threading.Lock(), threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._stop = threading.Event()
         self._started_at: Optional[float] = None
-        self._last: Optional[tuple] = None
-        self._joules = 0.0
-        self._num_samples = 0
+        self._last: Optional[tuple] = None  # (time, reading) of the last sample
+        self._joules, self._num_samples = 0.0, 0
 
     def start(self, background: bool = True) -> None:
         with self._lock:
@@ -172,10 +168,8 @@ class RaplMeter(Meter):
         return tuple(_read_number(z / "energy_uj") for z in self.zones)
 
     def _increment(self, previous, current):
-        total = 0
-        for before, after, wrap in zip(previous[1], current[1], self._ranges):
-            total += after - before if after >= before else after + wrap - before
-        return total * 1e-6
+        return sum(after - before if after >= before else after + wrap - before
+                   for before, after, wrap in zip(previous[1], current[1], self._ranges)) * 1e-6
 
 
 def hwmon_channels(device: Path) -> list:

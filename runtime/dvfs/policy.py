@@ -1,25 +1,23 @@
 """The DVFS policy protocol, the static policies and the table of names a user can give.
 
-A ``Policy`` is a pure decision object bound to a ``DvfsContext``. One driver, ``session.DvfsSession``, tells it
-what happens, on the board (real clock, real cpufreq) and in ``cbnet-tl simulate`` (simulated clock and cpufreq),
-and sets whatever frequency (kHz) it returns. The policy never reads a clock or a file; every time is passed in,
-in seconds. Work comes in batches; a single image is a batch of one.
+A ``Policy`` is a pure decision object bound to a ``DvfsContext``. One driver, ``session.DvfsSession``, tells it what
+happens, on the board (real clock and cpufreq) and in ``cbnet-tl simulate`` (simulated ones), and sets whatever
+frequency (kHz) it returns. The policy never reads a clock or a file; every time is passed in, in seconds. Work comes
+in batches; a single image is a batch of one.
 
-    initial_khz() -> kHz                                    before the first arrival
+    initial_khz() -> kHz                                before the first arrival
     on_batch(pipeline, num_images, lateness_s, idle_s, queue) -> kHz
-        a batch starts; its oldest image arrived lateness_s ago (the batch's deadline counts from it); the CPU
-        was idle idle_s before it; ``queue`` lists the batches waiting behind it, oldest first, as
-        (num_images, seconds to its deadline)
-    on_stage(stage, num_images, elapsed_s) -> kHz           before a stage that num_images of the batch run
-                                                            (0: every image left at an earlier exit)
-    on_stage_done(stage, num_images, seconds, khz)          that stage (and the work after it) took seconds at khz
-    on_confidence(stage, confidence)                        a batch of one image did not leave at ``stage``'s exit,
-                                                            whose top softmax probability there was ``confidence``
-    on_end(latency_s) -> kHz                                the batch's answers are out (its oldest image's
-                                                            latency); the returned kHz holds until the next batch
-    learn(pipeline, stage, num_images, seconds, khz)        a stage's cost from a profile, before the first batch
-    learn_exits(pipeline, table)                            a multi-exit pipeline's exit table (its manifest's
-                                                            ``exit_table``), before its first batch
+        a batch starts; its oldest image arrived lateness_s ago (the batch's deadline counts from it); the CPU was idle
+        idle_s before it; ``queue``: the batches waiting behind it, oldest first, as (num_images, seconds to deadline)
+    on_stage(stage, num_images, elapsed_s) -> kHz       before a stage that num_images of the batch run (0: every image
+                                                        left at an earlier exit)
+    on_stage_done(stage, num_images, seconds, khz)      that stage (and the work after it) took seconds at khz
+    on_confidence(stage, confidence)                    a batch of one image did not leave at ``stage``'s exit, where
+                                                        its top softmax probability was ``confidence``
+    on_end(latency_s) -> kHz                            the batch's answers are out (its oldest image's latency); the
+                                                        returned kHz holds until the next batch
+    learn(pipeline, stage, num_images, seconds, khz)    a stage's cost from a profile, before the first batch
+    learn_exits(pipeline, table)                        a multi-exit pipeline's manifest ``exit_table``, before batches
 """
 
 from __future__ import annotations
@@ -44,11 +42,9 @@ POLICY_CHOICES = ("off", "performance", "powersave", "fixed:<MHz>", "eenet")
 
 @dataclass(frozen=True)
 class DvfsContext:
-    model: Optional[EnergyModel]  # the device's OPP list, P(f) and the switch cost; None only without a policy
-                                  # when energy is measured by a meter
+    model: Optional[EnergyModel]  # the OPP list, P(f) and the switch cost; None only with no policy and a meter
     deadline_s: float
-    back_to_back: bool = False  # each batch arrives when the previous one has answered: no idle time to fill,
-                                # so running slower costs the whole board's power for longer
+    back_to_back: bool = False  # each batch arrives when the previous one has answered (no idle time to fill)
 
     def __post_init__(self):
         if not self.deadline_s > 0:

@@ -1,8 +1,7 @@
-"""Power tables per target, as data. Where each figure comes from, or that it is assumed, is said beside it in the
+"""Power tables per target, as data; where each figure comes from, or that it is assumed, is said beside it in the
 toolchain (``simulation/power_notes.py``: the board needs only the numbers).
 
-``energy.EnergyModel`` turns a table into P(f) for the device's OPP list. The model for one
-single-threaded inference is
+``energy.EnergyModel`` turns a table into P(f) over the device's OPP list; for one single-threaded inference
 
     P_active(f) = idle_w + active_cores · core_w(f) + accelerator_w
     core_w(f)   = core_w_ref · V(f)² · f / (V(f_ref)² · f_ref)          (dynamic power ∝ C·V²·f)
@@ -14,7 +13,6 @@ and the board draws ``idle_w`` between inferences, whatever frequency is set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from cbnet_tl.runtime.errors import DvfsError
 
@@ -36,57 +34,27 @@ class PowerTable:
 
 
 TABLES = {
-    "rpi4": PowerTable(
-        target="rpi4",
-        cpu="Broadcom BCM2711, 4x Cortex-A72 sharing one cpufreq policy",
-        default_frequencies_mhz=(600, 750, 1000, 1500),
-        volt_points=((600, 0.825), (1500, 0.90)),
-        idle_w=2.7,
-        loaded_w=6.4,
-        loaded_cores=4,
-        loaded_mhz=1500,
-        switch_seconds=355e-6,
-    ),
-    "rpi5": PowerTable(
-        target="rpi5",
-        cpu="Broadcom BCM2712, 4x Cortex-A76 sharing one cpufreq policy",
-        default_frequencies_mhz=tuple(range(1500, 2401, 100)),
-        volt_points=((1500, 0.75), (2400, 0.90)),
-        idle_w=2.7,
-        loaded_w=7.0,
-        loaded_cores=4,
-        loaded_mhz=2400,
-        switch_seconds=355e-6,
-    ),
-    "coral-usb": PowerTable(
-        target="coral-usb",
-        cpu="host: Raspberry Pi 4 (BCM2711) with the Coral USB Accelerator",
-        default_frequencies_mhz=(600, 750, 1000, 1500),
-        volt_points=((600, 0.825), (1500, 0.90)),
-        idle_w=2.7,
-        loaded_w=6.4,
-        loaded_cores=4,
-        loaded_mhz=1500,
-        switch_seconds=355e-6,
-        accelerator_w=2.0,
-    ),
-    "coral-devboard": PowerTable(
-        target="coral-devboard",
-        cpu="NXP i.MX 8M Quad, 4x Cortex-A53 up to 1.5 GHz, with an Edge TPU",
-        default_frequencies_mhz=(800, 1000, 1300, 1500),
-        volt_points=((800, 0.90), (1000, 0.90), (1300, 1.00), (1500, 1.00)),
-        idle_w=3.0,
-        loaded_w=5.0,
-        loaded_cores=4,
-        loaded_mhz=1500,
-        switch_seconds=100e-6,
-        accelerator_w=2.0,
-    ),
+    "rpi4": PowerTable(target="rpi4", cpu="Broadcom BCM2711, 4x Cortex-A72 sharing one cpufreq policy",
+                       default_frequencies_mhz=(600, 750, 1000, 1500), volt_points=((600, 0.825), (1500, 0.90)),
+                       idle_w=2.7, loaded_w=6.4, loaded_cores=4, loaded_mhz=1500, switch_seconds=355e-6),
+    "rpi5": PowerTable(target="rpi5", cpu="Broadcom BCM2712, 4x Cortex-A76 sharing one cpufreq policy",
+                       default_frequencies_mhz=tuple(range(1500, 2401, 100)), volt_points=((1500, 0.75), (2400, 0.90)),
+                       idle_w=2.7, loaded_w=7.0, loaded_cores=4, loaded_mhz=2400, switch_seconds=355e-6),
+    "coral-usb": PowerTable(target="coral-usb", cpu="host: Raspberry Pi 4 (BCM2711) with the Coral USB Accelerator",
+                            default_frequencies_mhz=(600, 750, 1000, 1500), volt_points=((600, 0.825), (1500, 0.90)),
+                            idle_w=2.7, loaded_w=6.4, loaded_cores=4, loaded_mhz=1500, switch_seconds=355e-6,
+                            accelerator_w=2.0),
+    "coral-devboard": PowerTable(target="coral-devboard",
+                                 cpu="NXP i.MX 8M Quad, 4x Cortex-A53 up to 1.5 GHz, with an Edge TPU",
+                                 default_frequencies_mhz=(800, 1000, 1300, 1500),
+                                 volt_points=((800, 0.90), (1000, 0.90), (1300, 1.00), (1500, 1.00)),
+                                 idle_w=3.0, loaded_w=5.0, loaded_cores=4, loaded_mhz=1500, switch_seconds=100e-6,
+                                 accelerator_w=2.0),
 }
 
 
 def power_table(target: str) -> PowerTable:
-    table: Optional[PowerTable] = TABLES.get(target)
-    if table is None:
+    """The built-in table of ``target``."""
+    if target not in TABLES:
         raise DvfsError(f"Unknown power-model target {target!r}. Expected one of {list(TABLES)}")
-    return table
+    return TABLES[target]

@@ -1,9 +1,6 @@
-"""Run pipelines under a DVFS policy, on the device or against a sysfs tree.
-
-One function sets everything up in the right order: the cpufreq controller (which always gives the
-CPU back), the energy model over the device's OPP list, a meter when the machine has one, and the
-session that the pipeline calls between stages.
-"""
+"""Run pipelines under a DVFS policy, on the device or against a sysfs tree: ``dvfs_session`` sets up, in order, the
+cpufreq controller (which always gives the CPU back), the energy model over the device's OPP list, a meter when the
+machine has one, and the session the pipeline calls."""
 
 from __future__ import annotations
 
@@ -92,6 +89,5 @@ def dvfs_session(dvfs: str, *, deadline_ms: Optional[float], period_ms: Optional
         state_file = DEFAULT_STATE_FILE
     with CpufreqController(Path(sysfs_root), state_file=state_file) as controller:
         model = model_for(target, controller.frequencies_khz, controller.transition_latency_s)
-        with DvfsSession(policy, controller, meter or model, deadline_s, period_s, model=model,
-                         burst=burst) as session:
+        with DvfsSession(policy, controller, meter or model, deadline_s, period_s, model=model, burst=burst) as session:
             yield session

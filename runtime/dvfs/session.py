@@ -1,7 +1,5 @@
-"""``DvfsSession``: applies a DVFS policy while the pipelines run, and keeps the energy books.
-
-The one driver of every policy: on the board (a ``CpufreqController`` and the real clock) and in
-``cbnet-tl simulate`` (a simulated cpufreq and clock), so the simulator's totals are the board's books.
+"""``DvfsSession`` applies a DVFS policy while the pipelines run and keeps the energy books, on the board and in
+``cbnet-tl simulate`` alike (the one driver of ``policy``'s protocol): the simulator's totals are the board's books.
 """
 
 from __future__ import annotations
@@ -24,20 +22,14 @@ LATE = 1 + 1e-9  # a latency over deadline × LATE misses (a plan that finishes 
 
 class DvfsSession:
     """The pipelines' stage hook: applies a policy through a controller, times every stage and sums up misses,
-    latency, energy and time per frequency.
+    latency, energy and time per frequency. ``energy``: an ``EnergyModel`` (energy ``modelled``) or a meter
+    (``measured``; the policy then decides from ``model``). ``controller=None``: DVFS off, the governor chooses.
 
-    ``energy`` is an ``EnergyModel`` (energy ``modelled`` from the time spent at each frequency) or a meter from
-    ``meters`` (energy ``measured`` over the session's window); a policy decides from a power model even then:
-    pass ``model``. ``controller=None`` means DVFS off: no policy, the governor chooses (modelled energy assumes
-    the top frequency). ``with session:`` sets the policy's first frequency and starts a meter.
-
-    Arrivals: ``classify_next`` runs the next batch of a stream, with a period (image k arrives at t0 + k·period),
-    as a burst (``burst=True``: every image there when the first batch began, the rest queued behind each batch)
-    or back to back (each batch arrives when the previous one has answered). ``classify_batch`` runs a batch whose
-    arrivals the caller knows (a service's inbox). A caller that waits for work says so with ``idle(seconds)``.
-
-    The policy hears every stage of the pipeline in order, a stage no image reached with 0 images; the time before
-    the first stage counts in the books but not as a stage. Each image counts as one inference.
+    ``classify_next`` runs the next batch of a stream: periodic (image k arrives at t0 + k·period), a burst
+    (``burst``: every image there when the first batch began, the rest queued behind it; also any stream whose
+    arrivals do not wait for answers, such as an inbox) or back to back. ``classify_batch`` runs a batch whose
+    arrivals the caller knows; ``idle(seconds)`` says it waited for work. The policy hears every stage in order,
+    one no image reached with 0 images; the time before the first stage is booked but is no stage.
     """
 
     def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
@@ -64,8 +56,7 @@ class DvfsSession:
             policy.bind(self.context)
         self._clock, self._sleep = clock, sleep
         self._khz: Optional[int] = getattr(controller, "khz_at_start", None)  # a simulated CPU says; a governor not
-        self._next_arrival = self._began = None
-        self._arrival = self._mark = self._last_end = None
+        self._next_arrival = self._began = self._arrival = self._mark = self._last_end = None
         self._slept, self._reading = 0.0, None
         self._batch: Optional[tuple] = None  # (num_images, queue, how much younger each image is) of this batch
         self._stages: tuple = ()  # the pipeline's stages, in order, and how many the policy has heard of
@@ -73,7 +64,7 @@ class DvfsSession:
         self._exit_tables: set = set()  # pipelines whose exit table the policy has been given
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self.num_inferences = self.num_misses = self.num_batches = 0
-        self.busy_seconds: dict = {}
+        self.busy_seconds: dict = {}  # kHz (None: uncontrolled) -> seconds
         self.stage_seconds: dict = {}
         self.switches: Counter = Counter()  # (from kHz, to kHz) -> how many times
         self.switch_seconds = self.idle_seconds = 0.0
@@ -81,6 +72,11 @@ class DvfsSession:
     @property
     def deadline_s(self) -> float:
         return self.context.deadline_s
+
+    @property
+    def current_khz(self) -> Optional[int]:
+        """The frequency the session set last (None: DVFS off, or nothing set yet)."""
+        return self._khz if self.controller is not None else None
 
     def __enter__(self) -> "DvfsSession":
         if self.policy is not None:
@@ -93,7 +89,6 @@ class DvfsSession:
         if self.meter is not None and self._reading is None:
             self._reading = self.meter.stop()
 
-    # arrivals -----------------------------------------------------------------------------------------
     def wait_for_arrival(self) -> float:
         """Periodic arrivals: sleep until the next one (t0 + k·period); how late it is taken (0 when waited for)."""
         now = self._clock()
@@ -104,8 +99,7 @@ class DvfsSession:
         return max(0.0, self._clock() - self._next_arrival)
 
     def classify_next(self, pipeline, images: np.ndarray, behind: int = 0):
-        """The next batch of this session's arrival stream (see the class); ``behind``: images still to come after
-        it in a burst, queued in batches of this one's size."""
+        """The next batch of this session's stream; ``behind``: images of a burst still to come after it."""
         count = len(images)
         if self.period_s is not None:
             if count != 1:
@@ -120,9 +114,9 @@ class DvfsSession:
 
     def classify_batch(self, pipeline, images, image_waits: Sequence[float], queue_waits: Sequence[tuple] = (),
                        answered_later: bool = False):
-        """``pipeline.classify(images)`` as one batch. ``image_waits``: seconds each image has waited since it
-        arrived; ``queue_waits``: the batches behind it as (num_images, seconds its oldest image has waited).
-        ``answered_later``: the latency runs on until the caller's ``answered()`` (its results written)."""
+        """``pipeline.classify(images)`` as one batch; ``image_waits``: seconds each image has waited; ``queue_waits``:
+        the batches behind it as (num_images, seconds its oldest image waited); ``answered_later``: the latency
+        runs on until ``answered()``."""
         num_images, waited = len(image_waits), max(image_waits, default=-1.0)
         if num_images < 1 or min(image_waits) < 0:
             raise DvfsError(f"Expected a batch of >= 1 images waited for >= 0 s. Received: {list(image_waits)}")
@@ -145,7 +139,7 @@ class DvfsSession:
         return result
 
     def idle(self, seconds: float) -> None:
-        """The caller waited ``seconds`` for work: idle time, not busy, in the totals at once."""
+        """The caller waited ``seconds`` for work: idle time, in the totals at once."""
         seconds = max(0.0, seconds)
         self._slept += seconds  # until the next batch: told to the policy, and kept out of the busy time
         self.idle_seconds += seconds
@@ -176,16 +170,17 @@ class DvfsSession:
         pass  # ``classify_batch`` ends the batch
 
     def answered(self) -> None:
-        """The batch's answers are out: its latency ends now, and the policy hears the batch's end. ``classify_batch``
-        calls it unless ``answered_later``; a service calls it once the batch's results are written."""
+        """The batch's answers are out (``classify_batch`` says so unless ``answered_later``): its latency ends."""
         if self._batch is None or self._last_end is None:
             raise DvfsError("answered() needs a batch that ran (classify_batch)")
         now = self._clock()
         self._mark = self._last_end
         self._account(now)  # writing the answers: busy, at the frequency of the batch's last stage
-        num_images, _, younger = self._batch
         latency = now - self._arrival
-        self._count((latency - younger).tolist())
+        latencies = (latency - self._batch[2]).tolist()  # each image's own: the younger ones waited less
+        self.latencies.extend(latencies)
+        self.num_inferences += len(latencies)
+        self.num_misses += sum(1 for image_latency in latencies if image_latency > self.deadline_s * LATE)
         if self.policy is not None:
             self._apply(self.policy.on_end(latency))
         self._batch = None
@@ -231,31 +226,21 @@ class DvfsSession:
 
     def _account(self, now: float) -> float:
         seconds = now - self._mark
-        self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds  # None: uncontrolled
+        self.busy_seconds[self._khz] = self.busy_seconds.get(self._khz, 0.0) + seconds
         return seconds
 
-    def _count(self, latencies) -> None:
-        self.latencies.extend(latencies)
-        self.num_inferences += len(latencies)
-        self.num_misses += sum(1 for latency in latencies if latency > self.deadline_s * LATE)
-
-    # results --------------------------------------------------------------------------------------------
     def totals(self) -> dict:
-        """Inferences, misses, energy (``energy_source``: modelled or measured) and time per frequency so far,
-        strict JSON (no deadline: ``deadline_ms`` None). A meter keeps measuring."""
+        """Inferences, misses, energy (modelled or measured) and time per frequency so far, strict JSON."""
         count = self.num_inferences
         result = {
             "dvfs": self.policy.name if self.policy is not None else "off",
             "method": getattr(getattr(self.controller, "method", None), "value", None),
-            "num_inferences": count,
-            "num_batches": self.num_batches,
+            "num_inferences": count, "num_batches": self.num_batches,
             "deadline_ms": self.deadline_s * 1e3 if math.isfinite(self.deadline_s) else None,  # None: no deadline
-            "deadline_misses": self.num_misses,
-            "miss_rate": self.num_misses / count if count else 0.0,
+            "deadline_misses": self.num_misses, "miss_rate": self.num_misses / count if count else 0.0,
             "time_at_frequency": {("uncontrolled" if khz is None else str(khz // 1000)): round(s, 6)
                                   for khz, s in sorted(self.busy_seconds.items(), key=lambda item: item[0] or 0)},
-            "idle_s": round(self.idle_seconds, 6),
-            "switches": sum(self.switches.values()),
+            "idle_s": round(self.idle_seconds, 6), "switches": sum(self.switches.values()),
             "switch_ms_total": self.switch_seconds * 1e3,
         }
         if self.meter is not None:
@@ -276,8 +261,7 @@ class DvfsSession:
         return self.model.energy_j(busy, self.idle_seconds, list(self.switches.elements()))
 
     def summary(self) -> dict:
-        """``totals()`` (a meter stops) with the period and the latency median and p95 (of the last
-        ``LATENCY_WINDOW`` images)."""
+        """``totals()`` (a meter stops), the period, and the latency median and p95 of the last images."""
         if self.meter is not None and self._reading is None:
             self._reading = self.meter.stop()
         latencies_ms = np.asarray(self.latencies, dtype=np.float64) * 1e3
