@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -110,11 +111,40 @@ def add_arguments(parser: argparse.ArgumentParser, names: Sequence[str], choices
                             help=OPTION_HELP[name] + shown)
 
 
+def workload_options(workload: Optional[str], deadline_ms: Optional[float],
+                     period_ms: Optional[float] = None) -> dict:
+    """``dvfs_session``'s ``deadline_ms``, ``period_ms`` and ``burst`` from ``--workload``, ``--deadline-ms`` and
+    ``--period-ms``: ``camera:FPS`` an image every 1/FPS s, due within the period unless ``--deadline-ms`` says
+    otherwise; ``burst:K:MS`` every image there at the start, due within MS ms; neither: back to back, or one
+    image every ``--period-ms``. A mistyped workload is an error, never ignored. (``arrivals:FILE`` is for
+    ``cbnet-tl simulate``: the board's arrivals are its own.)"""
+    for name, value in (("--deadline-ms", deadline_ms), ("--period-ms", period_ms)):
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"Expected {name} > 0 and finite (milliseconds). Received: {value}")
+    if workload is None:
+        return {"deadline_ms": deadline_ms, "period_ms": period_ms, "burst": False}
+    if period_ms is not None:
+        raise ConfigError("--period-ms and --workload both say when images arrive: give one of them")
+    kind, _, rest = workload.strip().lower().partition(":")
+    parts = rest.split(":")
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if kind == "camera" and len(values) == 1 and 0 < values[0] < math.inf:
+        period = 1e3 / values[0]
+        return {"deadline_ms": period if deadline_ms is None else deadline_ms, "period_ms": period, "burst": False}
+    if kind == "burst" and len(values) == 2 and parts[0].isdigit() and int(parts[0]) >= 1 and 0 < values[1] < math.inf:
+        return {"deadline_ms": values[1] if deadline_ms is None else deadline_ms, "period_ms": None, "burst": True}
+    raise ConfigError(f"Expected --workload camera:FPS or burst:K:MS (e.g. camera:30, burst:64:500). "
+                      f"Received: {workload!r}")
+
+
 def dvfs_options(dvfs: str, deadline_ms: Optional[float], workload: Optional[str], *, target: str,
                  sysfs_root: Path, period_ms: Optional[float] = None) -> dict:
     """``dvfs_session``'s options from --dvfs, --deadline-ms, --workload, --period-ms, --target and --sysfs-root;
     one line that says what to pass when a policy has no deadline to meet."""
-    from cbnet_tl.runtime.dvfs.run import parse_policy, workload_options
+    from cbnet_tl.runtime.dvfs.run import parse_policy
 
     dvfs, arrivals = dvfs.strip().lower(), workload_options(workload, deadline_ms, period_ms)
     if parse_policy(dvfs) is not None and arrivals["deadline_ms"] is None:
@@ -130,7 +160,8 @@ def fallback_options(threshold: Optional[float]) -> Optional[dict]:
     return None if threshold is None else {CONFIDENCE_THRESHOLD: threshold}
 
 
-def classify_command(bundle_dir: Path, images: Sequence[Path], options: ClassifyOptions) -> int:
+def classify_command(bundle_dir: Path, images: Sequence[Path], options: ClassifyOptions,
+                     host_meters: Sequence = ()) -> int:
     """Classify every readable file of ``images`` (files or folders) and print the results: the table on stdout
     (the configuration and the DVFS summary on stderr), or one JSON object. An unreadable file gets an error entry,
     and the closing error line on stderr; the exit code is then 1, else 0."""
@@ -155,7 +186,7 @@ def classify_command(bundle_dir: Path, images: Sequence[Path], options: Classify
     else:
         from cbnet_tl.runtime.dvfs.run import dvfs_session
 
-        with dvfs_session(**session_options) as session:
+        with dvfs_session(**session_options, host_meters=host_meters) as session:
             records = classify_paths(pipeline, paths, session=session, **how)
         summary = session.summary()
     readable = [Path(r["file"]) for r in records if "error" not in r]

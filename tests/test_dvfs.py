@@ -12,7 +12,8 @@ from cbnet_tl.runtime.dvfs.eenet import EENetPolicy
 from cbnet_tl.runtime.dvfs.energy import model_for
 from cbnet_tl.runtime.dvfs.meters import EnergyReading
 from cbnet_tl.runtime.dvfs.policy import Policy, StaticPolicy
-from cbnet_tl.runtime.dvfs.run import parse_policy, workload_options
+from cbnet_tl.runtime.classify import workload_options
+from cbnet_tl.runtime.dvfs.run import parse_policy
 from cbnet_tl.runtime.dvfs.session import DvfsSession
 from cbnet_tl.runtime.errors import ConfigError, DvfsError
 

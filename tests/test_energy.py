@@ -4,6 +4,7 @@ import pytest
 
 from cbnet_tl.runtime.dvfs.energy import EnergyModel, model_for
 from cbnet_tl.runtime.dvfs.power_tables import TABLES, power_table
+from cbnet_tl.toolchain.simulation.dvfs_report import frequency_curve
 from cbnet_tl.toolchain.simulation.power_notes import assumptions, describe_model
 from cbnet_tl.runtime.errors import DvfsError
 
@@ -31,7 +32,8 @@ def test_the_device_list_is_used():
     model = model_for("rpi4", reversed(mainline), switch_seconds=20e-6)
     assert model.frequencies_khz == tuple(mainline)
     assert model.top_khz == 1500000 and model.switch_seconds == 20e-6
-    assert model.scaled_seconds(1e-3, 750000) == pytest.approx(2e-3)
+    curve = frequency_curve(model, {"cbnet": 1.0})  # 1 ms at the top takes 2.5 ms at 600 MHz (time ∝ 1/f)
+    assert curve["energy_mj"]["cbnet"][curve["mhz"].index(600)] == pytest.approx(model.active_w(600000) * 2.5)
 
 
 def test_what_the_model_implies_for_one_inference():

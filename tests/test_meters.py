@@ -7,12 +7,11 @@ import pytest
 
 from cbnet_tl.runtime.dvfs.meters import (
     HWMON_DIR,
-    POWERCAP_DIR,
     HwmonPowerMeter,
     MeterError,
-    RaplMeter,
     find_meter,
 )
+from cbnet_tl.toolchain.analysis.rapl import HOST_METERS, POWERCAP_DIR, RaplMeter
 
 
 class FakeClock:
@@ -97,15 +96,16 @@ def test_rapl_sums_packages_and_handles_wraparound(tmp_path):
 
 
 def test_find_meter_prefers_a_board_monitor_and_skips_others(tmp_path):
-    assert find_meter(tmp_path) is None
+    assert find_meter(tmp_path, HOST_METERS) is None
     hwmon(tmp_path, 0, "coretemp", temp1_input=40000)
     hwmon(tmp_path, 1, "amdgpu", power1_input=9_000_000)  # a GPU's power, not the board's: ignored
     rapl(tmp_path, "intel-rapl:0", energy_uj=5)
     rapl(tmp_path, "intel-rapl:0:0", energy_uj=3, name="core")  # a sub-zone: part of package 0
-    meter = find_meter(tmp_path)
+    assert find_meter(tmp_path) is None  # the board's runtime alone knows no RAPL: hosts pass it in
+    meter = find_meter(tmp_path, HOST_METERS)
     assert isinstance(meter, RaplMeter) and [z.name for z in meter.zones] == ["intel-rapl:0"]
     hwmon(tmp_path, 3, "ina226", power1_input=1_000_000)
-    meter = find_meter(tmp_path)
+    meter = find_meter(tmp_path, HOST_METERS)
     assert isinstance(meter, HwmonPowerMeter) and meter.device.name == "hwmon3"
 
 

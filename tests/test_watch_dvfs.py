@@ -22,7 +22,8 @@ import pytest
 from cbnet_tl.runtime.api import open_pipeline
 from cbnet_tl.runtime.cli import main
 from cbnet_tl.runtime.dvfs.energy import model_for
-from cbnet_tl.runtime.dvfs.run import dvfs_session, workload_options
+from cbnet_tl.runtime.classify import workload_options
+from cbnet_tl.runtime.dvfs.run import dvfs_session
 from cbnet_tl.runtime.dvfs.session import DvfsSession
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.inbox import Inbox, InboxConfig, watch_inbox

@@ -77,10 +77,6 @@ class EnergyModel:
     def switch_j(self, from_khz: int, to_khz: int) -> float:
         return 0.0 if from_khz == to_khz else self.switch_seconds * self.active_w(max(from_khz, to_khz))
 
-    def scaled_seconds(self, top_seconds: float, khz: int) -> float:
-        """Time at ``khz`` of work that takes ``top_seconds`` at the top frequency (time ∝ 1/f)."""
-        return top_seconds * self.top_khz / khz
-
     def energy_j(self, busy_seconds: Mapping, idle_seconds: float = 0.0, switches: Sequence = ()) -> float:
         """Energy of a run: ``busy_seconds`` maps kHz → seconds inferring; ``switches`` lists (from, to) kHz."""
         busy = sum(self.active_w(khz) * seconds for khz, seconds in busy_seconds.items())

@@ -1,13 +1,11 @@
-"""Measured energy from a meter the machine exposes: a hwmon power monitor or RAPL.
+"""Measured energy from a meter the board exposes: a hwmon power monitor (a host's RAPL counters are the
+toolchain's, ``toolchain/analysis/rapl.py``, passed in as ``host_meters``).
 
 - hwmon (``ROOT/sys/class/hwmon/hwmon*/``) power monitors of the INA2xx/INA3221 family, found by their ``name`` file.
   Per channel, in order of preference: ``energyN_input`` (µJ counter), ``powerN_input`` (µW, integrated over time
   with the trapezoid rule), or ``inN_input`` (mV) × ``currN_input`` (mA) = µW, as the ina3221 driver reports a
   channel. The lowest-numbered channel is used unless another is asked for: channels of a multi-rail monitor can
   nest (total and per rail), so they are never summed.
-- RAPL (``ROOT/sys/class/powercap/*-rapl:N/energy_uj``, µJ, the CPU package only, not the board), summed over
-  packages. The counter wraps at ``max_energy_range_uj``; sampling every ``interval_s`` catches every wrap. Reading
-  it needs root since Linux 5.10; an unreadable counter is skipped.
 
 A meter measures a window: ``start()``, then ``stop()`` returns an ``EnergyReading`` labelled ``measured``; a
 background thread samples every ``interval_s`` (tests: ``start(background=False)``, ``sample()``, a fake clock).
@@ -26,9 +24,7 @@ from cbnet_tl.runtime.dvfs.energy import EnergySource
 from cbnet_tl.runtime.errors import MeterError
 
 HWMON_DIR = Path("sys/class/hwmon")
-POWERCAP_DIR = Path("sys/class/powercap")
 POWER_MONITOR_PREFIXES = ("ina",)  # ina209/219/220/226/230/231/238/260/3221 …
-_RAPL_ZONE = re.compile(r"^[a-z]+-rapl:\d+$")  # top-level zones only: sub-zones are parts of a package
 
 
 @dataclass(frozen=True)
@@ -44,7 +40,7 @@ class EnergyReading:
         return self.joules / self.seconds if self.seconds > 0 else 0.0
 
 
-def _read_number(path: Path) -> int:
+def read_number(path: Path) -> int:
     try:
         return int(path.read_text().strip())
     except FileNotFoundError:
@@ -143,7 +139,7 @@ class HwmonPowerMeter(Meter):
         self.description = f"hwmon {name} ({self.device.name}) channel {n}{label}, {self.kind}"
 
     def _read(self):
-        values = [_read_number(path) for path in self._files]
+        values = [read_number(path) for path in self._files]
         return values[0] if len(values) == 1 else values[0] * values[1]  # µJ, µW, or mV·mA = µW
 
     def _increment(self, previous, current):
@@ -151,25 +147,6 @@ class HwmonPowerMeter(Meter):
         if self.kind == "energy":
             return max(0, v1 - v0) * 1e-6
         return (v0 + v1) / 2 * 1e-6 * (t1 - t0)
-
-
-class RaplMeter(Meter):
-    """Sum of the RAPL package counters (``energy_uj``), wrap-aware."""
-
-    def __init__(self, zones: Sequence[Path], interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
-        super().__init__(interval_s, clock)
-        if not zones:
-            raise MeterError("RaplMeter needs at least one powercap zone directory")
-        self.zones = [Path(z) for z in zones]
-        self._ranges = [_read_number(z / "max_energy_range_uj") for z in self.zones]
-        self.description = "RAPL " + "+".join(z.name for z in self.zones) + " (CPU package energy, not the board)"
-
-    def _read(self):
-        return tuple(_read_number(z / "energy_uj") for z in self.zones)
-
-    def _increment(self, previous, current):
-        return sum(after - before if after >= before else after + wrap - before
-                   for before, after, wrap in zip(previous[1], current[1], self._ranges)) * 1e-6
 
 
 def hwmon_channels(device: Path) -> list:
@@ -183,8 +160,9 @@ def hwmon_channels(device: Path) -> list:
     return sorted(numbers)
 
 
-def find_meter(root: Path = Path("/")) -> Optional[Meter]:
-    """The first readable meter: a hwmon power monitor, else RAPL; None when the machine has neither."""
+def find_meter(root: Path = Path("/"), host_meters: Sequence[Callable] = ()) -> Optional[Meter]:
+    """The first readable meter: a hwmon power monitor, else the first that ``host_meters`` (finders taking the root)
+    find; None when there is none."""
     hwmon = Path(root) / HWMON_DIR
     for device in sorted(hwmon.glob("hwmon*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)):
         for directory in (device, device / "device"):
@@ -197,16 +175,4 @@ def find_meter(root: Path = Path("/")) -> Optional[Meter]:
                 return meter
             except MeterError:
                 continue
-    zones = sorted(p for p in (Path(root) / POWERCAP_DIR).glob("*") if _RAPL_ZONE.match(p.name)
-                   and (p / "energy_uj").is_file())
-    readable = []
-    for zone in zones:
-        try:
-            _read_number(zone / "energy_uj")
-            readable.append(zone)
-        except MeterError:
-            continue
-    try:
-        return RaplMeter(readable) if readable else None
-    except MeterError:
-        return None
+    return next((meter for meter in (find(Path(root)) for find in host_meters) if meter is not None), None)

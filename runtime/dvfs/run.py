@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 from cbnet_tl.runtime.dvfs.cpufreq import CpufreqController
 from cbnet_tl.runtime.dvfs.energy import model_for
@@ -15,7 +15,7 @@ from cbnet_tl.runtime.dvfs.meters import find_meter
 from cbnet_tl.runtime.dvfs.eenet import EENetPolicy
 from cbnet_tl.runtime.dvfs.policy import POLICY_CHOICES, Policy, PolicyKind, StaticPolicy
 from cbnet_tl.runtime.dvfs.session import DvfsSession
-from cbnet_tl.runtime.errors import ConfigError, DvfsError
+from cbnet_tl.runtime.errors import DvfsError
 
 DEFAULT_STATE_FILE = Path("/run/cbnet-tl/cpufreq-saved.json")
 
@@ -36,39 +36,10 @@ def parse_policy(text: str) -> Optional[Policy]:
                     f"Received: {text!r}.{hint}")
 
 
-def workload_options(workload: Optional[str], deadline_ms: Optional[float],
-                     period_ms: Optional[float] = None) -> dict:
-    """``dvfs_session``'s ``deadline_ms``, ``period_ms`` and ``burst`` from ``--workload``, ``--deadline-ms`` and
-    ``--period-ms``: ``camera:FPS`` an image every 1/FPS s, due within the period unless ``--deadline-ms`` says
-    otherwise; ``burst:K:MS`` every image there at the start, due within MS ms; neither: back to back, or one
-    image every ``--period-ms``. A mistyped workload is an error, never ignored. (``arrivals:FILE`` is for
-    ``cbnet-tl simulate``: the board's arrivals are its own.)"""
-    for name, value in (("--deadline-ms", deadline_ms), ("--period-ms", period_ms)):
-        if value is not None and not 0 < value < math.inf:
-            raise ConfigError(f"Expected {name} > 0 and finite (milliseconds). Received: {value}")
-    if workload is None:
-        return {"deadline_ms": deadline_ms, "period_ms": period_ms, "burst": False}
-    if period_ms is not None:
-        raise ConfigError("--period-ms and --workload both say when images arrive: give one of them")
-    kind, _, rest = workload.strip().lower().partition(":")
-    parts = rest.split(":")
-    try:
-        values = [float(part) for part in parts]
-    except ValueError:
-        values = []
-    if kind == "camera" and len(values) == 1 and 0 < values[0] < math.inf:
-        period = 1e3 / values[0]
-        return {"deadline_ms": period if deadline_ms is None else deadline_ms, "period_ms": period, "burst": False}
-    if kind == "burst" and len(values) == 2 and parts[0].isdigit() and int(parts[0]) >= 1 and 0 < values[1] < math.inf:
-        return {"deadline_ms": values[1] if deadline_ms is None else deadline_ms, "period_ms": None, "burst": True}
-    raise ConfigError(f"Expected --workload camera:FPS or burst:K:MS (e.g. camera:30, burst:64:500). "
-                      f"Received: {workload!r}")
-
-
 @contextlib.contextmanager
 def dvfs_session(dvfs: str, *, deadline_ms: Optional[float], period_ms: Optional[float] = None,
                  burst: bool = False, sysfs_root: Path = Path("/"), target: str = "rpi4",
-                 state_file: Optional[Path] = None) -> Iterator[DvfsSession]:
+                 state_file: Optional[Path] = None, host_meters: Sequence = ()) -> Iterator[DvfsSession]:
     """A ``DvfsSession`` for ``dvfs`` ('off', 'performance', 'powersave', 'fixed:<MHz>', 'eenet'); its arrivals
     periodic (``period_ms``), a burst (``burst``: every image there at the start) or back to back."""
     policy = parse_policy(dvfs)
@@ -79,7 +50,7 @@ def dvfs_session(dvfs: str, *, deadline_ms: Optional[float], period_ms: Optional
             raise DvfsError(f"Expected {name} > 0. Received: {value}")
     deadline_s = math.inf if deadline_ms is None else deadline_ms / 1e3
     period_s = None if period_ms is None else period_ms / 1e3
-    meter = find_meter(Path(sysfs_root))
+    meter = find_meter(Path(sysfs_root), host_meters)  # the board's hwmon monitor, else a host's (RAPL)
     if policy is None:
         model = model_for(target)
         with DvfsSession(None, None, meter or model, deadline_s, period_s, model=model, burst=burst) as session:

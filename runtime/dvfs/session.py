@@ -65,7 +65,6 @@ class DvfsSession:
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self.num_inferences = self.num_misses = self.num_batches = 0
         self.busy_seconds: dict = {}  # kHz (None: uncontrolled) -> seconds
-        self.stage_seconds: dict = {}
         self.switches: Counter = Counter()  # (from kHz, to kHz) -> how many times
         self.switch_seconds = self.idle_seconds = 0.0
 
@@ -164,7 +163,7 @@ class DvfsSession:
         self.policy.on_confidence(stage, confidence)
 
     def after_stage(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+        pass  # the stage's time is booked at the next stage or the end
 
     def end_inference(self, path: str) -> None:
         pass  # ``classify_batch`` ends the batch

@@ -99,10 +99,11 @@ def _evaluate_with_dvfs(pipeline: Pipeline, images, labels, options: dict, batch
     from collections import Counter
 
     from cbnet_tl.runtime.dvfs.run import dvfs_session
+    from cbnet_tl.toolchain.analysis.rapl import HOST_METERS
 
     with dvfs_session(options["dvfs"], deadline_ms=options["deadline_ms"], period_ms=options["period_ms"],
                       burst=options.get("burst", batch_size > 1), sysfs_root=options["sysfs_root"],
-                      target=options["target"]) as session:
+                      target=options["target"], host_meters=HOST_METERS) as session:
         predicted, paths = classify_stream(pipeline, images, session, batch_size)
     summary = session.summary()
     counts = Counter(paths)

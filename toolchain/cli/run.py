@@ -72,13 +72,14 @@ def run(
     --deadline-ms, --period-ms, --workload) the images run under the policy, each batch one DVFS batch, and a
     summary line follows: misses, latency, energy and the time at each frequency."""
     from cbnet_tl.runtime.classify import classify_command
+    from cbnet_tl.toolchain.analysis.rapl import HOST_METERS
 
     options = ClassifyOptions(
         pipeline=pipeline.value if pipeline else None, threads=threads, device=device.value, batch_size=batch_size,
         max_pixels=max_pixels, input_sha256=input_sha256, fallback_threshold=fallback_threshold,
         convert_image=convert_image, convert=convert, dvfs=dvfs, deadline_ms=deadline_ms, period_ms=period_ms,
         workload=workload, target=power_model(target), sysfs_root=sysfs_root, json=json_output)
-    code = classify_command(bundle, images, options)
+    code = classify_command(bundle, images, options, host_meters=HOST_METERS)
     if code:
         raise typer.Exit(code=code)
 

@@ -21,7 +21,7 @@ def frequency_curve(model: EnergyModel, top_latency_ms: dict) -> dict:
     curve = {"mhz": [khz // 1000 for khz in model.frequencies_khz], "energy_mj": {}}
     for name, latency_ms in top_latency_ms.items():
         curve["energy_mj"][name] = [
-            model.active_w(khz) * model.scaled_seconds(latency_ms / 1e3, khz) * 1e3 for khz in model.frequencies_khz
+            model.active_w(khz) * latency_ms * model.top_khz / khz for khz in model.frequencies_khz  # time ∝ 1/f
         ]
     return curve
 

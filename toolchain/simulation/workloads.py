@@ -7,7 +7,7 @@ answered.
   a JSON list of numbers; times are taken relative to the first. It has no deadline of its own: it defaults to
   twice the slowest batch at the top frequency, and never less than two frequency switches (``workload_sim``).
 
-(The board takes a workload's deadline and arrivals with ``runtime/dvfs/run.py workload_options``.)
+(The board takes a workload's deadline and arrivals with ``runtime/classify.py workload_options``.)
 
 A service takes images in batches of at most ``batch_size``: when the CPU is free it takes every image that
 has arrived, up to the batch size. Which images go together is fixed once, by serving the workload at the
