@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from test_deploy_ssh import _bundle_with_version
+from test_deploy_ssh import _bundle_with_version, fake_root, root_commands, set_up_like_a_board
 from typer.testing import CliRunner
 
 from cbnet_tl.toolchain.cli import app
@@ -90,7 +90,7 @@ def test_no_rsync_on_the_device(ssh_server, tiny_bundle, tmp_path):
                               identity=ssh_server["home"] / "user_key", rsync_path="/nonexistent/rsync",
                               ssh_options=(f"UserKnownHostsFile={ssh_server['home'] / 'known_hosts'}",))
     with pytest.raises(DeployError, match="rsync is not installed on the device"):
-        deploy(_bundle_with_version(tiny_bundle, tmp_path, "v1"), destination, python=sys.executable, restart=None)
+        deploy(_bundle_with_version(tiny_bundle, tmp_path, "v1"), destination, python=sys.executable, service=None)
     assert not (tmp_path / "device" / "current").exists()
 
 
@@ -100,3 +100,57 @@ def test_known_stderr_maps_to_one_clear_cause():
     assert "no space left on the device" in explain("rsync: write failed on \"x\": No space left on device (28)")
     assert "rsync is not installed" in explain("bash: line 1: rsync: command not found")
     assert explain("something new", 3) == ""
+
+
+def test_service_serve_installs_enables_and_restarts_it_and_rollback_restarts_it(ssh_server, tiny_bundle, tmp_path,
+                                                                                monkeypatch):
+    """The CLI's --service reaches the device: the stand-in sudo records what runs as root (tests/test_deploy_ssh.py)."""
+    import functools
+
+    from cbnet_tl.toolchain.delivery import deploy as deploying
+
+    root = fake_root(tmp_path)
+    monkeypatch.setattr(deploying, "ServiceSetup", functools.partial(
+        deploying.ServiceSetup, unit_dir=str(root["unit_dir"]), sudo=root["sudo"]))
+    device, units = tmp_path / "device", root["unit_dir"]
+    where = f"{ssh_server['user']}@127.0.0.1:{device}"
+    def bundle(version: str) -> str:
+        return str(set_up_like_a_board(_bundle_with_version(tiny_bundle, tmp_path, version), device, ssh_server["user"]))
+
+    first = _invoke(bundle("v1"), where, *_options(ssh_server, "--service", "serve"))
+    assert first.exit_code == 0, first.output
+    assert f"installing {units}/cbnet-tl-serve.service" in first.output
+    assert first.output.strip().splitlines()[-1] == \
+        f"deployed: current -> {device}/releases/v1; cbnet-tl-serve.service enabled and restarted"
+    assert root_commands(root)[-2:] == ["sudo systemctl enable cbnet-tl-serve.service",
+                                        "sudo systemctl restart cbnet-tl-serve.service"]
+    assert f"WorkingDirectory={device}/current" in (units / "cbnet-tl-serve.service").read_text()
+
+    second = _invoke(bundle("v2"), where, *_options(ssh_server, "--json"))
+    assert second.exit_code == 0, second.output
+    record = json.loads(second.stdout[second.stdout.index("{"):])
+    assert record["service"] == "cbnet-tl.service" and record["restarted"]  # watch, the default
+    assert "sudo systemctl disable --now cbnet-tl-serve.service" in root_commands(root)
+
+    rolled = _invoke("--rollback", where, *_options(ssh_server, "--service", "serve"))
+    assert rolled.exit_code == 0, rolled.output
+    assert os.readlink(device / "current") == str(device / "releases" / "v1")
+    assert root_commands(root)[-1] == "sudo systemctl restart cbnet-tl-serve.service"
+
+
+def test_bad_service_values_are_refused(tmp_path):
+    def refused(*args) -> str:  # typer's usage error, one line in a box wide enough for it
+        result = CliRunner().invoke(app, ["deploy", str(tmp_path), "pi@board", *args], env={"COLUMNS": "250"})
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        return next(line for line in result.output.splitlines() if "Invalid value" in line)
+
+    assert "'camera' is not one of 'watch', 'serve'" in refused("--service", "camera")
+    assert "Expected --service serve or --no-restart, not both" in refused("--service", "serve", "--no-restart")
+
+
+def test_help_explains_the_services():
+    result = CliRunner().invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    for words in ("--service", "watch", "serve", "cbnet-tl-serve.service", "/etc/systemd/system", "--no-restart"):
+        assert words in text

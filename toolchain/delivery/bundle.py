@@ -36,6 +36,10 @@ from cbnet_tl.toolchain.targets import Target
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 NUM_SELFTEST_SAMPLES = 20
+# The bundle's systemd services (`cbnet-tl deploy --service NAME` installs one): each unit is rendered from
+# templates/bundle/<unit>.j2. watch: images dropped into a folder; serve: a camera or stream, a page and an HTTP API.
+SERVICE_UNITS = {"watch": "cbnet-tl.service", "serve": "cbnet-tl-serve.service"}
+UNIT_DIR = "/etc/systemd/system"  # where `cbnet-tl deploy` puts the unit on the device
 
 
 def _environment():
@@ -90,7 +94,7 @@ def device_checks() -> dict:
 
 def _render_files(staging: Path, target: Target, context: dict) -> None:
     outputs = {"run.py": "bundle/run.py.j2", "requirements.txt": "bundle/requirements.txt.j2",
-               "cbnet-tl.service": "bundle/cbnet-tl.service.j2", "README.md": "bundle/README.md.j2"}
+               "README.md": "bundle/README.md.j2", **{unit: f"bundle/{unit}.j2" for unit in SERVICE_UNITS.values()}}
     outputs.update({out: template for template, out in target.extra_templates})
     for out, template in outputs.items():
         (staging / out).write_text(render(template, **context))
@@ -135,7 +139,9 @@ def write_bundle(build_dir: Path, target: Target, test_images: np.ndarray) -> Pa
             "recommendation": (build_manifest.recommendation or {}).get("reason"),
             "failed": failed_learning(checks),
             "pipelines": [name for name in deployed if name in accuracy], "power_model": target.power_model, "dvfs": "off", "deadline_ms": None,
-            "service_user": "cbnet-tl", "memory_max": "384M",  # the watch unit's user (README creates it), MemoryMax=
+            "service_user": "cbnet-tl", "memory_max": "384M",  # the units' user (README creates it), watch's MemoryMax=
+            "serve_memory_max": "512M",  # serve's MemoryMax=: the camera process and its frames count too
+            "units": SERVICE_UNITS,
             "device_checks": device_checks(), "input_text": build_manifest.input_spec.describe(),
         }
         edgetpu = _edgetpu_stage(staging, models) if target.uses_edgetpu else None
