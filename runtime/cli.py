@@ -1,7 +1,8 @@
-"""The device's command line (``python3 run.py …`` in a bundle): classify, selftest, watch, status,
+"""The device's command line (``python3 run.py …`` in a bundle): classify, selftest, watch, serve, status,
 trace, dvfs-grant, dvfs-restore.
 
-A thin argparse layer over ``api``; every ``CbnetError`` becomes one line on stderr and exit code 1.
+A thin argparse layer over ``api``, ``classify`` (the options it shares with ``cbnet-tl run``) and ``service``;
+every ``CbnetError`` becomes one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -9,46 +10,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cbnet_tl.runtime.api import (
-    classify_paths,
-    format_results,
-    open_pipeline,
-    selftest,
-    tune_bundle,
-    unreadable_error,
-)
-from cbnet_tl.runtime.delegates import Device
-from cbnet_tl.runtime.errors import CbnetError, ConfigError
-from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT, collect_image_paths
+from cbnet_tl.runtime.api import open_pipeline, selftest, tune_bundle
+from cbnet_tl.runtime.classify import ClassifyOptions, add_arguments, classify_command, dvfs_options
+from cbnet_tl.runtime.errors import CbnetError
 from cbnet_tl.runtime.inbox import InboxConfig
 from cbnet_tl.runtime.specs import DEPLOYED_PIPELINES, PIPELINES, default_pipeline
-from cbnet_tl.runtime.service import StopRequested, format_summary, grant_cpufreq, serve, status
+from cbnet_tl.runtime.serve import add_serve_arguments, serve_command
+from cbnet_tl.runtime.service import StopRequested, grant_cpufreq, run_watch, status
 from cbnet_tl.runtime.tuning import format_tuning
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description="Run a cbnet-tl bundle on this device.")
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: this script's)")
-    parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    add_arguments(parser, ("threads",))
     commands = parser.add_subparsers(dest="command", required=True)
     classify = commands.add_parser("classify", help="classify image files or folders (an unreadable file gets an "
                                                       "error entry; exit 1 after all if any)")
-    classify.add_argument("images", nargs="+", type=Path)
-    classify.add_argument("--pipeline", choices=PIPELINES, default=None, help="default: the build's recommendation")
-    classify.add_argument("--convert", action="store_true",
-                          help="no longer needed: every image goes through the bundle's input spec (accepted, ignored)")
-    classify.add_argument("--batch-size", type=int, default=1, help="images per interpreter call (default 1)")
-    classify.add_argument("--max-pixels", type=int, default=MAX_PIXELS_DEFAULT,
-                          help=f"refuse larger images from their header (default {MAX_PIXELS_DEFAULT:,})")
-    classify.add_argument("--json", action="store_true", help="print one JSON object")
-    classify.add_argument("--input-sha256", action="store_true",
-                          help="with --json: the sha256 of each model input, to compare pre-processing across machines")
-    classify.add_argument("--device", choices=[d.value for d in Device], default=Device.CPU.value,
-                          help="edgetpu: use the Coral delegate (falls back to the CPU with a warning)")
-    _dvfs_options(classify, "every file counts as arrived when the command starts; each batch is one DVFS batch")
+    classify.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    add_arguments(classify, [f.name for f in fields(ClassifyOptions) if f.name != "threads"],  # --threads: global
+                  {"pipeline": PIPELINES})
     commands.add_parser("selftest", help="verify checksums and sample predictions; exit 0 when they pass")
     tune = commands.add_parser("tune", help="time every model in every configuration here; keep the fastest "
                                             "that gives the reference classes (written outside the release)")
@@ -67,14 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser.add_argument("--settle-seconds", type=float, default=1.0,
                               help="take a file once its size and mtime held still this long (default 1)")
     watch_parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    watch_parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS_DEFAULT,
-                              help=f"refuse larger images from their header (default {MAX_PIXELS_DEFAULT:,})")
     watch_parser.add_argument("--delete-processed", action="store_true", help="delete classified inputs")
-    watch_parser.add_argument("--convert", action="store_true",
-                              help="no longer needed: every image goes through the bundle's input spec (ignored)")
     watch_parser.add_argument("--drain", action="store_true",
                               help="stop once the inbox is empty (no input, settled or not), with the summary line")
-    _dvfs_options(watch_parser, "each batch is one DVFS batch; an input's deadline counts from when it settled")
+    # each batch is one DVFS batch; an input's deadline counts from when it settled (the files are the arrivals)
+    add_arguments(watch_parser, ("max_pixels", "convert", "dvfs", "deadline_ms", "workload", "target", "sysfs_root"))
+    serve = commands.add_parser("serve", help="a web page and HTTP API: classify posted images and, with --source, a "
+                                              "camera or stream live (SIGTERM: a clean stop)")
+    add_serve_arguments(serve, lambda target, names: add_arguments(target, names, {"pipeline": DEPLOYED_PIPELINES}))
     status_parser = commands.add_parser("status", help="counts, last error, uptime of the watch service")
     _folders(status_parser)
     trace = commands.add_parser("trace", help="time every stage of the bundle's pipelines at batch 1 and --batch-size, "
@@ -93,32 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dvfs_options(parser: argparse.ArgumentParser, how: str) -> None:
-    parser.add_argument("--dvfs", default="off", help=f"off, performance, powersave, fixed:<MHz> or eenet ({how})")
-    parser.add_argument("--deadline-ms", type=float, default=None,
-                        help="milliseconds from an image's arrival to its answer; overrides --workload's deadline "
-                             "(a DVFS policy needs one of the two)")
-    parser.add_argument("--workload", default=None,
-                        help="the deadline of a workload: camera:FPS (the period, 1000/FPS ms) or burst:K:MS (MS ms); "
-                             "the images themselves are the arrivals")
-    parser.add_argument("--target", default="rpi4", help="power model for modelled energy (default rpi4)")
-    parser.add_argument("--sysfs-root", type=Path, default=Path("/"),
-                        help="root of the cpufreq tree and power meters (default /; a fake tree for tests: the CPU "
-                             "does not change speed)")
-
-
-def _session_options(args) -> dict:
-    """``dvfs_session``'s options from --dvfs, --deadline-ms, --workload, --target and --sysfs-root."""
-    from cbnet_tl.runtime.dvfs.policies import parse_policy
-    from cbnet_tl.runtime.dvfs.workloads import deadline_ms_of
-
-    dvfs, deadline_ms = args.dvfs.strip().lower(), deadline_ms_of(args.workload, args.deadline_ms)
-    if deadline_ms is None and parse_policy(dvfs) is not None:
-        raise ConfigError(f"--dvfs {dvfs} needs a deadline to meet: pass --deadline-ms MS or --workload "
-                          "camera:FPS|burst:K:MS")
-    return {"dvfs": dvfs, "deadline_ms": deadline_ms, "sysfs_root": args.sysfs_root, "target": args.target}
-
-
 def _folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inbox", type=Path, required=True)
     parser.add_argument("--done", type=Path, default=None, help="processed inputs (default: done/ beside the inbox)")
@@ -126,67 +85,35 @@ def _folders(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=None, help="state file (default: state/ beside the inbox)")
 
 
-def _classify(args, bundle_dir: Path) -> int:
-    """``run.py classify``: every readable file classified, an entry for each unreadable one, then 1 if any."""
-    pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads, device=args.device)
-    if args.convert:
-        print("note: --convert is no longer needed; every image goes through the bundle's input spec "
-              f"({pipeline.input_spec.describe()})", file=sys.stderr)
-    if args.batch_size < 1:
-        raise ConfigError(f"Expected --batch-size >= 1. Received: {args.batch_size}")
-    paths, options = collect_image_paths(args.images), _session_options(args)
-    how = {"batch_size": args.batch_size, "max_pixels": args.max_pixels, "input_digest": args.input_sha256,
-           "collect_errors": True}
-    if options["dvfs"] == "off" and options["deadline_ms"] is None:
-        records, summary = classify_paths(pipeline, paths, **how), None
-    else:
-        from cbnet_tl.runtime.dvfs.run import dvfs_session
-
-        with dvfs_session(**options) as session:
-            records = classify_paths(pipeline, paths, session=session, **how)
-        summary = session.summary()
-    if args.json:
-        print(json.dumps({"pipeline": args.pipeline, "configuration": pipeline.configuration,
-                          "input": pipeline.input_spec.to_dict(), "results": records,
-                          **({} if summary is None else {"dvfs": summary})}, indent=2, allow_nan=False))
-    else:
-        for line in format_results(records):
-            print(line)
-        print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()), file=sys.stderr)
-        if summary is not None:
-            print(format_summary(summary, "classify"), file=sys.stderr)
-    failure = unreadable_error(records)
-    if failure is not None:
-        print(failure, file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None, default_bundle: Optional[Path] = None) -> int:
     args = _parser().parse_args(argv)
     bundle_dir = args.bundle or default_bundle or Path.cwd()
     try:
-        if args.command in ("classify", "watch") and args.pipeline is None:  # the manifest's (the build's choice)
-            from cbnet_tl.runtime.bundle import open_manifest
-
-            args.pipeline = default_pipeline(open_manifest(bundle_dir)[1])
         if args.command == "selftest":
             print(json.dumps(selftest(bundle_dir, args.threads), indent=2))
         elif args.command == "classify":
-            return _classify(args, bundle_dir)
+            return classify_command(bundle_dir, args.images, ClassifyOptions.from_arguments(args))
         elif args.command == "tune":
             record = tune_bundle(bundle_dir, args.out, num_threads=args.threads, if_missing=args.if_missing)
             if record is not None:
                 print(json.dumps(record, indent=2) if args.json else format_tuning(record))
         elif args.command == "watch":
-            options = _session_options(args)
+            options = dvfs_options(args.dvfs, args.deadline_ms, args.workload, target=args.target,
+                                   sysfs_root=args.sysfs_root)
+            options = {key: options[key] for key in ("dvfs", "deadline_ms", "sysfs_root", "target")}  # files arrive
+            if args.pipeline is None:  # the manifest's (the build's choice)
+                from cbnet_tl.runtime.bundle import open_manifest
+
+                args.pipeline = default_pipeline(open_manifest(bundle_dir)[1])
             config = InboxConfig(args.inbox, args.outbox, args.done, args.failed, args.state_dir,
                                  delete_processed=args.delete_processed, poll_seconds=args.poll_seconds,
                                  settle_seconds=args.settle_seconds, batch_size=args.batch_size,
                                  max_pixels=args.max_pixels,
                                  extra={"dvfs": options["dvfs"], "sysfs_root": str(args.sysfs_root)})
             pipeline = open_pipeline(bundle_dir, args.pipeline, num_threads=args.threads)
-            serve(pipeline, config, options, drain=args.drain)
+            run_watch(pipeline, config, options, drain=args.drain)
+        elif args.command == "serve":
+            return serve_command(bundle_dir, args)
         elif args.command == "status":
             config = InboxConfig(args.inbox, args.inbox.parent / "outbox", args.done, args.failed, args.state_dir)
             print(json.dumps(status(config), indent=2, allow_nan=False))

@@ -55,6 +55,7 @@ class FrameSource:
 
     description: str = "frame source"
     fps: Optional[float] = None
+    closes_from_any_thread = False  # True: close() from another thread wakes a blocked read() (SourceError)
 
     def __init__(self) -> None:
         self._next_seq = 0
@@ -100,6 +101,7 @@ class EncodedFrameSource(FrameSource):
     """A source of encoded images (JPEG from a camera process or a stream): ``read()`` decodes each with Pillow and
     skips (and counts) one that does not decode."""
 
+    closes_from_any_thread = True
     max_pixels: Optional[int] = MAX_PIXELS_DEFAULT
 
     def _next_encoded(self) -> bytes:
