@@ -144,9 +144,11 @@ def rgb_build(tmp_path_factory) -> Path:
     return out
 
 
-# Which tests need the build stack (TensorFlow, Keras, typer, jinja2): marked `tf` automatically, from the
-# modules each test file imports (anywhere in it) and, transitively, what those cbnet_tl modules import.
-BUILD_STACK = ("tensorflow", "keras", "typer", "jinja2", "tqdm")
+# Which tests need the build stack (TensorFlow, Keras, typer, jinja2) or the dev extras the runtime never needs
+# (prometheus_client's parser): marked `tf` automatically, from the modules each test file imports (anywhere in it)
+# and, transitively, what those cbnet_tl modules import. (OpenCV's tests are marked by hand: the frames' other tests
+# run in the runtime-only suite.)
+BUILD_STACK = ("tensorflow", "keras", "typer", "jinja2", "tqdm", "prometheus_client")
 PACKAGE_DIRS = {"runtime": ROOT / "runtime", "toolchain": ROOT / "toolchain", "recipes": ROOT / "recipes"}
 BUILD_FIXTURES = {"fresh_build", "ssh_server", "rgb_build"}
 
