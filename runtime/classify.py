@@ -193,9 +193,7 @@ def classify_command(bundle_dir: Path, images: Sequence[Path], options: Classify
     written = write_converted(bundle_dir, readable, options.convert_image) if options.convert_image and readable \
         else []
     if options.json:
-        print(json.dumps({"pipeline": name, "configuration": pipeline.configuration,
-                          "input": pipeline.input_spec.to_dict(), "results": records,
-                          **({} if summary is None else {"dvfs": summary})}, indent=2, allow_nan=False))
+        print(json.dumps(classify_json(pipeline, records, summary), indent=2, allow_nan=False))
     else:
         print("configuration: " + ", ".join(f"{m} {c}" for m, c in pipeline.configuration.items()), file=sys.stderr)
         for line in format_results(records):
@@ -210,6 +208,13 @@ def classify_command(bundle_dir: Path, images: Sequence[Path], options: Classify
         print(failure, file=sys.stderr)
         return 1
     return 0
+
+
+def classify_json(pipeline, records: list, summary: Optional[dict] = None) -> dict:
+    """What ``--json`` prints (and ``run.py serve`` answers a posted image with): the pipeline, its configuration
+    and input spec, one record per file, and the DVFS summary when a session ran."""
+    return {"pipeline": pipeline.name, "configuration": pipeline.configuration, "input": pipeline.input_spec.to_dict(),
+            "results": records, **({} if summary is None else {"dvfs": summary})}
 
 
 def write_converted(bundle_dir: Path, paths: Sequence[Path], out_dir: Path) -> list:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
+from cbnet_tl.runtime.classify import classify_json
 from cbnet_tl.runtime.errors import ConfigError
 from cbnet_tl.runtime.images import MAX_PIXELS_DEFAULT
 from cbnet_tl.runtime.server_http import RETRY_AFTER_S, BoundedHTTPServer, JsonRequestHandler
@@ -190,9 +191,7 @@ class LiveServer(BoundedHTTPServer):
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"error": f"Expected an image the bundle reads. Received: "
                                                               f"{reason}", "status": 422}
         self.stats.posted(True)
-        pipeline = self.pipeline
-        return HTTPStatus.OK, {"pipeline": pipeline.name, "configuration": pipeline.configuration,
-                               "input": pipeline.input_spec.to_dict(), "results": [{**record, "file": POSTED_FILE}]}
+        return HTTPStatus.OK, classify_json(self.pipeline, [{**record, "file": POSTED_FILE}])
 
 
 class ServeHandler(JsonRequestHandler):
