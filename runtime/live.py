@@ -32,7 +32,7 @@ from cbnet_tl.runtime.dvfs.session import LATE
 from cbnet_tl.runtime.errors import ConfigError, DvfsError, ImageError
 from cbnet_tl.runtime.frames import SourceError, frame_input
 from cbnet_tl.runtime.frames.base import check_fps
-from cbnet_tl.runtime.live_log import JsonLinesLog, LiveConfig, UncertainKeeper, frame_jpeg
+from cbnet_tl.runtime.live_log import JsonLinesLog, LiveConfig, UncertainKeeper, WorkLock, frame_jpeg
 
 __all__ = ["LiveConfig", "LiveLoop", "SourceState"]
 
@@ -64,7 +64,7 @@ class LiveLoop:
                               f"{session.deadline_s * 1e3:g} ms")
         self.pipeline, self.source, self.session, self.config = pipeline, source, session, config
         self.fps, self._clock = check_fps(fps, "the frame loop"), clock
-        self.lock = threading.Lock()
+        self.lock = WorkLock(clock)  # others' work under it (posted images) is not idle time
         self._changed = threading.Condition()  # guards everything below; notified on each record, event and state
         self._slot = None  # the mailbox: the newest frame not yet taken
         self._state, self._events = SourceState.OPENING, collections.deque(maxlen=NUM_EVENTS)
@@ -120,14 +120,15 @@ class LiveLoop:
 
     def _take(self, stop: threading.Event):
         """The newest frame, waiting for one (idle time for the session); None once stopped or played out."""
-        began = self._clock()
+        began, others_before = self._clock(), self.lock.held_seconds
         with self._changed:
             while self._slot is None and not (stop.is_set() or self._reader_done):
                 self._changed.wait(POLL_S)
             if self._slot is None or stop.is_set():
                 return None
             frame, self._slot = self._slot, None
-        self.session.idle(self._clock() - began)
+        # the wait less what other threads ran under the lock meanwhile: that was busy (the session books it so)
+        self.session.idle(self._clock() - began - (self.lock.held_seconds - others_before))
         return frame
 
     def _classify(self, frame) -> None:

@@ -1,6 +1,6 @@
-"""The frame loop's options (``LiveConfig``; the loop is ``live.py``) and what it writes: the JSON-lines log of its
-records and events (``--log FILE``), rotated by size, and the frames it was least sure of (``--keep-uncertain DIR
---below C``), for relabelling.
+"""The frame loop's options (``LiveConfig``; the loop is ``live.py``), the pipeline's lock (``WorkLock``), and what
+it writes: the JSON-lines log of its records and events (``--log FILE``), rotated by size, and the frames it was least
+sure of (``--keep-uncertain DIR --below C``), for relabelling.
 
 Neither stops the loop: the first write error of each is said once on stderr, and every one is counted
 (``num_errors``); the next write tries again.
@@ -24,8 +24,10 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -152,6 +154,10 @@ class JsonLinesLog:
         self._open()
 
 
+_KEPT = re.compile(r"\d{8}T\d{6}\.\d{3}Z-\d{9}\.(?:jpg|json)")  # the names ``UncertainKeeper.keep`` gives
+_KEPT_TEMPORARY = re.compile(r"\.\d{8}T\d{6}\.\d{3}Z-\d{9}\.(?:jpg|json)\..*\.tmp")  # write_bytes_atomic's
+
+
 class UncertainKeeper:
     """Keeps frames with their records in ``directory``, at most ``max_files`` frames and ``max_bytes`` bytes."""
 
@@ -188,15 +194,16 @@ class UncertainKeeper:
             self._complain(error)
 
     def _scan(self) -> None:
-        """What earlier runs kept here (oldest first, by name), and no temporary file a crash left."""
+        """What earlier runs kept here (oldest first, by name), and no temporary file a crash left. Only names the
+        keeper gives are counted or removed: whatever else is in the folder is the user's."""
         self.directory.mkdir(parents=True, exist_ok=True)
         sizes: dict = {}
         for entry in os.scandir(self.directory):
             name = entry.name
-            if name.startswith(".") and name.endswith(".tmp"):
+            if _KEPT_TEMPORARY.fullmatch(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-            elif name.endswith((".jpg", ".json")) and entry.is_file(follow_symlinks=False):
+            elif _KEPT.fullmatch(name) and entry.is_file(follow_symlinks=False):
                 stem = name.rsplit(".", 1)[0]
                 sizes[stem] = sizes.get(stem, 0) + entry.stat(follow_symlinks=False).st_size
         self._kept = collections.deque(sorted(sizes.items()))
@@ -207,3 +214,31 @@ class UncertainKeeper:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.directory / f"{stem}{suffix}")
         self._bytes -= size
+
+
+class WorkLock:
+    """A lock that adds up how long it was held (``held_seconds``): the pipeline's, which the frame loop and the
+    server's posted images share (TFLite interpreters are not thread-safe)."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._lock, self._clock, self._since, self.held_seconds = threading.Lock(), clock, 0.0, 0.0
+
+    def __enter__(self) -> "WorkLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken = self._lock.acquire(blocking, timeout)
+        if taken:
+            self._since = self._clock()
+        return taken
+
+    def release(self) -> None:
+        self.held_seconds += self._clock() - self._since
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()

@@ -499,3 +499,56 @@ def test_status_before_run_is_strict_json_with_every_key(cbnet, off):
     assert (status["source_state"], status["deadline_ms"], status["source_fps"], status["latest"]) == \
         ("opening", 40.0, 25.0, None)
     assert loop.latest() == (None, None) and loop.wait_for_record(-1, 0.01) is None
+
+
+def test_keeping_uncertain_frames_never_touches_the_users_own_files_in_the_folder(tmp_path):
+    """The keeper counts and removes only the names it gives: a user's photos, notes and hidden temporary files in
+    the same folder stay, whatever the bounds."""
+    from cbnet_tl.runtime.frames import Frame
+    from cbnet_tl.runtime.live_log import UncertainKeeper
+
+    folder = tmp_path / "uncertain"
+    folder.mkdir()
+    users = {"holiday1.jpg": b"\xff\xd8 not ours", "config.json": b"{}", ".editor.swp.tmp": b"x", "notes.txt": b"y"}
+    for name, data in users.items():
+        (folder / name).write_bytes(data)
+    keeper = UncertainKeeper(folder, max_files=2, max_bytes=10**6)
+    for seq in range(4):
+        keeper.keep({"seq": seq, "confidence": 0.1}, Frame(Image.new("RGB", (8, 8), (200, 10, 10)), seq, 0.0, None))
+    assert {name: (folder / name).read_bytes() for name in users} == users
+    kept = sorted(p.name for p in folder.iterdir() if p.name not in users)
+    assert len(kept) == 4  # the newest two frames, each a JPEG and its sidecar
+    assert sorted({name.split("-")[1].split(".")[0] for name in kept}) == ["000000002", "000000003"]
+
+
+def test_work_under_the_pipelines_lock_is_added_up_so_the_loop_does_not_book_it_as_idle(cbnet, off, images, tmp_path):
+    """A posted image's classification holds the loop's lock while the loop waits for a frame: that time is the
+    CPU's work, so the loop books only the rest of its wait as idle (the session counts the other part as busy)."""
+    from cbnet_tl.runtime.live_log import WorkLock
+
+    clock = [0.0]
+    lock = WorkLock(lambda: clock[0])
+    with lock:
+        clock[0] += 0.25
+    assert lock.acquire(blocking=False) and lock.locked()
+    clock[0] += 0.5
+    lock.release()
+    assert lock.held_seconds == pytest.approx(0.75) and not lock.locked()
+
+    write_frames(tmp_path / "frames", images[:6], ".png")
+    loop = LiveLoop(cbnet, open_source(str(tmp_path / "frames"), fps=5.0), off, LiveConfig())
+    held = threading.Event()
+
+    def post_while_waiting() -> None:  # as the server does for a posted image, between two frames
+        assert loop.wait_for_record(0, WAIT_S) is not None
+        with loop.lock:
+            time.sleep(0.15)  # the posted image's work (a wait here: the frames' pacing is the loop's)
+        held.set()
+
+    poster = threading.Thread(target=post_while_waiting, daemon=True)
+    poster.start()
+    status = loop.run(threading.Event())
+    poster.join(WAIT_S)
+    assert held.is_set() and status["frames_classified"] >= 5
+    waited = off.idle_seconds + sum(off.busy_seconds.values())
+    assert loop.lock.held_seconds >= 0.15 and off.idle_seconds <= waited - 0.15 + 1e-3

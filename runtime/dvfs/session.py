@@ -34,7 +34,7 @@ class DvfsSession:
 
     def __init__(self, policy: Optional[Policy], controller, energy, deadline_s: float,
                  period_s: Optional[float] = None, *, model: Optional[EnergyModel] = None, burst: bool = False,
-                 clock=time.perf_counter, sleep=time.sleep):
+                 clock=time.monotonic, sleep=time.sleep):
         if (policy is None) != (controller is None):
             raise DvfsError("A DVFS policy needs a CpufreqController, and a controller needs a policy. Received "
                             f"policy={getattr(policy, 'name', None)!r}, controller={controller!r}. Use DVFS off "
