@@ -194,7 +194,7 @@ class LiveLoop:
                         break  # closed from run(): a lost source is what that looks like
                     self.source.close()
                     self._event(SourceState.LOST, "lost", error)
-                    print(f"warning: lost {self.source.description}: {error}; reopening in {delay:g} s",
+                    print(f"warning: source lost: {error}; reopening in {delay:g} s",  # the error names the source
                           file=sys.stderr, flush=True)
                     if halt.wait(delay):
                         break

@@ -254,6 +254,34 @@ def test_close_from_another_thread_ends_a_blocked_read(fake_path, monkeypatch, k
         assert not thread.is_alive() and isinstance(outcome.get("error"), SourceError)
 
 
+
+@pytest.mark.parametrize("kind", ["folder", pytest.param("video", marks=pytest.mark.tf)])
+def test_close_from_another_thread_wakes_a_paced_read_and_a_reopen_counts_on(tmp_path, kind):
+    frames = [numbered_pixels(k, 64, 48) for k in range(3)]
+    if kind == "folder":
+        for k, pixels in enumerate(frames):
+            Image.fromarray(pixels).save(tmp_path / f"{k}.png")
+        spec = str(tmp_path)
+    else:
+        spec = str(write_video(tmp_path / "clip.avi", frames, 20.0))
+    source = open_source(spec, fps=0.05)  # a 20 s period
+    assert source.closes_from_any_thread
+    source.open()
+    assert source.read().seq == 0  # the first frame is due at once, the next in 20 s
+    thread, outcome = _read_in_thread(source)
+    thread.join(0.3)
+    assert thread.is_alive()  # waiting for the next frame's turn
+    source.close()
+    thread.join(2.0)
+    assert not thread.is_alive() and isinstance(outcome.get("error"), SourceError), outcome
+    assert str(outcome["error"]).endswith(": closed")
+    with pytest.raises(SourceError, match=r"after close\(\)$"):
+        source.read()
+    source.open()  # a reopen plays from the start again, and seq counts on
+    frame = source.read()
+    source.close()
+    assert frame.seq == 1 and frame_number(frame.image) == 0
+
 # --- MJPEG over HTTP and TCP -------------------------------------------------------------------------
 
 def test_an_http_stream_the_server_ends_is_a_lost_source():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ class Frame:
 class FrameSource:
     """The protocol of every source: ``open()``, then ``read()`` until it returns None (a file or folder played
     out) or raises ``SourceError`` (lost), and ``close()`` (idempotent). ``read()`` blocks until the next frame.
-    A source is a context manager that opens and closes it. One thread reads a source at a time; the camera process
-    and network sources may be closed from another thread, which makes a blocked ``read()`` raise ``SourceError``."""
+    A source is a context manager that opens and closes it. One thread reads a source at a time; a source whose
+    ``closes_from_any_thread`` is True (the camera process, the network sources, a folder, OpenCV) may be closed from
+    another thread, which makes a blocked ``read()`` raise ``SourceError``."""
 
     description: str = "frame source"
     fps: Optional[float] = None
@@ -154,23 +156,37 @@ def is_jpeg(data: bytes) -> bool:
 
 class Pacer:
     """Paces a replay at ``fps``: ``wait()`` returns on a fixed schedule. A reader that falls more than a period
-    behind starts the schedule again from now rather than getting a burst of frames."""
+    behind starts the schedule again from now rather than getting a burst of frames. ``close()``, from any thread,
+    wakes a ``wait()`` at once (it returns None) until ``restart()``: a closed replay does not sleep out its period."""
 
     def __init__(self, fps: float) -> None:
         self.period = 1.0 / fps
         self._due: Optional[float] = None
+        self._closed = threading.Event()
 
     def restart(self) -> None:
+        """A new schedule, and no longer closed (the source was opened again)."""
         self._due = None
+        self._closed.clear()
 
-    def wait(self) -> float:
-        """Sleep until the next frame is due; returns ``time.monotonic()`` then."""
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wait(self) -> Optional[float]:
+        """Sleep until the next frame is due; returns ``time.monotonic()`` then, or None once ``close()`` came."""
         now = time.monotonic()
         if self._due is None or now - self._due > self.period:
             self._due = now
         while now < self._due:
-            time.sleep(self._due - now)
+            if self._closed.wait(self._due - now):
+                return None
             now = time.monotonic()
+        if self._closed.is_set():
+            return None
         self._due += self.period
         return now
 

@@ -6,12 +6,17 @@ A folder or a video file is paced: its frames arrive one period apart (``base.Pa
 the file's own rate (a folder, or a file that states none: ``DEFAULT_FPS``); when it has played out,
 ``read()`` returns None. A device or a stream is live: its frames arrive as it makes them, and a failed read is a
 lost source.
+
+Both sources may be closed from another thread: that wakes a read waiting for its frame's turn at once (it raises
+``SourceError``). OpenCV's capture is released only by the thread that reads it: ``close()`` during a read leaves the
+capture to that read, which releases it when ``cv2`` returns.
 """
 
 from __future__ import annotations
 
 import glob
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,6 +46,8 @@ class FolderSource(FrameSource):
     """Image files replayed in order at ``fps``, each decoded with Pillow in its own mode; a JPEG file's bytes are
     kept in ``Frame.jpeg``. A file that does not decode is skipped (and counted in ``seq``)."""
 
+    closes_from_any_thread = True  # close() only sets the pacer's event, which wakes a paced read
+
     def __init__(self, paths: Sequence[Path], *, name: str, fps: Optional[float] = None,
                  max_pixels: Optional[int] = MAX_PIXELS_DEFAULT) -> None:
         super().__init__()
@@ -49,14 +56,15 @@ class FolderSource(FrameSource):
         self.max_pixels = max_pixels
         self.description = f"{name} ({len(self.paths)} images at {self.fps:g} fps)"
         self._pacer = Pacer(self.fps)
-        self._index: Optional[int] = None
+        self._pacer.close()  # closed until open()
+        self._index = 0
 
     def open(self) -> None:
         self._index = 0
         self._pacer.restart()
 
     def read(self) -> Optional[Frame]:
-        if self._index is None:
+        if self._pacer.closed:
             raise SourceError(f"{self.description}: read() before open(), or after close()")
         while self._index < len(self.paths):
             path = self.paths[self._index]
@@ -70,17 +78,22 @@ class FolderSource(FrameSource):
             except ImageError as error:
                 self._skip_bad(str(error))
                 continue
-            return self._deliver(image, self._pacer.wait(), data if is_jpeg(data) else None)
+            arrival = self._pacer.wait()
+            if arrival is None:
+                raise SourceError(f"{self.description}: closed")
+            return self._deliver(image, arrival, data if is_jpeg(data) else None)
         return None
 
     def close(self) -> None:
-        self._index = None
+        self._pacer.close()
 
 
 class OpenCvSource(FrameSource):
     """A video file, a ``/dev/videoN`` device or an ``rtsp://`` stream through ``cv2.VideoCapture``; OpenCV's B, G, R
     frames are turned into RGB. ``size`` and ``fps`` are asked of a device; ``fps`` paces a file, and states the
     rate of a stream."""
+
+    closes_from_any_thread = True  # close() during a read wakes its pacing and leaves the release to the reader
 
     def __init__(self, spec: str, *, fps: Optional[float] = None, size: Optional[tuple] = None) -> None:
         super().__init__()
@@ -97,6 +110,8 @@ class OpenCvSource(FrameSource):
         self.description = f"{spec} ({kind} through OpenCV)"
         self._capture = None
         self._pacer: Optional[Pacer] = None
+        self._lock = threading.Lock()  # guards _capture, _reading and _closing between the reader and close()
+        self._reading = self._closing = False
 
     def open(self) -> None:
         self.close()
@@ -120,21 +135,44 @@ class OpenCvSource(FrameSource):
             self._pacer = Pacer(self.fps)
         rate = "" if self.fps is None else f" at {self.fps:g} fps"
         self.description = f"{self.spec} ({self._kind} through OpenCV{rate})"
-        self._capture = capture
+        with self._lock:
+            self._capture, self._closing = capture, False
 
     def read(self) -> Optional[Frame]:
-        if self._capture is None:
-            raise SourceError(f"{self.description}: read() before open(), or after close()")
-        ok, array = self._capture.read()
-        if not ok or array is None:
-            if self.is_file:
-                return None
-            raise SourceError(f"{self.description}: no frame (the device is gone or the stream ended)")
-        image = image_from_bgr(array)
-        arrival = self._pacer.wait() if self._pacer is not None else time.monotonic()
-        return self._deliver(image, arrival)
+        with self._lock:
+            capture = self._capture
+            if capture is None or self._closing:
+                raise SourceError(f"{self.description}: read() before open(), or after close()")
+            self._reading = True
+        try:
+            ok, array = capture.read()
+            if self._closing:
+                raise SourceError(f"{self.description}: closed")
+            if not ok or array is None:
+                if self.is_file:
+                    return None
+                raise SourceError(f"{self.description}: no frame (the device is gone or the stream ended)")
+            image = image_from_bgr(array)
+            arrival = self._pacer.wait() if self._pacer is not None else time.monotonic()
+            if arrival is None:
+                raise SourceError(f"{self.description}: closed")
+            return self._deliver(image, arrival)
+        finally:
+            with self._lock:
+                self._reading = False
+                capture = self._capture if self._closing else None
+                if capture is not None:
+                    self._capture = None
+            if capture is not None:
+                capture.release()  # close() came during this read: released here, in the reading thread
 
     def close(self) -> None:
-        capture, self._capture = self._capture, None
+        with self._lock:
+            self._closing = True
+            if self._pacer is not None:
+                self._pacer.close()
+            if self._reading:
+                return  # the reading thread releases the capture when its read returns
+            capture, self._capture = self._capture, None
         if capture is not None:
             capture.release()
