@@ -11,9 +11,10 @@ what a browser sends after its password prompt; compared in constant time (``hma
 Endpoints: ``GET /`` (the page, ``server_page``), ``GET /api/status``, ``GET /api/latest``, ``GET /api/latest.jpg``,
 ``POST /api/classify`` (the body is an image; the answer is ``run.py classify --json``'s object for one file),
 ``GET /metrics`` (Prometheus text, ``server_metrics``) and ``GET /healthz``. Every error is one JSON object with its
-code (``server_http``). Bounds: ``max_in_flight`` requests at once (beyond: ``503`` with ``Retry-After``),
-``max_connections`` open connections, the body and pixel limits, the read timeout. No file named by a request is
-ever opened: the routes are fixed strings, and a posted body is written to a private temporary file of the server's.
+code (``server_http``). Bounds: ``max_in_flight`` classifications at once (beyond: ``503`` with ``Retry-After``;
+a posted body is read before it takes a place, and the GETs, cheap, take none, so slow clients starve nothing),
+``max_connections`` open connections, the body and pixel limits, the read timeout and minimum body rate. No file
+named by a request is ever opened: the routes are fixed strings, and a posted body goes to a private temporary file.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class LiveServer(BoundedHTTPServer):
 
     @contextlib.contextmanager
     def slot(self):
-        """One of ``max_in_flight`` places: yields False when all are taken."""
+        """One of ``max_in_flight`` places for a classification: yields False when all are taken."""
         if not self._slots.acquire(blocking=False):
             yield False
             return
@@ -226,15 +227,7 @@ class ServeHandler(JsonRequestHandler):
         if self.command not in methods:
             return self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, f"Expected {' or '.join(methods)} for {path}. "
                                    f"Received: {self.command[:20]}", headers={"Allow": ", ".join(methods)})
-        length = None
-        if self.command == "POST" and (length := self.body_length()) is None:
-            return
-        with self.server.slot() as granted:
-            if not granted:
-                return self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, f"Expected at most "
-                                       f"{self.server.config.max_in_flight} requests at once (--max-in-flight). "
-                                       "Received one more; retry", headers={"Retry-After": str(RETRY_AFTER_S)})
-            getattr(self, methods[self.command])(*(() if length is None else (length,)))
+        getattr(self, methods[self.command])()  # no slot: only post_classify takes one, once it has the body
 
     def get_health(self) -> None:
         self.send_body(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
@@ -271,13 +264,21 @@ class ServeHandler(JsonRequestHandler):
         elif record is not None:
             self.send_body(HTTPStatus.OK, jpeg, "image/jpeg", {"X-Frame-Seq": str(record.get("seq"))})
 
-    def post_classify(self, length: int) -> None:
+    def post_classify(self) -> None:
+        if (length := self.body_length()) is None:
+            return
         content_type = self.headers.get("Content-Type", "")
         if content_type.lower().startswith("multipart/"):
             return self.send_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Expected the image bytes as the body (curl "
                                    f"--data-binary @IMAGE). Received: a form ({content_type[:60]})")
-        body = self.read_body(length)
-        if body is not None:
+        body = self.read_body(length)  # before a slot: a slow client holds its connection (and thread), no slot
+        if body is None:
+            return
+        with self.server.slot() as granted:
+            if not granted:
+                return self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, f"Expected at most "
+                                       f"{self.server.config.max_in_flight} requests at once (--max-in-flight). "
+                                       "Received one more; retry", headers={"Retry-After": str(RETRY_AFTER_S)})
             began = time.perf_counter()
             code, payload = self.server.classify_body(body)
             self.send_json(code, payload, {"Server-Timing": f"classify;dur={(time.perf_counter() - began) * 1e3:.3f}"})

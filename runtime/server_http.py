@@ -3,11 +3,11 @@ one JSON object with its 4xx or 5xx code and that reads a request against a dead
 connection and a bound on connections.
 
 Reading: the request line and headers must arrive within the read timeout, and the body within the read timeout
-plus one second per ``MIN_BODY_BYTES_PER_S`` of its ``Content-Length``; a client too slow for either gets ``408`` and
-its connection is closed. (A per-read socket timeout alone lets a client sending one byte a second hold a thread
-for ever.) A body needs a ``Content-Length`` (``411``; chunked bodies are refused), and one over the limit is
-refused from its header before any of it is read (``413``). Every error response closes its connection, after a
-short lingering read so that the client sees the answer rather than a reset.
+plus one second per ``MIN_BODY_BYTES_PER_S`` actually received (not per byte its ``Content-Length`` claims), checked
+as it arrives: a client too slow gets ``408`` and its connection closed (a per-read socket timeout alone lets one
+sending a byte a second hold a thread for ever). A body needs a ``Content-Length`` (``411``; chunked is refused), and
+one over the limit is refused from its header before any of it is read (``413``). Every error response closes its
+connection, after a short lingering read so that the client sees the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
-MIN_BODY_BYTES_PER_S = 64 * 1024  # a body may take the read timeout plus one second per 64 KiB to arrive
+MIN_BODY_BYTES_PER_S = 64 * 1024  # a body may take the read timeout plus one second per 64 KiB received
 MAX_REQUEST_LINE = 8192
 LINGER_S = 0.5  # after an error, how long unread request bytes are drained before the connection is closed
 RETRY_AFTER_S = 1
@@ -33,27 +33,26 @@ _TOO_MANY_CONNECTIONS = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: app
 
 
 class DeadlineReader(io.RawIOBase):
-    """A socket's reading side that refuses to wait past a deadline: each ``recv`` gets the time left as its
-    timeout, and none left is a ``TimeoutError``. ``received`` counts the bytes read since ``start``."""
+    """A socket's reading side with a deadline: ``seconds`` after ``start``, plus a second per ``rate`` bytes read
+    since (a minimum rate; 0: none). Each ``recv`` waits the time left, at most ``seconds``; none left is a
+    ``TimeoutError``. ``received`` counts the bytes read since ``start``."""
 
     def __init__(self, connection: socket.socket) -> None:
         super().__init__()
-        self.connection, self.deadline, self.received = connection, time.monotonic(), 0
+        self.connection = connection
+        self.start(0.0)
 
-    def start(self, seconds: float) -> None:
-        self.deadline, self.received = time.monotonic() + seconds, 0
-
-    def extend(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
+    def start(self, seconds: float, rate: float = 0.0) -> None:
+        self.began, self.seconds, self.rate, self.received = time.monotonic(), seconds, rate, 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        left = self.deadline - time.monotonic()
+        left = self.began + self.seconds + (self.received / self.rate if self.rate else 0) - time.monotonic()
         if left <= 0:
             raise TimeoutError("read deadline passed")
-        self.connection.settimeout(left)
+        self.connection.settimeout(min(left, self.seconds))
         count = self.connection.recv_into(buffer)
         self.received += count
         return count
@@ -197,14 +196,13 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
         return length
 
     def read_body(self, length: int) -> Optional[bytes]:
-        """``length`` bytes of body, within the read timeout plus one second per ``MIN_BODY_BYTES_PER_S``; None
-        after answering ``408`` to a client too slow, or closing on one that went away."""
+        """``length`` bytes of body, within the read timeout plus one second per ``MIN_BODY_BYTES_PER_S`` received
+        (whatever ``length`` is); None after answering ``408`` to a client too slow, or closing on one gone."""
         if self.headers.get("Expect", "").lower() == "100-continue":
             self.send_response_only(HTTPStatus.CONTINUE)
             self.end_headers()
             self.wfile.flush()
-        allowed = self.read_timeout_s + length / MIN_BODY_BYTES_PER_S
-        self.reader.extend(allowed)
+        self.reader.start(self.read_timeout_s, MIN_BODY_BYTES_PER_S)
         try:
             body = self.rfile.read(length)
         except TimeoutError:
@@ -214,8 +212,8 @@ class JsonRequestHandler(BaseHTTPRequestHandler):
                 self.body_unread, self.close_connection = False, True
                 return None
             return self.send_error(HTTPStatus.REQUEST_TIMEOUT, f"Expected a body of {length:,} bytes within "
-                                   f"{allowed:.3g} s (--read-timeout, plus a second per 64 KiB). Received less; "
-                                   "closing")
+                                   f"{self.read_timeout_s:g} s (--read-timeout) plus a second per 64 KiB received. "
+                                   f"Received less in {time.monotonic() - self.reader.began:.3g} s; closing")
         self.body_unread = False
         return body
 

@@ -111,7 +111,7 @@ def render_metrics(status: dict) -> str:
     lines += _family("cbnet_requests_total", "counter", "HTTP requests answered, by route and status code.",
                      [({"route": route, "code": code}, count)
                       for route, codes in server["requests_by_route"].items() for code, count in codes.items()])
-    lines += _family("cbnet_requests_in_flight", "gauge", "Requests being answered now.", [({}, server["in_flight"])])
+    lines += _family("cbnet_requests_in_flight", "gauge", "Posted images being classified now (the --max-in-flight slots taken).", [({}, server["in_flight"])])
     lines += _family("cbnet_requests_in_flight_max", "gauge", "Requests answered at once at most (--max-in-flight); "
                      "beyond it, 503.", [({}, server["max_in_flight"])])
     lines += _family("cbnet_posted_images_total", "counter", "Images posted to /api/classify, by result.",

@@ -325,8 +325,9 @@ def test_a_client_sending_one_byte_a_second_gets_408_while_others_are_served(pip
 
 
 def test_more_requests_than_max_in_flight_get_503_with_retry_after(pipeline, sample):
-    """Two requests hold both places while the pipeline's lock is held; a third gets 503 at once, /healthz is still
-    answered, and once the lock is let go the two are answered and the server serves as before."""
+    """Two classifications hold both places while the pipeline's lock is held; a third gets 503 at once, while
+    /api/status and /healthz (which take no place) are still answered; once the lock is let go the two are answered
+    and the server serves as before."""
     with serving(pipeline, max_in_flight=2) as server:
         answers = []
         with server.lock:
@@ -338,13 +339,58 @@ def test_more_requests_than_max_in_flight_get_503_with_retry_after(pipeline, sam
             while server.stats.snapshot("", False)["in_flight"] < 2:
                 assert time.monotonic() < until, "the two requests never got in"
                 time.sleep(0.01)
-            busy = call(server, "GET", "/api/status")
+            busy = call(server, "POST", "/api/classify", sample)
             assert_json_error(busy, 503, "at most 2 requests at once (--max-in-flight)")
             assert busy.headers["retry-after"] == "1"
+            assert call(server, "GET", "/api/status").json()["server"]["in_flight"] == 2
             assert call(server, "GET", "/healthz").status == 200
         for thread in posting:
             thread.join(WAIT_S)
         assert [a.status for a in answers] == [200, 200]
+        assert_still_serving(server, sample)
+
+
+def test_slow_clients_claiming_big_bodies_hold_no_place_and_get_408_soon(pipeline, sample):
+    """Issue 30: --max-in-flight clients each claim a 16,000,000-byte body, are told 100 Continue, then send a byte a
+    second. The body may take the read timeout plus a second per 64 KiB actually received, so each gets 408 and its
+    connection closed about --read-timeout in (not the ~250 s its Content-Length would allow); and as a body is read
+    before it takes a place, while they trickle GET /api/status answers 200 (not 503) and a posted image is
+    classified."""
+    read_timeout = 2.0
+    with serving(pipeline, read_timeout_s=read_timeout) as server, contextlib.ExitStack() as stack:
+        stop = threading.Event()
+        clients, senders, began = [], [], []
+
+        def trickle(client: socket.socket) -> None:  # a byte a second, until the answer arrives
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    client.send(b"x")
+                if select.select([client], [], [], 1.0)[0]:
+                    return
+
+        for _ in range(server.config.max_in_flight):
+            client = stack.enter_context(socket.create_connection(server.server_address[:2], timeout=WAIT_S))
+            client.sendall(b"POST /api/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 16000000\r\n"
+                           b"Expect: 100-continue\r\n\r\n")
+            interim = b""
+            while not interim.endswith(b"\r\n\r\n"):  # the server is reading this body now
+                assert (byte := client.recv(1)), interim
+                interim += byte
+            assert interim.startswith(b"HTTP/1.1 100 "), interim
+            clients.append(client)
+            began.append(time.monotonic())
+            senders.append(threading.Thread(target=trickle, args=(client,), daemon=True))
+            senders[-1].start()
+        stack.callback(lambda: [stop.set(), *(sender.join(WAIT_S) for sender in senders)])
+        status = call(server, "GET", "/api/status")
+        assert status.status == 200, (status.status, status.body)
+        assert call(server, "POST", "/api/classify", sample).status == 200
+        assert not select.select(clients, [], [], 0)[0], "a slow client was answered before the others were served"
+        for client, start in zip(clients, began):
+            answer = read_answer(client)  # until the server closes the connection
+            assert_json_error(answer, 408, "plus a second per 64 KiB received")
+            assert answer.headers["connection"] == "close"
+            assert read_timeout - 0.2 < time.monotonic() - start < read_timeout + 5
         assert_still_serving(server, sample)
 
 
