@@ -55,7 +55,7 @@ def colour(rgb_build):
     return open_pipeline(rgb_build / "bundle", "cbnet"), drawing_frames(NUM_FRAMES)
 
 
-@pytest.mark.parametrize("data", ["grey", "colour"])
+@pytest.mark.parametrize("data", ["grey", pytest.param("colour", marks=pytest.mark.tf)])  # colour: the RGB build
 @pytest.mark.parametrize("kind", ["rpicam", "http", "tcp", pytest.param("video", marks=pytest.mark.tf), "folder"])
 def test_every_source_is_classified_frame_by_frame_as_classify_does(kind, data, request, tmp_path, monkeypatch):
     pipeline, frames = request.getfixturevalue(data)
