@@ -67,13 +67,6 @@ def _check_trace(trace) -> list:
     return samples
 
 
-def _stats(latencies: np.ndarray, deadline_s: float) -> dict:
-    ms = latencies * 1e3
-    misses = int(np.sum(latencies > deadline_s * (1 + 1e-9)))
-    return {"misses": misses, "miss_rate": misses / len(latencies), "latency_ms_median": float(np.median(ms)),
-            "latency_ms_p95": float(np.percentile(ms, 95))}
-
-
 def top_frequency_latency(trace, pipeline: Optional[str] = None) -> dict:
     """Latency per sample at the top frequency (the trace as timed), in ms, and the median of each path."""
     samples = _check_trace(trace)
